@@ -1,0 +1,205 @@
+"""Corpus readers, text normalisation and counted filtering.
+
+Everything here works on plain strings and lists: text files -> (source, target)
+pairs -> cleaned pairs. Errors about the user's files are `DataError`s that
+name the file and line, because "UnicodeDecodeError at byte 81234" does not
+tell anyone which of their files is broken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+Pair = tuple[str, str]
+
+
+class DataError(ValueError):
+    """A problem with the user's input files, phrased for the user (names file and line)."""
+
+
+# ---------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------
+
+
+def read_lines(path: str, allow_empty: bool = False) -> list[str]:
+    """The lines of a strict UTF-8 file, without their '\\n' / '\\r\\n' endings.
+
+    An empty file is an error for corpora (`allow_empty=False`), not for text to translate.
+
+    Splits on '\\n' only: `str.splitlines` would also split on U+2028, form
+    feeds and other separators that can occur inside a sentence, which would
+    silently misalign parallel files. A leading byte-order mark is dropped.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a text file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if not raw:
+        if allow_empty:
+            return []
+        raise DataError(f"{path}: file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        bad = raw[err.start : err.end].hex(" ")
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    text = text.removeprefix("\ufeff")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the usual final newline ends the last line, it does not start one
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_parallel(src_path: str, tgt_path: str) -> list[Pair]:
+    """Pairs from two line-aligned files (line i of one translates line i of the other)."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"line counts differ: {src_path} has {len(src)} lines but {tgt_path} has "
+            f"{len(tgt)}; aligned files need one sentence a line, line i of one "
+            "translating line i of the other"
+        )
+    return list(zip(src, tgt))
+
+
+def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[Pair]:
+    """Pairs from the two given columns of a tab-separated file.
+
+    Extra columns (Tatoeba's attribution) are ignored. No quoting is applied:
+    quotes are part of the sentences. Fully empty lines (e.g. a trailing blank
+    line) are skipped; any other line with too few columns is an error.
+    """
+    if src_col < 0 or tgt_col < 0:
+        raise DataError(f"{path}: TSV column numbers must be >= 0, got {src_col} and {tgt_col}")
+    needed = max(src_col, tgt_col) + 1
+    pairs = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line:
+            continue
+        columns = line.split("\t")
+        if len(columns) < needed:
+            raise DataError(
+                f"{path}:{number}: expected at least {needed} tab-separated columns "
+                f"(source in column {src_col}, target in column {tgt_col}, counting from 0), "
+                f"found {len(columns)}"
+            )
+        pairs.append((columns[src_col], columns[tgt_col]))
+    if not pairs:
+        raise DataError(f"{path}: no sentence pairs found")
+    return pairs
+
+
+def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
+    """The raw pairs of one split ('train', 'valid', 'test') as the data config names them.
+
+    `{split}_tsv` wins when set; otherwise `{split}_src` and `{split}_tgt` are
+    read as aligned files.
+    """
+    tsv = getattr(cfg_data, f"{split}_tsv", "") or ""
+    src = getattr(cfg_data, f"{split}_src", "") or ""
+    tgt = getattr(cfg_data, f"{split}_tgt", "") or ""
+    if tsv:
+        return read_tsv(tsv, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))
+    if src and tgt:
+        return read_parallel(src, tgt)
+    if src or tgt:
+        given, missing = ("src", "tgt") if src else ("tgt", "src")
+        raise DataError(
+            f"data.{split}_{given} is set but data.{split}_{missing} is not; "
+            f"aligned corpora need both files"
+        )
+    raise DataError(
+        f"no {split} data: set data.{split}_src and data.{split}_tgt (line-aligned files) "
+        f"or data.{split}_tsv (one tab-separated file)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------
+
+# Control characters that are not whitespace (whitespace ones become spaces via
+# str.split below), plus invisible marks that only confuse the tokenizer.
+# (Unicode's Cc category is exactly U+0000..U+001F and U+007F..U+009F.)
+_DELETE: dict[int, None] = {c: None for c in [*range(0x20), *range(0x7F, 0xA0)] if not chr(c).isspace()}
+_DELETE.update({0xFEFF: None, 0x200B: None})  # byte-order mark / zero-width no-break space, zero-width space
+
+
+def normalize(text: str, lowercase: bool = False) -> str:
+    """NFKC, unicode whitespace -> one ASCII space, control characters removed, stripped.
+
+    NFKC turns U+00A0 / U+202F (the no-break spaces French puts before '!?:;')
+    into plain spaces and unifies full-width forms, so the same word always
+    gets the same subwords; sentencepiece then runs with the identity rule and
+    decode(encode(s)) == s.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = " ".join(text.translate(_DELETE).split())  # str.split() knows all unicode whitespace
+    return text.lower() if lowercase else text
+
+
+# ---------------------------------------------------------------------------
+# Filtering with counts
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FilterStats:
+    """How many pairs survived cleaning and length filtering, and why the others did not."""
+
+    total: int
+    kept: int
+    empty: int
+    too_long: int
+    max_len: int | None = None  # set by filter_by_length, for the summary
+
+    def summary(self) -> str:
+        """One line for the log, e.g. 'kept 28990 of 29000 pairs (3 empty, 7 longer than 64 tokens)'."""
+        reasons = [f"{self.empty} empty"]
+        if self.max_len is not None:
+            reasons.append(f"{self.too_long} longer than {self.max_len} tokens")
+        return f"kept {self.kept} of {self.total} pairs ({', '.join(reasons)})"
+
+
+def clean_pairs(pairs: Sequence[Pair], lowercase: bool = False) -> tuple[list[Pair], FilterStats]:
+    """Normalises both sides and drops (and counts) pairs with an empty side."""
+    kept = []
+    for src, tgt in pairs:
+        src, tgt = normalize(src, lowercase), normalize(tgt, lowercase)
+        if src and tgt:
+            kept.append((src, tgt))
+    return kept, FilterStats(total=len(pairs), kept=len(kept), empty=len(pairs) - len(kept), too_long=0)
+
+
+def filter_by_length(
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    max_len: int,
+    stats: FilterStats | None = None,
+) -> list[int]:
+    """Indices of the pairs whose sides both have at most `max_len` tokens (BOS/EOS not counted).
+
+    Updates `stats` in place: `too_long` grows by the pairs dropped here and
+    `kept` becomes the number of indices returned.
+    """
+    if len(src_ids) != len(tgt_ids):
+        raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
+    keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if len(s) <= max_len and len(t) <= max_len]
+    if stats is not None:
+        stats.too_long += len(src_ids) - len(keep)
+        stats.kept = len(keep)
+        stats.max_len = max_len
+    return keep
