@@ -1,0 +1,76 @@
+"""Every configuration key, documented. Recipes start from this and change a few values.
+
+Override any key from the command line: `--config.train.num_steps=2000`.
+Unknown keys are an error (the config is locked).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # decides initialisation, shuffling, dropout and scheduled sampling
+
+    config.data = data = ml_collections.ConfigDict()
+    # A corpus is either two line-aligned files per split or one TSV file per split.
+    data.train_src = ""
+    data.train_tgt = ""
+    data.train_tsv = ""
+    data.valid_src = ""
+    data.valid_tgt = ""
+    data.valid_tsv = ""
+    data.test_src = ""
+    data.test_tgt = ""
+    data.test_tsv = ""
+    data.tsv_src_col = 0  # which TSV columns hold source and target (Tatoeba: 0 = English, 1 = other)
+    data.tsv_tgt_col = 1
+    data.quickstart_corpus = False  # generate the offline English->French numbers/dates corpus into WORKDIR/corpus
+    data.lowercase = False
+    data.max_train_pairs = 0  # use only the first N training pairs (0 = all)
+    data.valid_max_pairs = 0  # validate on the first N pairs (0 = all)
+    data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)
+    data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
+    data.joint_vocab = True  # one sentencepiece model for both sides, else one per side
+    data.spm_model_type = "unigram"  # or "bpe"
+    data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
+    data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
+    data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
+
+    config.model = model = ml_collections.ConfigDict()
+    model.emb_dim = 256
+    model.hidden_size = 512
+    model.num_layers = 2
+    model.dropout = 0.2
+    model.bidirectional = False  # bidirectional encoder with a learned bridge to the decoder state
+    model.feed_context = False  # concatenate the encoder context to every decoder input (d2l)
+    model.tie_embeddings = False  # share the target embedding with the output layer
+    model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
+
+    config.train = train = ml_collections.ConfigDict()
+    train.batch_size = 64  # sentence pairs per batch
+    train.num_steps = 10000
+    train.optimizer = "adam"  # adam | adamw
+    train.learning_rate = 1e-3
+    train.lr_schedule = "cosine"  # constant | cosine | rsqrt (each after linear warmup)
+    train.warmup_steps = 200
+    train.weight_decay = 0.0  # adamw only
+    train.clip_norm = 1.0  # global gradient-norm clipping (0 = off)
+    train.label_smoothing = 0.0
+    train.teacher_forcing_ratio = 1.0  # < 1: scheduled sampling with the model's own greedy tokens
+    train.on_nonfinite = "stop"  # stop | skip: what to do when a step's loss or gradient is NaN/Inf
+    train.log_every = 50
+    train.eval_every = 1000
+    train.checkpoint_every = 1000
+    train.max_to_keep = 3  # latest checkpoints kept; the best by validation BLEU is kept separately
+    train.num_samples = 3  # sample translations printed at each evaluation
+
+    config.decode = decode = ml_collections.ConfigDict()
+    decode.beam_size = 1  # 1 = greedy (also used for validation BLEU)
+    decode.alpha = 0.6  # GNMT length penalty exponent for beam search
+    decode.max_len_a = 1.5  # output length cap: a * source_length + b tokens
+    decode.max_len_b = 10
+    decode.batch_size = 128
+    decode.bleu_tokenize = ""  # sacrebleu tokenizer ('' = 13a; 'zh' for Chinese targets)
+
+    config.lock()
+    return config

@@ -1,0 +1,138 @@
+"""Everything a run needs from text: cleaned pairs, tokenizers in the workdir, buckets.
+
+Flow: files -> normalise/filter (counted) -> sentencepiece ids -> length filter
+(counted) -> bucketed numpy batches. Tokenizers trained on the first run are
+reused when the run resumes, so ids never change under a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from s2s_jax import data as data_lib
+from s2s_jax import input_pipeline
+from s2s_jax.tokenizer import Tokenizer, train_tokenizer
+
+
+@dataclasses.dataclass
+class Corpus:
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    train_batches: input_pipeline.BucketedBatches
+    valid_batches: input_pipeline.BucketedBatches
+    valid_src_text: list[str]
+    valid_refs: list[str]
+
+    def train_iterator(self) -> input_pipeline.TrainIterator:
+        return input_pipeline.TrainIterator(self.train_batches)
+
+
+def use_quickstart_corpus(config, workdir: str) -> None:
+    """Writes the generated quickstart corpus into WORKDIR/corpus and points the config at it."""
+    from s2s_jax import quickstart_data
+
+    paths = quickstart_data.write_corpus(os.path.join(workdir, "corpus"), seed=config.seed)
+    with config.unlocked():
+        for key, path in paths.items():
+            setattr(config.data, key, path)
+
+
+def tokenizers(config, workdir: str, train_pairs) -> tuple[Tokenizer, Tokenizer]:
+    """Loads the workdir's sentencepiece model(s), training them on the first run."""
+    cfg = config.data
+    if cfg.joint_vocab:
+        path = os.path.join(workdir, "spm.model")
+        if not os.path.exists(path):
+            texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
+            train_tokenizer(texts, path[: -len(".model")], cfg.vocab_size, cfg.spm_model_type)
+        joint = Tokenizer(path)
+        return joint, joint
+    result = []
+    for side, column in (("src", 0), ("tgt", 1)):
+        path = os.path.join(workdir, f"spm_{side}.model")
+        if not os.path.exists(path):
+            train_tokenizer([p[column] for p in train_pairs], path[: -len(".model")], cfg.vocab_size, cfg.spm_model_type)
+        result.append(Tokenizer(path))
+    return result[0], result[1]
+
+
+def load_tokenizers(workdir: str) -> tuple[Tokenizer, Tokenizer]:
+    """The tokenizers a finished run left in its workdir (for decoding)."""
+    joint = os.path.join(workdir, "spm.model")
+    if os.path.exists(joint):
+        tok = Tokenizer(joint)
+        return tok, tok
+    return Tokenizer(os.path.join(workdir, "spm_src.model")), Tokenizer(os.path.join(workdir, "spm_tgt.model"))
+
+
+def holdout_split(pairs: list, n: int, seed: int) -> tuple[list, list]:
+    """Moves every pair of n randomly chosen source sentences out of `pairs`.
+
+    Splitting by source sentence keeps the other translations of a held-out
+    sentence out of training too (Tatoeba repeats sources), so validation
+    measures generalisation, not recall.
+    """
+    sources = sorted({s for s, _ in pairs})
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(len(sources), size=min(n, len(sources) // 2), replace=False).tolist())
+    held_sources = {sources[i] for i in held}
+    train = [p for p in pairs if p[0] not in held_sources]
+    valid = [p for p in pairs if p[0] in held_sources]
+    return train, valid
+
+
+def _has_split(cfg, split: str) -> bool:
+    return bool(getattr(cfg, f"{split}_tsv") or getattr(cfg, f"{split}_src"))
+
+
+def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
+    return src_tok.encode([s for s, _ in pairs]), tgt_tok.encode([t for _, t in pairs])
+
+
+def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
+    cfg = config.data
+    if cfg.quickstart_corpus and not cfg.train_src:
+        use_quickstart_corpus(config, workdir)
+    train_pairs, stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "train"), cfg.lowercase)
+    if cfg.holdout_valid and not _has_split(cfg, "valid"):
+        train_pairs, held_out = holdout_split(train_pairs, cfg.holdout_valid, config.seed)
+    if cfg.max_train_pairs:
+        train_pairs = train_pairs[: cfg.max_train_pairs]
+    src_tok, tgt_tok = tokenizers(config, workdir, train_pairs)
+    src_ids, tgt_ids = _encode(train_pairs, src_tok, tgt_tok)
+    keep = data_lib.filter_by_length(src_ids, tgt_ids, cfg.max_len, stats)
+    if not keep:
+        raise data_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
+    train_batches = input_pipeline.BucketedBatches(
+        [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], config.train.batch_size,
+        cfg.num_buckets, config.seed, cfg.pad_multiple,
+    )
+
+    if cfg.holdout_valid and not _has_split(cfg, "valid"):
+        valid_pairs, valid_stats = held_out, data_lib.FilterStats(len(held_out), len(held_out), 0, 0)
+    else:
+        valid_pairs, valid_stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "valid"), cfg.lowercase)
+    if cfg.valid_max_pairs:
+        valid_pairs = valid_pairs[: cfg.valid_max_pairs]
+    v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
+    # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
+    v_src = [ids[: cfg.max_len] for ids in v_src]
+    v_tgt = [ids[: cfg.max_len] for ids in v_tgt]
+    valid_batches = input_pipeline.BucketedBatches(
+        v_src, v_tgt, config.decode.batch_size, 1, config.seed, cfg.pad_multiple
+    )
+    if verbose:
+        print(f"train: {stats.summary()}", flush=True)
+        print(f"valid: {valid_stats.summary()}", flush=True)
+        print(
+            f"vocab: src {src_tok.vocab_size}, tgt {tgt_tok.vocab_size}; train batch shapes "
+            f"{train_batches.shapes}; padding efficiency {train_batches.padding_efficiency()}",
+            flush=True,
+        )
+    return Corpus(
+        src_tok, tgt_tok, train_batches, valid_batches,
+        [s for s, _ in valid_pairs], [t for _, t in valid_pairs],
+    )

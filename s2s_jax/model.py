@@ -1,0 +1,230 @@
+"""The LSTM encoder-decoder.
+
+`Seq2Seq` exposes three entry points:
+- `__call__(src, tgt_in)`: teacher-forced logits for training (optionally with
+  scheduled sampling);
+- `encode(src) -> (memory, state)`: what the decoder needs, batch-leading;
+- `decode_step(memory, state, tokens) -> (logits, state)`: one output step,
+  the contract `s2s_jax.decoding` searches with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from s2s_jax.lstm import Carry, LSTMLayer, reverse_padded
+from s2s_jax.tokenizer import PAD_ID
+
+State = tuple[Carry, ...]  # one (c, h) per decoder layer
+Memory = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static model hyper-parameters (hashable, so modules can hold it)."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    emb_dim: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.2
+    bidirectional: bool = False
+    feed_context: bool = False
+    tie_embeddings: bool = False
+    scan_unroll: int = 1
+    dtype: Any = jnp.float32
+
+    @classmethod
+    def from_config(cls, model_cfg, src_vocab_size: int, tgt_vocab_size: int, dtype=jnp.float32):
+        """Builds from the `model` section of an ml_collections config."""
+        return cls(
+            src_vocab_size=src_vocab_size,
+            tgt_vocab_size=tgt_vocab_size,
+            emb_dim=model_cfg.emb_dim,
+            hidden_size=model_cfg.hidden_size,
+            num_layers=model_cfg.num_layers,
+            dropout=model_cfg.dropout,
+            bidirectional=model_cfg.bidirectional,
+            feed_context=model_cfg.feed_context,
+            tie_embeddings=model_cfg.tie_embeddings,
+            scan_unroll=model_cfg.scan_unroll,
+            dtype=dtype,
+        )
+
+
+class Encoder(nn.Module):
+    """Embedding + stacked (optionally bidirectional) LSTM over the real source tokens."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, src: jax.Array, *, train: bool) -> tuple[jax.Array, list[Carry], jax.Array]:
+        cfg = self.config
+        mask = src != PAD_ID
+        lengths = mask.sum(axis=1)
+        x = nn.Embed(cfg.src_vocab_size, cfg.emb_dim, name="embed")(src).astype(cfg.dtype)
+        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+        carries = []
+        for layer in range(cfg.num_layers):
+            if layer > 0:
+                x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+            fwd_out, fwd_carry = LSTMLayer(
+                cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}"
+            )(x, mask)
+            if cfg.bidirectional:
+                bwd_out, bwd_carry = LSTMLayer(
+                    cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd"
+                )(reverse_padded(x, lengths), mask)
+                x = jnp.concatenate([fwd_out, reverse_padded(bwd_out, lengths)], axis=-1)
+                carries.append((fwd_carry, bwd_carry))
+            else:
+                x = fwd_out
+                carries.append(fwd_carry)
+        return x, carries, mask
+
+
+class Bridge(nn.Module):
+    """Maps the bidirectional encoder's two final states per layer to one decoder state.
+
+    A learned tanh projection of [forward; backward], as in JoeyNMT/OpenNMT;
+    a unidirectional encoder's states pass through unchanged.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, carries: list) -> State:
+        cfg = self.config
+        if not cfg.bidirectional:
+            return tuple(carries)
+        state = []
+        for layer, ((c_f, h_f), (c_b, h_b)) in enumerate(carries):
+            h = jnp.tanh(nn.Dense(cfg.hidden_size, name=f"h_{layer}")(jnp.concatenate([h_f, h_b], -1)))
+            c = nn.Dense(cfg.hidden_size, name=f"c_{layer}")(jnp.concatenate([c_f, c_b], -1))
+            state.append((c, h))
+        return tuple(state)
+
+
+class Decoder(nn.Module):
+    """Stacked LSTM decoder with a dense softmax layer over the target vocabulary.
+
+    With `feed_context`, the encoder's top-layer final hidden state is
+    concatenated to every input embedding (the d2l formulation
+    s_t = g(y_{t-1}, c, s_{t-1})).
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed = nn.Embed(cfg.tgt_vocab_size, cfg.emb_dim, name="embed")
+        self.layers = [
+            LSTMLayer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{i}")
+            for i in range(cfg.num_layers)
+        ]
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.tie_embeddings and cfg.hidden_size != cfg.emb_dim:
+            self.pre_output = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, name="pre_output")
+        if not cfg.tie_embeddings:
+            self.output = nn.Dense(cfg.tgt_vocab_size, dtype=cfg.dtype, name="output")
+
+    def _inputs(self, tokens: jax.Array, memory: Memory, train: bool) -> jax.Array:
+        x = self.embed(tokens).astype(self.config.dtype)
+        if self.config.feed_context:
+            context = jnp.broadcast_to(
+                memory["context"][:, None, :], x.shape[:2] + memory["context"].shape[-1:]
+            )
+            x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
+        return self.dropout(x, deterministic=not train)
+
+    def _logits(self, h: jax.Array, train: bool) -> jax.Array:
+        h = self.dropout(h, deterministic=not train)
+        if self.config.tie_embeddings:
+            if self.config.hidden_size != self.config.emb_dim:
+                h = self.pre_output(h)
+            return self.embed.attend(h.astype(jnp.float32))
+        return self.output(h).astype(jnp.float32)
+
+    def __call__(
+        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool
+    ) -> tuple[jax.Array, State]:
+        """Runs over [B, T] input tokens; returns float32 logits [B, T, V] and the new state."""
+        x = self._inputs(tokens, memory, train)
+        mask = jnp.ones(tokens.shape, bool)
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                x = self.dropout(x, deterministic=not train)
+            x, carry = layer(x, mask, state[i])
+            new_state.append(carry)
+        return self._logits(x, train), tuple(new_state)
+
+
+class Seq2Seq(nn.Module):
+    """LSTM encoder-decoder; see the module docstring for its entry points."""
+
+    config: ModelConfig
+
+    def setup(self):
+        self.encoder = Encoder(self.config, name="encoder")
+        self.bridge = Bridge(self.config, name="bridge")
+        self.decoder = Decoder(self.config, name="decoder")
+
+    def encode(self, src: jax.Array, *, train: bool = False) -> tuple[Memory, State]:
+        outputs, carries, mask = self.encoder(src, train=train)
+        state = self.bridge(carries)
+        memory = {"context": state[-1][1], "src_mask": mask}
+        return memory, state
+
+    def decode_step(
+        self, memory: Memory, state: State, tokens: jax.Array, *, train: bool = False
+    ) -> tuple[jax.Array, State]:
+        """One decoder step: tokens [B] -> float32 logits [B, V]."""
+        logits, state = self.decoder(tokens[:, None], memory, state, train=train)
+        return logits[:, 0], state
+
+    def __call__(
+        self,
+        src: jax.Array,
+        tgt_in: jax.Array,
+        *,
+        train: bool = False,
+        teacher_forcing_ratio: float = 1.0,
+    ) -> jax.Array:
+        """Logits [B, T, V] for the target given its shifted-right input `tgt_in`.
+
+        With `teacher_forcing_ratio` < 1 (training only), each step's input is
+        the gold token with that probability and otherwise the model's own
+        greedy prediction from the previous step (scheduled sampling, drawn
+        from the 'sampling' PRNG stream).
+        """
+        memory, state = self.encode(src, train=train)
+        if teacher_forcing_ratio >= 1.0 or not train:
+            logits, _ = self.decoder(tgt_in, memory, state, train=train)
+            return logits
+        use_gold = jax.random.bernoulli(self.make_rng("sampling"), teacher_forcing_ratio, tgt_in.shape)
+        use_gold = use_gold.at[:, 0].set(True)  # the first input is always <bos>
+
+        def step(decoder, carry, inputs):
+            dec_state, prev_pred = carry
+            gold, gold_here = inputs
+            tokens = jnp.where(gold_here, gold, prev_pred)
+            logits, dec_state = decoder(tokens[:, None], memory, dec_state, train=train)
+            logits = logits[:, 0]
+            return (dec_state, jnp.argmax(logits, -1).astype(tgt_in.dtype)), logits
+
+        scan = nn.scan(
+            step,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=1,
+            out_axes=1,
+        )
+        _, logits = scan(self.decoder, (state, tgt_in[:, 0]), (tgt_in, use_gold))
+        return logits

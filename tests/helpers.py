@@ -1,0 +1,54 @@
+"""Shared test fixtures: a tiny parallel corpus and a tiny config, no ../shared needed."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from configs import default
+
+WORDS_EN = "the a red blue small big cat dog house car sees likes has".split()
+WORDS_XX = {w: w[::-1] + "o" for w in WORDS_EN}  # a toy 'language': reversed words
+
+
+def write_tiny_corpus(directory: str, n_train: int = 200, n_valid: int = 20, seed: int = 0) -> dict:
+    """Aligned files of short sentences and their word-by-word 'translations'."""
+    rng = random.Random(seed)
+    paths = {}
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        src_lines, tgt_lines = [], []
+        for _ in range(n):
+            words = [rng.choice(WORDS_EN) for _ in range(rng.randint(2, 7))]
+            src_lines.append(" ".join(words))
+            tgt_lines.append(" ".join(WORDS_XX[w] for w in words))
+        for side, lines in (("src", src_lines), ("tgt", tgt_lines)):
+            path = os.path.join(directory, f"{split}.{side}")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            paths[f"{split}_{side}"] = path
+    return paths
+
+
+def tiny_config(paths: dict, **train_overrides):
+    config = default.get_config()
+    for key, value in paths.items():
+        setattr(config.data, key, value)
+    config.data.vocab_size = 60
+    config.data.max_len = 16
+    config.data.num_buckets = 2
+    config.model.emb_dim = 16
+    config.model.hidden_size = 24
+    config.model.num_layers = 2
+    config.model.dropout = 0.1
+    config.train.batch_size = 16
+    config.train.num_steps = 6
+    config.train.warmup_steps = 2
+    config.train.log_every = 2
+    config.train.eval_every = 3
+    config.train.checkpoint_every = 3
+    config.train.num_samples = 1
+    config.decode.batch_size = 16
+    config.decode.max_len_b = 4
+    for key, value in train_overrides.items():
+        setattr(config.train, key, value)
+    return config

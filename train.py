@@ -1,0 +1,30 @@
+"""Train an LSTM seq2seq translator.
+
+    python train.py --config configs/quickstart.py --workdir runs/quickstart
+    python train.py --config configs/multi30k.py --workdir runs/m30k --config.train.num_steps=20000
+
+Running the same command again resumes from the workdir's latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from s2s_jax import runtime
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.setup()
+    from s2s_jax import train_cli
+
+    return train_cli.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
