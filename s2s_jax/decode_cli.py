@@ -1,0 +1,84 @@
+"""What `decode.py` does after parsing flags: read lines, translate, write, score."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+from s2s_jax import metrics
+from s2s_jax.checkpoints import CheckpointError
+from s2s_jax.data import DataError, read_lines
+from s2s_jax.translator import Hypothesis, SearchOptions, Translator
+
+
+def format_hypotheses(hyps: list[Hypothesis], nbest: int) -> list[str]:
+    if nbest == 1:
+        return [hyps[0].text]
+    return [f"{k}\t{h.score:.4f}\t{h.text}" for k, h in enumerate(hyps)]
+
+
+def _read_input(path: str) -> list[str]:
+    if path == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    return read_lines(path, allow_empty=True)
+
+
+def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
+    print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
+    for line in sys.stdin:
+        hyps = translator.translate([line.rstrip("\n")], opts, batch_size=1, seed=flags.seed)[0]
+        print("\n".join(format_hypotheses(hyps, opts.nbest)), flush=True)
+
+
+def run(flags) -> int:
+    try:
+        translator = Translator(flags.workdir, flags.checkpoint)
+        cfg = translator.config.decode
+        opts = SearchOptions(
+            beam_size=flags.beam_size or cfg.beam_size,
+            alpha=cfg.alpha if flags.alpha is None else flags.alpha,
+            nbest=flags.nbest,
+            sample=flags.sample,
+            temperature=flags.temperature,
+            top_k=flags.top_k,
+            top_p=flags.top_p,
+            with_scores=flags.nbest > 1,
+        )
+        opts.check()
+        if flags.input == "-" and sys.stdin.isatty():
+            _interactive(translator, opts, flags)
+            return 0
+        lines = _read_input(flags.input)
+        show = flags.input != "-" and sys.stderr.isatty()
+        progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
+        results = translator.translate(
+            lines, opts, batch_size=flags.batch_size or cfg.batch_size, seed=flags.seed, progress=progress
+        )
+    except (DataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out_lines = [line for hyps in results for line in format_hypotheses(hyps, opts.nbest)]
+    text = "".join(line + "\n" for line in out_lines)
+    if flags.output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(flags.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    if flags.reference:
+        try:
+            refs = read_lines(flags.reference, allow_empty=True)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        if len(refs) != len(results):
+            print(f"error: {flags.reference} has {len(refs)} lines, the input has {len(results)}", file=sys.stderr)
+            return 1
+        report = metrics.score_report(
+            [hyps[0].text for hyps in results], refs, tokenize=translator.config.decode.bleu_tokenize or None
+        )
+        print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
+        print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
+        print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
+    return 0

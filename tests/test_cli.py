@@ -1,0 +1,99 @@
+"""train.py and decode.py as a user runs them (subprocesses on a tiny corpus)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import write_tiny_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, tmp_path_factory=None, stdin=None, env_cache=None):
+    env = dict(os.environ, S2S_JAX_CACHE=env_cache or "off", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, input=stdin, capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+TINY = [
+    "--config.data.vocab_size=60", "--config.data.max_len=16", "--config.data.num_buckets=2",
+    "--config.model.emb_dim=16", "--config.model.hidden_size=24", "--config.model.num_layers=1",
+    "--config.train.batch_size=16", "--config.train.num_steps=40", "--config.train.learning_rate=0.01",
+    "--config.train.warmup_steps=5", "--config.train.log_every=10", "--config.train.eval_every=20",
+    "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    paths = write_tiny_corpus(str(base))
+    wd = str(base / "run")
+    cache = str(base / "cache")
+    args = ["train.py", "--config=configs/default.py", f"--workdir={wd}", *TINY]
+    args += [f"--config.data.{key}={path}" for key, path in paths.items()]
+    result = run(args, env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "valid BLEU" in result.stdout
+    return wd, paths, cache
+
+
+def test_train_writes_everything_decoding_needs(workdir):
+    wd, _, _ = workdir
+    for name in ("config.json", "spm.model", "metrics.jsonl", "checkpoints", "best", "final_metrics.json"):
+        assert os.path.exists(os.path.join(wd, name)), name
+
+
+def test_rerunning_train_resumes_instead_of_restarting(workdir):
+    wd, paths, cache = workdir
+    args = ["train.py", "--config=configs/default.py", f"--workdir={wd}", *TINY]
+    args += [f"--config.data.{key}={path}" for key, path in paths.items()]
+    result = run(args, env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from step 40" in result.stdout
+
+
+def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
+    wd, paths, cache = workdir
+    with open(paths["valid_src"], encoding="utf-8") as f:
+        lines = f.read().splitlines()[:6]
+    lines.insert(2, "")
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n".join(["x"] * len(lines)) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    result = run(
+        ["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={out}", f"--reference={ref}", "--beam_size=2"],
+        env_cache=cache,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    hyps = out.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(hyps) == len(lines)
+    assert hyps[2] == ""
+    assert "BLEU = " in result.stderr and "chrF = " in result.stderr and "version:" in result.stderr
+
+
+def test_decode_nbest_from_stdin(workdir):
+    wd, _, cache = workdir
+    result = run(["decode.py", f"--workdir={wd}", "--beam_size=3", "--nbest=3"], stdin="the red cat\nsees a dog\n", env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["0", "1", "2"] * 2
+    scores = [float(r[1]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    result = run(["train.py", "--config=configs/default.py", f"--workdir={tmp_path}", "--config.train.nmu_steps=3"])
+    assert result.returncode != 0
+    assert "nmu_steps" in result.stderr
+
+
+def test_missing_workdir_for_decode_is_a_clear_error(tmp_path):
+    result = run(["decode.py", f"--workdir={tmp_path / 'nothing'}"], stdin="hello\n")
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
