@@ -1,0 +1,404 @@
+"""Search over a step function: greedy, beam, sampling, teacher-forced scoring.
+
+Nothing here knows about LSTMs. The model supplies
+
+    step_fn(memory, state, tokens) -> (logits [N, V], new_state)
+
+where `memory` (read-only: encoder outputs, source mask, ...) and `state`
+(decoder carries, ...) are pytrees with leading dim N, `tokens` is the int32
+[N] previous output, and rows are independent. Every search below runs its
+step loop on device in a `lax.while_loop` that stops as soon as every sequence
+has finished, so all of them are jittable with `step_fn` and the sizes
+(`max_steps`, `beam_size`, `nbest`, `top_k`, ...) static, e.g.
+
+    decode = jax.jit(functools.partial(greedy_search, model_step, max_steps=64))
+
+Output conventions: tokens are int32 [.., max_steps], padded with `pad_id`
+after a sequence ends; a sequence ends at EOS (included in the tokens and
+counted in its length) or when it reaches its length cap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+NEG_INF = -jnp.inf
+
+StepFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+# ----------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------
+
+
+def _batch_size(memory: Any, state: Any) -> int:
+    leaves = jax.tree.leaves(memory) + jax.tree.leaves(state)
+    if not leaves:
+        raise ValueError("memory and state are both empty: cannot infer the batch size")
+    return jnp.shape(leaves[0])[0]
+
+
+def _length_caps(max_lengths: jax.Array | int | None, n: int, max_steps: int) -> jax.Array:
+    """Per-row caps as int32 [N], never above `max_steps` (the buffer size)."""
+    if max_lengths is None:
+        return jnp.full((n,), max_steps, jnp.int32)
+    caps = jnp.broadcast_to(jnp.asarray(max_lengths, jnp.int32), (n,))
+    return jnp.minimum(caps, max_steps)
+
+
+def _forbid_eos(scores: jax.Array, step: jax.Array, min_length: int, eos_id: int) -> jax.Array:
+    """Sets EOS to -inf while fewer than `min_length` tokens have been produced.
+
+    Applied after log-softmax in beam search, so allowed tokens keep their true
+    model log-probabilities (and `sequence_log_prob` reproduces beam scores).
+    """
+    is_eos = jnp.arange(scores.shape[-1]) == eos_id
+    return jnp.where(is_eos & (step < min_length), NEG_INF, scores)
+
+
+def length_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
+    """GNMT length penalty ((5 + |Y|) / 6) ** alpha; alpha=0 gives 1 (no normalisation)."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+# ----------------------------------------------------------------------------
+# Greedy search and sampling: one token per row per step
+# ----------------------------------------------------------------------------
+
+
+class _LoopState(NamedTuple):
+    step: jax.Array  # scalar int32: tokens produced so far
+    tokens: jax.Array  # int32 [N, max_steps]
+    last: jax.Array  # int32 [N]: the token fed to the next step
+    lengths: jax.Array  # int32 [N]
+    finished: jax.Array  # bool [N]
+    state: Any
+
+
+def _decode_loop(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    choose: Callable[[jax.Array, jax.Array], jax.Array],
+    *,
+    max_steps: int,
+    max_lengths: jax.Array | None,
+    min_length: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Left-to-right decoding where `choose(logits [N, V], step) -> tokens [N]` picks each token."""
+    n = _batch_size(memory, state)
+    caps = _length_caps(max_lengths, n, max_steps)
+    init = _LoopState(
+        step=jnp.int32(0),
+        tokens=jnp.full((n, max_steps), pad_id, jnp.int32),
+        last=jnp.full((n,), bos_id, jnp.int32),
+        lengths=jnp.zeros((n,), jnp.int32),
+        finished=caps <= 0,
+        state=state,
+    )
+
+    def cond(s: _LoopState) -> jax.Array:
+        return (s.step < max_steps) & ~jnp.all(s.finished)
+
+    def body(s: _LoopState) -> _LoopState:
+        logits, new_state = step_fn(memory, s.state, s.last)
+        logits = _forbid_eos(logits.astype(jnp.float32), s.step, min_length, eos_id)
+        token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
+        # Finished rows keep stepping (on PAD) but their outputs are discarded.
+        return _LoopState(
+            step=s.step + 1,
+            tokens=s.tokens.at[:, s.step].set(token),
+            last=token,
+            lengths=jnp.where(s.finished, s.lengths, s.step + 1),
+            finished=s.finished | (token == eos_id) | (s.step + 1 >= caps),
+            state=new_state,
+        )
+
+    out = lax.while_loop(cond, body, init)
+    return out.tokens, out.lengths
+
+
+def greedy_search(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    *,
+    max_steps: int,
+    max_lengths: jax.Array | None = None,
+    min_length: int = 0,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+) -> tuple[jax.Array, jax.Array]:
+    """Argmax decoding of a batch -> (tokens int32 [N, max_steps], lengths int32 [N]).
+
+    `max_lengths` (int32 [N], clipped to `max_steps`) caps each row separately,
+    e.g. a * src_len + b; `min_length` forbids EOS among the first `min_length`
+    tokens (min_length >= max_steps forces exactly max_steps steps, for timing).
+    """
+    return _decode_loop(
+        step_fn,
+        memory,
+        state,
+        lambda logits, step: jnp.argmax(logits, axis=-1),
+        max_steps=max_steps,
+        max_lengths=max_lengths,
+        min_length=min_length,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
+
+
+def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Sets logits outside the top-k / nucleus (top-p) set to -inf; 0 and 1.0 disable them.
+
+    The nucleus is the smallest set of most likely tokens whose probability
+    reaches `top_p`; the most likely token is always kept, so a tiny `top_p`
+    is greedy. Ties at a threshold are kept.
+    """
+    if top_k > 0:
+        kth = lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, NEG_INF, logits)
+    return logits
+
+
+def sample(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    rng: jax.Array,
+    *,
+    max_steps: int,
+    max_lengths: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_length: int = 0,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+) -> tuple[jax.Array, jax.Array]:
+    """Ancestral sampling -> (tokens [N, max_steps], lengths [N]); same conventions as greedy.
+
+    Logits are divided by `temperature` (> 0; use `greedy_search` for the
+    temperature-0 limit), then filtered by `filter_logits`. Step t draws with
+    `fold_in(rng, t)`, so the same `rng` reproduces the same output.
+    """
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use greedy_search for 0), got {temperature}")
+
+    def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
+        logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+        return jax.random.categorical(jax.random.fold_in(rng, step), logits, axis=-1)
+
+    return _decode_loop(
+        step_fn,
+        memory,
+        state,
+        choose,
+        max_steps=max_steps,
+        max_lengths=max_lengths,
+        min_length=min_length,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Beam search
+# ----------------------------------------------------------------------------
+
+
+class _BeamState(NamedTuple):
+    step: jax.Array  # scalar int32: tokens produced so far
+    live_tokens: jax.Array  # int32 [K, max_steps]
+    live_last: jax.Array  # int32 [K]: the token fed to the next step
+    live_logp: jax.Array  # float32 [K]: sum of log-probs; -inf marks an empty slot
+    live_state: Any  # decoder state, leading dim K
+    fin_tokens: jax.Array  # int32 [K, max_steps], best first
+    fin_scores: jax.Array  # float32 [K]: length-normalised; -inf marks an empty slot
+    fin_lengths: jax.Array  # int32 [K]
+
+
+def beam_search(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    *,
+    beam_size: int,
+    max_steps: int,
+    max_length: jax.Array | int | None = None,
+    alpha: float = 0.0,
+    nbest: int = 1,
+    min_length: int = 0,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Beam search for ONE sentence (`memory`/`state` without a batch dim).
+
+    Returns the `nbest` best finished hypotheses, best first: tokens int32
+    [nbest, max_steps], scores float32 [nbest] (sum of log-probs divided by the
+    GNMT penalty `length_penalty(length, alpha)`, length counting EOS) and
+    lengths int32 [nbest]. Slots with no hypothesis (only when fewer than
+    `nbest` sequences are possible) have score -inf.
+
+    Each step keeps the 2K best extensions (K = beam_size), so K live beams
+    survive even when up to K of them end. As in fairseq, an ended candidate
+    joins the finished set only if it ranks among the K best of its step,
+    which makes beam_size=1 exactly greedy search. Hypotheses hitting
+    `max_length` (clipped to [1, max_steps]) without EOS count as finished.
+    The search stops once no live beam can beat the worst of the K finished
+    hypotheses: log-probs only decrease, so a live beam's best final score is
+    logp / max(lp(t + 1), lp(max_length)), which is logp when alpha = 0.
+    """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
+    k = beam_size
+    cap = max_steps if max_length is None else max_length
+    cap = jnp.clip(jnp.asarray(cap, jnp.int32), 1, max_steps)
+    best_lp = length_penalty(cap, alpha)
+
+    def expand(x: Any) -> jax.Array:
+        x = jnp.asarray(x)
+        return jnp.broadcast_to(x[None], (k,) + x.shape)
+
+    memory = jax.tree.map(expand, memory)
+    empty_tokens = jnp.full((k, max_steps), pad_id, jnp.int32)
+    init = _BeamState(
+        step=jnp.int32(0),
+        live_tokens=empty_tokens,
+        live_last=jnp.full((k,), bos_id, jnp.int32),
+        # Only beam 0 is real at first, so the K copies do not yield duplicates.
+        live_logp=jnp.full((k,), NEG_INF, jnp.float32).at[0].set(0.0),
+        live_state=jax.tree.map(expand, state),
+        fin_tokens=empty_tokens,
+        fin_scores=jnp.full((k,), NEG_INF, jnp.float32),
+        fin_lengths=jnp.zeros((k,), jnp.int32),
+    )
+
+    def cond(s: _BeamState) -> jax.Array:
+        penalty = jnp.maximum(length_penalty(s.step + 1, alpha), best_lp)
+        best_possible = jnp.max(s.live_logp) / penalty
+        # -inf vs -inf (no live beam left) also stops.
+        return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
+
+    def body(s: _BeamState) -> _BeamState:
+        logits, new_state = step_fn(memory, s.live_state, s.live_last)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        logp = _forbid_eos(logp, s.step, min_length, eos_id)
+        vocab = logp.shape[-1]
+        cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
+        cand_beam, cand_token = flat // vocab, flat % vocab
+        cand_tokens = s.live_tokens[cand_beam].at[:, s.step].set(cand_token)  # [2K, T]
+        length = s.step + 1
+        ended = (cand_token == eos_id) | (length >= cap)
+
+        # Live: the K best that go on (at most K of the 2K end with EOS).
+        live_logp, live_idx = lax.top_k(jnp.where(ended, NEG_INF, cand_logp), k)
+        live_beam = cand_beam[live_idx]
+
+        # Finished: merge ended candidates from this step's top K into the K kept.
+        new_scores = jnp.where(
+            ended & (jnp.arange(2 * k) < k), cand_logp / length_penalty(length, alpha), NEG_INF
+        )
+        fin_scores, fin_idx = lax.top_k(jnp.concatenate([s.fin_scores, new_scores]), k)
+        fin_tokens = jnp.concatenate([s.fin_tokens, cand_tokens])[fin_idx]
+        new_lengths = jnp.full((2 * k,), length, jnp.int32)
+        fin_lengths = jnp.concatenate([s.fin_lengths, new_lengths])[fin_idx]
+
+        return _BeamState(
+            step=length,
+            live_tokens=cand_tokens[live_idx],
+            live_last=cand_token[live_idx],
+            live_logp=live_logp,
+            live_state=jax.tree.map(lambda x: x[live_beam], new_state),
+            fin_tokens=fin_tokens,
+            fin_scores=fin_scores,
+            fin_lengths=fin_lengths,
+        )
+
+    out = lax.while_loop(cond, body, init)
+    return out.fin_tokens[:nbest], out.fin_scores[:nbest], out.fin_lengths[:nbest]
+
+
+def batch_beam_search(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    *,
+    max_steps: int,
+    max_length: jax.Array | int | None = None,
+    **kwargs: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`beam_search` vmapped over a leading batch dim of memory/state (and max_length [N]).
+
+    Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest].
+    Inside the vmap `step_fn` sees arrays of leading dim beam_size.
+    """
+    caps = _length_caps(max_length, _batch_size(memory, state), max_steps)
+
+    def one(mem: Any, st: Any, cap: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, **kwargs)
+
+    return jax.vmap(one)(memory, state, caps)
+
+
+# ----------------------------------------------------------------------------
+# Teacher-forced scoring
+# ----------------------------------------------------------------------------
+
+
+def teacher_forced_logits(
+    step_fn: StepFn, memory: Any, state: Any, tokens: jax.Array, *, bos_id: int = BOS_ID
+) -> jax.Array:
+    """Float32 logits [N, T, V] at each position of `tokens` [N, T] given its gold prefix."""
+    n = tokens.shape[0]
+    bos = jnp.full((n, 1), bos_id, jnp.int32)
+    inputs = jnp.concatenate([bos, tokens[:, :-1].astype(jnp.int32)], axis=1)
+
+    def body(st: Any, tok: jax.Array) -> tuple[Any, jax.Array]:
+        logits, st = step_fn(memory, st, tok)
+        return st, logits.astype(jnp.float32)
+
+    _, logits = lax.scan(body, state, inputs.T)
+    return logits.transpose(1, 0, 2)
+
+
+def sequence_log_prob(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    *,
+    bos_id: int = BOS_ID,
+) -> jax.Array:
+    """Sum of log p(token | prefix) over the first `lengths[i]` tokens of each row -> [N].
+
+    The model's own scores for given outputs (EOS included when it is within
+    the length): rescoring, or checking a search's scores.
+    """
+    logp = jax.nn.log_softmax(teacher_forced_logits(step_fn, memory, state, tokens, bos_id=bos_id))
+    token_logp = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    within = jnp.arange(tokens.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+    return jnp.sum(jnp.where(within, token_logp, 0.0), axis=1)
