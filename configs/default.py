@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.bidirectional = False  # bidirectional encoder with a learned bridge to the decoder state
     model.feed_context = False  # concatenate the encoder context to every decoder input (d2l)
     model.tie_embeddings = False  # share the target embedding with the output layer
+    model.attention = "none"  # none | bahdanau | luong_dot | luong_general (global attention over encoder states)
+    model.input_feeding = False  # with attention: previous attentional vector joins the next input (Luong)
     model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
 
     config.train = train = ml_collections.ConfigDict()

@@ -9,7 +9,7 @@ import ml_collections
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase") + tuple(
-    f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings")
+    f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
 ) + ("train.optimizer", "train.batch_size")
 
 
@@ -42,6 +42,12 @@ def validate(config) -> None:
         raise ConfigError(f"train.teacher_forcing_ratio must be in [0, 1], got {config.train.teacher_forcing_ratio}")
     if config.train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be positive, got {config.train.learning_rate}")
+    from s2s_jax.attention import KINDS
+
+    if config.model.attention not in KINDS:
+        raise ConfigError(f"model.attention must be one of {', '.join(KINDS)}, got {config.model.attention!r}")
+    if config.model.attention == "luong_dot" and config.model.bidirectional:
+        raise ConfigError("model.attention=luong_dot needs a unidirectional encoder; use luong_general")
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be stop or skip, got {config.train.on_nonfinite!r}")
 

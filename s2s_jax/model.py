@@ -17,11 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax.attention import Attention
 from s2s_jax.lstm import Carry, LSTMLayer, reverse_padded
 from s2s_jax.tokenizer import PAD_ID
 
-State = tuple[Carry, ...]  # one (c, h) per decoder layer
-Memory = dict[str, jax.Array]
+State = dict[str, Any]  # {"carries": one (c, h) per decoder layer, "feed": previous attentional vector}
+Memory = dict[str, jax.Array]  # context, src_mask and, with attention, keys and values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelConfig:
     bidirectional: bool = False
     feed_context: bool = False
     tie_embeddings: bool = False
+    attention: str = "none"  # none | bahdanau | luong_dot | luong_general
+    input_feeding: bool = False  # feed the previous attentional vector to the next step
     scan_unroll: int = 1
     dtype: Any = jnp.float32
 
@@ -53,6 +56,8 @@ class ModelConfig:
             bidirectional=model_cfg.bidirectional,
             feed_context=model_cfg.feed_context,
             tie_embeddings=model_cfg.tie_embeddings,
+            attention=model_cfg.attention,
+            input_feeding=model_cfg.input_feeding,
             scan_unroll=model_cfg.scan_unroll,
             dtype=dtype,
         )
@@ -99,7 +104,7 @@ class Bridge(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, carries: list) -> State:
+    def __call__(self, carries: list) -> tuple[Carry, ...]:
         cfg = self.config
         if not cfg.bidirectional:
             return tuple(carries)
@@ -112,11 +117,14 @@ class Bridge(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Stacked LSTM decoder with a dense softmax layer over the target vocabulary.
+    """Stacked LSTM decoder, optional global attention, dense softmax over the target vocabulary.
 
     With `feed_context`, the encoder's top-layer final hidden state is
     concatenated to every input embedding (the d2l formulation
-    s_t = g(y_{t-1}, c, s_{t-1})).
+    s_t = g(y_{t-1}, c, s_{t-1})). With attention (JoeyNMT/Luong layout) the
+    top hidden state h_t queries the encoder states and the attentional vector
+    tanh(W_c [context; h_t]) feeds the output layer; with `input_feeding` it is
+    also concatenated to the next step's input, which forces a step-by-step loop.
     """
 
     config: ModelConfig
@@ -129,19 +137,26 @@ class Decoder(nn.Module):
             for i in range(cfg.num_layers)
         ]
         self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.attention != "none":
+            self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.dtype, name="attention")
+            self.combine = nn.Dense(cfg.hidden_size, use_bias=False, dtype=cfg.dtype, name="combine")
         if cfg.tie_embeddings and cfg.hidden_size != cfg.emb_dim:
             self.pre_output = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, name="pre_output")
         if not cfg.tie_embeddings:
             self.output = nn.Dense(cfg.tgt_vocab_size, dtype=cfg.dtype, name="output")
 
-    def _inputs(self, tokens: jax.Array, memory: Memory, train: bool) -> jax.Array:
+    @property
+    def uses_feed(self) -> bool:
+        return self.config.attention != "none" and self.config.input_feeding
+
+    def _inputs(self, tokens: jax.Array, memory: Memory) -> jax.Array:
         x = self.embed(tokens).astype(self.config.dtype)
         if self.config.feed_context:
             context = jnp.broadcast_to(
                 memory["context"][:, None, :], x.shape[:2] + memory["context"].shape[-1:]
             )
             x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
-        return self.dropout(x, deterministic=not train)
+        return x
 
     def _logits(self, h: jax.Array, train: bool) -> jax.Array:
         h = self.dropout(h, deterministic=not train)
@@ -151,19 +166,49 @@ class Decoder(nn.Module):
             return self.embed.attend(h.astype(jnp.float32))
         return self.output(h).astype(jnp.float32)
 
-    def __call__(
-        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool
-    ) -> tuple[jax.Array, State]:
-        """Runs over [B, T] input tokens; returns float32 logits [B, T, V] and the new state."""
-        x = self._inputs(tokens, memory, train)
-        mask = jnp.ones(tokens.shape, bool)
-        new_state = []
+    def _run(self, x: jax.Array, memory: Memory, state: State, train: bool):
+        """LSTM layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights)."""
+        if self.uses_feed:
+            x = jnp.concatenate([x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1)
+        x = self.dropout(x, deterministic=not train)
+        mask = jnp.ones(x.shape[:2], bool)
+        carries = []
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x, deterministic=not train)
-            x, carry = layer(x, mask, state[i])
-            new_state.append(carry)
-        return self._logits(x, train), tuple(new_state)
+            x, carry = layer(x, mask, state["carries"][i])
+            carries.append(carry)
+        new_state = {"carries": tuple(carries)}
+        weights = None
+        if self.config.attention != "none":
+            context, weights = self.attention(x, memory["keys"], memory["values"], memory["src_mask"])
+            x = jnp.tanh(self.combine(jnp.concatenate([context.astype(x.dtype), x], -1)))
+            if self.uses_feed:
+                new_state["feed"] = x[:, -1]
+        return x, new_state, weights
+
+    def __call__(
+        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool
+    ) -> tuple[jax.Array, State, jax.Array | None]:
+        """Runs over [B, T] input tokens -> (float32 logits [B, T, V], new state, attention [B, T, S] or None)."""
+        x = self._inputs(tokens, memory)
+        if not self.uses_feed or tokens.shape[1] == 1:
+            h, state, weights = self._run(x, memory, state, train)
+            return self._logits(h, train), state, weights
+
+        def step(decoder, carry, x_t):
+            h, carry, weights = decoder._run(x_t[:, None], memory, carry, train)
+            return carry, (h[:, 0], None if weights is None else weights[:, 0])
+
+        scan = nn.scan(
+            step,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=1,
+            out_axes=1,
+        )
+        state, (h, weights) = scan(self, state, x)
+        return self._logits(h, train), state, weights
 
 
 class Seq2Seq(nn.Module):
@@ -178,16 +223,28 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: jax.Array, *, train: bool = False) -> tuple[Memory, State]:
         outputs, carries, mask = self.encoder(src, train=train)
-        state = self.bridge(carries)
-        memory = {"context": state[-1][1], "src_mask": mask}
+        carries = self.bridge(carries)
+        memory = {"context": carries[-1][1], "src_mask": mask}
+        state: State = {"carries": carries}
+        if self.config.attention != "none":
+            memory["values"] = outputs
+            memory["keys"] = self.decoder.attention.keys(outputs)
+            if self.config.input_feeding:
+                state["feed"] = jnp.zeros((src.shape[0], self.config.hidden_size), self.config.dtype)
         return memory, state
 
     def decode_step(
         self, memory: Memory, state: State, tokens: jax.Array, *, train: bool = False
     ) -> tuple[jax.Array, State]:
         """One decoder step: tokens [B] -> float32 logits [B, V]."""
-        logits, state = self.decoder(tokens[:, None], memory, state, train=train)
+        logits, state, _ = self.decoder(tokens[:, None], memory, state, train=train)
         return logits[:, 0], state
+
+    def attention_weights(self, src: jax.Array, tgt_in: jax.Array) -> jax.Array:
+        """Teacher-forced attention weights [B, T, S] (for heatmaps of a known output)."""
+        memory, state = self.encode(src)
+        _, _, weights = self.decoder(tgt_in, memory, state, train=False)
+        return weights
 
     def __call__(
         self,
@@ -206,7 +263,7 @@ class Seq2Seq(nn.Module):
         """
         memory, state = self.encode(src, train=train)
         if teacher_forcing_ratio >= 1.0 or not train:
-            logits, _ = self.decoder(tgt_in, memory, state, train=train)
+            logits, _, _ = self.decoder(tgt_in, memory, state, train=train)
             return logits
         use_gold = jax.random.bernoulli(self.make_rng("sampling"), teacher_forcing_ratio, tgt_in.shape)
         use_gold = use_gold.at[:, 0].set(True)  # the first input is always <bos>
@@ -215,7 +272,7 @@ class Seq2Seq(nn.Module):
             dec_state, prev_pred = carry
             gold, gold_here = inputs
             tokens = jnp.where(gold_here, gold, prev_pred)
-            logits, dec_state = decoder(tokens[:, None], memory, dec_state, train=train)
+            logits, dec_state, _ = decoder(tokens[:, None], memory, dec_state, train=train)
             logits = logits[:, 0]
             return (dec_state, jnp.argmax(logits, -1).astype(tgt_in.dtype)), logits
 

@@ -27,6 +27,9 @@ VARIANTS = [
     {},
     {"bidirectional": True},
     {"feed_context": True, "tie_embeddings": True},
+    {"attention": "luong_general", "bidirectional": True},
+    {"attention": "bahdanau", "input_feeding": True},
+    {"attention": "luong_dot", "input_feeding": True, "feed_context": True},
 ]
 
 
@@ -37,7 +40,7 @@ def test_extra_padding_changes_neither_context_nor_loss(overrides):
     src_more = jnp.pad(SRC, ((0, 0), (0, 4)))
     tgt_in_more, tgt_out_more = jnp.pad(TGT_IN, ((0, 0), (0, 3))), jnp.pad(TGT_OUT, ((0, 0), (0, 3)))
     memory2, state2 = model.apply({"params": params}, src_more, method=Seq2Seq.encode)
-    for (c, h), (c2, h2) in zip(state, state2):
+    for (c, h), (c2, h2) in zip(state["carries"], state2["carries"]):
         np.testing.assert_allclose(c, c2, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(h, h2, rtol=1e-6, atol=1e-7)
     loss = masked_cross_entropy(model.apply({"params": params}, SRC, TGT_IN), TGT_OUT)
@@ -50,7 +53,7 @@ def test_context_of_a_row_does_not_depend_on_other_rows():
     model, params = make()
     _, alone = model.apply({"params": params}, SRC[1:, :2], method=Seq2Seq.encode)
     _, together = model.apply({"params": params}, SRC, method=Seq2Seq.encode)
-    np.testing.assert_allclose(alone[-1][1][0], together[-1][1][1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(alone["carries"][-1][1][0], together["carries"][-1][1][1], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)

@@ -1,0 +1,59 @@
+"""Global attention over every encoder state: Bahdanau (additive) and Luong (dot, general).
+
+Keys are projected once per sentence (`keys`), never once per decoder step.
+Scores at padded source positions are masked before the softmax, so their
+weights are exactly 0 and each row sums to 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
+
+
+class Attention(nn.Module):
+    """score(q, k_s): bahdanau v·tanh(W_q q + U k_s); luong_general q·W_a k_s; luong_dot q·k_s."""
+
+    kind: str
+    hidden_size: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.kind not in KINDS[1:]:
+            raise ValueError(f"model.attention must be one of {KINDS}, not {self.kind!r}")
+        if self.kind in ("bahdanau", "luong_general"):
+            self.key_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="key")
+        if self.kind == "bahdanau":
+            self.query_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="query")
+            self.energy = nn.Dense(1, use_bias=False, dtype=self.dtype, name="energy")
+
+    def keys(self, values: jax.Array) -> jax.Array:
+        """[B, S, Hv] encoder outputs -> [B, S, H] keys, once per sentence."""
+        if self.kind == "luong_dot":
+            if values.shape[-1] != self.hidden_size:
+                raise ValueError(
+                    "luong_dot attention needs encoder outputs of the decoder's size; "
+                    "use luong_general with a bidirectional encoder"
+                )
+            return values
+        return self.key_proj(values)
+
+    def __call__(
+        self, query: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """query [B, T, H] -> (context [B, T, Hv], weights [B, T, S])."""
+        if self.kind == "bahdanau":
+            q = self.query_proj(query)
+            scores = self.energy(jnp.tanh(q[:, :, None, :] + keys[:, None, :, :]))[..., 0]
+        else:
+            scores = jnp.einsum("bth,bsh->bts", query.astype(keys.dtype), keys)
+        scores = jnp.where(mask[:, None, :], scores.astype(jnp.float32), -1e9)
+        weights = jax.nn.softmax(scores, axis=-1)
+        weights = jnp.where(mask[:, None, :], weights, 0.0)
+        context = jnp.einsum("bts,bsh->bth", weights.astype(values.dtype), values)
+        return context, weights
