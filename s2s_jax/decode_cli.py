@@ -31,6 +31,17 @@ def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
         print("\n".join(format_hypotheses(hyps, opts.nbest)), flush=True)
 
 
+def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesis]], directory: str) -> None:
+    """One heatmap per non-empty input line, named by its 1-based line number."""
+    from s2s_jax.plotting import plot_attention
+    from s2s_jax.translator import attention_maps
+
+    maps = attention_maps(translator, lines, [hyps[0].tokens for hyps in results])
+    for number, item in enumerate(maps, 1):
+        if item["src"]:
+            plot_attention(item["weights"], item["src"], item["tgt"], f"{directory}/{number:05d}.png")
+
+
 def run(flags) -> int:
     try:
         translator = Translator(flags.workdir, flags.checkpoint)
@@ -58,6 +69,12 @@ def run(flags) -> int:
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if flags.plot_attention:
+        try:
+            _plot(translator, lines, results, flags.plot_attention)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     out_lines = [line for hyps in results for line in format_hypotheses(hyps, opts.nbest)]
     text = "".join(line + "\n" for line in out_lines)
     if flags.output == "-":

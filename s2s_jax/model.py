@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from s2s_jax.attention import Attention
 from s2s_jax.lstm import Carry, LSTMLayer, reverse_padded
-from s2s_jax.tokenizer import PAD_ID
+from s2s_jax.tokenizer import BOS_ID, PAD_ID
 
 State = dict[str, Any]  # {"carries": one (c, h) per decoder layer, "feed": previous attentional vector}
 Memory = dict[str, jax.Array]  # context, src_mask and, with attention, keys and values
@@ -236,9 +236,14 @@ class Seq2Seq(nn.Module):
     def decode_step(
         self, memory: Memory, state: State, tokens: jax.Array, *, train: bool = False
     ) -> tuple[jax.Array, State]:
-        """One decoder step: tokens [B] -> float32 logits [B, V]."""
+        """One decoder step: tokens [B] -> float32 logits [B, V].
+
+        <pad> and <bos> are never valid outputs, so their logits are pushed to
+        -1e9 here (not in training, where label smoothing must stay finite).
+        """
         logits, state, _ = self.decoder(tokens[:, None], memory, state, train=train)
-        return logits[:, 0], state
+        logits = logits[:, 0].at[:, jnp.array([PAD_ID, BOS_ID])].set(-1e9)
+        return logits, state
 
     def attention_weights(self, src: jax.Array, tgt_in: jax.Array) -> jax.Array:
         """Teacher-forced attention weights [B, T, S] (for heatmaps of a known output)."""
@@ -274,7 +279,9 @@ class Seq2Seq(nn.Module):
             tokens = jnp.where(gold_here, gold, prev_pred)
             logits, dec_state, _ = decoder(tokens[:, None], memory, dec_state, train=train)
             logits = logits[:, 0]
-            return (dec_state, jnp.argmax(logits, -1).astype(tgt_in.dtype)), logits
+            never_output = jnp.array([PAD_ID, BOS_ID])
+            prediction = jnp.argmax(logits.at[:, never_output].set(-1e9), -1).astype(tgt_in.dtype)
+            return (dec_state, prediction), logits
 
         scan = nn.scan(
             step,

@@ -19,7 +19,7 @@ from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import config_utils, corpus, decoding, training
 from s2s_jax.data import normalize
 from s2s_jax.model import Seq2Seq
-from s2s_jax.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +121,33 @@ class Translator:
                     for k in range(tokens.shape[1])
                 ]
         return results
+
+
+def attention_maps(translator: "Translator", lines: list[str], outputs: list[list[int]]) -> list[dict]:
+    """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
+
+    Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
+    the output includes the final </s>, the source its </s>.
+    """
+    if translator.config.model.attention == "none":
+        raise ValueError("this model has no attention (model.attention=none): nothing to plot")
+    weights_fn = jax.jit(lambda params, src, tgt_in: translator.model.apply(
+        {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
+    src_ids = translator.encode_lines(lines, warn=lambda msg: None)
+    maps = []
+    for ids, out in zip(src_ids, outputs):
+        if not ids:
+            maps.append({"weights": np.zeros((0, 0)), "src": [], "tgt": []})
+            continue
+        src = np.array([ids], np.int32)
+        tgt_in = np.array([[BOS_ID] + out], np.int32)
+        weights = np.asarray(weights_fn(translator.params, src, tgt_in))[0]
+        maps.append({
+            "weights": weights,
+            "src": translator.src_tokenizer.pieces(ids[:-1]) + ["</s>"],
+            "tgt": translator.tgt_tokenizer.pieces(out) + ["</s>"],
+        })
+    return maps
 
 
 def _cut(row: np.ndarray) -> list[int]:

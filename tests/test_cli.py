@@ -24,6 +24,8 @@ TINY = [
     "--config.train.batch_size=16", "--config.train.num_steps=40", "--config.train.learning_rate=0.01",
     "--config.train.warmup_steps=5", "--config.train.log_every=10", "--config.train.eval_every=20",
     "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
+    # the CLI tests use the attention model; tests/test_training.py covers the plain one
+    "--config.model.attention=luong_general", "--config.model.bidirectional=True", "--config.model.input_feeding=True",
 ]
 
 
@@ -97,3 +99,19 @@ def test_missing_workdir_for_decode_is_a_clear_error(tmp_path):
     result = run(["decode.py", f"--workdir={tmp_path / 'nothing'}"], stdin="hello\n")
     assert result.returncode == 1
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plot_attention_writes_one_png_per_nonempty_line(workdir, tmp_path):
+    import matplotlib.image
+
+    wd, _, cache = workdir
+    plots = tmp_path / "plots"
+    result = run(
+        ["decode.py", f"--workdir={wd}", f"--plot_attention={plots}"],
+        stdin="the red cat\n\nsees a big dog\n", env_cache=cache,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in plots.iterdir()) == ["00001.png", "00003.png"]
+    image = matplotlib.image.imread(plots / "00003.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.05  # a real picture, not a blank canvas

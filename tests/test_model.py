@@ -63,7 +63,8 @@ def test_decode_step_reproduces_teacher_forced_logits(overrides):
     memory, state = model.apply({"params": params}, SRC, method=Seq2Seq.encode)
     for t in range(TGT_IN.shape[1]):
         logits, state = model.apply({"params": params}, memory, state, TGT_IN[:, t], method=Seq2Seq.decode_step)
-        np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logits[:, 2:], full[:, t, 2:], rtol=1e-5, atol=1e-6)
+        assert np.all(np.asarray(logits[:, :2]) == -1e9)  # <pad>, <bos> are never output
 
 
 def test_scheduled_sampling_with_ratio_one_equals_teacher_forcing_and_zero_differs():
@@ -78,7 +79,7 @@ def test_scheduled_sampling_with_ratio_one_equals_teacher_forcing_and_zero_diffe
     tokens = TGT_IN[:, 0]
     for t in range(TGT_IN.shape[1]):
         logits, state = model.apply({"params": params}, memory, state, tokens, method=Seq2Seq.decode_step)
-        np.testing.assert_allclose(free[:, t], logits, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(free[:, t, 2:], logits[:, 2:], rtol=1e-5, atol=1e-6)
         tokens = jnp.argmax(logits, -1)
     np.testing.assert_allclose(free[:, 0], forced[:, 0], rtol=1e-6)
     assert not np.allclose(free, forced)
@@ -96,3 +97,30 @@ def test_masked_cross_entropy_matches_hand_computation():
     logp0 = np.array([0.0, 1.0, 2.0]) - np.log(1 + np.e + np.e**2)
     by_hand = 0.9 * (-logp0[2]) + 0.1 * (-logp0.mean()) + 0.9 * np.log(3.0) + 0.1 * np.log(3.0)
     np.testing.assert_allclose(smoothed["loss_sum"], by_hand, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong_dot", "luong_general"])
+def test_attention_weights_are_zero_on_padding_and_rows_sum_to_one(kind):
+    model, params = make(attention=kind)
+    weights = model.apply({"params": params}, SRC, TGT_IN, method=Seq2Seq.attention_weights)
+    mask = np.asarray(SRC != 0)
+    assert weights.shape == (2, TGT_IN.shape[1], SRC.shape[1])
+    assert np.all(np.asarray(weights)[~np.broadcast_to(mask[:, None, :], weights.shape)] == 0.0)
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-6)
+    more = model.apply({"params": params}, jnp.pad(SRC, ((0, 0), (0, 3))), TGT_IN, method=Seq2Seq.attention_weights)
+    np.testing.assert_allclose(more[..., : SRC.shape[1]], weights, rtol=1e-6, atol=1e-7)
+
+
+def test_bidirectional_backward_direction_equals_reverse_pass_over_unpadded_sentence():
+    from s2s_jax.lstm import LSTMLayer
+
+    model, params = make(bidirectional=True, num_layers=1)
+    enc = params["encoder"]
+    x = enc["embed"]["embedding"][SRC[1, :2]][None]  # the real tokens of row 1 only
+    ref_out, ref_carry = LSTMLayer(8).apply({"params": enc["layer_0_bwd"]}, x[:, ::-1], jnp.ones((1, 2), bool))
+    outputs, carries, _ = model.apply(
+        {"params": params}, SRC, train=False, method=lambda m, s, train: m.encoder(s, train=train)
+    )
+    np.testing.assert_allclose(outputs[1, :2, 8:], ref_out[0, ::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(carries[0][1][1][1], ref_carry[1][0], rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(outputs[1, 2:]) == 0.0)
