@@ -11,9 +11,15 @@ terminal on stdin it translates interactively, line by line.
 
 import sys
 
-from absl import app, flags
+import os
 
-from s2s_jax import runtime
+# Parameter init's QR decompositions go to OpenBLAS, which stalls for seconds with
+# several threads on a busy 2-core machine; XLA's own matmuls do not use it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from absl import app, flags  # noqa: E402
+
+from s2s_jax import runtime  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir.", required=True)

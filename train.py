@@ -6,10 +6,16 @@
 Running the same command again resumes from the workdir's latest checkpoint.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import os
 
-from s2s_jax import runtime
+# Parameter init's QR decompositions go to OpenBLAS, which stalls for seconds with
+# several threads on a busy 2-core machine; XLA's own matmuls do not use it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from s2s_jax import runtime  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)

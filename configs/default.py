@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.clip_norm = 1.0  # global gradient-norm clipping (0 = off)
     train.label_smoothing = 0.0
     train.teacher_forcing_ratio = 1.0  # < 1: scheduled sampling with the model's own greedy tokens
+    train.dtype = "float32"  # float32 | bfloat16: compute dtype; parameters, optimizer state and loss stay float32
     train.on_nonfinite = "stop"  # stop | skip: what to do when a step's loss or gradient is NaN/Inf
     train.log_every = 50
     train.eval_every = 1000

@@ -12,6 +12,7 @@ complete, so an interrupted save never replaces a good checkpoint.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -59,16 +60,24 @@ class Checkpoints:
             return None
         return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores state and meta, shaped and sharded like `abstract_state`."""
-        step = self.latest.latest_step() if step is None else step
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["meta"]
+    def restore(self, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores the newest readable checkpoint, shaped and sharded like `abstract_state`.
+
+        A damaged newest checkpoint (a disk error, files removed by hand) is
+        skipped with a warning and the one before it is used.
+        """
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                restored = self.latest.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                return restored["state"], restored["meta"]
+            except Exception as err:  # orbax raises many types for unreadable files
+                warnings.warn(f"checkpoint {step} is unreadable ({type(err).__name__}: {err}); trying an older one")
+        raise CheckpointError(f"no readable checkpoint in {self.latest.directory}")
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

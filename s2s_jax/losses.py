@@ -18,12 +18,14 @@ def masked_cross_entropy(
     (the number of non-pad targets). Label smoothing spreads `label_smoothing`
     uniformly over the vocabulary, as `optax.smooth_labels` does.
     """
+    # Written with logsumexp rather than a [B, T, V] log_softmax array: the vocabulary
+    # axis is the largest in the model, and every full pass over it costs time.
     logits = logits.astype(jnp.float32)
     weights = (targets != PAD_ID).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     if label_smoothing > 0.0:
-        smooth = -log_probs.mean(axis=-1)
+        smooth = log_z - logits.mean(axis=-1)  # mean over the vocabulary of -log p
         loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
     else:
         loss = nll

@@ -29,6 +29,8 @@ def run(config, workdir: str) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     minutes = (time.perf_counter() - start) / 60
+    if "interrupted_at" in final:
+        return 0
     print(
         f"done in {minutes:.1f} min: valid BLEU {final.get('valid_bleu', float('nan')):.2f}, "
         f"chrF {final.get('valid_chrf', float('nan')):.2f} (best BLEU {final['best_valid_bleu']:.2f}). "

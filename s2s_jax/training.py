@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -29,11 +31,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def dtype_of(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"train.dtype must be float32 or bfloat16, not {name!r}")
+    return dtypes[name]
 
 
 def make_model(config, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size))
+    dtype = dtype_of(config.train.dtype)
+    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype))
 
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
@@ -200,6 +206,27 @@ class Evaluator:
         return result, hyps
 
 
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to finish its step, checkpoint and return (a second SIGINT aborts)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def _sum_metrics(pending: list[dict]) -> dict:
     host = jax.device_get(pending)
     return {k: float(sum(m[k] for m in host)) for k in host[0]}
@@ -237,6 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schedule = learning_rate_schedule(config.train)
     pending, window_tokens, window_start = [], 0, time.perf_counter()
     final: dict = {}
+    stop = StopRequest()
     bar = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0)
     for step in range(start_step + 1, num_steps + 1):
         batch = next(iterator)
@@ -245,13 +273,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending.append(step_metrics)
         bar.update(1)
         record: dict = {}
-        is_checkpoint = step % config.train.checkpoint_every == 0 or step == num_steps
+        stopping = stop.requested is not None
+        is_checkpoint = step % config.train.checkpoint_every == 0 or step == num_steps or stopping
         # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
         if step % config.train.log_every == 0 or is_checkpoint:
             sums = _sum_metrics(pending)
             elapsed = time.perf_counter() - window_start
             if sums["nonfinite"] > 0 and config.train.on_nonfinite == "stop":
                 bar.close()
+                stop.restore()
                 checkpoints.wait()
                 raise NonFiniteLossError(
                     f"NaN/Inf loss or gradient in {int(sums['nonfinite'])} of the steps "
@@ -286,9 +316,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
             final.update(record)
         if is_checkpoint:
             checkpoints.save(step, state, {"data_state": iterator.get_state(), "step": step})
+        if stopping:
+            bar.close()
+            checkpoints.wait()
+            print(f"{stop.requested}: stopped after step {step} with a checkpoint; run the same command to resume.")
+            final["interrupted_at"] = step
+            break
         if record:
             window_tokens, window_start = 0, time.perf_counter()
     bar.close()
+    stop.restore()
     checkpoints.wait()
     checkpoints.close()
     logger.close()
