@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import traceback
 
 import ml_collections
 
@@ -23,6 +26,72 @@ def _get(config, dotted: str):
     return config
 
 
+def _flag_error_message(err: BaseException, argv: list[str]) -> str:
+    """A sentence for an exception ml_collections raised while applying --config overrides."""
+    if isinstance(err, SyntaxError):
+        where = f"{err.filename}:{err.lineno}" if err.filename else "the --config file"
+        return f"{where}: {err.msg} (a syntax error in the config file)"
+    text = str(err.args[0] if err.args else err)
+    names = re.findall(r"[A-Za-z_]\w*", text)
+    key = names[0] if names else ""
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    offending = [
+        a.split("=", 1)[0] for a in argv
+        if a.startswith("--config.") and key and f".{key}" in a.split("=", 1)[0]
+    ]
+    if isinstance(err, (AttributeError, KeyError)) and offending:
+        hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+        return f"{offending[0]}: the config has no key {key!r}{hint} (configs/default.py lists every key)"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    # An exception raised inside the user's config file: point at its line.
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if "site-packages" not in f.filename]
+    frames = [f for f in frames if os.path.basename(f.filename) not in ("train.py", "config_utils.py")]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(err).__name__}: {first} (while loading --config and its overrides)"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl `flags_parser` for train.py: flag errors as one line on stderr, exit status 1.
+
+    absl turns its own flag errors into 'FATAL Flags parsing error: ...', but a
+    misspelt `--config.section.key` raises AttributeError/KeyError from
+    ml_collections and a config file with a syntax error raises SyntaxError,
+    which would end in a traceback. Use as `app.run(main, flags_parser=parse_flags)`.
+    """
+    import sys
+
+    from absl import app
+
+    try:
+        return app.parse_flags_with_usage(argv)
+    except Exception as err:  # noqa: BLE001 -- anything a config file or override can raise
+        sys.stderr.write(f"FATAL Flags parsing error: {_flag_error_message(err, argv)}\n")
+        sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+
+
+def check_loaded(config) -> None:
+    """Turns a --config file that failed to load (ml_collections defers that error to the
+    first use of the config) into a ConfigError."""
+    try:
+        config.get("seed")
+    except ConfigError:
+        raise
+    except Exception as err:  # ml_collections reports OSError, ImportError, SyntaxError, ...
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = " ".join(lines[-2:]) if lines else type(err).__name__
+        raise ConfigError(f"cannot load the --config file: {detail}") from None
+
+
+_CHOICES = {
+    "data.spm_model_type": ("unigram", "bpe", "word", "char"),
+    "train.optimizer": ("adam", "adamw"),
+    "train.lr_schedule": ("constant", "cosine", "rsqrt"),
+    "train.dtype": ("float32", "bfloat16"),
+    "train.on_nonfinite": ("stop", "skip"),
+}
+
+
 def validate(config) -> None:
     positive = [
         "data.vocab_size", "data.max_len", "data.num_buckets", "data.pad_multiple",
@@ -33,6 +102,15 @@ def validate(config) -> None:
     for key in positive:
         if _get(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(config, key)}")
+    non_negative = [
+        "seed", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
+        "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.num_samples",
+        "decode.alpha", "decode.max_len_a", "decode.max_len_b",
+    ]
+    for key in non_negative:
+        value = _get(config, key)
+        if not (value >= 0 and math.isfinite(value)):  # also refuses nan
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
     if config.data.vocab_size < 8:
         raise ConfigError(f"data.vocab_size={config.data.vocab_size} leaves no room beyond the 4 reserved ids")
     for key in ("model.dropout", "train.label_smoothing"):
@@ -40,33 +118,70 @@ def validate(config) -> None:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(config, key)}")
     if not 0.0 <= config.train.teacher_forcing_ratio <= 1.0:
         raise ConfigError(f"train.teacher_forcing_ratio must be in [0, 1], got {config.train.teacher_forcing_ratio}")
-    if config.train.learning_rate <= 0:
-        raise ConfigError(f"train.learning_rate must be positive, got {config.train.learning_rate}")
+    if not (config.train.learning_rate > 0 and math.isfinite(config.train.learning_rate)):
+        raise ConfigError(f"train.learning_rate must be a positive finite number, got {config.train.learning_rate}")
     from s2s_jax.attention import KINDS
 
     if config.model.attention not in KINDS:
         raise ConfigError(f"model.attention must be one of {', '.join(KINDS)}, got {config.model.attention!r}")
     if config.model.attention == "luong_dot" and config.model.bidirectional:
         raise ConfigError("model.attention=luong_dot needs a unidirectional encoder; use luong_general")
-    if config.train.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"train.on_nonfinite must be stop or skip, got {config.train.on_nonfinite!r}")
+    for key, choices in _CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {_get(config, key)!r}")
+
+
+def _has_trained_state(workdir: str) -> bool:
+    """Whether a previous run left tokenizers or checkpoints that depend on the config."""
+    if any(os.path.exists(os.path.join(workdir, name)) for name in ("spm.model", "spm_src.model", "spm_tgt.model")):
+        return True
+    for sub in ("checkpoints", "best"):
+        directory = os.path.join(workdir, sub)
+        if os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
+            return True
+    return False
+
+
+def _read_json(path: str) -> ml_collections.ConfigDict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path} is not a readable config ({err}); train.py writes it: restore it or use a new --workdir") from None
+
+
+_MISSING = object()
+
+
+def _get_or_missing(config, dotted: str):
+    try:
+        return _get(config, dotted)
+    except (KeyError, AttributeError):
+        return _MISSING
 
 
 def check_and_save(config, workdir: str) -> None:
-    """Saves the resolved config as WORKDIR/config.json; refuses to resume under a different model."""
+    """Saves the resolved config as WORKDIR/config.json; refuses to resume under a different model.
+
+    Only a workdir holding tokenizers or checkpoints is held to its old settings:
+    one whose first run failed before training (e.g. on a data error) takes the new config.
+    """
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = ml_collections.ConfigDict(json.load(f))
+    if os.path.exists(path) and _has_trained_state(workdir):
+        saved = _read_json(path)
         for key in _FIXED_ON_RESUME:
-            old, new = _get(saved, key), _get(config, key)
+            old, new = _get_or_missing(saved, key), _get(config, key)
+            if old is _MISSING:  # written before the setting existed: the checkpoint restore decides
+                continue
             if old != new:
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "
                     "use a new --workdir or the original setting"
                 )
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = f"{path}.tmp{os.getpid()}"  # atomic: a kill mid-write never leaves half a config
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(config.to_json(indent=2))
+    os.replace(tmp, path)
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:
@@ -76,5 +191,4 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         from s2s_jax.checkpoints import CheckpointError
 
         raise CheckpointError(f"{workdir} has no config.json: is it a training workdir?")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return _read_json(path)

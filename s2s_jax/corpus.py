@@ -65,7 +65,13 @@ def load_tokenizers(workdir: str) -> tuple[Tokenizer, Tokenizer]:
     if os.path.exists(joint):
         tok = Tokenizer(joint)
         return tok, tok
-    return Tokenizer(os.path.join(workdir, "spm_src.model")), Tokenizer(os.path.join(workdir, "spm_tgt.model"))
+    sides = [os.path.join(workdir, f"spm_{side}.model") for side in ("src", "tgt")]
+    if not any(os.path.exists(path) for path in sides):
+        raise data_lib.DataError(
+            f"{workdir} has no tokenizer (spm.model, or spm_src.model and spm_tgt.model): "
+            f"train first with `python train.py --config CONFIG --workdir {workdir}`"
+        )
+    return Tokenizer(sides[0]), Tokenizer(sides[1])
 
 
 def holdout_split(pairs: list, n: int, seed: int) -> tuple[list, list]:
@@ -84,6 +90,11 @@ def holdout_split(pairs: list, n: int, seed: int) -> tuple[list, list]:
     return train, valid
 
 
+def _files(cfg, split: str) -> str:
+    tsv = getattr(cfg, f"{split}_tsv")
+    return tsv or f"{getattr(cfg, f'{split}_src')} / {getattr(cfg, f'{split}_tgt')}"
+
+
 def _has_split(cfg, split: str) -> bool:
     return bool(getattr(cfg, f"{split}_tsv") or getattr(cfg, f"{split}_src"))
 
@@ -97,6 +108,8 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
     if cfg.quickstart_corpus and not cfg.train_src:
         use_quickstart_corpus(config, workdir)
     train_pairs, stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "train"), cfg.lowercase)
+    if not train_pairs:
+        raise data_lib.DataError(f"no training pairs left: {stats.summary()} in {_files(cfg, 'train')}")
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
         train_pairs, held_out = holdout_split(train_pairs, cfg.holdout_valid, config.seed)
     if cfg.max_train_pairs:
@@ -117,6 +130,8 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
         valid_pairs, valid_stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "valid"), cfg.lowercase)
     if cfg.valid_max_pairs:
         valid_pairs = valid_pairs[: cfg.valid_max_pairs]
+    if not valid_pairs:
+        raise data_lib.DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
     v_src = [ids[: cfg.max_len] for ids in v_src]
@@ -126,6 +141,13 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
     )
     if verbose:
         print(f"train: {stats.summary()}", flush=True)
+        sizes = {src_tok.vocab_size, tgt_tok.vocab_size}
+        if max(sizes) < cfg.vocab_size:
+            print(
+                f"vocab: data.vocab_size={cfg.vocab_size} is more than this corpus supports; "
+                f"the tokenizer has {' and '.join(map(str, sorted(sizes)))} ids",
+                flush=True,
+            )
         print(f"valid: {valid_stats.summary()}", flush=True)
         print(
             f"vocab: src {src_tok.vocab_size}, tgt {tgt_tok.vocab_size}; train batch shapes "

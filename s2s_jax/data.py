@@ -43,23 +43,30 @@ def read_lines(path: str, allow_empty: bool = False) -> list[str]:
         raise DataError(f"{path}: is a directory, expected a text file") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    return decode_lines(raw, path, allow_empty)
+
+
+def decode_lines(raw: bytes, name: str, allow_empty: bool = False) -> list[str]:
+    """`read_lines` for bytes already read (e.g. stdin); `name` is used in error messages."""
     if not raw:
         if allow_empty:
             return []
-        raise DataError(f"{path}: file is empty")
+        raise DataError(f"{name}: file is empty")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         bad = raw[err.start : err.end].hex(" ")
         raise DataError(
-            f"{path}:{line}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
+            f"{name}:{line}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
             f"e.g. `iconv -f latin1 -t utf-8`"
         ) from None
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines[-1] == "":  # the usual final newline ends the last line, it does not start one
         lines.pop()
+    if not lines and not allow_empty:  # e.g. only a byte-order mark
+        raise DataError(f"{name}: file is empty")
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 

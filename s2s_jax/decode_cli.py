@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm.auto import tqdm
 
 from s2s_jax import metrics
 from s2s_jax.checkpoints import CheckpointError
-from s2s_jax.data import DataError, read_lines
+from s2s_jax.data import DataError, decode_lines, read_lines
 from s2s_jax.translator import Hypothesis, SearchOptions, Translator
 
 
@@ -19,16 +20,34 @@ def format_hypotheses(hyps: list[Hypothesis], nbest: int) -> list[str]:
 
 
 def _read_input(path: str) -> list[str]:
+    """Input lines, split on '\\n' only and strictly UTF-8, from a file or stdin.
+
+    Stdin is read as bytes and decoded like a file: text-mode stdin would, under a
+    non-UTF-8 locale, pass undecodable bytes on as surrogates (sentencepiece then
+    fails with a TypeError) and, under a UTF-8 one, raise UnicodeDecodeError
+    without a line number.
+    """
     if path == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin]
+        return decode_lines(sys.stdin.buffer.read(), "<stdin>", allow_empty=True)
     return read_lines(path, allow_empty=True)
 
 
 def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
     print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    for line in sys.stdin:
-        hyps = translator.translate([line.rstrip("\n")], opts, batch_size=1, seed=flags.seed)[0]
+    for raw in sys.stdin.buffer:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
+            print("warning: that line is not valid UTF-8; undecodable bytes became U+FFFD", file=sys.stderr)
+        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed)[0]
         print("\n".join(format_hypotheses(hyps, opts.nbest)), flush=True)
+
+
+def _positive_or_default(name: str, value, default):
+    if value is None:
+        return default
+    if value < 1:
+        raise ValueError(f"--{name} must be at least 1, got {value}")
+    return value
 
 
 def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesis]], directory: str) -> None:
@@ -42,12 +61,31 @@ def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesi
             plot_attention(item["weights"], item["src"], item["tgt"], f"{directory}/{number:05d}.png")
 
 
+def _check_flags(flags) -> None:
+    """Flag mistakes, found before the model is loaded and the input translated."""
+    for name in ("beam_size", "batch_size"):
+        _positive_or_default(name, getattr(flags, name), 1)
+    if flags.nbest < 1:
+        raise ValueError(f"--nbest must be at least 1, got {flags.nbest}")
+    if flags.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0 = off), got {flags.top_k}")
+    if flags.output != "-":
+        directory = os.path.dirname(os.path.abspath(flags.output))
+        if not os.path.isdir(directory):
+            raise ValueError(f"--output {flags.output}: directory {directory} does not exist")
+    for name in ("input", "reference"):
+        path = getattr(flags, name)
+        if path and path != "-" and not os.path.isfile(path):
+            raise DataError(f"--{name} {path}: file not found")
+
+
 def run(flags) -> int:
     try:
+        _check_flags(flags)
         translator = Translator(flags.workdir, flags.checkpoint)
         cfg = translator.config.decode
         opts = SearchOptions(
-            beam_size=flags.beam_size or cfg.beam_size,
+            beam_size=_positive_or_default("beam_size", flags.beam_size, cfg.beam_size),
             alpha=cfg.alpha if flags.alpha is None else flags.alpha,
             nbest=flags.nbest,
             sample=flags.sample,
@@ -57,6 +95,7 @@ def run(flags) -> int:
             with_scores=flags.nbest > 1,
         )
         opts.check()
+        batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if flags.input == "-" and sys.stdin.isatty():
             _interactive(translator, opts, flags)
             return 0
@@ -64,7 +103,7 @@ def run(flags) -> int:
         show = flags.input != "-" and sys.stderr.isatty()
         progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
         results = translator.translate(
-            lines, opts, batch_size=flags.batch_size or cfg.batch_size, seed=flags.seed, progress=progress
+            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -81,8 +120,12 @@ def run(flags) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        with open(flags.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(flags.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:
+            print(f"error: cannot write --output {flags.output}: {err.strerror}", file=sys.stderr)
+            return 1
     if flags.reference:
         try:
             refs = read_lines(flags.reference, allow_empty=True)

@@ -156,10 +156,9 @@ def _explain_training_error(message: str, vocab_size: int, model_type: str, byte
         needed = int(small.group(2))
         parts = "4 special ids, 256 byte-fallback pieces and" if byte_fallback else "4 special ids and"
         return (
-            f"vocab_size={vocab_size} is too small for the tokenizer: {parts} one id per distinct "
-            f"character of the training text need {needed} ids. "
-            f"Set data.vocab_size to at least {needed}, or lower the character coverage "
-            "(e.g. 0.9995 for Chinese/Japanese) so that rare characters become UNK."
+            f"data.vocab_size={vocab_size} is too small for the tokenizer: {parts} one id per "
+            f"distinct character of the training text need {needed} ids. Set data.vocab_size to at "
+            f"least {needed}."
         )
     if "model_type" in message.lower() or "kModelType" in message:
         return f"unknown sentencepiece model type {model_type!r}; use 'unigram', 'bpe', 'word' or 'char'"

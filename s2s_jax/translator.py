@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 from typing import Callable, Iterable
 
@@ -42,6 +43,8 @@ class SearchOptions:
             raise ValueError(f"nbest={self.nbest} needs beam_size >= nbest (got {self.beam_size})")
         if self.sample and self.temperature <= 0:
             raise ValueError("sampling needs temperature > 0 (use greedy decoding for temperature 0)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -51,6 +54,15 @@ class Hypothesis:
     text: str
     score: float
     tokens: list[int]
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(line: str) -> str:
+    """Lone surrogates (from undecodable bytes read with errors='surrogateescape') become
+    U+FFFD: sentencepiece only accepts valid Unicode."""
+    return _SURROGATES.sub("\ufffd", line)
 
 
 def _bucket(n: int, multiple: int) -> int:
@@ -82,7 +94,7 @@ class Translator:
         return self._compiled[opts]
 
     def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
-        texts = [normalize(line, self.config.data.lowercase) for line in lines]
+        texts = [normalize(_encodable(line), self.config.data.lowercase) for line in lines]
         ids = self.src_tokenizer.encode(texts)
         out = []
         for number, row in enumerate(ids, 1):
@@ -101,8 +113,15 @@ class Translator:
         progress: Callable[[Iterable], Iterable] | None = None,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
     ) -> list[list[Hypothesis]]:
-        """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis."""
+        """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
+
+        A line longer than data.max_len subword tokens is cut to that length, with a warning.
+        """
         opts.check()
+        if isinstance(lines, str):
+            raise TypeError("translate takes a list of lines, not one string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         ids = self.encode_lines(lines, warn)
         results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, [])] for _ in lines]
         order = sorted((i for i, row in enumerate(ids) if row), key=lambda i: len(ids[i]))
