@@ -35,6 +35,9 @@ flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 =
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+flags.DEFINE_string(
+    "score_json", None, "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file."
+)
 flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
 flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
 

@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.log_every = 50
     train.eval_every = 1000
     train.checkpoint_every = 1000
+    train.early_stop_patience = 0  # stop after this many evaluations without a better validation BLEU (0 = never)
     train.max_to_keep = 3  # latest checkpoints kept; the best by validation BLEU is kept separately
     train.num_samples = 3  # sample translations printed at each evaluation
 

@@ -1,7 +1,12 @@
-"""Multi30k de->en with attention: bidirectional encoder, Luong (general) attention.
+"""Multi30k de->en with attention: the 45-minute CPU recipe.
 
-The seed model is configs/multi30k.py; this differs only in the model section, so
-the two train on the same data with the same budget.
+A 1-layer bidirectional LSTM encoder (512 per direction) with a learned bridge,
+a 1-layer LSTM decoder (512) with Luong "general" attention, target embeddings
+tied to the output layer through a 512->256 projection (halves the V=8000 output
+matmul, the largest in the model, and regularises a 29k-pair corpus), dropout 0.3,
+label smoothing 0.1, beam 5 for validation and test. Input feeding is off: it
+turns the decoder into a step loop that costs more CPU time than it returns in
+BLEU within this budget.
 """
 
 from configs import multi30k
@@ -9,8 +14,13 @@ from configs import multi30k
 
 def get_config():
     config = multi30k.get_config()
+    config.model.num_layers = 1
     config.model.bidirectional = True
     config.model.attention = "luong_general"
-    config.model.input_feeding = False  # True is Luong's input feeding: a step loop, ~2.5x slower on CPU today
+    config.model.input_feeding = False
+    config.model.tie_embeddings = True
+    config.train.num_steps = 3000
+    config.train.eval_every = 500
+    config.train.checkpoint_every = 500
     config.decode.beam_size = 5
     return config

@@ -105,6 +105,7 @@ def validate(config) -> None:
     non_negative = [
         "seed", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
         "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.num_samples",
+        "train.early_stop_patience",
         "decode.alpha", "decode.max_len_a", "decode.max_len_b",
     ]
     for key in non_negative:

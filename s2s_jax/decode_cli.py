@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -73,6 +74,8 @@ def _check_flags(flags) -> None:
         directory = os.path.dirname(os.path.abspath(flags.output))
         if not os.path.isdir(directory):
             raise ValueError(f"--output {flags.output}: directory {directory} does not exist")
+    if getattr(flags, "score_json", None) and not flags.reference:
+        raise ValueError("--score_json needs --reference (the scores compare against it)")
     for name in ("input", "reference"):
         path = getattr(flags, name)
         if path and path != "-" and not os.path.isfile(path):
@@ -141,4 +144,29 @@ def run(flags) -> int:
         print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
         print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
         print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
+        if getattr(flags, "score_json", None):
+            try:
+                _write_scores(flags, translator, opts, report, len(results))
+            except OSError as err:
+                print(f"error: cannot write --score_json {flags.score_json}: {err.strerror}", file=sys.stderr)
+                return 1
     return 0
+
+
+def _write_scores(flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int) -> None:
+    """The scores and what produced them, so a reported number can be traced to its run."""
+    record = dict(
+        report,
+        workdir=flags.workdir,
+        checkpoint=flags.checkpoint,
+        step=translator.meta.get("step"),
+        input=flags.input,
+        reference=flags.reference,
+        sentences=sentences,
+        beam_size=opts.beam_size,
+        alpha=opts.alpha,
+        sample=opts.sample,
+    )
+    with open(flags.score_json, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")

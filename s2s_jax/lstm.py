@@ -87,6 +87,11 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
+        if inputs.shape[1] == 1:  # one decoding step: no loop around it (same parameters)
+            carry, output = _Recurrence(self.hidden_size, self.dtype, name="recurrent")(
+                initial_carry, (x_proj[:, 0], mask[:, 0])
+            )
+            return output[:, None], carry
         scan = nn.scan(
             _Recurrence,
             variable_broadcast="params",

@@ -158,13 +158,16 @@ class Decoder(nn.Module):
             x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
         return x
 
-    def _logits(self, h: jax.Array, train: bool) -> jax.Array:
-        h = self.dropout(h, deterministic=not train)
+    def project(self, h: jax.Array) -> jax.Array:
+        """The output layer: top vectors [..., H] -> float32 logits [..., V]."""
         if self.config.tie_embeddings:
             if self.config.hidden_size != self.config.emb_dim:
                 h = self.pre_output(h)
             return self.embed.attend(h.astype(jnp.float32))
         return self.output(h).astype(jnp.float32)
+
+    def _logits(self, h: jax.Array, train: bool) -> jax.Array:
+        return self.project(self.dropout(h, deterministic=not train))
 
     def _run(self, x: jax.Array, memory: Memory, state: State, train: bool):
         """LSTM layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights)."""
@@ -188,13 +191,18 @@ class Decoder(nn.Module):
         return x, new_state, weights
 
     def __call__(
-        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool
+        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool, features: bool = False
     ) -> tuple[jax.Array, State, jax.Array | None]:
-        """Runs over [B, T] input tokens -> (float32 logits [B, T, V], new state, attention [B, T, S] or None)."""
+        """Runs over [B, T] input tokens -> (float32 logits [B, T, V], new state, attention [B, T, S] or None).
+
+        With `features`, returns the (dropped-out) vectors the output layer
+        would read instead of logits, for losses that project only real positions.
+        """
+        finish = (lambda h: self.dropout(h, deterministic=not train)) if features else (lambda h: self._logits(h, train))
         x = self._inputs(tokens, memory)
         if not self.uses_feed or tokens.shape[1] == 1:
             h, state, weights = self._run(x, memory, state, train)
-            return self._logits(h, train), state, weights
+            return finish(h), state, weights
 
         def step(decoder, carry, x_t):
             h, carry, weights = decoder._run(x_t[:, None], memory, carry, train)
@@ -208,7 +216,7 @@ class Decoder(nn.Module):
             out_axes=1,
         )
         state, (h, weights) = scan(self, state, x)
-        return self._logits(h, train), state, weights
+        return finish(h), state, weights
 
 
 class Seq2Seq(nn.Module):
@@ -244,6 +252,16 @@ class Seq2Seq(nn.Module):
         logits, state, _ = self.decoder(tokens[:, None], memory, state, train=train)
         logits = logits[:, 0].at[:, jnp.array([PAD_ID, BOS_ID])].set(-1e9)
         return logits, state
+
+    def features(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
+        """Teacher-forced output-layer inputs [B, T, H]; `project` turns them into logits."""
+        memory, state = self.encode(src, train=train)
+        h, _, _ = self.decoder(tgt_in, memory, state, train=train, features=True)
+        return h
+
+    def project(self, h: jax.Array) -> jax.Array:
+        """The output layer alone: [..., H] -> float32 logits [..., V]."""
+        return self.decoder.project(h)
 
     def attention_weights(self, src: jax.Array, tgt_in: jax.Array) -> jax.Array:
         """Teacher-forced attention weights [B, T, S] (for heatmaps of a known output)."""

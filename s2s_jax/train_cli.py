@@ -70,6 +70,8 @@ def run(config, workdir: str) -> int:
         _report_skipped_steps(workdir)
     if "interrupted_at" in final:
         return 0
+    if "early_stopped_at" in final and "train_loss" not in final:  # rerun after an early stop
+        return 0
     if not ({"train_loss", "valid_bleu"} & set(final)):  # resumed at train.num_steps: no step ran
         print(
             f"nothing to do: {workdir} is already trained to train.num_steps={config.train.num_steps} "

@@ -19,7 +19,7 @@ from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import corpus as corpus_lib
 from s2s_jax import decoding, metrics
 from s2s_jax.logging_utils import MetricsLogger
-from s2s_jax.losses import masked_cross_entropy
+from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import ModelConfig, Seq2Seq
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -82,6 +82,11 @@ def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, se
     return init(jax.random.key(seed))
 
 
+def _projector(model: Seq2Seq) -> Callable:
+    """params -> (features [N, H] -> logits [N, V]): the model's output layer alone."""
+    return lambda params: functools.partial(model.apply, {"params": params}, method=Seq2Seq.project)
+
+
 def make_train_step(
     model: Seq2Seq,
     optimizer: optax.GradientTransformation,
@@ -93,18 +98,22 @@ def make_train_step(
     A step whose loss or gradient is not finite leaves the state untouched and
     reports `nonfinite = 1`, so poisoned values never reach the parameters.
     """
+    project = _projector(model)
 
     def loss_fn(params, batch, key):
         dropout_key, sampling_key = jax.random.split(key)
-        logits = model.apply(
-            {"params": params},
-            batch["src"],
-            batch["tgt_in"],
-            train=True,
-            teacher_forcing_ratio=teacher_forcing_ratio,
-            rngs={"dropout": dropout_key, "sampling": sampling_key},
-        )
-        out = masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
+        rngs = {"dropout": dropout_key, "sampling": sampling_key}
+        if teacher_forcing_ratio >= 1.0:  # output layer only at real target positions
+            features = model.apply(
+                {"params": params}, batch["src"], batch["tgt_in"], train=True, rngs=rngs, method=Seq2Seq.features
+            )
+            out = compact_cross_entropy(features, batch["tgt_out"], project(params), label_smoothing)
+        else:  # scheduled sampling needs every step's logits anyway
+            logits = model.apply(
+                {"params": params}, batch["src"], batch["tgt_in"], train=True,
+                teacher_forcing_ratio=teacher_forcing_ratio, rngs=rngs,
+            )
+            out = masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
         return out["loss_sum"] / jnp.maximum(out["tokens"], 1.0), out
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -130,8 +139,8 @@ def make_train_step(
 def make_eval_step(model: Seq2Seq) -> Callable:
     @jax.jit
     def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["src"], batch["tgt_in"])
-        return masked_cross_entropy(logits, batch["tgt_out"])
+        features = model.apply({"params": params}, batch["src"], batch["tgt_in"], method=Seq2Seq.features)
+        return compact_cross_entropy(features, batch["tgt_out"], _projector(model)(params))
 
     return eval_step
 
@@ -237,6 +246,23 @@ def _sum_metrics(pending: list[dict]) -> dict:
     return {k: float(sum(m[k] for m in host)) for k in host[0]}
 
 
+def _patience_ran_out(step: int, best_step: int, train_cfg) -> bool:
+    """Early stopping: `early_stop_patience` evaluations since the best validation BLEU.
+
+    Decided from the best step on disk, so a resumed run stops where an
+    uninterrupted one would (and a rerun after an early stop does nothing).
+    """
+    patience = train_cfg.early_stop_patience
+    return patience > 0 and step - best_step >= patience * train_cfg.eval_every
+
+
+def _early_stop_message(step: int, best_step: int, best_bleu: float, train_cfg) -> str:
+    return (
+        f"early stop at step {step}: validation BLEU has not improved for "
+        f"{train_cfg.early_stop_patience} evaluations (best {best_bleu:.2f} at step {best_step})"
+    )
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming from WORKDIR's latest checkpoint if any) and returns the final metrics."""
     corpus = corpus_lib.prepare(config, workdir)
@@ -253,6 +279,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
     best_meta = checkpoints.best_meta() or {}
     best_bleu = best_meta.get("valid_bleu", -1.0)
+    best_step = best_meta.get("step", 0)
+    if start_step and start_step % config.train.eval_every == 0 and _patience_ran_out(start_step, best_step, config.train):
+        print(_early_stop_message(start_step, best_step, best_bleu, config.train))
+        checkpoints.close()
+        return {"early_stopped_at": start_step, "best_valid_bleu": best_bleu}
 
     train_step = make_train_step(
         model, optimizer, config.train.label_smoothing, config.train.teacher_forcing_ratio
@@ -278,7 +309,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending.append(step_metrics)
         bar.update(1)
         record: dict = {}
-        stopping = stop.requested is not None
+        early_stop = False
+        if step % config.train.eval_every == 0 or step == num_steps:
+            scores, hyps = evaluator(state["params"])
+            record.update(scores)
+            if scores["valid_bleu"] > best_bleu:
+                best_bleu, best_step = scores["valid_bleu"], step
+                checkpoints.save_best(step, state["params"], dict(scores, step=step))
+            early_stop = step < num_steps and _patience_ran_out(step, best_step, config.train)
+            bar.write(
+                f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
+                f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
+            )
+            for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: config.train.num_samples]:
+                bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
+        stopping = stop.requested is not None or early_stop
         is_checkpoint = step % config.train.checkpoint_every == 0 or step == num_steps or stopping
         # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
         if step % config.train.log_every == 0 or is_checkpoint:
@@ -304,18 +349,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
             pending = []
-        if step % config.train.eval_every == 0 or step == num_steps:
-            scores, hyps = evaluator(state["params"])
-            record.update(scores)
-            if scores["valid_bleu"] > best_bleu:
-                best_bleu = scores["valid_bleu"]
-                checkpoints.save_best(step, state["params"], dict(scores, step=step))
-            bar.write(
-                f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
-                f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
-            )
-            for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: config.train.num_samples]:
-                bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
         if record:
             logger.write(step, record)
             final.update(record)
@@ -324,8 +357,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if stopping:
             bar.close()
             checkpoints.wait()
-            print(f"{stop.requested}: stopped after step {step} with a checkpoint; run the same command to resume.")
-            final["interrupted_at"] = step
+            if early_stop:
+                print(_early_stop_message(step, best_step, best_bleu, config.train))
+                final["early_stopped_at"] = step
+            else:
+                print(f"{stop.requested}: stopped after step {step} with a checkpoint; run the same command to resume.")
+                final["interrupted_at"] = step
             break
         if record:
             window_tokens, window_start = 0, time.perf_counter()

@@ -1,11 +1,13 @@
 """train.py and decode.py as a user runs them (subprocesses on a tiny corpus)."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from s2s_jax import metrics
 from tests.helpers import write_tiny_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,17 +68,28 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     ref = tmp_path / "ref.txt"
-    ref.write_text("\n".join(["x"] * len(lines)) + "\n", encoding="utf-8")
     out = tmp_path / "out.txt"
-    result = run(
-        ["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={out}", f"--reference={ref}", "--beam_size=2"],
-        env_cache=cache,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    scores = tmp_path / "scores.json"
+    args = ["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={out}", f"--reference={ref}",
+            "--beam_size=2", f"--score_json={scores}"]
+    # Second reference: the first outputs upper-cased (lowercased BLEU differs from cased), then junk.
+    ref.write_text("\n".join(["x"] * len(lines)) + "\n", encoding="utf-8")
+    first = run(args, env_cache=cache)
+    assert first.returncode == 0, first.stderr[-3000:]
     hyps = out.read_text(encoding="utf-8").split("\n")[:-1]
     assert len(hyps) == len(lines)
     assert hyps[2] == ""
+    ref.write_text("\n".join([h.upper() for h in hyps[:4]] + ["x"] * (len(lines) - 4)) + "\n", encoding="utf-8")
+    result = run(args, env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "BLEU = " in result.stderr and "chrF = " in result.stderr and "version:" in result.stderr
+    report = json.loads(scores.read_text(encoding="utf-8"))
+    expected = metrics.score_report(hyps, ref.read_text(encoding="utf-8").split("\n")[:-1])
+    for key in ("bleu", "bleu_lc", "chrf", "bleu_signature", "chrf_signature"):
+        assert report[key] == expected[key], key
+    assert report["beam_size"] == 2 and report["sentences"] == len(lines) and report["step"] > 0
+    assert report["bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert f"BLEU = {report['bleu']:.2f}" in result.stderr
 
 
 def test_decode_nbest_from_stdin(workdir):

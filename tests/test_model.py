@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax.losses import masked_cross_entropy
+from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import ModelConfig, Seq2Seq
 
 V = 11
@@ -97,6 +97,58 @@ def test_masked_cross_entropy_matches_hand_computation():
     logp0 = np.array([0.0, 1.0, 2.0]) - np.log(1 + np.e + np.e**2)
     by_hand = 0.9 * (-logp0[2]) + 0.1 * (-logp0.mean()) + 0.9 * np.log(3.0) + 0.1 * np.log(3.0)
     np.testing.assert_allclose(smoothed["loss_sum"], by_hand, rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("num_chunks", [1, 3, 8, 40])
+def test_compact_cross_entropy_equals_masked_loss_and_its_gradient(smoothing, num_chunks):
+    rng = np.random.default_rng(0)
+    features = jnp.asarray(rng.standard_normal((4, 7, 5)), jnp.float32)
+    weight = jnp.asarray(rng.standard_normal((5, V)), jnp.float32)
+    lengths = np.array([7, 1, 3, 0])  # a full row, short rows, an all-padding row
+    targets = rng.integers(1, V, (4, 7))
+    targets[np.arange(7)[None, :] >= lengths[:, None]] = 0
+    targets = jnp.asarray(targets, jnp.int32)
+
+    def full(w, f):
+        return masked_cross_entropy(f @ w, targets, smoothing)
+
+    def compact(w, f):
+        return compact_cross_entropy(f, targets, lambda h: h @ w, smoothing, num_chunks)
+
+    got, want = jax.jit(compact)(weight, features), jax.jit(full)(weight, features)
+    for key in ("loss_sum", "nll_sum", "tokens"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+    grad = lambda fn: jax.jit(jax.grad(lambda w, f: fn(w, f)["loss_sum"], argnums=(0, 1)))(weight, features)  # noqa: E731
+    for got, want in zip(grad(compact), grad(full)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Padding positions get exactly zero gradient: their logits were never computed.
+    assert np.all(np.asarray(grad(compact)[1])[np.asarray(targets) == 0] == 0.0)
+
+
+def test_compact_cross_entropy_projects_only_blocks_with_real_targets():
+    executed = []
+    features = jnp.ones((2, 8, 3))
+    targets = jnp.zeros((2, 8), jnp.int32).at[0, :3].set(4).at[1, :2].set(5)  # 5 real of 16 positions
+
+    def project(h):
+        jax.debug.callback(lambda rows: executed.append(int(rows)), h.shape[0])
+        return h @ jnp.ones((3, V))
+
+    out = jax.jit(lambda f: compact_cross_entropy(f, targets, project, num_chunks=4))(features)
+    jax.effects_barrier()
+    assert float(out["tokens"]) == 5.0
+    np.testing.assert_allclose(out["nll_sum"], 5 * np.log(V), rtol=1e-6)
+    assert executed == [4, 4]  # blocks of 4 rows: 5 real targets need 2 of the 4 blocks
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_features_then_project_equals_logits(overrides):
+    model, params = make(**overrides)
+    logits = model.apply({"params": params}, SRC, TGT_IN)
+    features = model.apply({"params": params}, SRC, TGT_IN, method=Seq2Seq.features)
+    projected = model.apply({"params": params}, features, method=Seq2Seq.project)
+    np.testing.assert_allclose(projected, logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["bahdanau", "luong_dot", "luong_general"])

@@ -285,7 +285,7 @@ def _checkpoint_params(workdir):
 
 def test_nan_loss_stops_naming_the_steps_and_never_checkpoints_nan(env):
     workdir = env.base / "nan_stop"
-    nan = ["--config.train.learning_rate=1e30", "--config.data.num_buckets=1", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
+    nan = ["--config.train.learning_rate=1e38", "--config.data.num_buckets=1", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
            "--config.train.max_to_keep=100", "--config.train.num_steps=8"]
     result = train(env, workdir, *nan)
     assert result.returncode == 1, result.stdout[-2000:]
@@ -459,3 +459,21 @@ def test_workdir_metadata_is_plain_json(reference):
     meta = reference / "checkpoints" / "30" / "meta" / "metadata"
     with open(meta, encoding="utf-8") as f:
         assert json.load(f)["step"] == 30
+
+
+def test_early_stopping_stops_checkpoints_and_a_rerun_stays_stopped(env):
+    workdir = env.base / "early_stop"
+    # A learning rate of 1e-12 leaves the translations, hence validation BLEU, unchanged.
+    flags = ["--config.train.learning_rate=1e-12", "--config.train.eval_every=5",
+             "--config.train.early_stop_patience=2"]
+    result = train(env, workdir, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    clean_stderr(result.stderr)
+    assert "early stop at step 15: validation BLEU has not improved for 2 evaluations" in result.stdout
+    assert "(best" in result.stdout and "at step 5)" in result.stdout
+    assert ckpt_lib.load_params(str(workdir), "latest")[1]["step"] == 15
+    assert [r["step"] for r in read_metrics(str(workdir)) if "valid_bleu" in r] == [5, 10, 15]
+    again = train(env, workdir, *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "early stop at step 15" in again.stdout and "Resumed from step 15" in again.stdout
+    assert ckpt_lib.load_params(str(workdir), "latest")[1]["step"] == 15
