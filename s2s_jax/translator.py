@@ -3,6 +3,8 @@
 Inputs are sorted by length and cut into batches whose shapes come from a small
 set (rows a power of two up to the batch size, source length a multiple of 8),
 so a long file compiles only a few search functions and every batch is dense.
+With several devices the rows are rounded up to a multiple of the device count and
+split across them (s2s_jax/parallel.py); the parameters are replicated.
 """
 
 from __future__ import annotations
