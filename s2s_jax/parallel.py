@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import jax
@@ -135,6 +136,14 @@ def describe(mesh: Mesh, global_batch: int) -> str:
 def is_main_process() -> bool:
     """Process 0 writes logs, prints and the files that are not checkpoints."""
     return jax.process_index() == 0
+
+
+def silence_other_processes() -> None:
+    """In a run of several processes, sends the stdout of all but process 0 to /dev/null
+    (for the rest of the process): one copy of every log line. stderr stays, for errors."""
+    if not is_main_process() and not getattr(sys.stdout, "_s2s_silenced", False):
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+        sys.stdout._s2s_silenced = True
 
 
 def sync(name: str) -> None:

@@ -246,8 +246,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divides(config.train.batch_size, mesh)
     main = parallel.is_main_process()
+    parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
     with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
-        corpus = corpus_lib.prepare(config, workdir, verbose=main)
+        corpus = corpus_lib.prepare(config, workdir)
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
     state = parallel.replicate(init_train_state(model, optimizer, config.seed), mesh)
@@ -259,10 +260,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = parallel.replicate(state, mesh)
         iterator.set_state(meta["data_state"])
         start_step = int(state["step"])
-        if main:
-            print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
-    if main:
-        print(parallel.describe(mesh, config.train.batch_size), flush=True)
+        print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
+    print(parallel.describe(mesh, config.train.batch_size), flush=True)
     best_meta = checkpoints.best_meta() or {}
     best_bleu = best_meta.get("valid_bleu", -1.0)
 
@@ -285,7 +284,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final: dict = {}
     stop = StopRequest()
     bar = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main)
-    say = bar.write if main else (lambda message: None)
     for step in range(start_step + 1, num_steps + 1):
         batch = next(iterator)
         window_tokens += int((batch["tgt_out"] != PAD_ID).sum())
@@ -325,12 +323,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if scores["valid_bleu"] > best_bleu:
                 best_bleu = scores["valid_bleu"]
                 checkpoints.save_best(step, state["params"], dict(scores, step=step))
-            say(
+            bar.write(
                 f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
                 f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
             )
             for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: config.train.num_samples]:
-                say(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
+                bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
         if record:
             logger.write(step, record)
             final.update(record)
@@ -339,8 +337,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if stopping:
             bar.close()
             checkpoints.wait()
-            if main:
-                print(f"{stop.requested or 'a stop on another process'}: stopped after step {step} with a checkpoint; run the same command to resume.")
+            print(f"{stop.requested or 'a stop on another process'}: stopped after step {step} with a checkpoint; run the same command to resume.")
             final["interrupted_at"] = step
             break
         if record:
