@@ -20,6 +20,11 @@ from s2s_jax import config_utils, runtime  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
+flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() (one process per host; also done automatically when "
+    "JAX_COORDINATOR_ADDRESS, a multi-task Slurm/Open MPI launch or a multi-host TPU slice is detected).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,7 +32,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     runtime.setup()
-    from s2s_jax import train_cli
+    from s2s_jax import parallel, train_cli
+
+    parallel.maybe_initialize_distributed(FLAGS.multihost)  # before anything touches a device
 
     return train_cli.run(FLAGS.config, FLAGS.workdir)
 

@@ -35,7 +35,13 @@ class CheckpointError(RuntimeError):
 def _manager(directory: str, max_to_keep: int, item_names: tuple[str, ...], create: bool = True):
     """A manager; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create)
+    # Several processes: the two managers save the same step at once, and orbax names its
+    # cross-process barriers by step; a per-directory prefix keeps them apart.
+    multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
+        multiprocessing_options=multiprocessing,
+    )
     return ocp.CheckpointManager(
         os.path.abspath(directory), options=options, item_names=item_names
     )
@@ -104,8 +110,24 @@ def _drain_failed_reads():
         asyncio_utils._run_sync_via_new_loop = original
 
 
+def _local_target(manager, step: int, item: str) -> Any:
+    """A restore target that puts every saved array of `item` on this process's first device.
+
+    Without a target orbax restores the shardings recorded at save time, which fails
+    on a machine with another device count (trained on 8 TPU cores, decoded on a laptop).
+    """
+    from etils import epath
+
+    path = epath.Path(str(manager.directory)) / str(step) / item
+    metadata = ocp.StandardCheckpointHandler().metadata(path).tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+
+
 def _restore_first_readable(manager, steps, args) -> tuple[int | None, Any, list[tuple[int, str]]]:
     """(step, restored, unreadable) for the first of `steps` that restores.
+
+    `args` is the restore args, or a function of the step that returns them.
 
     `unreadable` lists (step, short error) for the newer steps that did not
     restore; (None, None, all of them) if none did.
@@ -114,7 +136,7 @@ def _restore_first_readable(manager, steps, args) -> tuple[int | None, Any, list
     for step in steps:
         try:
             with _drain_failed_reads():
-                return step, manager.restore(step, args=args), unreadable
+                return step, manager.restore(step, args=args(step) if callable(args) else args), unreadable
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             unreadable.append((step, _short(err)))
     return None, None, unreadable
@@ -232,7 +254,10 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
             try:
                 steps = manager.all_steps()
                 step, restored, unreadable = _restore_first_readable(
-                    manager, steps, ocp.args.Composite(params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+                    manager, steps, lambda step: ocp.args.Composite(
+                        params=ocp.args.StandardRestore(_local_target(manager, step, "params")),
+                        meta=ocp.args.JsonRestore(),
+                    ),
                 )
             finally:
                 manager.close()
@@ -253,7 +278,11 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
             steps = [int(which)]
         if not steps:
             raise CheckpointError(f"no checkpoint in {workdir}: {train_first}")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        def args(step):
+            return ocp.args.Composite(
+                state=ocp.args.StandardRestore(_local_target(manager, step, "state")), meta=ocp.args.JsonRestore()
+            )
+
         step, restored, unreadable = _restore_first_readable(manager, steps, args)
     finally:
         manager.close()

@@ -36,6 +36,16 @@ class MetricsLogger:
         self._tb.close()
 
 
+class NullLogger:
+    """What processes other than 0 log with (nothing): one process writes the workdir's logs."""
+
+    def write(self, step: int, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -42,11 +42,14 @@ def run(config, workdir: str) -> int:
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise config_utils.ConfigError(f"--workdir {workdir} is a file, not a directory")
         os.makedirs(workdir, exist_ok=True)
-        if config.data.quickstart_corpus and not config.data.train_src:
-            from s2s_jax.corpus import use_quickstart_corpus
+        from s2s_jax import parallel
 
-            use_quickstart_corpus(config, workdir)
-        config_utils.check_and_save(config, workdir)
+        with parallel.main_process_first("workdir"):  # several processes: process 0 writes first
+            if config.data.quickstart_corpus and not config.data.train_src:
+                from s2s_jax.corpus import use_quickstart_corpus
+
+                use_quickstart_corpus(config, workdir)
+            config_utils.check_and_save(config, workdir)
         from s2s_jax import training
 
         start = time.perf_counter()
@@ -66,6 +69,8 @@ def run(config, workdir: str) -> int:
         )
         return 130
     minutes = (time.perf_counter() - start) / 60
+    if not parallel.is_main_process():  # process 0 reports and writes final_metrics.json
+        return 0
     if config.train.on_nonfinite == "skip":
         _report_skipped_steps(workdir)
     if "interrupted_at" in final:

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import corpus as corpus_lib
-from s2s_jax import decoding, metrics
-from s2s_jax.logging_utils import MetricsLogger
+from s2s_jax import decoding, metrics, parallel
+from s2s_jax.logging_utils import MetricsLogger, NullLogger
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import ModelConfig, Seq2Seq
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -264,19 +264,30 @@ def _early_stop_message(step: int, best_step: int, best_bleu: float, train_cfg) 
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (resuming from WORKDIR's latest checkpoint if any) and returns the final metrics."""
-    corpus = corpus_lib.prepare(config, workdir)
+    """Trains (resuming from WORKDIR's latest checkpoint if any) and returns the final metrics.
+
+    Uses every device of every process (s2s_jax/parallel.py): batches split over the mesh's
+    `data` axis, state replicated; only process 0 prints and writes metrics.
+    """
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divides(config.train.batch_size, mesh)
+    main = parallel.is_main_process()
+    parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
+    with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
+        corpus = corpus_lib.prepare(config, workdir)
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
-    state = init_train_state(model, optimizer, config.seed)
+    state = parallel.replicate(init_train_state(model, optimizer, config.seed), mesh)
     checkpoints = ckpt_lib.Checkpoints(workdir, config.train.max_to_keep)
     iterator = corpus.train_iterator()
     start_step = 0
     if checkpoints.latest_step() is not None:
         state, meta = checkpoints.restore(state)
+        state = parallel.replicate(state, mesh)
         iterator.set_state(meta["data_state"])
         start_step = int(state["step"])
         print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
+    print(parallel.describe(mesh, config.train.batch_size), flush=True)
     best_meta = checkpoints.best_meta() or {}
     best_bleu = best_meta.get("valid_bleu", -1.0)
     best_step = best_meta.get("step", 0)
@@ -285,27 +296,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoints.close()
         return {"early_stopped_at": start_step, "best_valid_bleu": best_bleu}
 
-    train_step = make_train_step(
+    train_step = parallel.data_parallel_train_step(make_train_step(
         model, optimizer, config.train.label_smoothing, config.train.teacher_forcing_ratio
-    )
+    ), mesh)
     max_steps = static_max_steps(config)
     evaluator = Evaluator(
-        make_eval_step(model),
-        make_translate_fn(model, max_steps, config.decode.beam_size, config.decode.alpha),
+        parallel.data_parallel_eval_step(make_eval_step(model), mesh),
+        parallel.data_parallel_translate(
+            make_translate_fn(model, max_steps, config.decode.beam_size, config.decode.alpha), mesh
+        ),
         corpus, config, max_steps,
     )
-    logger = MetricsLogger(workdir, resume_step=start_step)
-    base_key = jax.random.key(config.seed)
+    logger = MetricsLogger(workdir, resume_step=start_step) if main else NullLogger()
+    base_key = jax.random.wrap_key_data(parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh))
     num_steps = config.train.num_steps
     schedule = learning_rate_schedule(config.train)
     pending, window_tokens, window_start = [], 0, time.perf_counter()
     final: dict = {}
     stop = StopRequest()
-    bar = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main)
     for step in range(start_step + 1, num_steps + 1):
         batch = next(iterator)
         window_tokens += int((batch["tgt_out"] != PAD_ID).sum())
-        state, step_metrics = train_step(state, batch, base_key)
+        state, step_metrics = train_step(state, parallel.shard_batch(mesh, batch), base_key)
         pending.append(step_metrics)
         bar.update(1)
         record: dict = {}
@@ -323,7 +336,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
             for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: config.train.num_samples]:
                 bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
-        stopping = stop.requested is not None or early_stop
+        stopping = parallel.agree_to_stop(stop.requested is not None, step, config.train.log_every) or early_stop
         is_checkpoint = step % config.train.checkpoint_every == 0 or step == num_steps or stopping
         # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
         if step % config.train.log_every == 0 or is_checkpoint:
@@ -361,7 +374,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 print(_early_stop_message(step, best_step, best_bleu, config.train))
                 final["early_stopped_at"] = step
             else:
-                print(f"{stop.requested}: stopped after step {step} with a checkpoint; run the same command to resume.")
+                print(f"{stop.requested or 'a stop on another process'}: stopped after step {step} with a checkpoint; run the same command to resume.")
                 final["interrupted_at"] = step
             break
         if record:

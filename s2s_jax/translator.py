@@ -3,6 +3,8 @@
 Inputs are sorted by length and cut into batches whose shapes come from a small
 set (rows a power of two up to the batch size, source length a multiple of 8),
 so a long file compiles only a few search functions and every batch is dense.
+With several devices the rows are rounded up to a multiple of the device count and
+split across them (s2s_jax/parallel.py); the parameters are replicated.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax
 import numpy as np
 
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import config_utils, corpus, decoding, training
+from s2s_jax import config_utils, corpus, decoding, parallel, training
 from s2s_jax.data import normalize
 from s2s_jax.model import Seq2Seq
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -83,6 +85,8 @@ class Translator:
         self.config = config_utils.load(workdir)
         self.src_tokenizer, self.tgt_tokenizer = corpus.load_tokenizers(workdir)
         self.params, self.meta = ckpt_lib.load_params(workdir, checkpoint)
+        self.mesh = parallel.make_mesh()  # rows of each batch split over every device
+        self.params = parallel.replicate(self.params, self.mesh)
         self.model = training.make_model(self.config, self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size)
         self.max_len = self.config.data.max_len
         self.max_steps = training.static_max_steps(self.config)
@@ -129,11 +133,14 @@ class Translator:
         search = self._search_fn(opts)
         key = jax.random.key(seed)
         for number, chunk in enumerate(progress(chunks) if progress else chunks):
-            src = np.zeros((_rows(len(chunk), batch_size), _bucket(max(len(ids[i]) for i in chunk), 8)), np.int32)
+            rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
+            src = np.zeros((rows, _bucket(max(len(ids[i]) for i in chunk), 8)), np.int32)
             for row, i in enumerate(chunk):
                 src[row, : len(ids[i])] = ids[i]
             caps = training.max_output_lengths(src, self.config.decode, self.max_steps)
-            tokens, scores = jax.device_get(search(self.params, src, caps, jax.random.fold_in(key, number)))
+            placed = parallel.shard_batch(self.mesh, {"src": src, "caps": caps})
+            out = search(self.params, placed["src"], placed["caps"], jax.random.fold_in(key, number))
+            tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 results[i] = [
                     Hypothesis(self.tgt_tokenizer.decode([tokens[row, k]])[0], float(scores[row, k]), _cut(tokens[row, k]))

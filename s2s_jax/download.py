@@ -1,0 +1,249 @@
+"""Fetch the real corpora the configs train on, from their canonical sources, into a data dir.
+
+    python download.py multi30k --data_dir data        # or: python -m s2s_jax.download ...
+    python download.py fra-eng cmn-eng --data_dir data
+    python download.py multi30k --mirror http://my.mirror/files/   # same file names, another host
+
+Files land where the configs' layout expects them (DATA_DIR/multi30k/train.de,
+DATA_DIR/fra-eng/fra.txt, DATA_DIR/cmn-eng/cmn.txt), are unpacked (gzip, zip) and,
+where a checksum is known, verified. A file already there is kept (nothing is
+fetched twice). Without network the error names every URL that failed and the
+files to place by hand. The printed --config flags point a config at the files.
+
+Sources: Multi30k Task 1 raw files from github.com/multi30k/dataset (snapshot
+a3d2e0d); Tatoeba English-French as the d2l.ai book downloads it (fra-eng.zip);
+Tatoeba English-Chinese cmn.txt (github.com/qi-dian-b/seq2seq2_machine-translation,
+721784588). The Tatoeba files are the full upstream exports; the copies in
+../shared/data are those minus a held-out slice, so scores on them are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+
+_MULTI30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """One usable file: where it comes from and where it goes under the data dir."""
+
+    urls: tuple[str, ...]  # tried in order (mirrors)
+    path: str  # relative to the data dir
+    unpack: str = ""  # "" (as is), "gz", or "zip:MEMBER"
+    checksum: str = ""  # "sha256:HEX" of the usable (unpacked) file, "sha1:HEX" of the download; "" = unchecked
+
+    def how(self) -> str:
+        if self.unpack == "gz":
+            return f"gunzip of {self.urls[0]}"
+        if self.unpack.startswith("zip:"):
+            return f"{self.unpack[4:]} from {self.urls[0]}"
+        return self.urls[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSource:
+    files: tuple[RemoteFile, ...]
+    flags: tuple[tuple[str, str], ...]  # (--config key, file path relative to the data dir)
+    config: str  # the config that trains on it
+
+
+# sha256 of the gunzipped Multi30k files (what the configs read).
+_MULTI30K_SHA256 = {
+    "train.de": "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72",
+    "train.en": "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6",
+    "val.de": "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660",
+    "val.en": "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227",
+    "test_2016_flickr.de": "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16",
+    "test_2016_flickr.en": "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
+}
+
+CORPORA: dict[str, CorpusSource] = {
+    "multi30k": CorpusSource(
+        files=tuple(
+            RemoteFile((f"{_MULTI30K}/{name}.gz",), f"multi30k/{name}", "gz", f"sha256:{digest}")
+            for name, digest in _MULTI30K_SHA256.items()
+        ),
+        flags=(
+            ("data.train_src", "multi30k/train.de"), ("data.train_tgt", "multi30k/train.en"),
+            ("data.valid_src", "multi30k/val.de"), ("data.valid_tgt", "multi30k/val.en"),
+            ("data.test_src", "multi30k/test_2016_flickr.de"), ("data.test_tgt", "multi30k/test_2016_flickr.en"),
+        ),
+        config="configs/multi30k.py",
+    ),
+    "fra-eng": CorpusSource(
+        files=(
+            RemoteFile(
+                (
+                    "https://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip",
+                    "https://raw.githubusercontent.com/modelexlab/data/adddaf33ac35572bcfeb421efec29435e7ea9332/fra-eng.zip",
+                ),
+                "fra-eng/fra.txt", "zip:fra-eng/fra.txt", "sha1:94646ad1522d915e7b0f9296181140edcf86a4f5",
+            ),
+        ),
+        flags=(("data.train_tsv", "fra-eng/fra.txt"),),
+        config="configs/fra_eng.py",
+    ),
+    "cmn-eng": CorpusSource(
+        files=(
+            RemoteFile(
+                ("https://raw.githubusercontent.com/qi-dian-b/seq2seq2_machine-translation/"
+                 "721784588a35e3e6fb78878a9b5baffdc387c49a/cmn.txt",),
+                "cmn-eng/cmn.txt",
+            ),
+        ),
+        flags=(("data.train_tsv", "cmn-eng/cmn.txt"),),
+        config="configs/cmn_eng.py",
+    ),
+}
+
+
+class DownloadError(RuntimeError):
+    """A corpus could not be fetched; the message says which files to place where."""
+
+
+def _digest(path: str, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: str, checksum: str, what: str) -> None:
+    algorithm, expected = checksum.split(":", 1)
+    actual = _digest(path, algorithm)
+    if actual != expected:
+        raise DownloadError(f"{what}: {algorithm} {actual}, expected {expected} (a different or damaged file)")
+
+
+def _fetch(url: str, target: str, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "s2s-jax-download"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _unpack(spec: RemoteFile, downloaded: str, target: str) -> None:
+    if spec.unpack == "gz":
+        with gzip.open(downloaded, "rb") as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    elif spec.unpack.startswith("zip:"):
+        with zipfile.ZipFile(downloaded) as archive, archive.open(spec.unpack[4:]) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    else:
+        shutil.copyfile(downloaded, target)
+
+
+def _urls(spec: RemoteFile, mirror: str | None) -> tuple[str, ...]:
+    if mirror:
+        return (f"{mirror.rstrip('/')}/{spec.urls[0].rsplit('/', 1)[1]}",)
+    return spec.urls
+
+
+def _usable(spec: RemoteFile, path: str, verify: bool) -> bool:
+    """Already downloaded: present and, when its checksum is of the usable file, matching."""
+    if not os.path.isfile(path):
+        return False
+    if verify and spec.checksum.startswith("sha256:"):
+        try:
+            _check(path, spec.checksum, path)
+        except DownloadError:
+            return False
+    return True
+
+
+def fetch_files(
+    files, data_dir: str, mirror: str | None = None, timeout: float = 60.0, verify: bool = True, log=print
+) -> list[str]:
+    """Downloads (and unpacks) every file not already in `data_dir`; returns their paths.
+
+    Each file is written to a temporary name and renamed when complete and verified,
+    so an interrupted or failed download never leaves a file that looks finished.
+    """
+    paths, failures = [], []
+    for spec in files:
+        path = os.path.join(data_dir, spec.path)
+        paths.append(path)
+        if _usable(spec, path, verify):
+            log(f"{path}: already there")
+            continue
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        errors, done = [], False
+        for url in _urls(spec, mirror):
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(path) or ".", prefix=".download-") as tmp:
+                downloaded, unpacked = os.path.join(tmp, "download"), os.path.join(tmp, "file")
+                try:
+                    log(f"{path}: fetching {url}")
+                    _fetch(url, downloaded, timeout)
+                    if verify and spec.checksum.startswith("sha1:"):
+                        _check(downloaded, spec.checksum, url)
+                    _unpack(spec, downloaded, unpacked)
+                    if verify and spec.checksum.startswith("sha256:"):
+                        _check(unpacked, spec.checksum, f"{path} (from {url})")
+                except (OSError, urllib.error.URLError, DownloadError, zipfile.BadZipFile, KeyError, EOFError) as err:
+                    reason = getattr(err, "reason", None) or err
+                    errors.append(f"{url}: {reason}")
+                    continue
+                os.replace(unpacked, path)
+                done = True
+                break
+        if not done:
+            failures.append((spec, path, errors))
+    if failures:
+        tried = "\n".join(f"  {line}" for _, _, errors in failures for line in errors)
+        place = "\n".join(f"  {path}  <-  {spec.how()}" for spec, path, _ in failures)
+        raise DownloadError(
+            f"could not download {len(failures)} file(s) (offline, or the source moved):\n{tried}\n"
+            f"Place them by hand (e.g. fetched on a machine with internet) and run again:\n{place}"
+        )
+    return paths
+
+
+def download(name: str, data_dir: str = "data", mirror: str | None = None, timeout: float = 60.0,
+             verify: bool = True, log=print) -> dict[str, str]:
+    """Fetches corpus `name` (a key of CORPORA) into `data_dir`; returns {config key: path}."""
+    if name not in CORPORA:
+        raise DownloadError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
+    source = CORPORA[name]
+    fetch_files(source.files, data_dir, mirror, timeout, verify, log)
+    return {key: os.path.join(data_dir, rel) for key, rel in source.flags}
+
+
+def config_flags(paths: dict[str, str]) -> str:
+    return " ".join(f"--config.{key}={path}" for key, path in paths.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="download.py", description="Download the corpora the configs train on.",
+        epilog="Then train with the --config flags it prints.",
+    )
+    parser.add_argument("corpora", nargs="+", choices=[*CORPORA, "all"], help="which corpora")
+    parser.add_argument("--data_dir", default="data", help="where to put them (default: data)")
+    parser.add_argument("--mirror", default=None, help="fetch every file as MIRROR/<its file name> instead")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connection attempt")
+    parser.add_argument("--no_verify", action="store_true", help="keep files whose checksum differs")
+    args = parser.parse_args(argv)
+    names = list(CORPORA) if "all" in args.corpora else list(dict.fromkeys(args.corpora))
+    try:
+        for name in names:
+            paths = download(name, args.data_dir, args.mirror, args.timeout, not args.no_verify)
+            print(f"{name}: python train.py --config {CORPORA[name].config} --workdir runs/{name} {config_flags(paths)}")
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
