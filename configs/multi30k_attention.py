@@ -19,7 +19,7 @@ def get_config():
     config.model.attention = "luong_general"
     config.model.input_feeding = False
     config.model.tie_embeddings = True
-    config.train.num_steps = 3000
+    config.train.num_steps = 1500
     config.train.eval_every = 500
     config.train.checkpoint_every = 500
     config.decode.beam_size = 5

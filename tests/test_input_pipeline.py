@@ -202,11 +202,9 @@ def test_bucket_boundaries_are_optimal_multiples():
     assert bucket_boundaries([3, 3, 3], 8, pad_multiple=1) == [3]
 
 
-def test_building_an_epoch_is_fast():
-    import time
-
+def test_an_epoch_of_a_corpus_the_size_of_multi30k_holds_every_pair_once():
+    # Speed is measured in benchmarks/bench_real.py, never asserted here: a timed test fails on a busy machine.
     src, tgt = random_corpus(30000, seed=3)
     batches = BucketedBatches(src, tgt, batch_size=64)
-    start = time.perf_counter()
-    batches.epoch(0)
-    assert time.perf_counter() - start < 0.5
+    rows = np.concatenate([batch["index"] for batch in batches.epoch(0)])
+    assert sorted(rows[rows >= 0].tolist()) == list(range(30000))
