@@ -82,4 +82,4 @@ def compact_cross_entropy(
             k * rows < num_real, chunk_sums, skip, order[block], sorted_weights[block]
         )
         loss_sum, nll_sum = loss_sum + loss_k, nll_sum + nll_k
-    return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": real.sum().astype(jnp.float32)}
+    return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": num_real.astype(jnp.float32)}
