@@ -4,6 +4,7 @@
     echo "November 22, 2026" | python decode.py --workdir runs/quickstart
     python decode.py --workdir runs/m30k --input test.de --reference test.en   # + BLEU/chrF
     python decode.py --workdir runs/m30k --nbest 5 --beam_size 5               # index \\t score \\t text
+    python decode.py --workdir runs/fra_eng --input d2l.en --reference d2l.fr --sentence_bleu 2
 
 One output line per input line, in order (n-best: N lines per input). With a
 terminal on stdin it translates interactively, line by line.
@@ -37,6 +38,9 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
 flags.DEFINE_string(
     "score_json", None, "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file."
+)
+flags.DEFINE_integer(
+    "sentence_bleu", 0, "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2)."
 )
 flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
 flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")

@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.tsv_tgt_col = 1
     data.quickstart_corpus = False  # generate the offline English->French numbers/dates corpus into WORKDIR/corpus
     data.lowercase = False
+    data.d2l_preprocess = False  # d2l.ai's text preprocessing: "i lost." -> "i lost ." (and ’ -> '), inputs too
     data.max_train_pairs = 0  # use only the first N training pairs (0 = all)
     data.valid_max_pairs = 0  # validate on the first N pairs (0 = all)
     data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)

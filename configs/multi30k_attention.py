@@ -17,6 +17,7 @@ def get_config():
     config.model.num_layers = 1
     config.model.bidirectional = True
     config.model.attention = "luong_general"
+    config.model.feed_context = False  # attention supplies the context
     config.model.input_feeding = False
     config.model.tie_embeddings = True
     config.train.num_steps = 1500

@@ -11,7 +11,7 @@ import traceback
 import ml_collections
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
-_FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase") + tuple(
+_FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
     f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
 ) + ("train.optimizer", "train.batch_size")
 

@@ -107,7 +107,7 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
     cfg = config.data
     if cfg.quickstart_corpus and not cfg.train_src:
         use_quickstart_corpus(config, workdir)
-    train_pairs, stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "train"), cfg.lowercase)
+    train_pairs, stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "train"), cfg.lowercase, cfg.d2l_preprocess)
     if not train_pairs:
         raise data_lib.DataError(f"no training pairs left: {stats.summary()} in {_files(cfg, 'train')}")
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
@@ -127,7 +127,7 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
         valid_pairs, valid_stats = held_out, data_lib.FilterStats(len(held_out), len(held_out), 0, 0)
     else:
-        valid_pairs, valid_stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "valid"), cfg.lowercase)
+        valid_pairs, valid_stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
     if cfg.valid_max_pairs:
         valid_pairs = valid_pairs[: cfg.valid_max_pairs]
     if not valid_pairs:

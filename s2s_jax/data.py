@@ -9,6 +9,7 @@ tell anyone which of their files is broken.
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -145,16 +146,23 @@ _DELETE: dict[int, None] = {c: None for c in [*range(0x20), *range(0x7F, 0xA0)] 
 _DELETE.update({0xFEFF: None, 0x200B: None})  # byte-order mark / zero-width no-break space, zero-width space
 
 
-def normalize(text: str, lowercase: bool = False) -> str:
+_D2L_PUNCTUATION = re.compile(r"(?<=\S)([,.!?])")
+
+
+def normalize(text: str, lowercase: bool = False, d2l: bool = False) -> str:
     """NFKC, unicode whitespace -> one ASCII space, control characters removed, stripped.
 
     NFKC turns U+00A0 / U+202F (the no-break spaces French puts before '!?:;')
     into plain spaces and unifies full-width forms, so the same word always
     gets the same subwords; sentencepiece then runs with the identity rule and
-    decode(encode(s)) == s.
+    decode(encode(s)) == s. `d2l` adds d2l.ai's preprocessing (a space before
+    every , . ! ? that follows a non-space: "i lost." -> "i lost .") and makes
+    typographic apostrophes ASCII, since Tatoeba mixes "j’ai" and "j'ai".
     """
     text = unicodedata.normalize("NFKC", text)
     text = " ".join(text.translate(_DELETE).split())  # str.split() knows all unicode whitespace
+    if d2l:
+        text = _D2L_PUNCTUATION.sub(r" \1", text.replace("\u2019", "'"))
     return text.lower() if lowercase else text
 
 
@@ -181,11 +189,13 @@ class FilterStats:
         return f"kept {self.kept} of {self.total} pairs ({', '.join(reasons)})"
 
 
-def clean_pairs(pairs: Sequence[Pair], lowercase: bool = False) -> tuple[list[Pair], FilterStats]:
+def clean_pairs(
+    pairs: Sequence[Pair], lowercase: bool = False, d2l: bool = False
+) -> tuple[list[Pair], FilterStats]:
     """Normalises both sides and drops (and counts) pairs with an empty side."""
     kept = []
     for src, tgt in pairs:
-        src, tgt = normalize(src, lowercase), normalize(tgt, lowercase)
+        src, tgt = normalize(src, lowercase, d2l), normalize(tgt, lowercase, d2l)
         if src and tgt:
             kept.append((src, tgt))
     return kept, FilterStats(total=len(pairs), kept=len(kept), empty=len(pairs) - len(kept), too_long=0)

@@ -74,8 +74,11 @@ def _check_flags(flags) -> None:
         directory = os.path.dirname(os.path.abspath(flags.output))
         if not os.path.isdir(directory):
             raise ValueError(f"--output {flags.output}: directory {directory} does not exist")
-    if getattr(flags, "score_json", None) and not flags.reference:
-        raise ValueError("--score_json needs --reference (the scores compare against it)")
+    for name in ("score_json", "sentence_bleu"):
+        if getattr(flags, name, None) and not flags.reference:
+            raise ValueError(f"--{name} needs --reference (the scores compare against it)")
+    if getattr(flags, "sentence_bleu", 0) < 0:
+        raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
     for name in ("input", "reference"):
         path = getattr(flags, name)
         if path and path != "-" and not os.path.isfile(path):
@@ -144,6 +147,8 @@ def run(flags) -> int:
         print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
         print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
         print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
+        if getattr(flags, "sentence_bleu", 0):
+            _print_sentence_bleu(lines, [hyps[0].text for hyps in results], refs, flags.sentence_bleu)
         if getattr(flags, "score_json", None):
             try:
                 _write_scores(flags, translator, opts, report, len(results))
@@ -151,6 +156,14 @@ def run(flags) -> int:
                 print(f"error: cannot write --score_json {flags.score_json}: {err.strerror}", file=sys.stderr)
                 return 1
     return 0
+
+
+def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k: int) -> None:
+    """d2l's per-sentence report, `go . => va !, bleu 1.000`, and how many are exact."""
+    for src, hyp, ref in zip(sources, hyps, refs):
+        print(f"{src} => {hyp}, bleu {metrics.sentence_bleu_d2l(hyp, ref, k=k):.3f}", file=sys.stderr)
+    exact = sum(hyp == ref for hyp, ref in zip(hyps, refs))
+    print(f"exact: {exact} of {len(refs)}", file=sys.stderr)
 
 
 def _write_scores(flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int) -> None:

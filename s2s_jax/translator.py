@@ -98,7 +98,9 @@ class Translator:
         return self._compiled[opts]
 
     def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
-        texts = [normalize(_encodable(line), self.config.data.lowercase) for line in lines]
+        data_cfg = self.config.data
+        d2l = data_cfg.get("d2l_preprocess", False)  # absent in workdirs written before it existed
+        texts = [normalize(_encodable(line), data_cfg.lowercase, d2l) for line in lines]
         ids = self.src_tokenizer.encode(texts)
         out = []
         for number, row in enumerate(ids, 1):

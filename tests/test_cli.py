@@ -80,7 +80,7 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     assert len(hyps) == len(lines)
     assert hyps[2] == ""
     ref.write_text("\n".join([h.upper() for h in hyps[:4]] + ["x"] * (len(lines) - 4)) + "\n", encoding="utf-8")
-    result = run(args, env_cache=cache)
+    result = run(args + ["--sentence_bleu=2"], env_cache=cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BLEU = " in result.stderr and "chrF = " in result.stderr and "version:" in result.stderr
     report = json.loads(scores.read_text(encoding="utf-8"))
@@ -90,6 +90,11 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     assert report["beam_size"] == 2 and report["sentences"] == len(lines) and report["step"] > 0
     assert report["bleu_signature"].startswith("nrefs:1|case:mixed")
     assert f"BLEU = {report['bleu']:.2f}" in result.stderr
+    # d2l's per-sentence lines, in input order, and the exact-match count.
+    refs = ref.read_text(encoding="utf-8").split("\n")[:-1]
+    for src, hyp, r in zip(lines, hyps, refs):
+        assert f"{src} => {hyp}, bleu {metrics.sentence_bleu_d2l(hyp, r, k=2):.3f}" in result.stderr
+    assert f"exact: {sum(h == r for h, r in zip(hyps, refs))} of {len(lines)}" in result.stderr
 
 
 def test_decode_nbest_from_stdin(workdir):

@@ -100,6 +100,16 @@ def test_normalize_lowercase():
     assert data.normalize("Ça VA") == "Ça VA"
 
 
+def test_normalize_d2l_preprocessing():
+    # d2l.ai's MTFraEng._preprocess: a space before , . ! ? after a non-space, lowercased.
+    assert data.normalize("I lost.", lowercase=True, d2l=True) == "i lost ."
+    assert data.normalize("Va\u00a0!", lowercase=True, d2l=True) == "va !"
+    assert data.normalize("Oui, j’ai...", d2l=True) == "Oui , j'ai . . ."
+    assert data.normalize("I lost.", lowercase=True) == "i lost."
+    kept, _ = data.clean_pairs([("He's calm.", "Il est calme.")], lowercase=True, d2l=True)
+    assert kept == [("he's calm .", "il est calme .")]
+
+
 def test_clean_pairs_normalises_and_counts_empty_pairs():
     pairs = [("Hello\u00a0!", "Bonjour\u202f!"), ("  ", "vide"), ("empty", ""), ("ok", "d'accord")]
     kept, stats = data.clean_pairs(pairs)
