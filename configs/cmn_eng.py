@@ -34,6 +34,7 @@ def get_config():
     config.train.label_smoothing = 0.1
     config.train.eval_every = 500
     config.train.checkpoint_every = 500
+    config.train.early_stop_patience = 2  # evaluations without a better validation BLEU
     config.decode.beam_size = 5
     config.decode.bleu_tokenize = "zh"
     return config

@@ -34,5 +34,6 @@ def get_config():
     config.train.label_smoothing = 0.1
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
+    config.train.early_stop_patience = 2  # evaluations without a better validation BLEU
     config.decode.beam_size = 5
     return config
