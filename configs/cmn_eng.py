@@ -29,7 +29,7 @@ def get_config():
     config.model.tie_embeddings = True
     config.model.dropout = 0.3
     config.train.batch_size = 128
-    config.train.num_steps = 1500
+    config.train.num_steps = 1000
     config.train.learning_rate = 2e-3
     config.train.label_smoothing = 0.1
     config.train.eval_every = 500
