@@ -29,11 +29,11 @@ def get_config():
     config.model.tie_embeddings = True
     config.model.dropout = 0.3
     config.train.batch_size = 128
-    config.train.num_steps = 1000
+    config.train.num_steps = 700
     config.train.learning_rate = 2e-3
     config.train.label_smoothing = 0.1
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
+    config.train.eval_every = 350
+    config.train.checkpoint_every = 350
     config.train.early_stop_patience = 2  # evaluations without a better validation BLEU
     config.decode.beam_size = 5
     config.decode.bleu_tokenize = "zh"
