@@ -141,14 +141,13 @@ def run(flags) -> int:
         if len(refs) != len(results):
             print(f"error: {flags.reference} has {len(refs)} lines, the input has {len(results)}", file=sys.stderr)
             return 1
-        report = metrics.score_report(
-            [hyps[0].text for hyps in results], refs, tokenize=translator.config.decode.bleu_tokenize or None
-        )
+        best = [hyps[0].text for hyps in results]
+        report = metrics.score_report(best, refs, tokenize=translator.config.decode.bleu_tokenize or None)
         print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
         print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
         print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
         if getattr(flags, "sentence_bleu", 0):
-            _print_sentence_bleu(lines, [hyps[0].text for hyps in results], refs, flags.sentence_bleu)
+            _print_sentence_bleu(lines, best, refs, flags.sentence_bleu)
         if getattr(flags, "score_json", None):
             try:
                 _write_scores(flags, translator, opts, report, len(results))
