@@ -107,6 +107,11 @@ def environment(threads_info: dict) -> dict:
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 3, min_time: float = 0.3) -> float:
     """Median GFLOP/s of a jitted float32 [n, n] @ [n, n] in this process (peak.py's method)."""
+    return measure_matmul_rate(n, n, n, repeats, min_time)
+
+
+def measure_matmul_rate(m: int, k: int, n: int, repeats: int = 3, min_time: float = 0.3) -> float:
+    """Median GFLOP/s of a jitted float32 [m, k] @ [k, n] over `repeats` windows of >= `min_time` s."""
     import time
 
     import jax
@@ -114,8 +119,8 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 3, min_time: float = 0.3) 
     import numpy as np
 
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-    b = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
     mm = jax.jit(lambda x, y: x @ y)
     mm(a, b).block_until_ready()
     rates = []
@@ -127,8 +132,18 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 3, min_time: float = 0.3) 
             dt = time.perf_counter() - t0
             if dt >= min_time and count >= 3:
                 break
-        rates.append(2.0 * n**3 * count / dt / 1e9)
+        rates.append(2.0 * m * k * n * count / dt / 1e9)
     return round(statistics.median(rates), 1)
+
+
+def add_protocol_size_flags(ap) -> None:
+    """The reference protocol's size flags (torch_ref.py's names and defaults), for every script on its batches."""
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--emb", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--maxlen", type=int, default=32)
 
 
 # ---------------------------------------------------------------------------------------

@@ -74,12 +74,7 @@ def parse_args(argv=None):
     ap.add_argument("--input-feed", action="store_true", help="Luong input feeding (model.input_feeding=True)")
     ap.add_argument("--score", choices=["general", "dot"], default="general",
                     help="Luong score with --attention: general -> luong_general, dot -> luong_dot")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--emb", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--maxlen", type=int, default=32)
+    _common.add_protocol_size_flags(ap)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=10, help="training steps per timed repeat")
     ap.add_argument("--warmup", type=int, default=3, help="untimed training steps (the first compiles; at least 1 is run)")

@@ -36,12 +36,7 @@ from bench import make_batch  # noqa: E402
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attention", action="store_true")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--emb", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--maxlen", type=int, default=32)
+    _common.add_protocol_size_flags(ap)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per part (median reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
@@ -157,12 +152,6 @@ def main(argv=None):
     for name, f in flops.items():
         parts[name]["gflops"] = round(f / (parts[name]["median"] * 1e6), 1)
 
-    def matmul_rate(m: int, k: int, n: int) -> float:
-        a = jnp.ones((m, k), jnp.float32)
-        b = jnp.ones((k, n), jnp.float32)
-        stats = time_fn(jax.jit(jnp.dot), a, b, repeats=max(args.repeats, 10))
-        return round(2 * m * k * n / (stats["min"] * 1e6), 1)
-
     res = {"impl": "s2s_jax", "benchmark": "breakdown"}
     res.update(_common.environment(threads_info))
     res["config"] = vars(args)
@@ -170,10 +159,10 @@ def main(argv=None):
     res["sum_of_parts_ms"] = round(sum(p["median"] for p in parts.values()), 1)
     res["train_step_ms"] = _common.summarize(step_times)
     res["matmul_gflops"] = {
-        "recurrent_step_%dx%dx%d" % (B, H, 4 * H): matmul_rate(B, H, 4 * H),
-        "input_projection_%dx%dx%d" % (B * S, E, 4 * H): matmul_rate(B * S, E, 4 * H),
-        "output_layer_%dx%dx%d" % (B * T // 8, H, V): matmul_rate(B * T // 8, H, V),
-        "square_2048": matmul_rate(2048, 2048, 2048),
+        "recurrent_step_%dx%dx%d" % (B, H, 4 * H): _common.measure_matmul_rate(B, H, 4 * H),
+        "input_projection_%dx%dx%d" % (B * S, E, 4 * H): _common.measure_matmul_rate(B * S, E, 4 * H),
+        "output_layer_%dx%dx%d" % (B * T // 8, H, V): _common.measure_matmul_rate(B * T // 8, H, V),
+        "square_2048": _common.measure_matmul_peak(),
     }
     res["peak_rss_mb"] = _common.peak_rss_mb()
     print(json.dumps(res))
