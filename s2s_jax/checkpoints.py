@@ -11,17 +11,21 @@ leftover temporary directory is deleted by the next run). A checkpoint that
 is complete but unreadable (truncated or corrupted files) is skipped with a
 warning: training resumes from the newest readable one and moves the damaged
 ones to WORKDIR/unreadable_checkpoints/; decoding uses the newest readable one.
+
+Every restore goes through `_restore_newest_readable`; every save through
+`Checkpoints._save`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -32,19 +36,40 @@ class CheckpointError(RuntimeError):
     """A workdir without a usable checkpoint, said in words a user can act on."""
 
 
-def _manager(directory: str, max_to_keep: int, item_names: tuple[str, ...], create: bool = True):
-    """A manager; `create=True` (training) also deletes the half-written temporary
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """One of the two checkpoint series in a workdir."""
+
+    subdir: str  # under the workdir, and the prefix of set-aside copies
+    arrays: str  # the item holding arrays; the other item is always "meta"
+    label: str  # how warnings name one checkpoint of this kind
+
+    @property
+    def items(self) -> tuple[str, str]:
+        return (self.arrays, "meta")
+
+
+_LATEST = _Kind("checkpoints", "state", "checkpoint")
+_BEST = _Kind("best", "params", "best checkpoint")
+
+# Restore targets besides an abstract pytree: put the arrays on this process's
+# first device (decoding), or skip the arrays and read only the meta.
+_LOCAL_DEVICE = "local device"
+_META_ONLY = None
+
+
+def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
+    """A manager for `kind`; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
+    directory = os.path.abspath(os.path.join(workdir, kind.subdir))
     # Several processes: the two managers save the same step at once, and orbax names its
     # cross-process barriers by step; a per-directory prefix keeps them apart.
-    multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory))
+    multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind.subdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
         multiprocessing_options=multiprocessing,
     )
-    return ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_names=item_names
-    )
+    return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
@@ -69,48 +94,58 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+# The private orbax function that `_drain_reads_when_a_restore_fails` replaces.
+_ORBAX_LOOP_MODULE = "orbax.checkpoint._src.asyncio_utils"
+_ORBAX_LOOP_RUNNER = "_run_sync_via_new_loop"
+
+
+def _run_sync_draining_on_failure(coro: Any) -> Any:
+    """orbax's `_run_sync_via_new_loop`, except that a failure first waits for the other tasks."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    except BaseException:
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=60))
+        raise
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 @contextlib.contextmanager
-def _drain_failed_reads():
+def _drain_reads_when_a_restore_fails() -> Iterator[None]:
     """Lets a failed restore finish its other pending reads before orbax closes its event loop.
 
-    When one file of a damaged checkpoint fails to read, orbax raises at once and
-    closes the event loop while tensorstore still completes the other reads; each
-    completion then prints a 'RuntimeError: Event loop is closed' traceback to
-    stderr (dozens of them). Waiting for the leftover tasks first keeps the
-    fallback to an older checkpoint quiet. Only affects code run inside this block.
+    When one file of a damaged checkpoint fails to read, orbax's `asyncio.gather`
+    raises at once and `_run_sync_via_new_loop` closes the event loop while
+    tensorstore still completes the other reads; each completion then prints a
+    'RuntimeError: Event loop is closed' traceback to stderr (dozens of them).
+    orbax-checkpoint 0.12.8 has no public option for this (restores always run
+    through `asyncio_utils.run_sync`), so this swaps in a runner that waits for
+    the leftover tasks first; it behaves identically when the restore succeeds.
+    Only code run inside this block is affected. If an orbax upgrade removes the
+    private function this does nothing, and tests/test_checkpoints.py fails.
     """
     try:
-        from orbax.checkpoint._src import asyncio_utils
+        module = __import__(_ORBAX_LOOP_MODULE, fromlist=[_ORBAX_LOOP_RUNNER])
     except ImportError:
         yield
         return
-    original = getattr(asyncio_utils, "_run_sync_via_new_loop", None)
+    original = getattr(module, _ORBAX_LOOP_RUNNER, None)
     if original is None:
         yield
         return
-
-    def run(coro):
-        loop = asyncio.new_event_loop()
-        try:
-            asyncio.set_event_loop(loop)
-            return loop.run_until_complete(coro)
-        except BaseException:
-            pending = asyncio.all_tasks(loop)
-            if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=60))
-            raise
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-    asyncio_utils._run_sync_via_new_loop = run
+    setattr(module, _ORBAX_LOOP_RUNNER, _run_sync_draining_on_failure)
     try:
         yield
     finally:
-        asyncio_utils._run_sync_via_new_loop = original
+        setattr(module, _ORBAX_LOOP_RUNNER, original)
 
 
-def _local_target(manager, step: int, item: str) -> Any:
+def _local_target(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
     """A restore target that puts every saved array of `item` on this process's first device.
 
     Without a target orbax restores the shardings recorded at save time, which fails
@@ -124,50 +159,112 @@ def _local_target(manager, step: int, item: str) -> Any:
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
-def _restore_first_readable(manager, steps, args) -> tuple[int | None, Any, list[tuple[int, str]]]:
-    """(step, restored, unreadable) for the first of `steps` that restores.
+def _restore_args(manager: ocp.CheckpointManager, kind: _Kind, step: int, target: Any) -> ocp.args.Composite:
+    """Composite restore args for one step; `target` is an abstract pytree, _LOCAL_DEVICE or _META_ONLY."""
+    args: dict[str, Any] = {"meta": ocp.args.JsonRestore()}
+    if target is _LOCAL_DEVICE:
+        args[kind.arrays] = ocp.args.StandardRestore(_local_target(manager, step, kind.arrays))
+    elif target is not _META_ONLY:
+        args[kind.arrays] = ocp.args.StandardRestore(target)
+    return ocp.args.Composite(**args)
 
-    `args` is the restore args, or a function of the step that returns them.
 
-    `unreadable` lists (step, short error) for the newer steps that did not
-    restore; (None, None, all of them) if none did.
+class _NoReadableCheckpoint(CheckpointError):
+    """None of the candidate steps restored; `unreadable` lists (step, short error) for each."""
+
+    def __init__(self, directory: str, unreadable: list[tuple[int, str]]):
+        tried = "; ".join(f"step {step}: {why}" for step, why in unreadable)
+        super().__init__(f"no readable checkpoint in {directory} ({tried})")
+        self.unreadable = unreadable
+
+
+def _set_aside(manager: ocp.CheckpointManager, kind: _Kind, step: int, workdir: str) -> str:
+    """Moves a damaged step directory out of the manager's view; returns where it went."""
+    manager.wait_until_finished()
+    source = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(workdir, "unreadable_checkpoints", f"{kind.subdir}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(source, target)
+    except OSError as err:
+        shutil.rmtree(source, ignore_errors=True)
+        target = f"nowhere (moving failed: {err.strerror}; deleted it)"
+    manager.reload()
+    return target
+
+
+def _restore_newest_readable(
+    manager: ocp.CheckpointManager,
+    kind: _Kind,
+    steps: Sequence[int],
+    target: Any,
+    set_aside_in: str | None = None,
+) -> tuple[int, dict]:
+    """(step, restored items) for the first of `steps` (newest first) that restores.
+
+    `target` is an abstract pytree (training resume), _LOCAL_DEVICE (decoding) or
+    _META_ONLY. Each newer step that fails is warned about; with `set_aside_in`
+    (a workdir: the training side) it is also moved to its unreadable_checkpoints/
+    so that training can write that step again. If no step restores nothing is
+    moved and `_NoReadableCheckpoint` lists why each failed; the caller decides.
     """
-    unreadable = []
+    unreadable: list[tuple[int, str]] = []
     for step in steps:
         try:
-            with _drain_failed_reads():
-                return step, manager.restore(step, args=args(step) if callable(args) else args), unreadable
+            with _drain_reads_when_a_restore_fails():
+                restored = manager.restore(step, args=_restore_args(manager, kind, step, target))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             unreadable.append((step, _short(err)))
-    return None, None, unreadable
+            continue
+        for bad, why in unreadable:
+            if set_aside_in is None:
+                _warn(f"{kind.label} {bad} in {manager.directory} is unreadable ({why}); using step {step}")
+            else:
+                where = _set_aside(manager, kind, bad, set_aside_in)
+                _warn(f"{kind.label} {bad} is unreadable ({why}); moved it to {where} and resumed from step {step}")
+        return step, restored
+    raise _NoReadableCheckpoint(str(manager.directory), unreadable)
 
 
 class Checkpoints:
-    """The two checkpoint managers of one training run."""
+    """The two checkpoint managers of one training run; a context manager that closes them."""
 
     def __init__(self, workdir: str, max_to_keep: int):
         self.workdir = workdir
-        self.latest = _manager(os.path.join(workdir, "checkpoints"), max_to_keep, ("state", "meta"))
-        self.best = _manager(os.path.join(workdir, "best"), 1, ("params", "meta"))
+        self.latest = _manager(workdir, _LATEST, max_to_keep)
+        self.best = _manager(workdir, _BEST, 1)
+        self._closed = False
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        self._make_room(self.latest, step)
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        """Starts an async save of the training state; `wait()` or `close()` finishes it."""
+        self._save(self.latest, step, state=state, meta=meta)
 
     def save_best(self, step: int, params: Any, meta: dict) -> None:
-        self._make_room(self.best, step)
-        self.best.save(
-            step,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        """Starts an async save of the best parameters so far, replacing the previous best."""
+        self._save(self.best, step, params=params, meta=meta)
+
+    @staticmethod
+    def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
+        """Saves `meta` as JSON and the other item as arrays. Saving a step that is already on
+        disk (e.g. after resuming from an older checkpoint than the newest) replaces it;
+        orbax would refuse."""
+        if step in manager.all_steps():
+            manager.wait_until_finished()
+            manager.delete(step)
+        args = {
+            name: ocp.args.JsonSave(value) if name == "meta" else ocp.args.StandardSave(value)
+            for name, value in items.items()
+        }
+        manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def best_meta(self) -> dict | None:
         """The best checkpoint's scores; None if there is none, or if it is unreadable (moved
@@ -175,13 +272,14 @@ class Checkpoints:
         step = self.best.latest_step()
         if step is None:
             return None
-        found, restored, unreadable = _restore_first_readable(
-            self.best, [step], ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )
-        for bad, why in unreadable:
-            where = self._set_aside(self.best, bad, "best")
-            _warn(f"best checkpoint {bad} is unreadable ({why}); moved it to {where}, the next evaluation writes a new one")
-        return None if found is None else restored["meta"]
+        try:
+            _, restored = _restore_newest_readable(self.best, _BEST, [step], _META_ONLY, set_aside_in=self.workdir)
+        except _NoReadableCheckpoint as err:
+            for bad, why in err.unreadable:
+                where = _set_aside(self.best, _BEST, bad, self.workdir)
+                _warn(f"best checkpoint {bad} is unreadable ({why}); moved it to {where}, the next evaluation writes a new one")
+            return None
+        return restored["meta"]
 
     def restore(self, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the newest readable checkpoint, shaped and sharded like `abstract_state`.
@@ -191,49 +289,32 @@ class Checkpoints:
         that training can write that step again; the one before it is used.
         If none is readable nothing is moved and CheckpointError says so.
         """
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         steps = sorted(self.latest.all_steps(), reverse=True)
-        found, restored, unreadable = _restore_first_readable(self.latest, steps, args)
-        if found is None:
-            tried = "; ".join(f"step {step}: {why}" for step, why in unreadable)
-            raise CheckpointError(
-                f"no readable checkpoint in {self.latest.directory} ({tried}). Move that directory "
-                "away to train from scratch, or use a new --workdir"
+        try:
+            _, restored = _restore_newest_readable(
+                self.latest, _LATEST, steps, abstract_state, set_aside_in=self.workdir
             )
-        for bad, why in unreadable:
-            where = self._set_aside(self.latest, bad, "checkpoints")
-            _warn(f"checkpoint {bad} is unreadable ({why}); moved it to {where} and resumed from step {found}")
+        except _NoReadableCheckpoint as err:
+            raise CheckpointError(
+                f"{err}. Move that directory away to train from scratch, or use a new --workdir"
+            ) from None
         return _uncommitted(restored["state"]), restored["meta"]
 
-    def _set_aside(self, manager, step: int, kind: str) -> str:
-        """Moves a damaged step directory out of the manager's view; returns where it went."""
-        manager.wait_until_finished()
-        source = os.path.join(str(manager.directory), str(step))
-        target = os.path.join(self.workdir, "unreadable_checkpoints", f"{kind}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(source, target)
-        except OSError as err:
-            shutil.rmtree(source, ignore_errors=True)
-            target = f"nowhere (moving failed: {err.strerror}; deleted it)"
-        manager.reload()
-        return target
-
-    @staticmethod
-    def _make_room(manager, step: int) -> None:
-        """Saving a step that is already on disk (e.g. after resuming from an older checkpoint
-        than the newest) replaces it; orbax would refuse."""
-        if step in manager.all_steps():
-            manager.wait_until_finished()
-            manager.delete(step)
-
     def wait(self) -> None:
+        """Blocks until the pending async saves are on disk."""
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        """Waits for pending saves, then closes both managers; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self.latest.close()
+            self.best.close()
 
 
 def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
@@ -241,35 +322,22 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
 
     'best' falls back to 'latest' when there is no readable best checkpoint, and
     'latest' to an older step when the newest is unreadable (with a warning);
-    an explicit step that cannot be read is a CheckpointError.
+    an explicit step that cannot be read is a CheckpointError. Returns the
+    parameters and the checkpoint's meta with its `step` added.
     """
     which = str(which).strip()
     if which not in ("best", "latest") and not which.isdigit():
         raise CheckpointError(f"--checkpoint must be best, latest or a step number, got {which!r}")
-    latest_dir, best_dir = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "best")
-    train_first = f"train first with `python train.py --config CONFIG --workdir {workdir}`"
     if which == "best":
-        if os.path.isdir(best_dir):  # a run without validation has no best checkpoint
-            manager = _manager(best_dir, 1, ("params", "meta"), create=False)
-            try:
-                steps = manager.all_steps()
-                step, restored, unreadable = _restore_first_readable(
-                    manager, steps, lambda step: ocp.args.Composite(
-                        params=ocp.args.StandardRestore(_local_target(manager, step, "params")),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-            finally:
-                manager.close()
-            if step is not None:
-                return _uncommitted(restored["params"]), dict(restored["meta"], step=step)
-            for bad, why in unreadable:
-                _warn(f"best checkpoint {bad} in {best_dir} is unreadable ({why}); using the latest checkpoint")
+        found = _load_best(workdir)
+        if found is not None:
+            return found
         which = "latest"
+    latest_dir = os.path.join(workdir, _LATEST.subdir)
+    train_first = f"no checkpoint in {workdir}: train first with `python train.py --config CONFIG --workdir {workdir}`"
     if not os.path.isdir(latest_dir):
-        raise CheckpointError(f"no checkpoint in {workdir}: {train_first}")
-    manager = _manager(latest_dir, 1, ("state", "meta"), create=False)
-    try:
+        raise CheckpointError(train_first)
+    with contextlib.closing(_manager(workdir, _LATEST, 1, create=False)) as manager:
         steps = sorted(manager.all_steps(), reverse=True)
         if which != "latest":
             if int(which) not in steps:
@@ -277,19 +345,22 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
                 raise CheckpointError(f"no checkpoint for step {which} in {latest_dir} (available: {available})")
             steps = [int(which)]
         if not steps:
-            raise CheckpointError(f"no checkpoint in {workdir}: {train_first}")
-        def args(step):
-            return ocp.args.Composite(
-                state=ocp.args.StandardRestore(_local_target(manager, step, "state")), meta=ocp.args.JsonRestore()
-            )
+            raise CheckpointError(train_first)
+        step, restored = _restore_newest_readable(manager, _LATEST, steps, _LOCAL_DEVICE)
+    return _uncommitted(restored["state"]["params"]), dict(restored["meta"], step=step)
 
-        step, restored, unreadable = _restore_first_readable(manager, steps, args)
-    finally:
-        manager.close()
-    if step is None:
-        tried = "; ".join(f"step {bad}: {why}" for bad, why in unreadable)
-        raise CheckpointError(f"no readable checkpoint in {latest_dir} ({tried})")
-    for bad, why in unreadable:
-        _warn(f"checkpoint {bad} in {latest_dir} is unreadable ({why}); using step {step}")
-    params = restored["state"]["params"]
-    return _uncommitted(params), dict(restored["meta"], step=step)
+
+def _load_best(workdir: str) -> tuple[Any, dict] | None:
+    """`load_params(workdir, 'best')`, or None (with a warning if it is unreadable) to fall back."""
+    if not os.path.isdir(os.path.join(workdir, _BEST.subdir)):  # a run without validation has none
+        return None
+    with contextlib.closing(_manager(workdir, _BEST, 1, create=False)) as manager:
+        try:
+            step, restored = _restore_newest_readable(
+                manager, _BEST, sorted(manager.all_steps(), reverse=True), _LOCAL_DEVICE
+            )
+        except _NoReadableCheckpoint as err:
+            for bad, why in err.unreadable:
+                _warn(f"best checkpoint {bad} in {manager.directory} is unreadable ({why}); using the latest checkpoint")
+            return None
+    return _uncommitted(restored["params"]), dict(restored["meta"], step=step)
