@@ -3,7 +3,7 @@
     python download.py multi30k --data_dir data
     python download.py all --data_dir data --mirror http://my.mirror/files/
 
-Prints the train.py command (with --config.data.* flags) for each corpus.
+Prints the train.py command for each corpus (with --config.data.dir=DATA_DIR when it is not data).
 """
 
 import sys

@@ -210,16 +210,13 @@ def _beam_flops(src_lens, steps, beam, **kw):
 # Model construction through the project's own config path
 # ---------------------------------------------------------------------------------------
 
-ATTENTION_KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
-
-
 def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: float = 0.0,
                 attention: str = "none", input_feeding: bool = False, unroll: int = 1,
                 dtype: str = "float32", lr: float = 1e-3, clip: float = 1.0):
     """(config, model, optimizer) built the way train.py builds them.
 
     configs/default.py's get_config() with the benchmark's sizes, then
-    s2s_jax.training.make_model / make_optimizer. Attention goes through the config keys
+    s2s_jax.model.make_model / s2s_jax.optimizers.make_optimizer. Attention goes through the config keys
     `model.attention` / `model.input_feeding` when configs/default.py has them, else
     straight into ModelConfig's fields of the same names; a library without either
     raises a clear error. make_model has no dtype argument, so bfloat16 is applied with
@@ -228,9 +225,9 @@ def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: floa
     """
     import dataclasses
 
-    from configs import default as default_config
-    from s2s_jax import training
-    from s2s_jax.model import ModelConfig, Seq2Seq
+    from s2s_jax.configs import default as default_config
+    from s2s_jax.model import DTYPES, ModelConfig, Seq2Seq, make_model
+    from s2s_jax.optimizers import make_optimizer
 
     config = default_config.get_config()
     with config.unlocked():
@@ -270,13 +267,15 @@ def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: floa
             f"this s2s_jax has no ModelConfig field(s) {missing}: attention / input feeding "
             "are not available in the library yet (see s2s_jax/model.py)"
         )
-    model = training.make_model(config, vocab, vocab)
+    model = make_model(config, vocab, vocab)
     replace = dict(extra)
+    if dtype not in DTYPES:
+        raise SystemExit(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype != "float32":
-        replace["dtype"] = training.dtype_of(dtype)
+        replace["dtype"] = DTYPES[dtype]
     if replace:
         model = Seq2Seq(dataclasses.replace(model.config, **replace))
-    optimizer = training.make_optimizer(config.train)
+    optimizer = make_optimizer(config.train)
     return config, model, optimizer
 
 

@@ -8,8 +8,8 @@
 
 Same model sizes, data, optimiser, thread count, warm-up/repeat structure and metrics as
 the PyTorch reference, run through the project's own code: configs/default.py ->
-s2s_jax.training.make_model / make_optimizer / make_train_step for training, and
-s2s_jax.decoding.greedy_search / batch_beam_search for decoding.
+s2s_jax.model.make_model, s2s_jax.optimizers.make_optimizer, s2s_jax.training.make_train_step for training, and
+s2s_jax.search.greedy_search / batch_beam_search for decoding.
 
 Keys (the reference's names where it has them):
   train_tok_per_s      real (non-pad) target tokens per second over full optimiser steps
@@ -94,7 +94,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
     # ours
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="matmul peak for the *_peak_fraction keys (default: measure a jitted float32 "
@@ -114,7 +114,7 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import decoding, training
+    from s2s_jax import search, training
     from s2s_jax.model import Seq2Seq
 
     attention = ("luong_general" if args.score == "general" else "luong_dot") if args.attention else "none"
@@ -221,12 +221,12 @@ def main(argv=None):
         @jax.jit
         def greedy(params, src):
             step_fn, memory, dec_state = encode_and_step(params, src)
-            return decoding.greedy_search(step_fn, memory, dec_state, max_steps=args.maxlen, min_length=min_length)
+            return search.greedy_search(step_fn, memory, dec_state, max_steps=args.maxlen, min_length=min_length)
 
         @jax.jit
         def beam(params, src):
             step_fn, memory, dec_state = encode_and_step(params, src)
-            _, _, lengths = decoding.batch_beam_search(
+            _, _, lengths = search.batch_beam_search(
                 step_fn, memory, dec_state, beam_size=args.beam, max_steps=args.maxlen,
                 alpha=args.alpha, nbest=1, min_length=min_length,
             )

@@ -77,7 +77,7 @@ def main(argv=None):
     params = state["params"]
     src, _, tgt_in, tgt_out, tgt_len = make_batch(np.random.default_rng(args.seed), args.batch, args.vocab, args.maxlen)
     src, tgt_in, tgt_out = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(tgt_out)
-    project = training._projector(model)
+    project = training.output_layer(model)
 
     def encode(p, src):
         return model.apply({"params": p}, src, method=Seq2Seq.encode)

@@ -6,7 +6,7 @@
 
 The Multi30k-sized model (emb 256, hidden 512, 2 layers, vocab 8000) with random,
 untrained parameters, decoding synthetic sources (torch_ref.py's distribution: lengths
-uniform in [10, 32], padded to 32) through s2s_jax.decoding.greedy_search and
+uniform in [10, 32], padded to 32) through s2s_jax.search.greedy_search and
 batch_beam_search inside one jit each, exactly as s2s_jax.translator does. EOS is
 forbidden for the first `--length` tokens and `--length` is also max_steps, so every
 search runs exactly `--length` steps whatever the parameters: the work is fixed.
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--attention", action="store_true", help="model.attention=luong_general")
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per (mode, batch)")
     ap.add_argument("--min-sentences", type=int, default=128,
@@ -70,9 +70,9 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
     import numpy as np
-
     from bench import make_batch
-    from s2s_jax import decoding
+
+    from s2s_jax import search
     from s2s_jax.model import Seq2Seq
 
     _, model, _ = _common.build_model(
@@ -91,13 +91,13 @@ def main(argv=None):
     @jax.jit
     def greedy(params, src):
         step_fn, memory, state = encode_and_step(params, src)
-        _, lengths = decoding.greedy_search(step_fn, memory, state, max_steps=args.length, min_length=min_length)
+        _, lengths = search.greedy_search(step_fn, memory, state, max_steps=args.length, min_length=min_length)
         return lengths
 
     @jax.jit
     def beam(params, src):
         step_fn, memory, state = encode_and_step(params, src)
-        _, _, lengths = decoding.batch_beam_search(
+        _, _, lengths = search.batch_beam_search(
             step_fn, memory, state, beam_size=args.beam, max_steps=args.length,
             alpha=args.alpha, nbest=1, min_length=min_length,
         )

@@ -72,7 +72,7 @@ def main() -> None:
             "layout": out["layout"],
         }
     base = result["runs"][str(args.devices[0])]["tokens_per_sec_median"]
-    for n, run_result in result["runs"].items():
+    for run_result in result["runs"].values():
         run_result["relative_to_first"] = round(run_result["tokens_per_sec_median"] / base, 3)
     print(json.dumps(result))
 

@@ -5,10 +5,10 @@
         --src ../shared/data/multi30k/train.de --tgt ../shared/data/multi30k/train.en
     .venv/bin/python benchmarks/bench_real.py --src A --tgt B --epochs 1      # time a whole epoch
 
-Pipeline (what `train.py` does, minus validation): s2s_jax.data.read_parallel ->
+Pipeline (what `train.py` does, minus validation): s2s_jax.text.read_parallel ->
 clean_pairs (NFKC, counted empty pairs) -> a joint sentencepiece model trained by
 s2s_jax.tokenizer.train_tokenizer in a temporary directory -> encode -> filter_by_length
-(--max-len) -> s2s_jax.input_pipeline.BucketedBatches (2-D length buckets) ->
+(--max-len) -> s2s_jax.batching.BucketedBatches (2-D length buckets) ->
 TrainIterator -> the jit train step of s2s_jax.training.
 
 Timing: one untimed step per distinct batch shape compiles everything first; then
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--attention", action="store_true", help="model.attention=luong_general")
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=0)
@@ -106,8 +106,8 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import data as data_lib
-    from s2s_jax import input_pipeline, training
+    from s2s_jax import batching, training
+    from s2s_jax import text as text_lib
     from s2s_jax.tokenizer import PAD_ID, train_tokenizer
 
     res = {"impl": "s2s_jax", "benchmark": "real"}
@@ -115,12 +115,12 @@ def main(argv=None):
     res["config"] = vars(args)
     prep = {}
 
-    # ---- text -> ids -> buckets, the way s2s_jax.corpus.prepare does it
+    # ---- text -> ids -> buckets, the way s2s_jax.training_data.prepare does it
     t0 = time.perf_counter()
-    pairs = data_lib.read_parallel(args.src, args.tgt)
+    pairs = text_lib.read_parallel(args.src, args.tgt)
     if args.max_pairs:
         pairs = pairs[: args.max_pairs]
-    pairs, stats = data_lib.clean_pairs(pairs, args.lowercase)
+    pairs, stats = text_lib.clean_pairs(pairs, args.lowercase)
     prep["read_clean"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="s2s_bench_spm_") as tmp:
         t0 = time.perf_counter()
@@ -134,9 +134,9 @@ def main(argv=None):
         prep["encode"] = time.perf_counter() - t0
         vocab = tok.vocab_size
     t0 = time.perf_counter()
-    keep = data_lib.filter_by_length(src_ids, tgt_ids, args.max_len, stats)
+    keep = text_lib.filter_by_length(src_ids, tgt_ids, args.max_len, stats)
     src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
-    batches = input_pipeline.BucketedBatches(
+    batches = batching.BucketedBatches(
         src_ids, tgt_ids, args.batch, args.num_buckets, args.seed, args.pad_multiple
     )
     prep["bucketing"] = time.perf_counter() - t0
@@ -191,7 +191,7 @@ def main(argv=None):
     res["compile_s_total"] = round(sum(compile_s.values()), 3)
 
     # ---- timed steps from the start of epoch 0
-    iterator = input_pipeline.TrainIterator(batches)
+    iterator = batching.TrainIterator(batches)
     n_steps = args.epochs * batches.num_batches if args.epochs else args.steps
     ntok = real_s = real_t = slots_s = slots_t = 0
     metrics, epoch_times, lengths = [], [], []

@@ -7,34 +7,51 @@ weights are exactly 0 and each row sums to 1.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-KINDS = ("none", "bahdanau", "luong_dot", "luong_general")
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """How one kind of attention scores a decoder query against the encoder states."""
+
+    project_keys: bool  # keys = W_k values, projected once per sentence; else the values themselves
+    additive: bool  # v . tanh(W_q q + k) (Bahdanau); else the dot product q . k (Luong)
+
+
+# `model.attention` names -> how they score; "none" (no attention) is the only other accepted value.
+SCORINGS: dict[str, Scoring] = {
+    "bahdanau": Scoring(project_keys=True, additive=True),
+    "luong_dot": Scoring(project_keys=False, additive=False),
+    "luong_general": Scoring(project_keys=True, additive=False),
+}
+KINDS = ("none", *SCORINGS)
 
 
 class Attention(nn.Module):
-    """score(q, k_s): bahdanau v·tanh(W_q q + U k_s); luong_general q·W_a k_s; luong_dot q·k_s."""
+    """score(q, k_s): bahdanau v.tanh(W_q q + U k_s); luong_general q.W_a k_s; luong_dot q.k_s."""
 
     kind: str
     hidden_size: int
     dtype: Any = jnp.float32
 
     def setup(self):
-        if self.kind not in KINDS[1:]:
-            raise ValueError(f"model.attention must be one of {KINDS}, not {self.kind!r}")
-        if self.kind in ("bahdanau", "luong_general"):
+        if self.kind not in SCORINGS:
+            raise ValueError(f"model.attention must be one of {', '.join(SCORINGS)}, not {self.kind!r}")
+        scoring = SCORINGS[self.kind]
+        if scoring.project_keys:
             self.key_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="key")
-        if self.kind == "bahdanau":
+        if scoring.additive:
             self.query_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="query")
             self.energy = nn.Dense(1, use_bias=False, dtype=self.dtype, name="energy")
 
     def keys(self, values: jax.Array) -> jax.Array:
         """[B, S, Hv] encoder outputs -> [B, S, H] keys, once per sentence."""
-        if self.kind == "luong_dot":
+        if not SCORINGS[self.kind].project_keys:
             if values.shape[-1] != self.hidden_size:
                 raise ValueError(
                     "luong_dot attention needs encoder outputs of the decoder's size; "
@@ -47,7 +64,7 @@ class Attention(nn.Module):
         self, query: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         """query [B, T, H] -> (context [B, T, Hv], weights [B, T, S])."""
-        if self.kind == "bahdanau":
+        if SCORINGS[self.kind].additive:
             q = self.query_proj(query)
             scores = self.energy(jnp.tanh(q[:, :, None, :] + keys[:, None, :, :]))[..., 0]
         else:

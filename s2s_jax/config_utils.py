@@ -9,6 +9,8 @@ import re
 import traceback
 
 import ml_collections
+from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
@@ -41,7 +43,7 @@ def _flag_error_message(err: BaseException, argv: list[str]) -> str:
     ]
     if isinstance(err, (AttributeError, KeyError)) and offending:
         hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
-        return f"{offending[0]}: the config has no key {key!r}{hint} (configs/default.py lists every key)"
+        return f"{offending[0]}: the config has no key {key!r}{hint} (s2s_jax/configs/default.py lists every key)"
     first = text.strip().splitlines()[0] if text.strip() else ""
     # An exception raised inside the user's config file: point at its line.
     frames = [f for f in traceback.extract_tb(err.__traceback__) if "site-packages" not in f.filename]
@@ -83,13 +85,18 @@ def check_loaded(config) -> None:
         raise ConfigError(f"cannot load the --config file: {detail}") from None
 
 
-_CHOICES = {
-    "data.spm_model_type": ("unigram", "bpe", "word", "char"),
-    "train.optimizer": ("adam", "adamw"),
-    "train.lr_schedule": ("constant", "cosine", "rsqrt"),
-    "train.dtype": ("float32", "bfloat16"),
-    "train.on_nonfinite": ("stop", "skip"),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+    """The accepted values of every name-valued key, read from the registries that build them."""
+    from s2s_jax import attention, model, optimizers, tokenizer, training
+
+    return {
+        "data.spm_model_type": tokenizer.MODEL_TYPES,
+        "model.attention": attention.KINDS,
+        "train.optimizer": tuple(optimizers.OPTIMIZERS),
+        "train.lr_schedule": tuple(optimizers.LR_SCHEDULES),
+        "train.dtype": tuple(model.DTYPES),
+        "train.on_nonfinite": tuple(training.ON_NONFINITE),
+    }
 
 
 def validate(config) -> None:
@@ -121,15 +128,17 @@ def validate(config) -> None:
         raise ConfigError(f"train.teacher_forcing_ratio must be in [0, 1], got {config.train.teacher_forcing_ratio}")
     if not (config.train.learning_rate > 0 and math.isfinite(config.train.learning_rate)):
         raise ConfigError(f"train.learning_rate must be a positive finite number, got {config.train.learning_rate}")
-    from s2s_jax.attention import KINDS
+    for key, allowed in choices().items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_get(config, key)!r}")
+    from s2s_jax.attention import SCORINGS
 
-    if config.model.attention not in KINDS:
-        raise ConfigError(f"model.attention must be one of {', '.join(KINDS)}, got {config.model.attention!r}")
-    if config.model.attention == "luong_dot" and config.model.bidirectional:
-        raise ConfigError("model.attention=luong_dot needs a unidirectional encoder; use luong_general")
-    for key, choices in _CHOICES.items():
-        if _get(config, key) not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {_get(config, key)!r}")
+    scoring = SCORINGS.get(config.model.attention)
+    if scoring is not None and not scoring.project_keys and config.model.bidirectional:
+        raise ConfigError(
+            f"model.attention={config.model.attention} compares the decoder state with unprojected "
+            "encoder outputs, so it needs a unidirectional encoder; use luong_general"
+        )
 
 
 def _has_trained_state(workdir: str) -> bool:
@@ -151,16 +160,6 @@ def _read_json(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path} is not a readable config ({err}); train.py writes it: restore it or use a new --workdir") from None
 
 
-_MISSING = object()
-
-
-def _get_or_missing(config, dotted: str):
-    try:
-        return _get(config, dotted)
-    except (KeyError, AttributeError):
-        return _MISSING
-
-
 def check_and_save(config, workdir: str) -> None:
     """Saves the resolved config as WORKDIR/config.json; refuses to resume under a different model.
 
@@ -171,9 +170,7 @@ def check_and_save(config, workdir: str) -> None:
     if os.path.exists(path) and _has_trained_state(workdir):
         saved = _read_json(path)
         for key in _FIXED_ON_RESUME:
-            old, new = _get_or_missing(saved, key), _get(config, key)
-            if old is _MISSING:  # written before the setting existed: the checkpoint restore decides
-                continue
+            old, new = _get(saved, key), _get(config, key)
             if old != new:
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "
@@ -193,3 +190,70 @@ def load(workdir: str) -> ml_collections.ConfigDict:
 
         raise CheckpointError(f"{workdir} has no config.json: is it a training workdir?")
     return _read_json(path)
+
+
+# ---------------------------------------------------------------------------
+# --config NAME: the built-in configs shipped in s2s_jax/configs
+# ---------------------------------------------------------------------------
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def builtin_configs() -> list[str]:
+    """The names `--config` accepts besides a path: the modules in s2s_jax/configs."""
+    return sorted(
+        name[: -len(".py")] for name in os.listdir(CONFIG_DIR)
+        if name.endswith(".py") and not name.startswith("_")
+    )
+
+
+def resolve_config_arg(value: str) -> str:
+    """`--config`'s value with a built-in name replaced by its file: 'quickstart[:arg]' ->
+    '.../s2s_jax/configs/quickstart.py[:arg]'.
+
+    An existing file wins over a name, and anything that looks like a path (has a
+    directory part or ends in .py) is passed on unchanged, so a missing file is still
+    reported when the config is first used ('cannot load the --config file'). Any
+    other value raises ValueError listing the built-in names.
+    """
+    path, sep, arg = value.partition(":")
+    if not path or os.path.exists(path) or "/" in path or os.sep in path or path.endswith(".py"):
+        return value
+    names = builtin_configs()
+    if path in names:
+        return os.path.join(CONFIG_DIR, f"{path}.py") + sep + arg
+    raise ValueError(
+        f"{path!r} is neither a config file nor a built-in config name; "
+        f"built-in names: {', '.join(names)} (or pass the path of a get_config() file)"
+    )
+
+
+class ConfigFileOrNameParser(ConfigFileFlagParser):
+    """ml_collections' --config parser that also accepts a built-in config name."""
+
+    def parse(self, path):
+        return super().parse(resolve_config_arg(path))
+
+
+def define_config_flag(name: str = "config", help_string: str | None = None, flag_values=None,
+                       lock_config: bool = True, **kwargs):
+    """`config_flags.DEFINE_config_file` whose value may also be a built-in config name.
+
+    `--config quickstart`, `--config quickstart:arg`, `--config path/to/file.py[:arg]`;
+    `--config.x.y=z` overrides work as with DEFINE_config_file. The name is resolved by
+    the flag's parser, so absl reports an unknown name as a flag error
+    ('FATAL Flags parsing error: flag --config=...: ...', exit status 1 with parse_flags).
+    """
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    if help_string is None:
+        help_string = (
+            "A get_config() file (path[:arg]) or a built-in config name: "
+            f"{', '.join(builtin_configs())}."
+        )
+    holder = config_flags.DEFINE_config_file(
+        name, None, help_string, flag_values=flag_values, lock_config=lock_config, **kwargs
+    )
+    flag_values[name].parser = ConfigFileOrNameParser(name=name, lock_config=lock_config)
+    return holder

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from s2s_jax import runtime  # first: OPENBLAS_NUM_THREADS must be set before numpy/jax load
+
+runtime.limit_openblas_threads()
+
 import json
 import os
 import sys
 
 from tqdm.auto import tqdm
 
-from s2s_jax import metrics
+from s2s_jax import bleu
 from s2s_jax.checkpoints import CheckpointError
-from s2s_jax.data import DataError, decode_lines, read_lines
+from s2s_jax.text import DataError, decode_lines, read_lines
 from s2s_jax.translator import Hypothesis, SearchOptions, Translator
 
 
@@ -142,7 +146,7 @@ def run(flags) -> int:
             print(f"error: {flags.reference} has {len(refs)} lines, the input has {len(results)}", file=sys.stderr)
             return 1
         best = [hyps[0].text for hyps in results]
-        report = metrics.score_report(best, refs, tokenize=translator.config.decode.bleu_tokenize or None)
+        report = bleu.score_report(best, refs, tokenize=translator.config.decode.bleu_tokenize or None)
         print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
         print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
         print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
@@ -160,7 +164,7 @@ def run(flags) -> int:
 def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k: int) -> None:
     """d2l's per-sentence report, `go . => va !, bleu 1.000`, and how many are exact."""
     for src, hyp, ref in zip(sources, hyps, refs):
-        print(f"{src} => {hyp}, bleu {metrics.sentence_bleu_d2l(hyp, ref, k=k):.3f}", file=sys.stderr)
+        print(f"{src} => {hyp}, bleu {bleu.sentence_bleu_d2l(hyp, ref, k=k):.3f}", file=sys.stderr)
     exact = sum(hyp == ref for hyp, ref in zip(hyps, refs))
     print(f"exact: {exact} of {len(refs)}", file=sys.stderr)
 
@@ -182,3 +186,64 @@ def _write_scores(flags, translator: Translator, opts: SearchOptions, report: di
     with open(flags.score_json, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
+
+
+# ---------------------------------------------------------------------------
+# The `s2s-decode` command (also `python decode.py`)
+# ---------------------------------------------------------------------------
+
+_FLAGS_DEFINED = False
+
+
+def _define_flags() -> None:
+    """decode's absl flags, defined when the command starts (not on import: tests import
+    both CLI modules, whose flags would clash)."""
+    global _FLAGS_DEFINED
+    if _FLAGS_DEFINED:
+        return
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
+    flags.DEFINE_string("output", "-", "Output file; - for stdout.")
+    flags.DEFINE_integer("beam_size", None, "Beam size (1 = greedy); default: the config's decode.beam_size.")
+    flags.DEFINE_float("alpha", None, "GNMT length penalty exponent; default: the config's decode.alpha.")
+    flags.DEFINE_integer("nbest", 1, "Hypotheses per input; > 1 writes 'index<TAB>score<TAB>text' lines.")
+    flags.DEFINE_bool("sample", False, "Sample instead of searching.")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
+    flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = off).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+    flags.DEFINE_string(
+        "score_json", None,
+        "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file.",
+    )
+    flags.DEFINE_integer(
+        "sentence_bleu", 0, "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2)."
+    )
+    flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
+    flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
+    _FLAGS_DEFINED = True
+    # --helpshort lists the main module's key flags: that is decode.py / the s2s-decode script.
+    for name in set(flags.FLAGS) - before:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def _main(argv: list[str]) -> int:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.setup()
+    return run(flags.FLAGS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `s2s-decode` and `python decode.py`: parses the flags, translates, exits."""
+    from absl import app
+
+    _define_flags()
+    app.run(_main, argv=argv)

@@ -8,7 +8,9 @@ Files land where the configs' layout expects them (DATA_DIR/multi30k/train.de,
 DATA_DIR/fra-eng/fra.txt, DATA_DIR/cmn-eng/cmn.txt), are unpacked (gzip, zip) and,
 where a checksum is known, verified. A file already there is kept (nothing is
 fetched twice). Without network the error names every URL that failed and the
-files to place by hand. The printed --config flags point a config at the files.
+files to place by hand. The configs read their files relative to data.dir, which
+is "data" (this command's default --data_dir); the printed train command adds
+--config.data.dir=DATA_DIR when the files went elsewhere.
 
 Sources: Multi30k Task 1 raw files from github.com/multi30k/dataset (snapshot
 a3d2e0d); Tatoeba English-French as the d2l.ai book downloads it (fra-eng.zip);
@@ -54,8 +56,8 @@ class RemoteFile:
 @dataclasses.dataclass(frozen=True)
 class CorpusSource:
     files: tuple[RemoteFile, ...]
-    flags: tuple[tuple[str, str], ...]  # (--config key, file path relative to the data dir)
-    config: str  # the config that trains on it
+    flags: tuple[tuple[str, str], ...]  # (--config key, file path relative to the data dir = the config's value)
+    config: str  # the built-in config (`--config NAME`) that trains on it
 
 
 # sha256 of the gunzipped Multi30k files (what the configs read).
@@ -79,7 +81,7 @@ CORPORA: dict[str, CorpusSource] = {
             ("data.valid_src", "multi30k/val.de"), ("data.valid_tgt", "multi30k/val.en"),
             ("data.test_src", "multi30k/test_2016_flickr.de"), ("data.test_tgt", "multi30k/test_2016_flickr.en"),
         ),
-        config="configs/multi30k.py",
+        config="multi30k",
     ),
     "fra-eng": CorpusSource(
         files=(
@@ -92,7 +94,7 @@ CORPORA: dict[str, CorpusSource] = {
             ),
         ),
         flags=(("data.train_tsv", "fra-eng/fra.txt"),),
-        config="configs/fra_eng.py",
+        config="fra_eng",
     ),
     "cmn-eng": CorpusSource(
         files=(
@@ -103,7 +105,7 @@ CORPORA: dict[str, CorpusSource] = {
             ),
         ),
         flags=(("data.train_tsv", "cmn-eng/cmn.txt"),),
-        config="configs/cmn_eng.py",
+        config="cmn_eng",
     ),
 }
 
@@ -211,25 +213,41 @@ def fetch_files(
 
 def download(name: str, data_dir: str = "data", mirror: str | None = None, timeout: float = 60.0,
              verify: bool = True, log=print) -> dict[str, str]:
-    """Fetches corpus `name` (a key of CORPORA) into `data_dir`; returns {config key: path}."""
+    """Fetches corpus `name` (a key of CORPORA) into `data_dir`; returns {config key: absolute path}.
+
+    Absolute, so `config_flags(paths)` overrides work whatever data.dir is.
+    """
     if name not in CORPORA:
         raise DownloadError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
     source = CORPORA[name]
     fetch_files(source.files, data_dir, mirror, timeout, verify, log)
-    return {key: os.path.join(data_dir, rel) for key, rel in source.flags}
+    return {key: os.path.abspath(os.path.join(data_dir, rel)) for key, rel in source.flags}
+
+
+DEFAULT_DATA_DIR = "data"  # the configs' data.dir and this command's --data_dir
 
 
 def config_flags(paths: dict[str, str]) -> str:
+    """Per-file --config.data.* overrides (absolute paths win over data.dir)."""
     return " ".join(f"--config.{key}={path}" for key, path in paths.items())
+
+
+def train_command(name: str, data_dir: str = DEFAULT_DATA_DIR) -> str:
+    """The train.py command for corpus `name` downloaded into `data_dir`."""
+    config = CORPORA[name].config
+    command = f"python train.py --config {config} --workdir runs/{config}"
+    if os.path.normpath(data_dir) != DEFAULT_DATA_DIR:
+        command += f" --config.data.dir={data_dir}"
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="download.py", description="Download the corpora the configs train on.",
-        epilog="Then train with the --config flags it prints.",
+        epilog="Then train with the command it prints.",
     )
     parser.add_argument("corpora", nargs="+", choices=[*CORPORA, "all"], help="which corpora")
-    parser.add_argument("--data_dir", default="data", help="where to put them (default: data)")
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="where to put them (default: data, the configs' data.dir)")
     parser.add_argument("--mirror", default=None, help="fetch every file as MIRROR/<its file name> instead")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connection attempt")
     parser.add_argument("--no_verify", action="store_true", help="keep files whose checksum differs")
@@ -237,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(CORPORA) if "all" in args.corpora else list(dict.fromkeys(args.corpora))
     try:
         for name in names:
-            paths = download(name, args.data_dir, args.mirror, args.timeout, not args.no_verify)
-            print(f"{name}: python train.py --config {CORPORA[name].config} --workdir runs/{name} {config_flags(paths)}")
+            download(name, args.data_dir, args.mirror, args.timeout, not args.no_verify)
+            print(f"{name}: {train_command(name, args.data_dir)}")
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

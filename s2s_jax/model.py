@@ -5,7 +5,9 @@
   scheduled sampling);
 - `encode(src) -> (memory, state)`: what the decoder needs, batch-leading;
 - `decode_step(memory, state, tokens) -> (logits, state)`: one output step,
-  the contract `s2s_jax.decoding` searches with.
+  the contract `s2s_jax.search` searches with.
+
+`make_model(config, ...)` builds one from a run's config.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from s2s_jax.tokenizer import BOS_ID, PAD_ID
 
 State = dict[str, Any]  # {"carries": one (c, h) per decoder layer, "feed": previous attentional vector}
 Memory = dict[str, jax.Array]  # context, src_mask and, with attention, keys and values
+
+
+# Compute dtypes by config name (`train.dtype`); parameters and optimizer state stay float32.
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,3 +316,9 @@ class Seq2Seq(nn.Module):
         )
         _, logits = scan(self.decoder, (state, tgt_in[:, 0]), (tgt_in, use_gold))
         return logits
+
+
+def make_model(config, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    """The model a config describes, computing in its `train.dtype`."""
+    dtype = DTYPES[config.train.dtype]
+    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype))

@@ -8,8 +8,8 @@ devices (or N hosts) run the same code: XLA inserts the gradient all-reduce.
 
 Where a ``model`` axis would go: make the mesh 2-D, ``jax.make_mesh((data, model),
 ("data", "model"))``, keep `batch_sharding` as ``P("data")`` and give large
-parameters a ``PartitionSpec`` naming ``"model"`` in `state_sharding` (today every
-leaf is ``P()``, replicated).
+parameters a ``PartitionSpec`` naming ``"model"`` where `replicate` places them (today
+every leaf is ``P()``, replicated).
 
 Several hosts (``jax.process_count() > 1``): every host builds the same,
 deterministic global batch (bucketing and shuffling depend only on the seed, so
@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from s2s_jax.config_utils import ConfigError
 from s2s_jax.tokenizer import PAD_ID
@@ -97,11 +98,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device."""
     return NamedSharding(mesh, P())
-
-
-def state_sharding(mesh: Mesh, state: Any) -> Any:
-    """The sharding of every leaf of the train state: replicated (see the module doc for `model`)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
 
 
 def num_devices(mesh_or_count) -> int:
@@ -267,23 +263,5 @@ def data_parallel_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
     def run(params, batch):
         rows = round_up_rows(len(batch["src"]), n)
         return eval_step(params, shard_batch(mesh, pad_rows(batch, rows)))
-
-    return run
-
-
-def data_parallel_translate(translate: Callable, mesh: Mesh) -> Callable:
-    """`translate` (params, src, max_lengths) -> numpy tokens, rows split over the devices.
-
-    Rows are padded up to a multiple of the device count (all-PAD sources, cap 1)
-    and the padding is dropped from the result.
-    """
-    n = num_devices(mesh)
-
-    def run(params, src, max_lengths):
-        rows = len(src)
-        padded = pad_rows({"src": np.asarray(src), "caps": np.asarray(max_lengths)}, round_up_rows(rows, n))
-        padded["caps"][rows:] = 1
-        placed = shard_batch(mesh, padded)
-        return to_host(translate(params, placed["src"], placed["caps"]))[:rows]
 
     return run

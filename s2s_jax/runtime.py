@@ -1,8 +1,19 @@
-"""Process-wide JAX settings shared by the CLIs: the persistent compilation cache."""
+"""Process-wide settings shared by the CLIs: OpenBLAS threads, the persistent compilation cache.
+
+Imports nothing heavy at module level: the CLIs import it before numpy and jax."""
 
 from __future__ import annotations
 
 import os
+
+
+def limit_openblas_threads() -> None:
+    """OPENBLAS_NUM_THREADS=1 unless set: call before numpy or jax is first imported.
+
+    Parameter init's QR decompositions go to OpenBLAS, which stalls for seconds with
+    several threads on a busy 2-core machine; XLA's own matmuls do not use it.
+    """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def setup(cache_dir: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Ids are fixed across models (PAD=0, BOS=1, EOS=2, UNK=3) so the model and the
 input pipeline never need to ask a tokenizer what padding is. Text is
-normalised by `data.normalize` before it gets here, so sentencepiece runs with
+normalised by `text.normalize` before it gets here, so sentencepiece runs with
 the identity rule and decode(encode(s)) == s for normalised s.
 """
 
@@ -15,9 +15,12 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-from s2s_jax.data import DataError
+from s2s_jax.text import DataError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+# The sentencepiece algorithms `data.spm_model_type` may name.
+MODEL_TYPES = ("unigram", "bpe", "word", "char")
 _SPECIAL_IDS = {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID, "unk": UNK_ID}
 
 # Byte fallback spends 256 ids on raw bytes. Below this vocabulary size that is
@@ -83,6 +86,29 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
+
+
+def workdir_model_paths(workdir: str, joint: bool) -> tuple[str, str]:
+    """Where a run keeps its source and target sentencepiece models (the same file when joint)."""
+    if joint:
+        path = os.path.join(workdir, "spm.model")
+        return path, path
+    return os.path.join(workdir, "spm_src.model"), os.path.join(workdir, "spm_tgt.model")
+
+
+def load_workdir_tokenizers(workdir: str) -> tuple[Tokenizer, Tokenizer]:
+    """The (source, target) tokenizers a training run left in its workdir."""
+    joint, _ = workdir_model_paths(workdir, joint=True)
+    if os.path.exists(joint):
+        tokenizer = Tokenizer(joint)
+        return tokenizer, tokenizer
+    src, tgt = workdir_model_paths(workdir, joint=False)
+    if not (os.path.exists(src) or os.path.exists(tgt)):
+        raise DataError(
+            f"{workdir} has no tokenizer (spm.model, or spm_src.model and spm_tgt.model): "
+            f"train first with `python train.py --config CONFIG --workdir {workdir}`"
+        )
+    return Tokenizer(src), Tokenizer(tgt)
 
 
 def _strip_specials(row: Sequence[int]) -> list[int]:
@@ -161,7 +187,7 @@ def _explain_training_error(message: str, vocab_size: int, model_type: str, byte
             f"least {needed}."
         )
     if "model_type" in message.lower() or "kModelType" in message:
-        return f"unknown sentencepiece model type {model_type!r}; use 'unigram', 'bpe', 'word' or 'char'"
+        return f"unknown sentencepiece model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}"
     return f"sentencepiece training failed (vocab_size={vocab_size}, model_type={model_type!r}): {message}"
 
 

@@ -6,6 +6,10 @@ Every problem a user can cause (config, data, workdir, NaN loss) ends as one
 
 from __future__ import annotations
 
+from s2s_jax import runtime  # first: OPENBLAS_NUM_THREADS must be set before numpy/jax load
+
+runtime.limit_openblas_threads()
+
 import json
 import logging
 import os
@@ -14,12 +18,12 @@ import time
 
 from s2s_jax import config_utils
 from s2s_jax.checkpoints import CheckpointError
-from s2s_jax.data import DataError
+from s2s_jax.text import DataError
 
 
 def _report_skipped_steps(workdir: str) -> None:
     """With train.on_nonfinite=skip, says how many steps were dropped (metrics.jsonl has them)."""
-    from s2s_jax.logging_utils import read_metrics
+    from s2s_jax.train_log import read_metrics
 
     try:
         skipped = sum(int(r.get("skipped_steps", 0)) for r in read_metrics(workdir))
@@ -46,15 +50,15 @@ def run(config, workdir: str) -> int:
 
         with parallel.main_process_first("workdir"):  # several processes: process 0 writes first
             if config.data.quickstart_corpus and not config.data.train_src:
-                from s2s_jax.corpus import use_quickstart_corpus
+                from s2s_jax.training_data import use_quickstart_corpus
 
                 use_quickstart_corpus(config, workdir)
             config_utils.check_and_save(config, workdir)
         from s2s_jax import training
 
         start = time.perf_counter()
-        final = training.train_and_evaluate(config, workdir)
-    except (DataError, CheckpointError, config_utils.ConfigError, FloatingPointError) as err:
+        result = training.train_and_evaluate(config, workdir)
+    except (DataError, CheckpointError, config_utils.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an unwritable workdir, a full disk
@@ -69,25 +73,86 @@ def run(config, workdir: str) -> int:
         )
         return 130
     minutes = (time.perf_counter() - start) / 60
+    if result.outcome is training.Outcome.NON_FINITE:
+        print(f"error: {result.message}", file=sys.stderr)
+        return 1
     if not parallel.is_main_process():  # process 0 reports and writes final_metrics.json
         return 0
     if config.train.on_nonfinite == "skip":
         _report_skipped_steps(workdir)
-    if "interrupted_at" in final:
+    if result.message:
+        print(result.message)
+    if result.steps_run == 0:
+        if result.outcome is training.Outcome.FINISHED:
+            print(
+                f"nothing to do: {workdir} is already trained to train.num_steps={config.train.num_steps} "
+                f"(raise it to train longer). Translate with: python decode.py --workdir {workdir}"
+            )
         return 0
-    if "early_stopped_at" in final and "train_loss" not in final:  # rerun after an early stop
+    if result.outcome is training.Outcome.INTERRUPTED:
         return 0
-    if not ({"train_loss", "valid_bleu"} & set(final)):  # resumed at train.num_steps: no step ran
-        print(
-            f"nothing to do: {workdir} is already trained to train.num_steps={config.train.num_steps} "
-            f"(raise it to train longer). Translate with: python decode.py --workdir {workdir}"
-        )
-        return 0
+    final = result.metrics
     print(
         f"done in {minutes:.1f} min: valid BLEU {final.get('valid_bleu', float('nan')):.2f}, "
-        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best BLEU {final['best_valid_bleu']:.2f}). "
+        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best BLEU {result.best_valid_bleu:.2f}). "
         f"Translate with: python decode.py --workdir {workdir}"
     )
+    record = dict(final, best_valid_bleu=result.best_valid_bleu, outcome=result.outcome.value, minutes=minutes)
     with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(final, minutes=minutes), f, indent=2)
+        json.dump(record, f, indent=2)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# The `s2s-train` command (also `python train.py`)
+# ---------------------------------------------------------------------------
+
+_FLAGS_DEFINED = False
+
+
+def _define_flags() -> None:
+    """train's absl flags, defined when the command starts (not on import: tests import
+    both CLI modules, whose flags would clash)."""
+    global _FLAGS_DEFINED
+    if _FLAGS_DEFINED:
+        return
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    config_utils.define_config_flag("config", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
+    flags.DEFINE_bool(
+        "multihost", False,
+        "Call jax.distributed.initialize() (one process per host; also done automatically when "
+        "JAX_COORDINATOR_ADDRESS, a multi-task Slurm/Open MPI launch or a multi-host TPU slice is detected).",
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+    _FLAGS_DEFINED = True
+    # --helpshort lists the main module's key flags: that is train.py / the s2s-train script.
+    for name in set(flags.FLAGS) - before:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
+def _main(argv: list[str]) -> int:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.setup()
+    from s2s_jax import parallel
+
+    parallel.maybe_initialize_distributed(flags.FLAGS.multihost)  # before anything touches a device
+    return run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `s2s-train` and `python train.py`: parses the flags, trains, exits.
+
+    `--config` takes a file (path[:arg]) or a built-in config name (quickstart,
+    multi30k_attention, ...); flag mistakes end as one 'FATAL Flags parsing error'
+    line and exit status 1 (`config_utils.parse_flags`).
+    """
+    from absl import app
+
+    _define_flags()
+    app.run(_main, argv=argv, flags_parser=config_utils.parse_flags)

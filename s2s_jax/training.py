@@ -1,8 +1,16 @@
-"""Train state, the jit-compiled train/eval steps, and `train_and_evaluate`."""
+"""Train state, the jit-compiled train/eval steps, and `train_and_evaluate`.
+
+`train_and_evaluate` runs inside one `contextlib.ExitStack`: whatever ends the
+loop (the last step, an early stop, Ctrl-C/SIGTERM, a NaN loss, an exception)
+closes the training log, waits for pending checkpoint saves and restores the
+process's signal handlers before it returns or raises.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import enum
 import functools
 import signal
 import threading
@@ -15,60 +23,41 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from s2s_jax import bleu, parallel, training_data
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import corpus as corpus_lib
-from s2s_jax import decoding, metrics, parallel
-from s2s_jax.logging_utils import MetricsLogger, NullLogger
+from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
-from s2s_jax.model import ModelConfig, Seq2Seq
-from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from s2s_jax.model import Seq2Seq, make_model
+from s2s_jax.optimizers import learning_rate_schedule, make_optimizer
+from s2s_jax.tokenizer import PAD_ID
+from s2s_jax.train_log import NullTrainLog, TrainLog
 
 TrainState = dict[str, Any]  # {"step", "params", "opt_state"}: plain pytree, checkpointed as is
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced NaN/Inf; the parameters were not updated with it."""
-
-
-def dtype_of(name: str):
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"train.dtype must be float32 or bfloat16, not {name!r}")
-    return dtypes[name]
+# What `train.on_nonfinite` may say about a step whose loss or gradient is NaN/Inf.
+ON_NONFINITE = {
+    "stop": "end the run (the update is not applied, no checkpoint is written from it)",
+    "skip": "drop the update and carry on; metrics.jsonl counts skipped_steps",
+}
 
 
-def make_model(config, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    dtype = dtype_of(config.train.dtype)
-    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype))
+class Outcome(enum.Enum):
+    """How a call of `train_and_evaluate` ended."""
+
+    FINISHED = "finished"  # reached train.num_steps (or was already there)
+    EARLY_STOPPED = "early-stopped"  # validation BLEU stopped improving
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: checkpointed, resumable
+    NON_FINITE = "non-finite"  # NaN/Inf with train.on_nonfinite=stop
 
 
-def learning_rate_schedule(train_cfg) -> optax.Schedule:
-    """Linear warmup, then constant, cosine decay to 10%, or inverse square root."""
-    peak, warmup = train_cfg.learning_rate, max(1, train_cfg.warmup_steps)
-    if train_cfg.lr_schedule == "constant":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
-        )
-    if train_cfg.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup, max(train_cfg.num_steps, warmup + 1), end_value=0.1 * peak
-        )
-    if train_cfg.lr_schedule == "rsqrt":
-        return lambda step: peak * jnp.minimum((step + 1) / warmup, jnp.sqrt(warmup / (step + 1)))
-    raise ValueError(f"train.lr_schedule must be constant, cosine or rsqrt, not {train_cfg.lr_schedule!r}")
-
-
-def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(train_cfg)
-    if train_cfg.optimizer == "adam":
-        opt = optax.adam(schedule)
-    elif train_cfg.optimizer == "adamw":
-        opt = optax.adamw(schedule, weight_decay=train_cfg.weight_decay)
-    else:
-        raise ValueError(f"train.optimizer must be adam or adamw, not {train_cfg.optimizer!r}")
-    if train_cfg.clip_norm > 0:
-        opt = optax.chain(optax.clip_by_global_norm(train_cfg.clip_norm), opt)
-    return opt
+@dataclasses.dataclass
+class TrainResult:
+    outcome: Outcome
+    step: int  # the step the run stopped at
+    steps_run: int  # optimizer steps taken by this call (0: nothing was left to do)
+    best_valid_bleu: float
+    metrics: dict  # the last logged values (train_loss, valid_bleu, ...)
+    message: str = ""  # for the user: why it stopped, how to go on
 
 
 def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
@@ -82,7 +71,7 @@ def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, se
     return init(jax.random.key(seed))
 
 
-def _projector(model: Seq2Seq) -> Callable:
+def output_layer(model: Seq2Seq) -> Callable:
     """params -> (features [N, H] -> logits [N, V]): the model's output layer alone."""
     return lambda params: functools.partial(model.apply, {"params": params}, method=Seq2Seq.project)
 
@@ -98,7 +87,7 @@ def make_train_step(
     A step whose loss or gradient is not finite leaves the state untouched and
     reports `nonfinite = 1`, so poisoned values never reach the parameters.
     """
-    project = _projector(model)
+    project = output_layer(model)
 
     def loss_fn(params, batch, key):
         dropout_key, sampling_key = jax.random.split(key)
@@ -140,249 +129,217 @@ def make_eval_step(model: Seq2Seq) -> Callable:
     @jax.jit
     def eval_step(params, batch):
         features = model.apply({"params": params}, batch["src"], batch["tgt_in"], method=Seq2Seq.features)
-        return compact_cross_entropy(features, batch["tgt_out"], _projector(model)(params))
+        return compact_cross_entropy(features, batch["tgt_out"], output_layer(model)(params))
 
     return eval_step
 
 
-def make_translate_fn(model: Seq2Seq, max_steps: int, beam_size: int = 1, alpha: float = 0.0) -> Callable:
-    """jit-compiled (params, src [B, S], max_lengths [B]) -> best token ids [B, max_steps]."""
-
-    @jax.jit
-    def translate(params, src, max_lengths):
-        memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
-        step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
-        if beam_size <= 1:
-            tokens, _ = decoding.greedy_search(
-                step_fn, memory, state, max_steps=max_steps, max_lengths=max_lengths
-            )
-            return tokens
-        tokens, _, _ = decoding.batch_beam_search(
-            step_fn, memory, state, beam_size=beam_size, max_steps=max_steps,
-            max_length=max_lengths, alpha=alpha, nbest=1,
-        )
-        return tokens[:, 0]
-
-    return translate
-
-
-def max_output_lengths(src: np.ndarray, decode_cfg, max_steps: int) -> np.ndarray:
-    """Per-sentence output cap a * source_length + b, within the compiled max_steps."""
-    src_len = (src != PAD_ID).sum(axis=1)
-    cap = np.ceil(decode_cfg.max_len_a * src_len + decode_cfg.max_len_b).astype(np.int32)
-    return np.minimum(np.maximum(cap, 1), max_steps)
+def evaluate(params, eval_step: Callable, inference: Inference, corpus: training_data.Corpus, config) -> tuple[dict, list[str]]:
+    """Validation loss, perplexity and BLEU/chrF of the translations the run's decode settings give."""
+    nll_sum, tokens = 0.0, 0.0
+    for batch in corpus.valid_batches.epoch(0, shuffle=False):
+        out = jax.device_get(eval_step(params, batch))
+        nll_sum += float(out["nll_sum"])
+        tokens += float(out["tokens"])
+    valid_loss = nll_sum / max(tokens, 1.0)
+    results = inference.run(
+        params, corpus.valid_src_ids, SearchOptions.from_config(config.decode), batch_size=config.decode.batch_size
+    )
+    hyps = corpus.tgt_tokenizer.decode([candidates[0].tokens for candidates in results])
+    tokenize = config.decode.bleu_tokenize or None
+    scores = {
+        "valid_loss": valid_loss,
+        "valid_ppl": float(np.exp(min(valid_loss, 50.0))),
+        "valid_bleu": bleu.corpus_bleu(hyps, corpus.valid_refs, tokenize=tokenize),
+        "valid_chrf": bleu.corpus_chrf(hyps, corpus.valid_refs),
+    }
+    return scores, hyps
 
 
-def static_max_steps(config) -> int:
-    return int(np.ceil(config.decode.max_len_a * (config.data.max_len + 1) + config.decode.max_len_b))
-
-
-def translate_batches(translate, params, batches, tokenizer, config, max_steps: int, total: int) -> list[str]:
-    """Translates bucketed batches and returns hypotheses in the input order."""
-    hyps = [""] * total
-    for batch in batches:
-        tokens = np.asarray(translate(params, batch["src"], max_output_lengths(batch["src"], config.decode, max_steps)))
-        for row, index in enumerate(batch["index"]):
-            if index >= 0:
-                hyps[index] = tokenizer.decode([tokens[row]])[0]
-    return hyps
-
-
-@dataclasses.dataclass
-class Evaluator:
-    """Validation loss, perplexity and BLEU/chrF of greedy (or beam) translations."""
-
-    eval_step: Callable
-    translate: Callable
-    corpus: corpus_lib.Corpus
-    config: Any
-    max_steps: int
-
-    def __call__(self, params) -> tuple[dict, list[str]]:
-        totals = {"nll_sum": 0.0, "tokens": 0.0}
-        batches = self.corpus.valid_batches.epoch(0, shuffle=False)
-        for batch in batches:
-            out = jax.device_get(self.eval_step(params, batch))
-            totals["nll_sum"] += float(out["nll_sum"])
-            totals["tokens"] += float(out["tokens"])
-        valid_loss = totals["nll_sum"] / max(totals["tokens"], 1.0)
-        hyps = translate_batches(
-            self.translate, params, batches, self.corpus.tgt_tokenizer, self.config,
-            self.max_steps, len(self.corpus.valid_refs),
-        )
-        tokenize = self.config.decode.bleu_tokenize or None
-        result = {
-            "valid_loss": valid_loss,
-            "valid_ppl": float(np.exp(min(valid_loss, 50.0))),
-            "valid_bleu": metrics.corpus_bleu(hyps, self.corpus.valid_refs, tokenize=tokenize),
-            "valid_chrf": metrics.corpus_chrf(hyps, self.corpus.valid_refs),
-        }
-        return result, hyps
-
-
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to finish its step, checkpoint and return (a second SIGINT aborts)."""
+class StopRequest(contextlib.AbstractContextManager):
+    """While active, SIGINT/SIGTERM ask the loop to finish its step, checkpoint and return;
+    a second SIGINT aborts. Leaving the block puts the previous handlers back."""
 
     def __init__(self):
         self.requested: str | None = None
-        self._previous = {}
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
+@dataclasses.dataclass
+class BestTracker:
+    """The best validation BLEU so far and early stopping by `train.early_stop_patience`.
 
-def _sum_metrics(pending: list[dict]) -> dict:
-    host = jax.device_get(pending)
-    return {k: float(sum(m[k] for m in host)) for k in host[0]}
-
-
-def _patience_ran_out(step: int, best_step: int, train_cfg) -> bool:
-    """Early stopping: `early_stop_patience` evaluations since the best validation BLEU.
-
-    Decided from the best step on disk, so a resumed run stops where an
+    Starts from the best checkpoint on disk, so a resumed run stops where an
     uninterrupted one would (and a rerun after an early stop does nothing).
     """
-    patience = train_cfg.early_stop_patience
-    return patience > 0 and step - best_step >= patience * train_cfg.eval_every
+
+    train_cfg: Any
+    step: int = 0
+    bleu: float = -1.0
+
+    def update(self, step: int, scores: dict, params, checkpoints: ckpt_lib.Checkpoints) -> None:
+        if scores["valid_bleu"] > self.bleu:
+            self.step, self.bleu = step, scores["valid_bleu"]
+            checkpoints.save_best(step, params, dict(scores, step=step))
+
+    def patience_ran_out(self, step: int) -> bool:
+        patience = self.train_cfg.early_stop_patience
+        return patience > 0 and step - self.step >= patience * self.train_cfg.eval_every
+
+    def message(self, step: int) -> str:
+        return (
+            f"early stop at step {step}: validation BLEU has not improved for "
+            f"{self.train_cfg.early_stop_patience} evaluations (best {self.bleu:.2f} at step {self.step})"
+        )
 
 
-def _early_stop_message(step: int, best_step: int, best_bleu: float, train_cfg) -> str:
-    return (
-        f"early stop at step {step}: validation BLEU has not improved for "
-        f"{train_cfg.early_stop_patience} evaluations (best {best_bleu:.2f} at step {best_step})"
-    )
+class LogWindow:
+    """Step metrics gathered on device between two log lines, summed on the host when logged."""
+
+    def __init__(self, schedule: optax.Schedule):
+        self.schedule = schedule
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending: list[dict] = []
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, step_metrics: dict, tokens: int) -> None:
+        self.pending.append(step_metrics)
+        self.tokens += tokens
+
+    def sums(self) -> dict:
+        host = jax.device_get(self.pending)
+        return {k: float(sum(m[k] for m in host)) for k in host[0]}
+
+    def record(self, step: int, sums: dict) -> dict:
+        """The log record of the window ending at `step`; starts a new window."""
+        elapsed = time.perf_counter() - self.start
+        record = {
+            "train_loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
+            "train_nll": sums["nll_sum"] / max(sums["tokens"], 1.0),
+            "grad_norm": sums["grad_norm"] / len(self.pending),
+            "learning_rate": float(self.schedule(step - 1)),
+            "tokens_per_sec": self.tokens / max(elapsed, 1e-9),
+            "skipped_steps": int(sums["nonfinite"]),
+        }
+        self._reset()
+        return record
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (resuming from WORKDIR's latest checkpoint if any) and returns the final metrics.
+def train_and_evaluate(config, workdir: str) -> TrainResult:
+    """Trains (resuming from WORKDIR's latest checkpoint if any) and says how it ended.
 
     Uses every device of every process (s2s_jax/parallel.py): batches split over the mesh's
-    `data` axis, state replicated; only process 0 prints and writes metrics.
+    `data` axis, state replicated; only process 0 prints and writes the training log.
     """
     mesh = parallel.make_mesh()
     parallel.check_batch_divides(config.train.batch_size, mesh)
     main = parallel.is_main_process()
     parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
     with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
-        corpus = corpus_lib.prepare(config, workdir)
+        corpus = training_data.prepare(config, workdir)
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
     state = parallel.replicate(init_train_state(model, optimizer, config.seed), mesh)
-    checkpoints = ckpt_lib.Checkpoints(workdir, config.train.max_to_keep)
     iterator = corpus.train_iterator()
-    start_step = 0
-    if checkpoints.latest_step() is not None:
-        state, meta = checkpoints.restore(state)
-        state = parallel.replicate(state, mesh)
-        iterator.set_state(meta["data_state"])
-        start_step = int(state["step"])
-        print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
-    print(parallel.describe(mesh, config.train.batch_size), flush=True)
-    best_meta = checkpoints.best_meta() or {}
-    best_bleu = best_meta.get("valid_bleu", -1.0)
-    best_step = best_meta.get("step", 0)
-    if start_step and start_step % config.train.eval_every == 0 and _patience_ran_out(start_step, best_step, config.train):
-        print(_early_stop_message(start_step, best_step, best_bleu, config.train))
-        checkpoints.close()
-        return {"early_stopped_at": start_step, "best_valid_bleu": best_bleu}
+    num_steps, train_cfg = config.train.num_steps, config.train
 
-    train_step = parallel.data_parallel_train_step(make_train_step(
-        model, optimizer, config.train.label_smoothing, config.train.teacher_forcing_ratio
-    ), mesh)
-    max_steps = static_max_steps(config)
-    evaluator = Evaluator(
-        parallel.data_parallel_eval_step(make_eval_step(model), mesh),
-        parallel.data_parallel_translate(
-            make_translate_fn(model, max_steps, config.decode.beam_size, config.decode.alpha), mesh
-        ),
-        corpus, config, max_steps,
-    )
-    logger = MetricsLogger(workdir, resume_step=start_step) if main else NullLogger()
-    base_key = jax.random.wrap_key_data(parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh))
-    num_steps = config.train.num_steps
-    schedule = learning_rate_schedule(config.train)
-    pending, window_tokens, window_start = [], 0, time.perf_counter()
-    final: dict = {}
-    stop = StopRequest()
-    bar = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main)
-    for step in range(start_step + 1, num_steps + 1):
-        batch = next(iterator)
-        window_tokens += int((batch["tgt_out"] != PAD_ID).sum())
-        state, step_metrics = train_step(state, parallel.shard_batch(mesh, batch), base_key)
-        pending.append(step_metrics)
-        bar.update(1)
-        record: dict = {}
-        early_stop = False
-        if step % config.train.eval_every == 0 or step == num_steps:
-            scores, hyps = evaluator(state["params"])
-            record.update(scores)
-            if scores["valid_bleu"] > best_bleu:
-                best_bleu, best_step = scores["valid_bleu"], step
-                checkpoints.save_best(step, state["params"], dict(scores, step=step))
-            early_stop = step < num_steps and _patience_ran_out(step, best_step, config.train)
-            bar.write(
-                f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
-                f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
-            )
-            for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: config.train.num_samples]:
-                bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
-        stopping = parallel.agree_to_stop(stop.requested is not None, step, config.train.log_every) or early_stop
-        is_checkpoint = step % config.train.checkpoint_every == 0 or step == num_steps or stopping
-        # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
-        if step % config.train.log_every == 0 or is_checkpoint:
-            sums = _sum_metrics(pending)
-            elapsed = time.perf_counter() - window_start
-            if sums["nonfinite"] > 0 and config.train.on_nonfinite == "stop":
-                bar.close()
-                stop.restore()
-                checkpoints.wait()
-                raise NonFiniteLossError(
-                    f"NaN/Inf loss or gradient in {int(sums['nonfinite'])} of the steps "
-                    f"{step - len(pending) + 1}..{step}; those updates were skipped and no "
-                    "checkpoint was written from them. Lower train.learning_rate or set "
-                    "train.on_nonfinite=skip."
+    with contextlib.ExitStack() as cleanup:
+        stop = cleanup.enter_context(StopRequest())
+        checkpoints = cleanup.enter_context(ckpt_lib.Checkpoints(workdir, train_cfg.max_to_keep))
+        start_step = 0
+        if checkpoints.latest_step() is not None:
+            state, meta = checkpoints.restore(state)
+            state = parallel.replicate(state, mesh)
+            iterator.set_state(meta["data_state"])
+            start_step = int(state["step"])
+            print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
+        print(parallel.describe(mesh, train_cfg.batch_size), flush=True)
+        best_meta = checkpoints.best_meta() or {}
+        best = BestTracker(train_cfg, best_meta.get("step", 0), best_meta.get("valid_bleu", -1.0))
+
+        def result(outcome: Outcome, step: int, metrics: dict, message: str = "") -> TrainResult:
+            return TrainResult(outcome, step, step - start_step, best.bleu, metrics, message)
+
+        if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
+            return result(Outcome.EARLY_STOPPED, start_step, {}, best.message(start_step))
+
+        train_step = parallel.data_parallel_train_step(make_train_step(
+            model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio
+        ), mesh)
+        eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
+        inference = Inference(model, config.decode, config.data.max_len, mesh)
+        log = cleanup.enter_context(
+            contextlib.closing(TrainLog(workdir, resume_step=start_step) if main else NullTrainLog())
+        )
+        base_key = jax.random.wrap_key_data(parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh))
+        window = LogWindow(learning_rate_schedule(train_cfg))
+        bar = cleanup.enter_context(contextlib.closing(tqdm(
+            total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main
+        )))
+        last: dict = {}
+        for step in range(start_step + 1, num_steps + 1):
+            batch = next(iterator)
+            state, step_metrics = train_step(state, parallel.shard_batch(mesh, batch), base_key)
+            window.add(step_metrics, int((batch["tgt_out"] != PAD_ID).sum()))
+            bar.update(1)
+            record: dict = {}
+            early_stop = False
+            if step % train_cfg.eval_every == 0 or step == num_steps:
+                eval_start = time.perf_counter()
+                scores, hyps = evaluate(state["params"], eval_step, inference, corpus, config)
+                window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
+                record.update(scores)
+                best.update(step, scores, state["params"], checkpoints)
+                early_stop = step < num_steps and best.patience_ran_out(step)
+                bar.write(
+                    f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
+                    f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
                 )
-            record.update(
-                train_loss=sums["loss_sum"] / max(sums["tokens"], 1.0),
-                train_nll=sums["nll_sum"] / max(sums["tokens"], 1.0),
-                grad_norm=sums["grad_norm"] / len(pending),
-                learning_rate=float(schedule(step - 1)),
-                tokens_per_sec=window_tokens / max(elapsed, 1e-9),
-                skipped_steps=int(sums["nonfinite"]),
-            )
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
-            pending = []
-        if record:
-            logger.write(step, record)
-            final.update(record)
-        if is_checkpoint:
-            checkpoints.save(step, state, {"data_state": iterator.get_state(), "step": step})
-        if stopping:
-            bar.close()
-            checkpoints.wait()
+                for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: train_cfg.num_samples]:
+                    bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
+            stopping = parallel.agree_to_stop(stop.requested is not None, step, train_cfg.log_every) or early_stop
+            is_checkpoint = step % train_cfg.checkpoint_every == 0 or step == num_steps or stopping
+            # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
+            if step % train_cfg.log_every == 0 or is_checkpoint:
+                sums = window.sums()
+                if sums["nonfinite"] > 0 and train_cfg.on_nonfinite == "stop":
+                    first = step - len(window.pending) + 1
+                    return result(Outcome.NON_FINITE, step, last, (
+                        f"NaN/Inf loss or gradient in {int(sums['nonfinite'])} of the steps {first}..{step}; "
+                        "those updates were skipped and no checkpoint was written from them. Lower "
+                        "train.learning_rate or set train.on_nonfinite=skip."
+                    ))
+                record.update(window.record(step, sums))
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+            if record:
+                log.write(step, record)
+                last.update(record)
+            if is_checkpoint:
+                checkpoints.save(step, state, {"data_state": iterator.get_state(), "step": step})
             if early_stop:
-                print(_early_stop_message(step, best_step, best_bleu, config.train))
-                final["early_stopped_at"] = step
-            else:
-                print(f"{stop.requested or 'a stop on another process'}: stopped after step {step} with a checkpoint; run the same command to resume.")
-                final["interrupted_at"] = step
-            break
-        if record:
-            window_tokens, window_start = 0, time.perf_counter()
-    bar.close()
-    stop.restore()
-    checkpoints.wait()
-    checkpoints.close()
-    logger.close()
-    final["best_valid_bleu"] = best_bleu
-    return final
+                return result(Outcome.EARLY_STOPPED, step, last, best.message(step))
+            if stopping:
+                who = stop.requested or "a stop on another process"
+                return result(Outcome.INTERRUPTED, step, last, (
+                    f"{who}: stopped after step {step} with a checkpoint; run the same command to resume."
+                ))
+        return result(Outcome.FINISHED, max(start_step, num_steps), last)

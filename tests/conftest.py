@@ -1,10 +1,39 @@
-"""Test settings: CPU, float32 matmuls at full precision, a persistent compile cache."""
+"""Test settings (CPU, float32 matmuls at full precision, a persistent compile cache) and
+the one trained workdir that the end-to-end tests share."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see train.py
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/runtime.py)
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 
+import types  # noqa: E402
+
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import TINY_TRAIN_FLAGS, run_cli, write_tiny_corpus  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# In-process compilations are cached across test runs (the edit-test loop recompiles little);
+# S2S_JAX_TEST_CACHE=off disables it. Subprocess runs set their own S2S_JAX_CACHE.
+_cache = os.environ.get("S2S_JAX_TEST_CACHE", os.path.expanduser("~/.cache/s2s_jax/xla-tests"))
+if _cache != "off":
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+    """A tiny attention model trained by train.py (about 20 s), shared by every test that
+    only reads a finished workdir: (workdir, corpus paths, compile cache)."""
+    base = tmp_path_factory.mktemp("trained")
+    paths = write_tiny_corpus(str(base))
+    workdir, cache = str(base / "run"), str(base / "cache")
+    args = ["train.py", "--config=configs/default.py", f"--workdir={workdir}", *TINY_TRAIN_FLAGS]
+    args += [f"--config.data.{key}={path}" for key, path in paths.items()]
+    result = run_cli(args, env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "valid BLEU" in result.stdout
+    return types.SimpleNamespace(workdir=workdir, paths=paths, cache=cache, args=args)

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 
-from configs import default
+from s2s_jax.configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny attention model (bidirectional encoder, input feeding): what the end-to-end tests train.
+TINY_TRAIN_FLAGS = [
+    "--config.data.vocab_size=60", "--config.data.max_len=16", "--config.data.num_buckets=2",
+    "--config.model.emb_dim=16", "--config.model.hidden_size=24", "--config.model.num_layers=1",
+    "--config.train.batch_size=16", "--config.train.num_steps=40", "--config.train.learning_rate=0.01",
+    "--config.train.warmup_steps=5", "--config.train.log_every=10", "--config.train.eval_every=20",
+    "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
+    "--config.model.attention=luong_general", "--config.model.bidirectional=True", "--config.model.input_feeding=True",
+]
+
+
+def run_cli(args, stdin=None, env_cache=None) -> subprocess.CompletedProcess:
+    """`python ARGS` from the repository root, as a user runs train.py / decode.py."""
+    env = dict(os.environ, S2S_JAX_CACHE=env_cache or "off", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, input=stdin, capture_output=True, text=True, env=env, timeout=600
+    )
+
 
 WORDS_EN = "the a red blue small big cat dog house car sees likes has".split()
 WORDS_XX = {w: w[::-1] + "o" for w in WORDS_EN}  # a toy 'language': reversed words

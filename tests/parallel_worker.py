@@ -26,9 +26,10 @@ import jax
 import numpy as np
 
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import config_utils, parallel, runtime, training
-from s2s_jax import corpus as corpus_lib
-from s2s_jax.logging_utils import read_metrics
+from s2s_jax import config_utils, parallel, runtime, training, training_data
+from s2s_jax.model import make_model
+from s2s_jax.optimizers import make_optimizer
+from s2s_jax.train_log import read_metrics
 from s2s_jax.translator import SearchOptions, Translator
 from tests.helpers import tiny_config, write_tiny_corpus
 
@@ -53,7 +54,7 @@ def train(paths, workdir, dtype="float32"):
         os.makedirs(workdir, exist_ok=True)
         config_utils.check_and_save(config, workdir)
     start = time.perf_counter()
-    final = training.train_and_evaluate(config, workdir)
+    final = training.train_and_evaluate(config, workdir).metrics
     seconds = time.perf_counter() - start
     records = read_metrics(workdir) if parallel.is_main_process() else []  # process 0 writes metrics
     losses = np.array([r["train_loss"] for r in records if "train_loss" in r])
@@ -88,7 +89,7 @@ def main():
 
     # How one training batch lands on the devices.
     mesh = parallel.make_mesh()
-    corpus = corpus_lib.prepare(config_for(paths), f32_dir, verbose=False)
+    corpus = training_data.prepare(config_for(paths), f32_dir, verbose=False)
     src = parallel.shard_batch(mesh, next(corpus.train_iterator()))["src"]
     result["batch_rows"] = src.shape[0]
     result["shard_rows"] = np.array([shard.data.shape[0] for shard in src.addressable_shards])
@@ -127,8 +128,8 @@ def main():
         # The same stream of batches and keys as train_and_evaluate, stepped by hand with
         # train.dtype=bfloat16 (its losses line up step for step with `losses`).
         config = config_for(paths, "bfloat16")
-        model = training.make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
-        optimizer = training.make_optimizer(config.train)
+        model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
+        optimizer = make_optimizer(config.train)
         state = training.init_train_state(model, optimizer, config.seed)
         step = training.make_train_step(model, optimizer, config.train.label_smoothing)
         iterator, key, bf16_losses = corpus.train_iterator(), jax.random.key(config.seed), []

@@ -1,4 +1,4 @@
-"""Every bad input a user can give train.py / decode.py is one clear error line (issue 7).
+"""Every bad input a user can give train.py / decode.py is one clear error line.
 
 Each test asserts a non-zero exit status, a message that names the problem (file,
 line, key or setting), and no traceback. Most run the CLI code in-process
@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from s2s_jax import config_utils, corpus, decode_cli, train_cli
+from s2s_jax import config_utils, decode_cli, train_cli, training_data
 from s2s_jax.tokenizer import train_tokenizer
 from tests.helpers import tiny_config, write_tiny_corpus
 
@@ -101,7 +101,7 @@ def test_pairs_with_an_empty_side_are_counted_and_reported(paths, tmp_path, caps
         paths, train_src=write(tmp_path / "e.src", "\n".join(src) + "\n"),
         train_tgt=write(tmp_path / "e.tgt", "\n".join(tgt) + "\n"),
     ))
-    corpus.prepare(config, str(tmp_path))
+    training_data.prepare(config, str(tmp_path))
     assert "train: kept 57 of 60 pairs (3 empty, 0 longer than 16 tokens)" in capsys.readouterr().out
 
 
@@ -116,7 +116,7 @@ def test_only_empty_pairs_is_an_error(paths, tmp_path, capsys):
 def test_pairs_longer_than_max_len_are_counted_and_reported(paths, tmp_path, capsys):
     config = tiny_config(paths)
     config.data.max_len = 5
-    corpus.prepare(config, str(tmp_path))
+    training_data.prepare(config, str(tmp_path))
     out = capsys.readouterr().out
     summary = [line for line in out.splitlines() if line.startswith("train: kept ")][0]
     dropped = int(summary.split(", ")[1].split(" longer")[0])
@@ -256,7 +256,7 @@ def test_a_damaged_config_json_is_named(paths, tmp_path, capsys):
 def test_vocab_size_too_large_for_the_corpus_shrinks_and_says_so(paths, tmp_path, capsys):
     config = tiny_config(paths)
     config.data.vocab_size = 5000
-    result = corpus.prepare(config, str(tmp_path))
+    result = training_data.prepare(config, str(tmp_path))
     out = capsys.readouterr().out
     size = result.src_tokenizer.vocab_size
     assert size < 5000

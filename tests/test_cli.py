@@ -2,47 +2,19 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from s2s_jax import metrics
-from tests.helpers import write_tiny_corpus
+from s2s_jax import bleu
+from tests.helpers import TINY_TRAIN_FLAGS
+from tests.helpers import run_cli as run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(args, tmp_path_factory=None, stdin=None, env_cache=None):
-    env = dict(os.environ, S2S_JAX_CACHE=env_cache or "off", JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, input=stdin, capture_output=True, text=True, env=env, timeout=600
-    )
+pytestmark = pytest.mark.slow
 
 
-TINY = [
-    "--config.data.vocab_size=60", "--config.data.max_len=16", "--config.data.num_buckets=2",
-    "--config.model.emb_dim=16", "--config.model.hidden_size=24", "--config.model.num_layers=1",
-    "--config.train.batch_size=16", "--config.train.num_steps=40", "--config.train.learning_rate=0.01",
-    "--config.train.warmup_steps=5", "--config.train.log_every=10", "--config.train.eval_every=20",
-    "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
-    # the CLI tests use the attention model; tests/test_training.py covers the plain one
-    "--config.model.attention=luong_general", "--config.model.bidirectional=True", "--config.model.input_feeding=True",
-]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cli")
-    paths = write_tiny_corpus(str(base))
-    wd = str(base / "run")
-    cache = str(base / "cache")
-    args = ["train.py", "--config=configs/default.py", f"--workdir={wd}", *TINY]
-    args += [f"--config.data.{key}={path}" for key, path in paths.items()]
-    result = run(args, env_cache=cache)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "valid BLEU" in result.stdout
-    return wd, paths, cache
+@pytest.fixture
+def workdir(trained_workdir):
+    return trained_workdir.workdir, trained_workdir.paths, trained_workdir.cache
 
 
 def test_train_writes_everything_decoding_needs(workdir):
@@ -53,7 +25,7 @@ def test_train_writes_everything_decoding_needs(workdir):
 
 def test_rerunning_train_resumes_instead_of_restarting(workdir):
     wd, paths, cache = workdir
-    args = ["train.py", "--config=configs/default.py", f"--workdir={wd}", *TINY]
+    args = ["train.py", "--config=configs/default.py", f"--workdir={wd}", *TINY_TRAIN_FLAGS]
     args += [f"--config.data.{key}={path}" for key, path in paths.items()]
     result = run(args, env_cache=cache)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,7 +56,7 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BLEU = " in result.stderr and "chrF = " in result.stderr and "version:" in result.stderr
     report = json.loads(scores.read_text(encoding="utf-8"))
-    expected = metrics.score_report(hyps, ref.read_text(encoding="utf-8").split("\n")[:-1])
+    expected = bleu.score_report(hyps, ref.read_text(encoding="utf-8").split("\n")[:-1])
     for key in ("bleu", "bleu_lc", "chrf", "bleu_signature", "chrf_signature"):
         assert report[key] == expected[key], key
     assert report["beam_size"] == 2 and report["sentences"] == len(lines) and report["step"] > 0
@@ -93,7 +65,7 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     # d2l's per-sentence lines, in input order, and the exact-match count.
     refs = ref.read_text(encoding="utf-8").split("\n")[:-1]
     for src, hyp, r in zip(lines, hyps, refs):
-        assert f"{src} => {hyp}, bleu {metrics.sentence_bleu_d2l(hyp, r, k=2):.3f}" in result.stderr
+        assert f"{src} => {hyp}, bleu {bleu.sentence_bleu_d2l(hyp, r, k=2):.3f}" in result.stderr
     assert f"exact: {sum(h == r for h, r in zip(hyps, refs))} of {len(lines)}" in result.stderr
 
 

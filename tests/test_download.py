@@ -113,6 +113,20 @@ def test_zip_member_and_sha1_of_the_archive_with_a_fallback_url(server, tmp_path
         assert f.read() == "Go.\tVa !\n"
 
 
+def test_printed_command_names_the_config_and_only_a_non_default_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(download, "fetch_files", lambda *args, **kwargs: [])
+    monkeypatch.chdir(tmp_path)
+    assert download.main(["multi30k", "fra-eng"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "multi30k: python train.py --config multi30k --workdir runs/multi30k",
+        "fra-eng: python train.py --config fra_eng --workdir runs/fra_eng",
+    ]
+    assert download.main(["cmn-eng", "--data_dir", "/srv/corpora"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "cmn-eng: python train.py --config cmn_eng --workdir runs/cmn_eng --config.data.dir=/srv/corpora"
+    )
+
+
 def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
     rc = download.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{closed_port()}", "--timeout", "5"])
@@ -126,9 +140,20 @@ def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsy
 
 
 def test_registry_covers_the_configs_corpora():
+    import importlib
+
+    from s2s_jax import config_utils
+
     assert set(download.CORPORA) == {"multi30k", "fra-eng", "cmn-eng"}
     for source in download.CORPORA.values():
-        assert os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), source.config))
+        assert source.config in config_utils.builtin_configs()
+        # The config reads, relative to its data.dir ("data", download's default), the files
+        # download writes there.
+        config = importlib.import_module(f"s2s_jax.configs.{source.config}").get_config()
+        assert config.data.dir == download.DEFAULT_DATA_DIR
+        for key, rel in source.flags:
+            assert config.data[key.split(".", 1)[1]] == rel, key
+        assert {spec.path for spec in source.files} >= {rel for _, rel in source.flags}
         for spec in source.files:
             assert all(url.startswith("https://") for url in spec.urls)
     with pytest.raises(download.DownloadError, match="unknown corpus 'wmt'"):

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.slow  # executes the whole notebook
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "colab_tpu.ipynb")
 

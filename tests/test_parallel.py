@@ -1,4 +1,4 @@
-"""Data parallelism (issue 6): N devices train and decode like one, the batch is really split,
+"""Data parallelism: N devices train and decode like one, the batch is really split,
 several processes agree, bfloat16 tracks float32.
 
 The device count of a JAX process is fixed when it starts, so each configuration
@@ -21,6 +21,8 @@ from jax.sharding import PartitionSpec
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import parallel
 from s2s_jax.config_utils import ConfigError
+
+pytestmark = pytest.mark.slow  # subprocesses with 8 simulated devices and 2 processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 400
@@ -175,7 +177,7 @@ def test_two_processes_train_like_one_device(tmp_path, one_device):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-4000:]
     result = dict(np.load(tmp_path / "out.npz"))
     assert (result["device_count"], result["process_count"]) == (8, 2)

@@ -1,4 +1,4 @@
-"""Crashes, interrupts, damaged checkpoints, NaN losses and hostile text (issue 7).
+"""Crashes, interrupts, damaged checkpoints, NaN losses and hostile text.
 
 Every run here is train.py / decode.py as a user runs them (subprocesses) on the
 tiny corpus, sharing one XLA compile cache, plus in-process checks of what those
@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import decode_cli
-from s2s_jax.logging_utils import read_metrics
+from s2s_jax.train_log import read_metrics
 from tests.helpers import write_tiny_corpus
+
+pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,12 +48,12 @@ FLAGS = [
 # sleep is outside the computation: numerics are those of plain train.py.
 SLOW_TRAIN = (
     "import runpy, sys, time\n"
-    "from s2s_jax import input_pipeline\n"
-    "_next = input_pipeline.TrainIterator.__next__\n"
+    "from s2s_jax import batching\n"
+    "_next = batching.TrainIterator.__next__\n"
     "def _slow_next(self):\n"
     "    time.sleep(0.1)\n"
     "    return _next(self)\n"
-    "input_pipeline.TrainIterator.__next__ = _slow_next\n"
+    "batching.TrainIterator.__next__ = _slow_next\n"
     "sys.argv = ['train.py', *sys.argv[1:]]\n"
     "runpy.run_path('train.py', run_name='__main__')\n"
 )
@@ -264,13 +266,14 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(env, referenc
 def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
     """Committed arrays compile under other argument shardings: a resumed run would miss the
     persistent compilation cache and recompile every step function (~10 s here)."""
-    from s2s_jax import config_utils, training
+    from s2s_jax import config_utils
+    from s2s_jax.optimizers import make_optimizer
 
     params, _ = ckpt_lib.load_params(str(reference), "latest")
     assert not any(leaf.committed for leaf in jax.tree.leaves(params))
     config = config_utils.load(str(reference))
     state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-             "opt_state": training.make_optimizer(config.train).init(params)}
+             "opt_state": make_optimizer(config.train).init(params)}
     checkpoints = ckpt_lib.Checkpoints(str(reference), 3)
     restored, meta = checkpoints.restore(state)
     checkpoints.close()
@@ -346,7 +349,7 @@ def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
         assert isinstance(hyps[0].text, str) and "\n" not in hyps[0].text
         if not translator_normalize(translator, line):
             assert hyps[0].text == ""
-    long = [i for i, ids in enumerate(translator.src_tokenizer.encode([translator_normalize(translator, l) for l in lines]))
+    long = [i for i, ids in enumerate(translator.src_tokenizer.encode([translator_normalize(translator, line) for line in lines]))
             if len(ids) > translator.max_len]
     assert len(warnings) == len(long)
     for i, message in zip(long, warnings):
@@ -354,7 +357,7 @@ def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
 
 
 def translator_normalize(translator, line):
-    from s2s_jax.data import normalize
+    from s2s_jax.text import normalize
     from s2s_jax.translator import _encodable
 
     return normalize(_encodable(line), translator.config.data.lowercase)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import decoding
+from s2s_jax import search
 from s2s_jax.model import ModelConfig, Seq2Seq
 
 V, L = 6, 3  # ids 0..3 are pad/bos/eos/unk; outputs can be 2 (eos), 3, 4, 5
@@ -48,16 +48,18 @@ def test_beam_search_on_seq2seq_equals_exhaustive_search(model_and_params, alpha
     memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
     step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
     tokens, scores, lengths = jax.jit(
-        functools.partial(decoding.batch_beam_search, step_fn, beam_size=128, max_steps=L, alpha=alpha, nbest=3)
+        functools.partial(search.batch_beam_search, step_fn, beam_size=128, max_steps=L, alpha=alpha, nbest=3)
     )(memory, state)
     outs = all_outputs()
     padded = jnp.array([o + [0] * (L - len(o)) for o in outs])
     lens = jnp.array([len(o) for o in outs])
     for row in range(src.shape[0]):
-        mem = jax.tree.map(lambda x: jnp.repeat(x[row : row + 1], len(outs), 0), memory)
-        st = jax.tree.map(lambda x: jnp.repeat(x[row : row + 1], len(outs), 0), state)
-        logp = decoding.sequence_log_prob(step_fn, mem, st, padded, lens)
-        brute = np.asarray(logp / decoding.length_penalty(lens, alpha))
+        def repeat_row(x, row=row):
+            return jnp.repeat(x[row : row + 1], len(outs), 0)
+
+        mem, st = jax.tree.map(repeat_row, memory), jax.tree.map(repeat_row, state)
+        logp = search.sequence_log_prob(step_fn, mem, st, padded, lens)
+        brute = np.asarray(logp / search.length_penalty(lens, alpha))
         order = np.argsort(-brute)[:3]
         for rank, index in enumerate(order):
             assert list(np.asarray(tokens[row, rank, : lens[index]])) == outs[index]

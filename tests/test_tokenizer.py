@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from s2s_jax.data import DataError, normalize
-from s2s_jax.tokenizer import BYTE_FALLBACK_MIN_VOCAB, BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from s2s_jax.text import DataError, normalize
+from s2s_jax.tokenizer import BOS_ID, BYTE_FALLBACK_MIN_VOCAB, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 WORDS = (
     "the cat dog sees a small red house près de la maison où le garçon élève déjà "

@@ -2,23 +2,26 @@
 
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from s2s_jax import batching, training
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import training
-from s2s_jax.logging_utils import read_metrics
+from s2s_jax.model import make_model
+from s2s_jax.optimizers import make_optimizer
+from s2s_jax.train_log import read_metrics
 from tests.helpers import tiny_config, write_tiny_corpus
 
 
 @pytest.fixture(scope="module")
 def setup():
     config = tiny_config({}, learning_rate=1e-2, num_steps=100, warmup_steps=1)
-    model = training.make_model(config, 20, 20)
-    optimizer = training.make_optimizer(config.train)
+    model = make_model(config, 20, 20)
+    optimizer = make_optimizer(config.train)
     step = training.make_train_step(model, optimizer, label_smoothing=0.1)
     rng = np.random.default_rng(0)
     tgt = rng.integers(3, 20, (8, 6)).astype(np.int32)
@@ -62,12 +65,15 @@ def test_checkpoint_round_trip_gives_identical_params_and_next_loss(setup, tmp_p
     assert float(m1["loss_sum"]) == float(m2["loss_sum"])
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path):
     paths = write_tiny_corpus(str(tmp_path))
     config = tiny_config(paths)
     full = str(tmp_path / "full")
     os.makedirs(full)
-    final = training.train_and_evaluate(config, full)
+    result = training.train_and_evaluate(config, full)
+    assert result.outcome is training.Outcome.FINISHED and result.steps_run == 6
+    final = result.metrics
     assert np.isfinite(final["valid_loss"]) and 0.0 <= final["valid_bleu"] <= 100.0
     for name in ("spm.model", "metrics.jsonl", "checkpoints", "best", "tensorboard"):
         assert os.path.exists(os.path.join(full, name)), name
@@ -86,3 +92,37 @@ def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
     drop_speed = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rs]  # noqa: E731
     assert drop_speed(read_metrics(resumed)) == drop_speed(records)
+
+
+def test_an_exception_inside_the_loop_restores_signal_handlers_and_leaves_the_last_checkpoint_readable(
+    tmp_path, monkeypatch
+):
+    paths = write_tiny_corpus(str(tmp_path))
+    config = tiny_config(paths)  # checkpoints at steps 3 and 6
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    next_batch, taken = batching.TrainIterator.__next__, []
+
+    def failing_next(self):
+        taken.append(1)
+        if len(taken) == 5:  # fetching step 5's batch
+            raise RuntimeError("disk went away")
+        return next_batch(self)
+
+    monkeypatch.setattr(batching.TrainIterator, "__next__", failing_next)
+
+    def caller_handler(signum, frame):  # what an embedding program (a notebook, a test) installed
+        pass
+
+    previous = {sig: signal.signal(sig, caller_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(RuntimeError, match="disk went away"):
+            training.train_and_evaluate(config, workdir)
+        assert signal.getsignal(signal.SIGINT) is caller_handler
+        assert signal.getsignal(signal.SIGTERM) is caller_handler
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    params, meta = ckpt_lib.load_params(workdir, "latest")
+    assert meta["step"] == 3
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

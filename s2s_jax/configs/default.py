@@ -13,6 +13,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = data = ml_collections.ConfigDict()
     # A corpus is either two line-aligned files per split or one TSV file per split.
+    # Relative paths in data.{train,valid,test}_{src,tgt,tsv} are resolved against data.dir
+    # when the data is loaded, so `--config.data.dir=/path/to/data` moves them all; an
+    # absolute path is used as is. "" = the current directory.
+    data.dir = ""
     data.train_src = ""
     data.train_tgt = ""
     data.train_tsv = ""
@@ -32,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)
     data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
     data.joint_vocab = True  # one sentencepiece model for both sides, else one per side
-    data.spm_model_type = "unigram"  # or "bpe"
+    data.spm_model_type = "unigram"  # unigram | bpe | word | char (sentencepiece algorithms)
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
     data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple

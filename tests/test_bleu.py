@@ -5,7 +5,7 @@ import math
 import pytest
 import sacrebleu
 
-from s2s_jax.metrics import corpus_bleu, corpus_chrf, score_report, sentence_bleu_d2l
+from s2s_jax.bleu import corpus_bleu, corpus_chrf, score_report, sentence_bleu_d2l
 
 HYPS = ["The cat sat on the mat.", "A dog barked loudly at night", "hello there world"]
 REFS = ["The cat sat on the mat.", "The dog barked loudly at night.", "Hello world"]

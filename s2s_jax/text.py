@@ -9,6 +9,7 @@ tell anyone which of their files is broken.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -110,15 +111,31 @@ def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[Pair]:
     return pairs
 
 
+def data_path(cfg_data: Any, path: str) -> str:
+    """`path` as the data config means it: a relative path is joined to `data.dir`.
+
+    An absolute path, an empty path or an empty `data.dir` leaves it as is;
+    `~` is expanded in both.
+    """
+    if not path:
+        return path
+    path = os.path.expanduser(path)
+    directory = os.path.expanduser(cfg_data.dir)
+    if directory and not os.path.isabs(path):
+        return os.path.join(directory, path)
+    return path
+
+
 def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
     """The raw pairs of one split ('train', 'valid', 'test') as the data config names them.
 
     `{split}_tsv` wins when set; otherwise `{split}_src` and `{split}_tgt` are
-    read as aligned files.
+    read as aligned files. Relative paths are resolved against `data.dir`
+    (`data_path`), so error messages name the file actually read.
     """
-    tsv = getattr(cfg_data, f"{split}_tsv", "") or ""
-    src = getattr(cfg_data, f"{split}_src", "") or ""
-    tgt = getattr(cfg_data, f"{split}_tgt", "") or ""
+    tsv = data_path(cfg_data, getattr(cfg_data, f"{split}_tsv", "") or "")
+    src = data_path(cfg_data, getattr(cfg_data, f"{split}_src", "") or "")
+    tgt = data_path(cfg_data, getattr(cfg_data, f"{split}_tgt", "") or "")
     if tsv:
         return read_tsv(tsv, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))
     if src and tgt:

@@ -8,7 +8,7 @@ import os
 from tensorboardX import SummaryWriter
 
 
-class MetricsLogger:
+class TrainLog:
     """Appends one JSON object per logged step; on resume drops lines past the restored step.
 
     Dropping those lines keeps metrics.jsonl equal to an uninterrupted run's:
@@ -36,7 +36,7 @@ class MetricsLogger:
         self._tb.close()
 
 
-class NullLogger:
+class NullTrainLog:
     """What processes other than 0 log with (nothing): one process writes the workdir's logs."""
 
     def write(self, step: int, record: dict) -> None:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import decoding
+from s2s_jax import search
 
 PAD, BOS, EOS = 0, 1, 2
 V, H, M = 6, 8, 3
@@ -62,18 +62,18 @@ def repeat_rows(tree, n):
 
 # Module-level jitted functions: each (static args, shapes) compiles once for the file.
 greedy = jax.jit(
-    functools.partial(decoding.greedy_search, step_fn), static_argnames=("max_steps", "min_length")
+    functools.partial(search.greedy_search, step_fn), static_argnames=("max_steps", "min_length")
 )
 beam_one = jax.jit(
-    functools.partial(decoding.beam_search, step_fn),
+    functools.partial(search.beam_search, step_fn),
     static_argnames=("beam_size", "max_steps", "nbest", "min_length"),
 )
 beam_batch = jax.jit(
-    functools.partial(decoding.batch_beam_search, step_fn),
+    functools.partial(search.batch_beam_search, step_fn),
     static_argnames=("beam_size", "max_steps", "nbest", "min_length"),
 )
 sampler = jax.jit(
-    functools.partial(decoding.sample, step_fn),
+    functools.partial(search.sample, step_fn),
     static_argnames=("max_steps", "top_k", "top_p", "min_length"),
 )
 
@@ -83,8 +83,8 @@ def sample_shared(rng, **kwargs):
     return sampler(MEMORY, STATE, rng, max_steps=T, max_lengths=CAPS, **kwargs)
 
 
-seq_logp = jax.jit(functools.partial(decoding.sequence_log_prob, step_fn))
-tf_logits = jax.jit(functools.partial(decoding.teacher_forced_logits, step_fn))
+seq_logp = jax.jit(functools.partial(search.sequence_log_prob, step_fn))
+tf_logits = jax.jit(functools.partial(search.teacher_forced_logits, step_fn))
 
 # The shared batch: 32 rows with very different memories and length caps.
 N, T = 32, 8
@@ -363,7 +363,7 @@ def count_cliff_calls(fn, *args, **kwargs):
 
 
 cliff_beam = jax.jit(
-    functools.partial(decoding.beam_search, cliff_step, beam_size=2, max_steps=T, nbest=2)
+    functools.partial(search.beam_search, cliff_step, beam_size=2, max_steps=T, nbest=2)
 )
 
 
@@ -380,12 +380,12 @@ def test_beam_early_stop_uses_the_best_possible_penalty():
     assert calls == T
     np.testing.assert_array_equal(lengths, [1, T])
     np.testing.assert_array_equal(tokens[1], [4] + [3] * (T - 1))
-    rescored = decoding.sequence_log_prob(cliff_step, *cliff_inputs(2), tokens, lengths)
+    rescored = search.sequence_log_prob(cliff_step, *cliff_inputs(2), tokens, lengths)
     np.testing.assert_allclose(scores, np.asarray(rescored) / lp(lengths, 2.0), atol=1e-5, rtol=0)
 
 
 def test_greedy_stops_when_all_rows_end():
-    greedy_cliff = jax.jit(functools.partial(decoding.greedy_search, cliff_step, max_steps=T))
+    greedy_cliff = jax.jit(functools.partial(search.greedy_search, cliff_step, max_steps=T))
     (tokens, lengths), calls = count_cliff_calls(greedy_cliff, *cliff_inputs(3))
     assert calls == 1  # EOS is every row's argmax at step 0
     np.testing.assert_array_equal(lengths, [1, 1, 1])
@@ -437,7 +437,10 @@ def test_top_k_stays_in_top_k(greedy_out):
 
 def test_filter_logits():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    keep = lambda **kw: np.isfinite(np.asarray(decoding.filter_logits(logits, **kw)))[0].tolist()
+
+    def keep(**kw):
+        return np.isfinite(np.asarray(search.filter_logits(logits, **kw)))[0].tolist()
+
     assert keep(top_k=2) == [True, True, False, False]
     assert keep(top_p=0.45) == [True, False, False, False]
     assert keep(top_p=0.6) == [True, True, False, False]
@@ -448,4 +451,4 @@ def test_filter_logits():
 
 def test_sampling_rejects_zero_temperature():
     with pytest.raises(ValueError, match="greedy"):
-        decoding.sample(step_fn, MEMORY, STATE, jax.random.key(0), max_steps=T, temperature=0.0)
+        search.sample(step_fn, MEMORY, STATE, jax.random.key(0), max_steps=T, temperature=0.0)

@@ -1,4 +1,4 @@
-"""Bucketed batches, deterministic shuffling and the resumable iterator (s2s_jax.input_pipeline)."""
+"""Bucketed batches, deterministic shuffling and the resumable iterator (s2s_jax.batching)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from s2s_jax.data import DataError
-from s2s_jax.input_pipeline import BucketedBatches, TrainIterator, bucket_boundaries, bucket_shapes
+from s2s_jax.batching import BucketedBatches, TrainIterator, bucket_shapes
+from s2s_jax.text import DataError
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -174,6 +174,39 @@ def test_padding_efficiency_on_realistic_lengths():
     epoch = batches.epoch(0)
     real = sum(int((b["src"] != PAD_ID).sum()) for b in epoch)
     assert real / sum(b["src"].size for b in epoch) == pytest.approx(eff["src"], abs=1e-4)
+
+
+# The 1-D baseline the 2-D buckets are measured against: optimal source-length buckets.
+def bucket_boundaries(lengths: list[int], num_buckets: int, pad_multiple: int = 4) -> list[int]:
+    """Padded lengths (ascending, multiples of `pad_multiple`) of at most `num_buckets` 1-D buckets.
+
+    A length goes to the first boundary >= it. The boundaries are the exact
+    optimum for the total padded length (dynamic programming over the distinct
+    rounded lengths), which beats quantile boundaries by 5-10 points of
+    padding efficiency on skewed length distributions.
+    """
+    if num_buckets < 1 or pad_multiple < 1:
+        raise ValueError(f"num_buckets and pad_multiple must be >= 1, got {num_buckets}, {pad_multiple}")
+    if len(lengths) == 0:
+        raise ValueError("bucket_boundaries needs at least one length")
+    units, counts = np.unique(-(-np.asarray(lengths, np.int64) // pad_multiple) * pad_multiple, return_counts=True)
+    n, k_max = len(units), min(num_buckets, len(units))
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    # best[k, j]: fewest slots for the j shortest distinct lengths in k buckets.
+    best = np.full((k_max + 1, n + 1), np.inf)
+    best[0, 0] = 0.0
+    back = np.zeros((k_max + 1, n + 1), dtype=np.int64)
+    for k in range(1, k_max + 1):
+        for j in range(k, n + 1):
+            # The last bucket holds distinct lengths i..j-1, all padded to units[j-1].
+            cost = best[k - 1, :j] + (cum[j] - cum[:j]) * units[j - 1]
+            back[k, j] = int(np.argmin(cost))
+            best[k, j] = cost[back[k, j]]
+    bounds, j = [], n
+    for k in range(k_max, 0, -1):
+        bounds.append(int(units[j - 1]))
+        j = back[k, j]
+    return sorted(bounds)
 
 
 def test_two_dimensional_buckets_beat_one_target_length_per_source_bucket():

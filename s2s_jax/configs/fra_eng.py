@@ -6,15 +6,21 @@ examples. The model is the Multi30k attention recipe (1-layer bidirectional LSTM
 encoder, Luong "general" attention, tied target embeddings) on Tatoeba's short
 sentences. Tatoeba ships one TSV, so 1,000 source sentences (with all their
 translations) are held out for validation and never trained on.
+
+Data: DATA_DIR/fra-eng/fra.txt, where DATA_DIR is data.dir = "data" (what
+`python download.py fra-eng` fills, relative to the current directory). Point it
+at another copy with one override: `--config.data.dir=/path/to/data` (on the
+development machines `--config.data.dir=../shared/data`).
 """
 
-from configs import default
+from s2s_jax.configs import default
 
-DATA = "../shared/data/fra-eng/fra.txt"
+DATA = "fra-eng/fra.txt"  # relative to data.dir
 
 
 def get_config():
     config = default.get_config()
+    config.data.dir = "data"
     config.data.train_tsv = DATA
     config.data.holdout_valid = 1000
     config.data.lowercase = True

@@ -4,7 +4,7 @@ Trains in a few minutes on a 2-core CPU. The corpus is written into WORKDIR/corp
 from num2words and CLDR (babel) data, deterministically from the seed.
 """
 
-from configs import default
+from s2s_jax.configs import default
 
 
 def get_config():

@@ -6,18 +6,23 @@ learned bridge maps to the decoder's initial state, and that context also
 concatenated to every decoder input (`feed_context`, Cho et al. 2014 / d2l), so
 the decoder need not carry it in its own state. Target embeddings are tied to
 the output layer through a 512->256 projection, dropout 0.3, label smoothing
-0.1, beam 5. Data paths point at ../shared/data on the development machines;
-pass your own with --config.data.train_src=... etc. For en->de swap the
-*_src/*_tgt paths (see README).
+0.1, beam 5. For en->de swap the *_src/*_tgt paths (see README).
+
+Data: DATA_DIR/multi30k/{train,val,test_2016_flickr}.{de,en}, where DATA_DIR is
+data.dir = "data" (what `python download.py multi30k` fills, relative to the
+current directory). Point it at another copy with one override:
+`--config.data.dir=/path/to/data` (on the development machines
+`--config.data.dir=../shared/data`).
 """
 
-from configs import default
+from s2s_jax.configs import default
 
-DATA = "../shared/data/multi30k"
+DATA = "multi30k"  # relative to data.dir
 
 
 def get_config():
     config = default.get_config()
+    config.data.dir = "data"
     config.data.train_src = f"{DATA}/train.de"
     config.data.train_tgt = f"{DATA}/train.en"
     config.data.valid_src = f"{DATA}/val.de"

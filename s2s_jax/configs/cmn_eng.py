@@ -7,15 +7,21 @@ would only split the budget. BLEU uses sacrebleu's 'zh' tokenizer for Chinese
 targets. For zh->en pass --config.data.tsv_src_col=1 --config.data.tsv_tgt_col=0
 --config.decode.bleu_tokenize=13a. 1,000 source sentences are held out for
 validation and never trained on.
+
+Data: DATA_DIR/cmn-eng/cmn.txt, where DATA_DIR is data.dir = "data" (what
+`python download.py cmn-eng` fills, relative to the current directory). Point it
+at another copy with one override: `--config.data.dir=/path/to/data` (on the
+development machines `--config.data.dir=../shared/data`).
 """
 
-from configs import default
+from s2s_jax.configs import default
 
-DATA = "../shared/data/cmn-eng/cmn.txt"
+DATA = "cmn-eng/cmn.txt"  # relative to data.dir
 
 
 def get_config():
     config = default.get_config()
+    config.data.dir = "data"
     config.data.train_tsv = DATA
     config.data.holdout_valid = 1000
     config.data.joint_vocab = False

@@ -12,29 +12,35 @@ import os
 
 import numpy as np
 
-from s2s_jax import data as data_lib
-from s2s_jax import input_pipeline
-from s2s_jax.tokenizer import Tokenizer, train_tokenizer
+from s2s_jax import batching
+from s2s_jax import text as text_lib
+from s2s_jax.tokenizer import Tokenizer, train_tokenizer, workdir_model_paths
 
 
 @dataclasses.dataclass
 class Corpus:
+    """A training run's data: its tokenizers, training batches and validation set."""
+
     src_tokenizer: Tokenizer
     tgt_tokenizer: Tokenizer
-    train_batches: input_pipeline.BucketedBatches
-    valid_batches: input_pipeline.BucketedBatches
+    train_batches: batching.BucketedBatches
+    valid_batches: batching.BucketedBatches  # teacher-forced validation loss
+    valid_src_ids: list[list[int]]  # what validation translates (without EOS)
     valid_src_text: list[str]
     valid_refs: list[str]
 
-    def train_iterator(self) -> input_pipeline.TrainIterator:
-        return input_pipeline.TrainIterator(self.train_batches)
+    def train_iterator(self) -> batching.TrainIterator:
+        return batching.TrainIterator(self.train_batches)
 
 
 def use_quickstart_corpus(config, workdir: str) -> None:
-    """Writes the generated quickstart corpus into WORKDIR/corpus and points the config at it."""
+    """Writes the generated quickstart corpus into WORKDIR/corpus and points the config at it.
+
+    The paths are absolute, so data.dir (resolved against relative paths) leaves them alone.
+    """
     from s2s_jax import quickstart_data
 
-    paths = quickstart_data.write_corpus(os.path.join(workdir, "corpus"), seed=config.seed)
+    paths = quickstart_data.write_corpus(os.path.join(os.path.abspath(workdir), "corpus"), seed=config.seed)
     with config.unlocked():
         for key, path in paths.items():
             setattr(config.data, key, path)
@@ -43,35 +49,15 @@ def use_quickstart_corpus(config, workdir: str) -> None:
 def tokenizers(config, workdir: str, train_pairs) -> tuple[Tokenizer, Tokenizer]:
     """Loads the workdir's sentencepiece model(s), training them on the first run."""
     cfg = config.data
+    src_path, tgt_path = workdir_model_paths(workdir, cfg.joint_vocab)
+    sides = [(src_path, [s for s, _ in train_pairs]), (tgt_path, [t for _, t in train_pairs])]
     if cfg.joint_vocab:
-        path = os.path.join(workdir, "spm.model")
+        sides = [(src_path, sides[0][1] + sides[1][1])]
+    for path, texts in sides:
         if not os.path.exists(path):
-            texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
             train_tokenizer(texts, path[: -len(".model")], cfg.vocab_size, cfg.spm_model_type)
-        joint = Tokenizer(path)
-        return joint, joint
-    result = []
-    for side, column in (("src", 0), ("tgt", 1)):
-        path = os.path.join(workdir, f"spm_{side}.model")
-        if not os.path.exists(path):
-            train_tokenizer([p[column] for p in train_pairs], path[: -len(".model")], cfg.vocab_size, cfg.spm_model_type)
-        result.append(Tokenizer(path))
-    return result[0], result[1]
-
-
-def load_tokenizers(workdir: str) -> tuple[Tokenizer, Tokenizer]:
-    """The tokenizers a finished run left in its workdir (for decoding)."""
-    joint = os.path.join(workdir, "spm.model")
-    if os.path.exists(joint):
-        tok = Tokenizer(joint)
-        return tok, tok
-    sides = [os.path.join(workdir, f"spm_{side}.model") for side in ("src", "tgt")]
-    if not any(os.path.exists(path) for path in sides):
-        raise data_lib.DataError(
-            f"{workdir} has no tokenizer (spm.model, or spm_src.model and spm_tgt.model): "
-            f"train first with `python train.py --config CONFIG --workdir {workdir}`"
-        )
-    return Tokenizer(sides[0]), Tokenizer(sides[1])
+    src = Tokenizer(src_path)
+    return src, (src if cfg.joint_vocab else Tokenizer(tgt_path))
 
 
 def holdout_split(pairs: list, n: int, seed: int) -> tuple[list, list]:
@@ -107,36 +93,36 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
     cfg = config.data
     if cfg.quickstart_corpus and not cfg.train_src:
         use_quickstart_corpus(config, workdir)
-    train_pairs, stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "train"), cfg.lowercase, cfg.d2l_preprocess)
+    train_pairs, stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "train"), cfg.lowercase, cfg.d2l_preprocess)
     if not train_pairs:
-        raise data_lib.DataError(f"no training pairs left: {stats.summary()} in {_files(cfg, 'train')}")
+        raise text_lib.DataError(f"no training pairs left: {stats.summary()} in {_files(cfg, 'train')}")
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
         train_pairs, held_out = holdout_split(train_pairs, cfg.holdout_valid, config.seed)
     if cfg.max_train_pairs:
         train_pairs = train_pairs[: cfg.max_train_pairs]
     src_tok, tgt_tok = tokenizers(config, workdir, train_pairs)
     src_ids, tgt_ids = _encode(train_pairs, src_tok, tgt_tok)
-    keep = data_lib.filter_by_length(src_ids, tgt_ids, cfg.max_len, stats)
+    keep = text_lib.filter_by_length(src_ids, tgt_ids, cfg.max_len, stats)
     if not keep:
-        raise data_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
-    train_batches = input_pipeline.BucketedBatches(
+        raise text_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
+    train_batches = batching.BucketedBatches(
         [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], config.train.batch_size,
         cfg.num_buckets, config.seed, cfg.pad_multiple,
     )
 
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
-        valid_pairs, valid_stats = held_out, data_lib.FilterStats(len(held_out), len(held_out), 0, 0)
+        valid_pairs, valid_stats = held_out, text_lib.FilterStats(len(held_out), len(held_out), 0, 0)
     else:
-        valid_pairs, valid_stats = data_lib.clean_pairs(data_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
+        valid_pairs, valid_stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
     if cfg.valid_max_pairs:
         valid_pairs = valid_pairs[: cfg.valid_max_pairs]
     if not valid_pairs:
-        raise data_lib.DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
+        raise text_lib.DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
     v_src = [ids[: cfg.max_len] for ids in v_src]
     v_tgt = [ids[: cfg.max_len] for ids in v_tgt]
-    valid_batches = input_pipeline.BucketedBatches(
+    valid_batches = batching.BucketedBatches(
         v_src, v_tgt, config.decode.batch_size, 1, config.seed, cfg.pad_multiple
     )
     if verbose:
@@ -155,6 +141,6 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
             flush=True,
         )
     return Corpus(
-        src_tok, tgt_tok, train_batches, valid_batches,
+        src_tok, tgt_tok, train_batches, valid_batches, v_src,
         [s for s, _ in valid_pairs], [t for _, t in valid_pairs],
     )

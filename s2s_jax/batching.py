@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from s2s_jax.data import DataError
+from s2s_jax.text import DataError
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 Batch = dict[str, np.ndarray]
@@ -42,38 +42,6 @@ def _round_up(x: np.ndarray, multiple: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Choosing bucket shapes
 # ---------------------------------------------------------------------------
-
-
-def bucket_boundaries(lengths: Sequence[int], num_buckets: int, pad_multiple: int = 4) -> list[int]:
-    """Padded lengths (ascending, multiples of `pad_multiple`) of at most `num_buckets` 1-D buckets.
-
-    A length goes to the first boundary >= it. The boundaries are the exact
-    optimum for the total padded length (dynamic programming over the distinct
-    rounded lengths), which beats quantile boundaries by 5-10 points of
-    padding efficiency on skewed length distributions.
-    """
-    if num_buckets < 1 or pad_multiple < 1:
-        raise ValueError(f"num_buckets and pad_multiple must be >= 1, got {num_buckets}, {pad_multiple}")
-    if len(lengths) == 0:
-        raise ValueError("bucket_boundaries needs at least one length")
-    units, counts = np.unique(_round_up(lengths, pad_multiple), return_counts=True)
-    n, k_max = len(units), min(num_buckets, len(units))
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    # best[k, j]: fewest slots for the j shortest distinct lengths in k buckets.
-    best = np.full((k_max + 1, n + 1), np.inf)
-    best[0, 0] = 0.0
-    back = np.zeros((k_max + 1, n + 1), dtype=np.int64)
-    for k in range(1, k_max + 1):
-        for j in range(k, n + 1):
-            # The last bucket holds distinct lengths i..j-1, all padded to units[j-1].
-            cost = best[k - 1, :j] + (cum[j] - cum[:j]) * units[j - 1]
-            back[k, j] = int(np.argmin(cost))
-            best[k, j] = cost[back[k, j]]
-    bounds, j = [], n
-    for k in range(k_max, 0, -1):
-        bounds.append(int(units[j - 1]))
-        j = back[k, j]
-    return sorted(bounds)
 
 
 def bucket_shapes(
@@ -291,8 +259,7 @@ class TrainIterator:
     def set_state(self, state: dict) -> None:
         """Continues from a `get_state()` result (of an iterator over the same data)."""
         epoch, index = int(state["epoch"]), int(state["index"])
-        saved = state.get("fingerprint")
-        if saved is not None and int(saved) != self._batches.fingerprint:
+        if int(state["fingerprint"]) != self._batches.fingerprint:
             raise DataError(
                 "the training batches differ from those of the run being resumed (data files, "
                 "length filter, buckets, batch size or seed changed), so it cannot continue the "

@@ -7,9 +7,14 @@ matmul, the largest in the model, and regularises a 29k-pair corpus), dropout 0.
 label smoothing 0.1, beam 5 for validation and test. Input feeding is off: it
 turns the decoder into a step loop that costs more CPU time than it returns in
 BLEU within this budget.
+
+Data as in multi30k.py: DATA_DIR/multi30k/..., data.dir = "data" (what
+`python download.py multi30k` fills). Point it at another copy with one override:
+`--config.data.dir=/path/to/data` (on the development machines
+`--config.data.dir=../shared/data`).
 """
 
-from configs import multi30k
+from s2s_jax.configs import multi30k
 
 
 def get_config():

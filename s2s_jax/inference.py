@@ -1,0 +1,193 @@
+"""The inference path: source ids -> search -> output ids, for every caller.
+
+Validation during training and `Translator` (decode.py, the Python API) both
+call `Inference.run`, which owns
+- output-length caps, `decode.max_len_a * source_length + decode.max_len_b`,
+  inside one static `max_steps` per model;
+- batching by length: inputs are sorted by length and cut into batches whose
+  shapes come from a small set (rows a power of two up to the batch size,
+  source length a multiple of 8), so a long file compiles few search functions
+  and every batch is dense;
+- placement: rows rounded up to a multiple of the device count and split over
+  the mesh's `data` axis (s2s_jax/parallel.py); parameters arrive replicated;
+- the dispatch to greedy, beam or sampling search (s2s_jax/search.py), one jit
+  per distinct `SearchOptions`.
+Results come back in input order; an empty input gives n-best empty outputs.
+Nothing here imports the training code or optax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2s_jax import parallel, search
+from s2s_jax.model import Seq2Seq
+from s2s_jax.tokenizer import EOS_ID, PAD_ID
+
+SOURCE_LENGTH_MULTIPLE = 8  # batch source lengths are rounded up to this
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """How to search; hashable, so each distinct setting compiles once."""
+
+    beam_size: int = 1
+    alpha: float = 0.6
+    nbest: int = 1
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    with_scores: bool = False  # greedy/sampling: score outputs by teacher forcing (an extra pass)
+
+    @classmethod
+    def from_config(cls, decode_cfg) -> SearchOptions:
+        """The search a run validates with: the config's beam size and length penalty."""
+        return cls(beam_size=decode_cfg.beam_size, alpha=decode_cfg.alpha)
+
+    def check(self) -> None:
+        if self.beam_size < 1 or self.nbest < 1:
+            raise ValueError("beam_size and nbest must be at least 1")
+        if self.nbest > self.beam_size and not self.sample:
+            raise ValueError(f"nbest={self.nbest} needs beam_size >= nbest (got {self.beam_size})")
+        if self.sample and self.temperature <= 0:
+            raise ValueError("sampling needs temperature > 0 (use greedy decoding for temperature 0)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
+
+    tokens: list[int]
+    score: float
+
+
+def max_steps_for(max_src_len: int, decode_cfg) -> int:
+    """The static output buffer: the cap of the longest source (max_len tokens + EOS)."""
+    return int(math.ceil(decode_cfg.max_len_a * (max_src_len + 1) + decode_cfg.max_len_b))
+
+
+def length_caps(src: np.ndarray, decode_cfg, max_steps: int) -> np.ndarray:
+    """Per-row output cap a * source_length + b (EOS counted in both), within max_steps."""
+    src_len = (src != PAD_ID).sum(axis=1)
+    cap = np.ceil(decode_cfg.max_len_a * src_len + decode_cfg.max_len_b).astype(np.int32)
+    return np.minimum(np.maximum(cap, 1), max_steps)
+
+
+def _rows(n: int, batch_size: int) -> int:
+    """The smallest power of two >= n, at most batch_size: few distinct batch shapes."""
+    return min(1 << max(n - 1, 0).bit_length(), batch_size)
+
+
+def _cut(row: np.ndarray) -> list[int]:
+    """Ids up to the first EOS (or PAD)."""
+    out = []
+    for token in row.tolist():
+        if token in (EOS_ID, PAD_ID):
+            break
+        out.append(token)
+    return out
+
+
+def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, caps, key):
+    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch."""
+    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
+    step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+
+    def score(tokens, lengths):
+        if not opts.with_scores:
+            return jnp.zeros(tokens.shape[0])
+        return search.sequence_log_prob(step_fn, memory, state, tokens, lengths)
+
+    if opts.sample:
+        outs = []
+        for k in range(opts.nbest):
+            tokens, lengths = search.sample(
+                step_fn, memory, state, jax.random.fold_in(key, k), max_steps=max_steps,
+                max_lengths=caps, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+            )
+            outs.append((tokens, score(tokens, lengths)))
+        return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
+    if opts.beam_size == 1:
+        tokens, lengths = search.greedy_search(step_fn, memory, state, max_steps=max_steps, max_lengths=caps)
+        return tokens[:, None], score(tokens, lengths)[:, None]
+    tokens, scores, _ = search.batch_beam_search(
+        step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
+        max_length=caps, alpha=opts.alpha, nbest=opts.nbest,
+    )
+    return tokens, scores
+
+
+class Inference:
+    """Searches a model's outputs for lists of source ids; see the module docstring."""
+
+    def __init__(self, model: Seq2Seq, decode_cfg, max_src_len: int, mesh: jax.sharding.Mesh | None = None):
+        self.model = model
+        self.decode_cfg = decode_cfg
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        self.max_steps = max_steps_for(max_src_len, decode_cfg)
+        self._compiled: dict[SearchOptions, Callable] = {}
+
+    def search_fn(self, opts: SearchOptions) -> Callable:
+        """jit-compiled (params, src [B, S], caps [B], key) -> (tokens, scores), one per setting."""
+        if opts not in self._compiled:
+            self._compiled[opts] = jax.jit(functools.partial(_search, self.model, opts, self.max_steps))
+        return self._compiled[opts]
+
+    def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+        """Indices of the non-empty sources, sorted by length and cut into batches."""
+        order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
+        """src [rows, S] (ids + EOS, PAD-padded) and caps [rows]; filler rows are all PAD with cap 0."""
+        rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
+        longest = max(len(sources[i]) for i in chunk) + 1
+        width = -(-longest // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+        src = np.full((rows, width), PAD_ID, np.int32)
+        for row, i in enumerate(chunk):
+            n = len(sources[i])
+            src[row, :n] = sources[i]
+            src[row, n] = EOS_ID
+        caps = length_caps(src, self.decode_cfg, self.max_steps)
+        caps[len(chunk) :] = 0
+        return {"src": src, "caps": caps}
+
+    def run(
+        self,
+        params,
+        sources: Sequence[Sequence[int]],
+        opts: SearchOptions = SearchOptions(),
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> list[list[Candidate]]:
+        """The n-best candidates of every source (ids without EOS), in input order.
+
+        Batch i of a sampling run draws with fold_in(key(seed), i).
+        """
+        opts.check()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        results = [[Candidate([], 0.0) for _ in range(opts.nbest)] for _ in sources]
+        chunks = self.batches(sources, batch_size)
+        search_fn = self.search_fn(opts)
+        key = jax.random.key(seed)
+        for number, chunk in enumerate(progress(chunks) if progress else chunks):
+            placed = parallel.shard_batch(self.mesh, self._arrays(sources, chunk, batch_size))
+            out = search_fn(params, placed["src"], placed["caps"], jax.random.fold_in(key, number))
+            tokens, scores = (parallel.to_host(x) for x in out)
+            for row, i in enumerate(chunk):
+                results[i] = [Candidate(_cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])]
+        return results

@@ -1,0 +1,95 @@
+"""The one inference path: batching by length is invisible in the results, validation and
+decode.py translate alike, and loading a Translator pulls in no training code."""
+
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s2s_jax import inference
+from s2s_jax.inference import Inference, SearchOptions
+from s2s_jax.model import ModelConfig, Seq2Seq
+from tests.helpers import ROOT
+
+DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig(src_vocab_size=12, tgt_vocab_size=12, emb_dim=8, hidden_size=16, num_layers=1,
+                      dropout=0.0, attention="luong_general")
+    model = Seq2Seq(cfg)
+    params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+    sources = [rng.integers(4, 12, size=rng.integers(1, 11)).tolist() for _ in range(13)]
+    sources[4] = []  # an empty line
+    return Inference(model, DECODE, max_src_len=10), params, sources
+
+
+@pytest.mark.parametrize("opts", [SearchOptions(), SearchOptions(beam_size=3, nbest=2)], ids=["greedy", "beam"])
+def test_results_do_not_depend_on_batch_size_or_order(tiny, opts):
+    engine, params, sources = tiny
+    one_by_one = engine.run(params, sources, opts, batch_size=1)
+    batched = engine.run(params, sources, opts, batch_size=16)
+    assert [[c.tokens for c in r] for r in batched] == [[c.tokens for c in r] for r in one_by_one]
+    np.testing.assert_allclose([[c.score for c in r] for r in batched], [[c.score for c in r] for r in one_by_one],
+                               rtol=1e-5, atol=1e-5)
+    assert batched[4] == [inference.Candidate([], 0.0)] * opts.nbest
+    reversed_run = engine.run(params, sources[::-1], opts, batch_size=4)[::-1]
+    assert [[c.tokens for c in r] for r in reversed_run] == [[c.tokens for c in r] for r in batched]
+
+
+def test_outputs_respect_the_length_cap(tiny):
+    engine, params, sources = tiny
+    for src, (best,) in zip(sources, engine.run(params, sources, SearchOptions(), batch_size=8)):
+        if src:  # a * (source tokens + EOS) + b output tokens, EOS included when there is one
+            assert len(best.tokens) <= np.ceil(DECODE.max_len_a * (len(src) + 1) + DECODE.max_len_b)
+
+
+def test_batches_come_from_few_shapes(tiny):
+    engine, _, sources = tiny
+    chunks = engine.batches(sources * 20, batch_size=16)
+    shapes = {engine._arrays(sources * 20, chunk, 16)["src"].shape for chunk in chunks}
+    assert all(rows in (1, 2, 4, 8, 16) and width % inference.SOURCE_LENGTH_MULTIPLE == 0 for rows, width in shapes)
+    assert len(shapes) <= 3
+
+
+@pytest.mark.slow
+def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_workdir):
+    """Validation (training.evaluate) and the Translator share one path: same outputs, same BLEU."""
+    from s2s_jax import bleu, checkpoints, config_utils, parallel, training, training_data
+    from s2s_jax.translator import Translator
+
+    translator = Translator(trained_workdir.workdir, "best")
+    config = config_utils.load(trained_workdir.workdir)
+    corpus = training_data.prepare(config, trained_workdir.workdir, verbose=False)
+    hyps = [h[0].text for h in translator.translate(corpus.valid_src_text, SearchOptions.from_config(config.decode))]
+    params, meta = checkpoints.load_params(trained_workdir.workdir, "best")
+    mesh = parallel.make_mesh()
+    eval_step = parallel.data_parallel_eval_step(training.make_eval_step(translator.model), mesh)
+    scores, valid_hyps = training.evaluate(
+        parallel.replicate(params, mesh), eval_step, translator.inference, corpus, config
+    )
+    assert hyps == valid_hyps
+    assert bleu.corpus_bleu(hyps, corpus.valid_refs) == scores["valid_bleu"] == meta["valid_bleu"]
+
+
+@pytest.mark.slow
+def test_loading_a_translator_imports_no_training_code(trained_workdir):
+    script = (
+        "import sys\n"
+        "from s2s_jax.translator import Translator\n"
+        f"t = Translator({trained_workdir.workdir!r})\n"
+        "assert t.translate(['the red cat'])[0][0].text\n"
+        "import s2s_jax.decode_cli\n"
+        "banned = ('optax', 'tensorboardX', 's2s_jax.training', 's2s_jax.training_data', 's2s_jax.train_log',\n"
+        "          's2s_jax.optimizers', 's2s_jax.batching', 's2s_jax.train_cli')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in banned or m in banned))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
