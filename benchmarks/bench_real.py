@@ -129,8 +129,8 @@ def main(argv=None):
         )
         prep["spm_train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        src_ids = tok.encode([s for s, _ in pairs])
-        tgt_ids = tok.encode([t for _, t in pairs])
+        src_ids = tok.tokenize([s for s, _ in pairs])
+        tgt_ids = tok.tokenize([t for _, t in pairs])
         prep["encode"] = time.perf_counter() - t0
         vocab = tok.vocab_size
     t0 = time.perf_counter()

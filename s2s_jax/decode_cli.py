@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from s2s_jax import bleu
 from s2s_jax.checkpoints import CheckpointError
-from s2s_jax.text import DataError, decode_lines, read_lines
+from s2s_jax.text import DataError, lines_from_bytes, read_lines
 from s2s_jax.translator import Hypothesis, SearchOptions, Translator
 
 
@@ -33,7 +33,7 @@ def _read_input(path: str) -> list[str]:
     without a line number.
     """
     if path == "-":
-        return decode_lines(sys.stdin.buffer.read(), "<stdin>", allow_empty=True)
+        return lines_from_bytes(sys.stdin.buffer.read(), "<stdin>", allow_empty=True)
     return read_lines(path, allow_empty=True)
 
 

@@ -45,10 +45,10 @@ def read_lines(path: str, allow_empty: bool = False) -> list[str]:
         raise DataError(f"{path}: is a directory, expected a text file") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    return decode_lines(raw, path, allow_empty)
+    return lines_from_bytes(raw, path, allow_empty)
 
 
-def decode_lines(raw: bytes, name: str, allow_empty: bool = False) -> list[str]:
+def lines_from_bytes(raw: bytes, name: str, allow_empty: bool = False) -> list[str]:
     """`read_lines` for bytes already read (e.g. stdin); `name` is used in error messages."""
     if not raw:
         if allow_empty:
@@ -172,7 +172,7 @@ def normalize(text: str, lowercase: bool = False, d2l: bool = False) -> str:
     NFKC turns U+00A0 / U+202F (the no-break spaces French puts before '!?:;')
     into plain spaces and unifies full-width forms, so the same word always
     gets the same subwords; sentencepiece then runs with the identity rule and
-    decode(encode(s)) == s. `d2l` adds d2l.ai's preprocessing (a space before
+    detokenize(tokenize(s)) == s. `d2l` adds d2l.ai's preprocessing (a space before
     every , . ! ? that follows a non-space: "i lost." -> "i lost .") and makes
     typographic apostrophes ASCII, since Tatoeba mixes "j’ai" and "j'ai".
     """

@@ -1,9 +1,9 @@
-"""Sentencepiece subword tokenizer: train, load, encode, decode.
+"""Sentencepiece subword tokenizer: train, load, tokenize, detokenize.
 
 Ids are fixed across models (PAD=0, BOS=1, EOS=2, UNK=3) so the model and the
-input pipeline never need to ask a tokenizer what padding is. Text is
+batching never need to ask a tokenizer what padding is. Text is
 normalised by `text.normalize` before it gets here, so sentencepiece runs with
-the identity rule and decode(encode(s)) == s for normalised s.
+the identity rule and detokenize(tokenize(s)) == s for normalised s.
 """
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ class Tokenizer:
         """Number of ids, specials included (may be below the requested size on a small corpus)."""
         return self._sp.get_piece_size()
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Subword ids of each text, without BOS/EOS (the input pipeline adds those)."""
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Subword ids of each text, without BOS/EOS (batching and the inference path add those)."""
         if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of sentences, not one string")
+            raise TypeError("tokenize takes a sequence of sentences, not one string")
         if not texts:
             return []
         return self._sp.encode(list(texts), out_type=int)
 
-    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+    def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each id row, cut at its first EOS, with PAD and BOS dropped.
 
         Rows may be numpy arrays straight from the decoder.

@@ -145,7 +145,7 @@ def evaluate(params, eval_step: Callable, inference: Inference, corpus: training
     results = inference.run(
         params, corpus.valid_src_ids, SearchOptions.from_config(config.decode), batch_size=config.decode.batch_size
     )
-    hyps = corpus.tgt_tokenizer.decode([candidates[0].tokens for candidates in results])
+    hyps = corpus.tgt_tokenizer.detokenize([candidates[0].tokens for candidates in results])
     tokenize = config.decode.bleu_tokenize or None
     scores = {
         "valid_loss": valid_loss,

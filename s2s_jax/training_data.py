@@ -86,7 +86,7 @@ def _has_split(cfg, split: str) -> bool:
 
 
 def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
-    return src_tok.encode([s for s, _ in pairs]), tgt_tok.encode([t for _, t in pairs])
+    return src_tok.tokenize([s for s, _ in pairs]), tgt_tok.tokenize([t for _, t in pairs])
 
 
 def prepare(config, workdir: str, verbose: bool = True) -> Corpus:

@@ -58,7 +58,7 @@ class Translator:
         data_cfg = self.config.data
         texts = [normalize(_encodable(line), data_cfg.lowercase, data_cfg.d2l_preprocess) for line in lines]
         out = []
-        for number, row in enumerate(self.src_tokenizer.encode(texts), 1):
+        for number, row in enumerate(self.src_tokenizer.tokenize(texts), 1):
             if len(row) > self.max_len:
                 warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={self.max_len}")
                 row = row[: self.max_len]
@@ -84,7 +84,7 @@ class Translator:
         ids = self.encode_lines(lines, warn)
         results = self.inference.run(self.params, ids, opts, batch_size=batch_size, seed=seed, progress=progress)
         return [
-            [Hypothesis(self.tgt_tokenizer.decode([c.tokens])[0], c.score, c.tokens) for c in candidates]
+            [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
         ]
 

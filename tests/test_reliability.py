@@ -349,7 +349,7 @@ def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
         assert isinstance(hyps[0].text, str) and "\n" not in hyps[0].text
         if not translator_normalize(translator, line):
             assert hyps[0].text == ""
-    long = [i for i, ids in enumerate(translator.src_tokenizer.encode([translator_normalize(translator, line) for line in lines]))
+    long = [i for i, ids in enumerate(translator.src_tokenizer.tokenize([translator_normalize(translator, line) for line in lines]))
             if len(ids) > translator.max_len]
     assert len(warnings) == len(long)
     for i, message in zip(long, warnings):

@@ -35,30 +35,30 @@ def tok(texts, tmp_path_factory) -> Tokenizer:
 def test_special_ids(tok):
     assert (PAD_ID, BOS_ID, EOS_ID, UNK_ID) == (0, 1, 2, 3)
     assert tok.pieces([PAD_ID, BOS_ID, EOS_ID, UNK_ID]) == ["<pad>", "<s>", "</s>", "<unk>"]
-    ids = tok.encode(["le garçon"])[0]
+    ids = tok.tokenize(["le garçon"])[0]
     assert ids and all(i > UNK_ID for i in ids)  # no BOS/EOS added, nothing unknown
 
 
 def test_round_trip_of_normalised_text(tok, texts):
     sentences = texts[:50] + ["Ça va ? Oui !", "l'école près de la forêt 2024", "naïve œuvre ! déjà mangé"]
-    assert tok.decode(tok.encode(sentences)) == sentences
+    assert tok.detokenize(tok.tokenize(sentences)) == sentences
 
 
-def test_decode_cuts_at_eos_and_drops_pad_and_bos(tok):
-    ids = tok.encode(["le chat"])[0]
+def test_detokenize_cuts_at_eos_and_drops_pad_and_bos(tok):
+    ids = tok.tokenize(["le chat"])[0]
     row = np.array([BOS_ID, *ids, EOS_ID, *ids, PAD_ID], dtype=np.int32)
     padded = np.array([*ids, PAD_ID, PAD_ID], dtype=np.int32)
-    assert tok.decode([row, padded, [EOS_ID, *ids]]) == ["le chat", "le chat", ""]
+    assert tok.detokenize([row, padded, [EOS_ID, *ids]]) == ["le chat", "le chat", ""]
 
 
 def test_pieces_label_subwords(tok):
-    ids = tok.encode(["la maison"])[0]
+    ids = tok.tokenize(["la maison"])[0]
     pieces = tok.pieces(ids)
     assert len(pieces) == len(ids) and "".join(pieces).replace("\u2581", " ").strip() == "la maison"
 
 
 def test_digits_are_split(tok):
-    pieces = tok.pieces(tok.encode(["2024"])[0])
+    pieces = tok.pieces(tok.tokenize(["2024"])[0])
     assert [p.lstrip("\u2581") for p in pieces if p != "\u2581"] == ["2", "0", "2", "4"]
 
 
@@ -66,26 +66,26 @@ def test_training_is_deterministic(texts, tmp_path):
     a = train_tokenizer(texts, str(tmp_path / "a"), vocab_size=120)
     b = train_tokenizer(list(texts), str(tmp_path / "b"), vocab_size=120)
     assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
-    assert a.encode(texts) == b.encode(texts)
+    assert a.tokenize(texts) == b.tokenize(texts)
 
 
 def test_too_large_vocab_shrinks_instead_of_failing(texts, tmp_path):
     tok = train_tokenizer(texts, str(tmp_path / "big"), vocab_size=5000)
     assert 4 < tok.vocab_size < 5000
-    assert tok.decode(tok.encode(texts[:20])) == texts[:20]
+    assert tok.detokenize(tok.tokenize(texts[:20])) == texts[:20]
 
 
 def test_byte_fallback_spells_unseen_characters(texts, tmp_path):
     tok = train_tokenizer(texts, str(tmp_path / "bytes"), vocab_size=2000)
     assert tok.vocab_size >= 256
     unseen = "Zürich 東京 😀 ﬁ Ａ"  # not NFKC: the tokenizer itself must not normalise
-    ids = tok.encode([unseen])[0]
-    assert UNK_ID not in ids and tok.decode([ids]) == [unseen]
+    ids = tok.tokenize([unseen])[0]
+    assert UNK_ID not in ids and tok.detokenize([ids]) == [unseen]
 
 
 def test_small_vocab_goes_without_byte_fallback(tok):
     assert 120 < BYTE_FALLBACK_MIN_VOCAB and tok.vocab_size <= 120
-    assert UNK_ID in tok.encode(["東京"])[0]
+    assert UNK_ID in tok.tokenize(["東京"])[0]
 
 
 def test_vocab_below_the_character_count_says_what_to_change(texts, tmp_path):
@@ -97,7 +97,7 @@ def test_vocab_below_the_character_count_says_what_to_change(texts, tmp_path):
 
 def test_bpe_model_type(texts, tmp_path):
     tok = train_tokenizer(texts, str(tmp_path / "bpe"), vocab_size=100, model_type="bpe")
-    assert tok.decode(tok.encode(texts[:20])) == texts[:20]
+    assert tok.detokenize(tok.tokenize(texts[:20])) == texts[:20]
 
 
 def test_missing_or_corrupt_model_is_a_data_error(tmp_path):
