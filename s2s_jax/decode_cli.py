@@ -1,4 +1,4 @@
-"""What `decode.py` does after parsing flags: read lines, translate, write, score."""
+"""The `s2s-decode` command (also `python decode.py`): its flags, then read lines, translate, write, score."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from s2s_jax import bleu
 from s2s_jax.checkpoints import CheckpointError
+from s2s_jax.inference import SearchOptions
 from s2s_jax.text import DataError, lines_from_bytes, read_lines
-from s2s_jax.translator import Hypothesis, SearchOptions, Translator
+from s2s_jax.translator import Hypothesis, Translator
 
 
 def format_hypotheses(hyps: list[Hypothesis], nbest: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""What `train.py` does after parsing flags: validate, record the config, train, report.
+"""The `s2s-train` command (also `python train.py`): its flags, then validate, record the config, train, report.
 
 Every problem a user can cause (config, data, workdir, NaN loss) ends as one
 `error: ...` line on stderr and exit status 1, never a traceback.
