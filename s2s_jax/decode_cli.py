@@ -193,18 +193,11 @@ def _write_scores(flags, translator: Translator, opts: SearchOptions, report: di
 # The `s2s-decode` command (also `python decode.py`)
 # ---------------------------------------------------------------------------
 
-_FLAGS_DEFINED = False
-
 
 def _define_flags() -> None:
-    """decode's absl flags, defined when the command starts (not on import: tests import
-    both CLI modules, whose flags would clash)."""
-    global _FLAGS_DEFINED
-    if _FLAGS_DEFINED:
-        return
+    """decode's absl flags (see runtime.define_command_flags)."""
     from absl import flags
 
-    before = set(flags.FLAGS)
     flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
     flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
@@ -227,10 +220,6 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
-    _FLAGS_DEFINED = True
-    # --helpshort lists the main module's key flags: that is decode.py / the s2s-decode script.
-    for name in set(flags.FLAGS) - before:
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def _main(argv: list[str]) -> int:
@@ -246,5 +235,5 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-decode` and `python decode.py`: parses the flags, translates, exits."""
     from absl import app
 
-    _define_flags()
+    runtime.define_command_flags("decode", _define_flags)
     app.run(_main, argv=argv)

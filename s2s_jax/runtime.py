@@ -5,6 +5,27 @@ Imports nothing heavy at module level: the CLIs import it before numpy and jax."
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable
+
+_COMMANDS_WITH_FLAGS: set[str] = set()
+
+
+def define_command_flags(command: str, define: Callable[[], None]) -> None:
+    """Runs `define` (a command's absl flag definitions) once, when the command starts.
+
+    Not on import: tests import both CLI modules, whose flags would clash. The new
+    flags are listed as the main module's own, so `--helpshort` shows them.
+    """
+    if command in _COMMANDS_WITH_FLAGS:
+        return
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    define()
+    _COMMANDS_WITH_FLAGS.add(command)
+    for name in set(flags.FLAGS) - before:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def limit_openblas_threads() -> None:

@@ -107,18 +107,11 @@ def run(config, workdir: str) -> int:
 # The `s2s-train` command (also `python train.py`)
 # ---------------------------------------------------------------------------
 
-_FLAGS_DEFINED = False
-
 
 def _define_flags() -> None:
-    """train's absl flags, defined when the command starts (not on import: tests import
-    both CLI modules, whose flags would clash)."""
-    global _FLAGS_DEFINED
-    if _FLAGS_DEFINED:
-        return
+    """train's absl flags (see runtime.define_command_flags)."""
     from absl import flags
 
-    before = set(flags.FLAGS)
     config_utils.define_config_flag("config", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
     flags.DEFINE_bool(
@@ -127,10 +120,6 @@ def _define_flags() -> None:
         "JAX_COORDINATOR_ADDRESS, a multi-task Slurm/Open MPI launch or a multi-host TPU slice is detected).",
     )
     flags.mark_flags_as_required(["config", "workdir"])
-    _FLAGS_DEFINED = True
-    # --helpshort lists the main module's key flags: that is train.py / the s2s-train script.
-    for name in set(flags.FLAGS) - before:
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def _main(argv: list[str]) -> int:
@@ -154,5 +143,5 @@ def main(argv: list[str] | None = None) -> None:
     """
     from absl import app
 
-    _define_flags()
+    runtime.define_command_flags("train", _define_flags)
     app.run(_main, argv=argv, flags_parser=config_utils.parse_flags)

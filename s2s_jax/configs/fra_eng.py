@@ -13,33 +13,21 @@ at another copy with one override: `--config.data.dir=/path/to/data` (on the
 development machines `--config.data.dir=../shared/data`).
 """
 
-from s2s_jax.configs import default
+from s2s_jax.configs import multi30k_attention
 
 DATA = "fra-eng/fra.txt"  # relative to data.dir
 
 
 def get_config():
-    config = default.get_config()
-    config.data.dir = "data"
+    config = multi30k_attention.get_config()  # its model, optimiser, label smoothing and beam
+    config.data.update(multi30k_attention.NO_FILES)
     config.data.train_tsv = DATA
     config.data.holdout_valid = 1000
     config.data.lowercase = True
     config.data.d2l_preprocess = True
-    config.data.vocab_size = 8000
     config.data.max_len = 40
-    config.model.emb_dim = 256
-    config.model.hidden_size = 512
-    config.model.num_layers = 1
-    config.model.bidirectional = True
-    config.model.attention = "luong_general"
-    config.model.tie_embeddings = True
     config.model.dropout = 0.2
-    config.train.batch_size = 128
     config.train.num_steps = 2000
-    config.train.learning_rate = 2e-3
-    config.train.label_smoothing = 0.1
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
-    config.train.early_stop_patience = 2  # evaluations without a better validation BLEU
-    config.decode.beam_size = 5
     return config

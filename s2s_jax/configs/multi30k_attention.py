@@ -16,6 +16,9 @@ Data as in multi30k.py: DATA_DIR/multi30k/..., data.dir = "data" (what
 
 from s2s_jax.configs import multi30k
 
+# The recipe without Multi30k's files: what the Tatoeba configs start from before naming theirs.
+NO_FILES = {f"{split}_{side}": "" for split in ("train", "valid", "test") for side in ("src", "tgt")}
+
 
 def get_config():
     config = multi30k.get_config()
