@@ -304,6 +304,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             record: dict = {}
             early_stop = False
             if step % train_cfg.eval_every == 0 or step == num_steps:
+                jax.block_until_ready(state)  # the queued train steps count as training time
                 eval_start = time.perf_counter()
                 scores, hyps = evaluate(state["params"], eval_step, inference, corpus, config)
                 window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
