@@ -7,6 +7,7 @@ mask, when the backend starts.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -150,6 +151,56 @@ def add_protocol_size_flags(ap) -> None:
 # FLOP model: torch_ref's peak.py when importable, else the same formulas re-stated here.
 # Matmul FLOPs only (1 multiply-add = 2 FLOPs); training step = 3x forward.
 # ---------------------------------------------------------------------------------------
+
+
+def profile_top_ops(run, directory: str, top: int = 15) -> dict:
+    """Runs `run()` under jax.profiler with a Perfetto trace and sums the XLA ops' time.
+
+    Counts the events on XLA's threads (not Python's, not the executor's wrappers) and
+    returns {"wall_ms", "op_ms", "kinds": [[kind, ms, share]], "ops": [[op, ms, share]]},
+    where a kind is an op name without its numeric suffix (ynn_fusion, fusion, dot, ...).
+    The trace stays in `directory` for TensorBoard or Perfetto.
+    """
+    import collections
+    import glob
+    import gzip
+    import re
+    import time
+
+    import jax
+
+    start = time.perf_counter()
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        run()
+    wall_ms = 1000 * (time.perf_counter() - start)
+    paths = sorted(glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    if not paths:
+        return {"error": f"no Perfetto trace written under {directory}"}
+    with gzip.open(paths[-1], "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    python_threads = {
+        (e.get("pid"), e.get("tid")) for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("args", {}).get("name") == "python"
+    }
+    ops: dict[str, float] = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or "dur" not in e or (e.get("pid"), e.get("tid")) in python_threads:
+            continue
+        if name.startswith(("$", "ThunkExecutor")):
+            continue
+        ops[name] += e["dur"] / 1000.0
+    kinds: dict[str, float] = collections.Counter()
+    for name, ms in ops.items():
+        kinds[re.sub(r"\.\d+$", "", name)] += ms
+    total = sum(ops.values())
+
+    def ranked(counter):
+        return [[n[:100], round(ms, 1), round(ms / max(total, 1e-9), 4)] for n, ms in counter.most_common(top)]
+
+    return {"trace": paths[-1], "wall_ms": round(wall_ms, 1), "op_ms": round(total, 1),
+            "kinds": ranked(kinds), "ops": ranked(ops)}
 
 
 def load_flop_model():

@@ -91,6 +91,9 @@ def parse_args(argv=None):
                     help="reference semantics: EOS may first appear as token number min_len "
                          "(default maxlen, so every run decodes exactly maxlen steps; 0 = no blocking)")
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="after the timed repeats, trace 2 training steps with jax.profiler into DIR and add "
+                         "the ops that hold the time (profile_top_ops) to the JSON")
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
     # ours
@@ -203,6 +206,15 @@ def main(argv=None):
     if peak:
         res["train_peak_fraction"] = round(res["train_gflops"] / peak, 4)
         res["train_peak_fraction_padded"] = round(res["train_gflops_padded"]["median"] / peak, 4)
+
+    if args.profile:
+        def two_steps():
+            nonlocal state
+            for k in range(2):
+                state, _ = train_step(state, batches[k], base_key)
+            jax.block_until_ready(state)
+
+        res["profile_top_ops"] = _common.profile_top_ops(two_steps, args.profile)
 
     if not args.skip_decode:
         params = state["params"]
