@@ -79,7 +79,7 @@ def _check_flags(flags) -> None:
         directory = os.path.dirname(os.path.abspath(flags.output))
         if not os.path.isdir(directory):
             raise ValueError(f"--output {flags.output}: directory {directory} does not exist")
-    for name in ("score_json", "sentence_bleu"):
+    for name in ("score_json", "sentence_bleu", "score"):
         if getattr(flags, name, None) and not flags.reference:
             raise ValueError(f"--{name} needs --reference (the scores compare against it)")
     if getattr(flags, "sentence_bleu", 0) < 0:
@@ -107,6 +107,8 @@ def run(flags) -> int:
         )
         opts.check()
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
+        if getattr(flags, "score", False):
+            return _score(flags, translator, batch_size)
         if flags.input == "-" and sys.stdin.isatty():
             _interactive(translator, opts, flags)
             return 0
@@ -126,17 +128,8 @@ def run(flags) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     out_lines = [line for hyps in results for line in format_hypotheses(hyps, opts.nbest)]
-    text = "".join(line + "\n" for line in out_lines)
-    if flags.output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        try:
-            with open(flags.output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as err:
-            print(f"error: cannot write --output {flags.output}: {err.strerror}", file=sys.stderr)
-            return 1
+    if _write_lines(flags.output, out_lines):
+        return 1
     if flags.reference:
         try:
             refs = read_lines(flags.reference, allow_empty=True)
@@ -160,6 +153,35 @@ def run(flags) -> int:
                 print(f"error: cannot write --score_json {flags.score_json}: {err.strerror}", file=sys.stderr)
                 return 1
     return 0
+
+
+def _write_lines(path: str, lines: list[str]) -> int:
+    """Writes lines to a file or stdout ('-'); 1 with an error line if the file cannot be written."""
+    text = "".join(line + "\n" for line in lines)
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        print(f"error: cannot write --output {path}: {err.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _score(flags, translator: Translator, batch_size: int) -> int:
+    """--score: each --reference line's log-probability as the translation of its input line."""
+    try:
+        lines, refs = _read_input(flags.input), read_lines(flags.reference, allow_empty=True)
+        if len(refs) != len(lines):
+            raise DataError(f"{flags.reference} has {len(refs)} lines, the input has {len(lines)}")
+        scores = translator.score(lines, refs, batch_size=batch_size)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return _write_lines(flags.output, [f"{s.total:.4f}\t{s.per_token:.4f}" for s in scores])
 
 
 def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k: int) -> None:
@@ -211,6 +233,11 @@ def _define_flags() -> None:
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+    flags.DEFINE_bool(
+        "score", False,
+        "With --reference: instead of translating, write each reference line's log-probability given its "
+        "input line as 'total<TAB>per_token' (EOS counted as a token); no BLEU.",
+    )
     flags.DEFINE_string(
         "score_json", None,
         "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file.",

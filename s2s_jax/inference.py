@@ -1,7 +1,7 @@
 """The inference path: source ids -> search -> output ids, for every caller.
 
 Validation during training and `Translator` (decode.py, the Python API) both
-call `Inference.run`, which owns
+call `Inference.run` (and `Inference.score` for given outputs), which owns
 - output-length caps, `decode.max_len_a * source_length + decode.max_len_b`,
   inside one static `max_steps` per model;
 - batching by length: inputs are sorted by length and cut into batches whose
@@ -129,6 +129,13 @@ def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, ca
     return tokens, scores
 
 
+def _teacher_forced_log_prob(model: Seq2Seq, params, src, tgt, lengths):
+    """Sum of log p(token | source, prefix) over the first `lengths` tokens of each row of tgt."""
+    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
+    step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+    return search.sequence_log_prob(step_fn, memory, state, tgt, lengths)
+
+
 class Inference:
     """Searches a model's outputs for lists of source ids; see the module docstring."""
 
@@ -138,6 +145,7 @@ class Inference:
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.max_steps = max_steps_for(max_src_len, decode_cfg)
         self._compiled: dict[SearchOptions, Callable] = {}
+        self._score_fn: Callable | None = None
 
     def search_fn(self, opts: SearchOptions) -> Callable:
         """jit-compiled (params, src [B, S], caps [B], key) -> (tokens, scores), one per setting."""
@@ -150,9 +158,8 @@ class Inference:
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
-        """src [rows, S] (ids + EOS, PAD-padded) and caps [rows]; filler rows are all PAD with cap 0."""
-        rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
+    def _source_array(self, sources: Sequence[Sequence[int]], chunk: list[int], rows: int) -> np.ndarray:
+        """[rows, S]: each source's ids + EOS, PAD-padded; rows past the chunk are all PAD."""
         longest = max(len(sources[i]) for i in chunk) + 1
         width = -(-longest // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
         src = np.full((rows, width), PAD_ID, np.int32)
@@ -160,6 +167,12 @@ class Inference:
             n = len(sources[i])
             src[row, :n] = sources[i]
             src[row, n] = EOS_ID
+        return src
+
+    def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
+        """src [rows, S] and caps [rows]; filler rows are all PAD with cap 0."""
+        rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
+        src = self._source_array(sources, chunk, rows)
         caps = length_caps(src, self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
         return {"src": src, "caps": caps}
@@ -190,4 +203,40 @@ class Inference:
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 results[i] = [Candidate(_cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])]
+        return results
+
+    def score(
+        self, params, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], batch_size: int = 64
+    ) -> list[Candidate]:
+        """The model's log-probability of each given target (ids without EOS) after its source.
+
+        The score sums log p over the target's tokens and the EOS after them, under the
+        distribution the searches use (PAD and BOS excluded), so scoring a beam search
+        output with alpha=0 gives its beam score back. An empty source is read as EOS alone.
+        """
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), len(targets[i])))
+        results: list[Candidate] = [Candidate([], 0.0) for _ in sources]
+        if self._score_fn is None:
+            self._score_fn = jax.jit(functools.partial(_teacher_forced_log_prob, self.model))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
+            longest = max(len(targets[i]) for i in chunk) + 1
+            width = -(-longest // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+            tgt = np.full((rows, width), PAD_ID, np.int32)
+            lengths = np.zeros((rows,), np.int32)
+            for row, i in enumerate(chunk):
+                n = len(targets[i])
+                tgt[row, :n] = targets[i]
+                tgt[row, n] = EOS_ID
+                lengths[row] = n + 1
+            arrays = {"src": self._source_array(sources, chunk, rows), "tgt": tgt, "lengths": lengths}
+            placed = parallel.shard_batch(self.mesh, arrays)
+            logp = parallel.to_host(self._score_fn(params, placed["src"], placed["tgt"], placed["lengths"]))
+            for row, i in enumerate(chunk):
+                results[i] = Candidate(list(targets[i]), float(logp[row]))
         return results

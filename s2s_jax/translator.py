@@ -22,7 +22,7 @@ from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.text import normalize
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, load_workdir_tokenizers
 
-__all__ = ["Hypothesis", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "Score", "SearchOptions", "Translator", "attention_maps"]
 
 
 @dataclasses.dataclass
@@ -30,6 +30,18 @@ class Hypothesis:
     text: str
     score: float
     tokens: list[int]
+
+
+@dataclasses.dataclass
+class Score:
+    """A given translation's log-probability: the sum over its tokens and EOS, and per token."""
+
+    total: float
+    length: int  # target tokens + EOS
+
+    @property
+    def per_token(self) -> float:
+        return self.total / self.length
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -87,6 +99,26 @@ class Translator:
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
         ]
+
+    def score(
+        self,
+        lines: list[str],
+        targets: list[str],
+        batch_size: int = 64,
+        warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+    ) -> list[Score]:
+        """The model's log-probability of each target line as the translation of its line.
+
+        Targets are normalised and tokenized like the training targets; sources as in
+        `translate` (cut to data.max_len with a warning).
+        """
+        if isinstance(lines, str) or isinstance(targets, str):
+            raise TypeError("score takes lists of lines, not strings")
+        data_cfg = self.config.data
+        texts = [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in targets]
+        tgt_ids = self.tgt_tokenizer.tokenize(texts)
+        results = self.inference.score(self.params, self.encode_lines(lines, warn), tgt_ids, batch_size)
+        return [Score(c.score, len(c.tokens) + 1) for c in results]
 
 
 def attention_maps(translator: "Translator", lines: list[str], outputs: list[list[int]]) -> list[dict]:

@@ -105,3 +105,30 @@ def test_plot_attention_writes_one_png_per_nonempty_line(workdir, tmp_path):
     image = matplotlib.image.imread(plots / "00003.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert image[..., :3].std() > 0.05  # a real picture, not a blank canvas
+
+
+def test_score_writes_each_references_log_probability(workdir, tmp_path):
+    from s2s_jax.translator import Translator
+
+    wd, paths, cache = workdir
+    with open(paths["valid_src"], encoding="utf-8") as f:
+        sources = f.read().splitlines()[:5] + [""]
+    with open(paths["valid_tgt"], encoding="utf-8") as f:
+        refs = f.read().splitlines()[:5] + ["the"]
+    src, ref, out = tmp_path / "in.txt", tmp_path / "ref.txt", tmp_path / "scores.txt"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(refs) + "\n", encoding="utf-8")
+    result = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", f"--output={out}",
+                  "--score"], env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BLEU" not in result.stderr
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = Translator(wd).score(sources, refs)
+    assert [(float(t), float(p)) for t, p in rows] == [
+        (round(s.total, 4), round(s.per_token, 4)) for s in expected
+    ]
+    assert all(s.total < 0 and s.length >= 2 for s in expected)
+    ref.write_text("one line\n", encoding="utf-8")
+    mismatch = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", "--score"],
+                   env_cache=cache)
+    assert mismatch.returncode == 1 and "error: " in mismatch.stderr and "Traceback" not in mismatch.stderr

@@ -93,3 +93,39 @@ def test_loading_a_translator_imports_no_training_code(trained_workdir):
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_row(tiny):
+    engine, params, sources = tiny
+    beams = engine.run(params, sources, SearchOptions(beam_size=3, nbest=2, alpha=0.0), batch_size=16)
+    def ended_with_eos(src, tokens):  # not cut at the row's length cap (EOS counts in the length)
+        return len(tokens) + 1 <= np.ceil(DECODE.max_len_a * (len(src) + 1) + DECODE.max_len_b)
+
+    pairs = [(src, c.tokens, c.score) for src, cands in zip(sources, beams) if src for c in cands
+             if ended_with_eos(src, c.tokens)]
+    assert len(pairs) >= 6
+    scored = engine.score(params, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=5)
+    np.testing.assert_allclose([c.score for c in scored], [p[2] for p in pairs], rtol=1e-4, atol=1e-4)
+    # One unpadded row at a time, straight through search.sequence_log_prob.
+    from s2s_jax import search
+    from s2s_jax.tokenizer import EOS_ID
+
+    model = engine.model
+    for (src, out, _), got in list(zip(pairs, scored))[:4]:
+        memory, state = model.apply({"params": params}, jnp.array([src + [EOS_ID]]), method=Seq2Seq.encode)
+
+        def step_fn(m, s, t):
+            return model.apply({"params": params}, m, s, t, method=Seq2Seq.decode_step)
+
+        tokens = jnp.array([out + [EOS_ID]])
+        want = search.sequence_log_prob(step_fn, memory, state, tokens, jnp.array([len(out) + 1]))
+        np.testing.assert_allclose(got.score, float(want[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_score_handles_empty_sources_and_targets(tiny):
+    engine, params, _ = tiny
+    scored = engine.score(params, [[], [5, 6], [7]], [[4, 5], [], [8, 9, 10]], batch_size=2)
+    assert [c.tokens for c in scored] == [[4, 5], [], [8, 9, 10]]
+    assert all(np.isfinite(c.score) and c.score < 0 for c in scored)
+    with pytest.raises(ValueError, match="2 sources but 1 targets"):
+        engine.score(params, [[5], [6]], [[4]])
