@@ -15,14 +15,30 @@ from tqdm.auto import tqdm
 from s2s_jax import bleu
 from s2s_jax.checkpoints import CheckpointError
 from s2s_jax.inference import SearchOptions
+from s2s_jax.search import length_penalty
 from s2s_jax.text import DataError, lines_from_bytes, read_lines
 from s2s_jax.translator import Hypothesis, Translator
 
 
-def format_hypotheses(hyps: list[Hypothesis], nbest: int) -> list[str]:
+def format_hypotheses(hyps: list[Hypothesis], nbest: int, line: int) -> list[str]:
+    """The text alone, or with --nbest > 1 one `line<TAB>rank<TAB>score<TAB>text` row per hypothesis
+    (line: the input line, counted from 0; rank 0 is the best)."""
     if nbest == 1:
         return [hyps[0].text]
-    return [f"{k}\t{h.score:.4f}\t{h.text}" for k, h in enumerate(hyps)]
+    return [f"{line}\t{k}\t{h.score:.4f}\t{h.text}" for k, h in enumerate(hyps)]
+
+
+def read_nbest(path: str, num_lines: int) -> list[tuple[int, str]]:
+    """(input line, text) of each row of an n-best file as --nbest writes it."""
+    rows = []
+    for number, row in enumerate(read_lines(path), 1):
+        fields = row.split("\t", 3)
+        if len(fields) != 4 or not fields[0].isdigit():
+            raise DataError(f"{path}:{number}: expected 'line<TAB>rank<TAB>score<TAB>text' (decode.py --nbest)")
+        if int(fields[0]) >= num_lines:
+            raise DataError(f"{path}:{number}: input line {fields[0]} does not exist (the input has {num_lines} lines)")
+        rows.append((int(fields[0]), fields[3]))
+    return rows
 
 
 def _read_input(path: str) -> list[str]:
@@ -45,7 +61,7 @@ def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
         if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
             print("warning: that line is not valid UTF-8; undecodable bytes became U+FFFD", file=sys.stderr)
         hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed)[0]
-        print("\n".join(format_hypotheses(hyps, opts.nbest)), flush=True)
+        print("\n".join(format_hypotheses(hyps, opts.nbest, 0)), flush=True)
 
 
 def _positive_or_default(name: str, value, default):
@@ -84,8 +100,8 @@ def _check_flags(flags) -> None:
             raise ValueError(f"--{name} needs --reference (the scores compare against it)")
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
-    for name in ("input", "reference"):
-        path = getattr(flags, name)
+    for name in ("input", "reference", "rescore"):
+        path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
             raise DataError(f"--{name} {path}: file not found")
 
@@ -109,6 +125,8 @@ def run(flags) -> int:
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if getattr(flags, "score", False):
             return _score(flags, translator, batch_size)
+        if getattr(flags, "rescore", None):
+            return _rescore(flags, translator, opts.alpha, batch_size)
         if flags.input == "-" and sys.stdin.isatty():
             _interactive(translator, opts, flags)
             return 0
@@ -127,7 +145,7 @@ def run(flags) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    out_lines = [line for hyps in results for line in format_hypotheses(hyps, opts.nbest)]
+    out_lines = [row for number, hyps in enumerate(results) for row in format_hypotheses(hyps, opts.nbest, number)]
     if _write_lines(flags.output, out_lines):
         return 1
     if flags.reference:
@@ -184,6 +202,29 @@ def _score(flags, translator: Translator, batch_size: int) -> int:
     return _write_lines(flags.output, [f"{s.total:.4f}\t{s.per_token:.4f}" for s in scores])
 
 
+def _rescore(flags, translator: Translator, alpha: float, batch_size: int) -> int:
+    """--rescore: the n-best file's hypotheses of each input line, reordered by this model's score.
+
+    The score is beam search's: total log-probability (EOS included) over the GNMT length
+    penalty with --alpha, so rescoring a model's own n-best list keeps its scores.
+    """
+    try:
+        lines = _read_input(flags.input)
+        rows = read_nbest(flags.rescore, len(lines))
+        scores = translator.score([lines[i] for i, _ in rows], [text for _, text in rows], batch_size=batch_size)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    by_line: dict[int, list[tuple[float, str]]] = {}
+    for (line, text), s in zip(rows, scores):
+        by_line.setdefault(line, []).append((s.total / float(length_penalty(s.length, alpha)), text))
+    out = []
+    for line in sorted(by_line):
+        ranked = sorted(by_line[line], key=lambda pair: -pair[0])  # stable: ties keep the file's order
+        out += [f"{line}\t{k}\t{score:.4f}\t{text}" for k, (score, text) in enumerate(ranked)]
+    return _write_lines(flags.output, out)
+
+
 def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k: int) -> None:
     """d2l's per-sentence report, `go . => va !, bleu 1.000`, and how many are exact."""
     for src, hyp, ref in zip(sources, hyps, refs):
@@ -233,6 +274,11 @@ def _define_flags() -> None:
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+    flags.DEFINE_string(
+        "rescore", None,
+        "An n-best file (decode.py --nbest) for --input: write its hypotheses reordered by this model's "
+        "score (beam search's: log-probability over the length penalty with --alpha), same format.",
+    )
     flags.DEFINE_bool(
         "score", False,
         "With --reference: instead of translating, write each reference line's log-probability given its "

@@ -74,9 +74,42 @@ def test_decode_nbest_from_stdin(workdir):
     result = run(["decode.py", f"--workdir={wd}", "--beam_size=3", "--nbest=3"], stdin="the red cat\nsees a dog\n", env_cache=cache)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [r[0] for r in rows] == ["0", "1", "2"] * 2
-    scores = [float(r[1]) for r in rows[:3]]
+    assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0"), ("1", "1"), ("1", "2")]
+    scores = [float(r[2]) for r in rows[:3]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_rescore_reorders_an_nbest_list_by_the_models_score(workdir, tmp_path):
+    from s2s_jax.search import length_penalty
+    from s2s_jax.translator import Translator
+
+    wd, _, cache = workdir
+    sources = ["the red cat", "sees a dog", "a big house has the car"]
+    src, nbest, out = tmp_path / "in.txt", tmp_path / "nbest.txt", tmp_path / "rescored.txt"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    made = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={nbest}", "--beam_size=3",
+                "--nbest=3", "--alpha=0.6"], env_cache=cache)
+    assert made.returncode == 0, made.stderr[-3000:]
+    # Shuffle the rows: rescoring must group by the line column, not rely on the order.
+    rows = nbest.read_text(encoding="utf-8").splitlines()
+    nbest.write_text("\n".join(rows[::-1]) + "\n", encoding="utf-8")
+    result = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--rescore={nbest}", f"--output={out}",
+                  "--alpha=0.6"], env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rescored = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r[0], r[1]) for r in rescored] == [(str(i), str(k)) for i in range(3) for k in range(3)]
+    assert sorted(r[3] for r in rescored) == sorted(r.split("\t")[3] for r in rows)
+    translator = Translator(wd)
+    for i in range(3):
+        group = [r for r in rescored if r[0] == str(i)]
+        scores = translator.score([sources[i]] * 3, [r[3] for r in group])
+        expected = [round(s.total / float(length_penalty(s.length, 0.6)), 4) for s in scores]
+        assert [float(r[2]) for r in group] == expected
+        assert expected == sorted(expected, reverse=True)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0\t0\t-1.0\tok\n7\t0\t-1.0\tno such line\n", encoding="utf-8")
+    error = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--rescore={bad}"], env_cache=cache)
+    assert error.returncode == 1 and f"{bad}:2: input line 7 does not exist" in error.stderr
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
