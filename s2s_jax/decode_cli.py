@@ -98,6 +98,8 @@ def _check_flags(flags) -> None:
     for name in ("score_json", "sentence_bleu", "score"):
         if getattr(flags, name, None) and not flags.reference:
             raise ValueError(f"--{name} needs --reference (the scores compare against it)")
+    if getattr(flags, "print_alignment", None) and flags.nbest != 1:
+        raise ValueError("--print_alignment aligns the best translation: use it with --nbest 1")
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
     for name in ("input", "reference", "rescore"):
@@ -146,6 +148,13 @@ def run(flags) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     out_lines = [row for number, hyps in enumerate(results) for row in format_hypotheses(hyps, opts.nbest, number)]
+    if getattr(flags, "print_alignment", None):
+        try:
+            alignments = translator.align(lines, [hyps[0].tokens for hyps in results], flags.print_alignment)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        out_lines = [f"{line} ||| {alignment}" for line, alignment in zip(out_lines, alignments)]
     if _write_lines(flags.output, out_lines):
         return 1
     if flags.reference:
@@ -290,6 +299,12 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer(
         "sentence_bleu", 0, "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2)."
+    )
+    flags.DEFINE_enum(
+        "print_alignment", None, ["hard", "soft"],
+        "Append ' ||| ' and the word alignment to each output line: hard = Pharaoh 'i-j' pairs (source word i, "
+        "output word j, counted from 0), soft = one comma-separated row of source-word weights per output word. "
+        "Attention models only.",
     )
     flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")

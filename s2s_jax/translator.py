@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from s2s_jax import checkpoints, config_utils, inference, parallel
+from s2s_jax.alignment import MODES, format_alignment, word_weights
 from s2s_jax.inference import SearchOptions
 from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.text import normalize
@@ -99,6 +100,14 @@ class Translator:
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
         ]
+
+    def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
+        """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
+        `i-j` pairs (hard) or rows of weights (soft); s2s_jax/alignment.py says how pieces merge."""
+        if mode not in MODES:
+            raise ValueError(f"alignment mode must be one of {', '.join(MODES)}, got {mode!r}")
+        maps = attention_maps(self, lines, outputs)
+        return [format_alignment(word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1]), mode) for m in maps]
 
     def score(
         self,

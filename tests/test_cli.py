@@ -165,3 +165,41 @@ def test_score_writes_each_references_log_probability(workdir, tmp_path):
     mismatch = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", "--score"],
                    env_cache=cache)
     assert mismatch.returncode == 1 and "error: " in mismatch.stderr and "Traceback" not in mismatch.stderr
+
+
+def test_print_alignment_appends_word_alignments(workdir, tmp_path):
+    wd, _, cache = workdir
+    sources = ["the red cat", "", "sees a big dog"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    lines = {}
+    for mode in ("hard", "soft"):
+        result = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--print_alignment={mode}"], env_cache=cache)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines[mode] = result.stdout.splitlines()
+        assert len(lines[mode]) == 3 and all(" ||| " in line for line in lines[mode])
+    for source, hard, soft in zip(sources, lines["hard"], lines["soft"]):
+        text, pairs = hard.split(" ||| ")
+        assert soft.split(" ||| ")[0] == text
+        if not source:
+            assert (text, pairs) == ("", "")
+            continue
+        rows = [[float(w) for w in row.split(",")] for row in soft.split(" ||| ")[1].split(" ")]
+        assert len(rows) == len(text.split()) and all(len(r) == len(source.split()) for r in rows)
+        assert all(0.0 <= sum(r) <= 1.0 + 1e-3 for r in rows)
+        assert [p.split("-")[1] for p in pairs.split(" ")] == [str(j) for j in range(len(rows))]
+        for pair, row in zip(pairs.split(" "), rows):  # hard = argmax of the soft row (where unique)
+            if row.count(max(row)) == 1:
+                assert int(pair.split("-")[0]) == row.index(max(row))
+    nbest = run(["decode.py", f"--workdir={wd}", f"--input={src}", "--print_alignment=hard", "--nbest=2",
+                 "--beam_size=2"], env_cache=cache)
+    assert nbest.returncode == 1 and "use it with --nbest 1" in nbest.stderr
+
+
+def test_alignment_needs_an_attention_model(workdir):
+    from s2s_jax.translator import Translator
+
+    translator = Translator(workdir[0])
+    translator.config.model.attention = "none"
+    with pytest.raises(ValueError, match="no attention"):
+        translator.align(["the cat"], [[5, 6]])
