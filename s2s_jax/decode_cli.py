@@ -102,7 +102,7 @@ def _check_flags(flags) -> None:
         raise ValueError("--print_alignment aligns the best translation: use it with --nbest 1")
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
-    for name in ("input", "reference", "rescore"):
+    for name in ("input", "reference", "rescore", "prefix"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
             raise DataError(f"--{name} {path}: file not found")
@@ -129,14 +129,19 @@ def run(flags) -> int:
             return _score(flags, translator, batch_size)
         if getattr(flags, "rescore", None):
             return _rescore(flags, translator, opts.alpha, batch_size)
-        if flags.input == "-" and sys.stdin.isatty():
+        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None):
             _interactive(translator, opts, flags)
             return 0
         lines = _read_input(flags.input)
+        prefixes = None
+        if getattr(flags, "prefix", None):
+            prefixes = read_lines(flags.prefix, allow_empty=True)
+            if len(prefixes) != len(lines):
+                raise DataError(f"--prefix {flags.prefix} has {len(prefixes)} lines, the input has {len(lines)}")
         show = flags.input != "-" and sys.stderr.isatty()
         progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
         results = translator.translate(
-            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress
+            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress, prefixes=prefixes
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -283,6 +288,11 @@ def _define_flags() -> None:
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+    flags.DEFINE_string(
+        "prefix", None,
+        "A file with one line per input line (empty = none): each translation starts with that line's words, "
+        "forced, and the search continues after them (its score is the continuation's).",
+    )
     flags.DEFINE_string(
         "rescore", None,
         "An n-best file (decode.py --nbest) for --input: write its hypotheses reordered by this model's "

@@ -100,31 +100,37 @@ def _cut(row: np.ndarray) -> list[int]:
     return out
 
 
-def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, caps, key):
-    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch."""
+def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, caps, key, prefix=None, prefix_len=None):
+    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
+    (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation."""
     memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
     step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+    start = search.BOS_ID
+    if prefix is not None:
+        state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
 
     def score(tokens, lengths):
         if not opts.with_scores:
             return jnp.zeros(tokens.shape[0])
-        return search.sequence_log_prob(step_fn, memory, state, tokens, lengths)
+        return search.sequence_log_prob(step_fn, memory, state, tokens, lengths, bos_id=start)
 
     if opts.sample:
         outs = []
         for k in range(opts.nbest):
             tokens, lengths = search.sample(
                 step_fn, memory, state, jax.random.fold_in(key, k), max_steps=max_steps,
-                max_lengths=caps, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                max_lengths=caps, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, bos_id=start,
             )
             outs.append((tokens, score(tokens, lengths)))
         return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
     if opts.beam_size == 1:
-        tokens, lengths = search.greedy_search(step_fn, memory, state, max_steps=max_steps, max_lengths=caps)
+        tokens, lengths = search.greedy_search(
+            step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start
+        )
         return tokens[:, None], score(tokens, lengths)[:, None]
     tokens, scores, _ = search.batch_beam_search(
         step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
-        max_length=caps, alpha=opts.alpha, nbest=opts.nbest,
+        max_length=caps, alpha=opts.alpha, nbest=opts.nbest, bos_id=start,
     )
     return tokens, scores
 
@@ -177,6 +183,20 @@ class Inference:
         caps[len(chunk) :] = 0
         return {"src": src, "caps": caps}
 
+    def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
+        """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
+        rows = caps.shape[0]
+        width = max([len(prefixes[i]) for i in chunk] + [1])
+        width = -(-width // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+        prefix = np.full((rows, width), PAD_ID, np.int32)
+        lengths = np.zeros((rows,), np.int32)
+        for row, i in enumerate(chunk):
+            n = len(prefixes[i])
+            prefix[row, :n] = prefixes[i]
+            lengths[row] = n
+            caps[row] = max(int(caps[row]) - n, 1)
+        return {"prefix": prefix, "prefix_len": lengths}
+
     def run(
         self,
         params,
@@ -185,24 +205,37 @@ class Inference:
         batch_size: int = 64,
         seed: int = 0,
         progress: Callable[[Iterable], Iterable] | None = None,
+        prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[list[Candidate]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
-        Batch i of a sampling run draws with fold_in(key(seed), i).
+        Batch i of a sampling run draws with fold_in(key(seed), i). With `prefixes` (target
+        ids per source; empty = none) each output is its prefix followed by the search's
+        continuation from the decoder state after the prefix; scores are the continuation's,
+        and its length cap is the row's cap minus the prefix (at least 1).
         """
         opts.check()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if prefixes is not None and len(prefixes) != len(sources):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(sources)} sources")
         results = [[Candidate([], 0.0) for _ in range(opts.nbest)] for _ in sources]
         chunks = self.batches(sources, batch_size)
         search_fn = self.search_fn(opts)
         key = jax.random.key(seed)
         for number, chunk in enumerate(progress(chunks) if progress else chunks):
-            placed = parallel.shard_batch(self.mesh, self._arrays(sources, chunk, batch_size))
-            out = search_fn(params, placed["src"], placed["caps"], jax.random.fold_in(key, number))
+            arrays = self._arrays(sources, chunk, batch_size)
+            if prefixes is not None:
+                arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
+            placed = parallel.shard_batch(self.mesh, arrays)
+            out = search_fn(params, placed["src"], placed["caps"], jax.random.fold_in(key, number),
+                            placed.get("prefix"), placed.get("prefix_len"))
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
-                results[i] = [Candidate(_cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])]
+                forced = list(prefixes[i]) if prefixes is not None else []
+                results[i] = [
+                    Candidate(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])
+                ]
         return results
 
     def score(

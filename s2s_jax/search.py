@@ -91,7 +91,7 @@ def _decode_loop(
     max_steps: int,
     max_lengths: jax.Array | None,
     min_length: int,
-    bos_id: int,
+    bos_id: jax.Array | int,
     eos_id: int,
     pad_id: int,
 ) -> tuple[jax.Array, jax.Array]:
@@ -136,7 +136,7 @@ def greedy_search(
     max_steps: int,
     max_lengths: jax.Array | None = None,
     min_length: int = 0,
-    bos_id: int = BOS_ID,
+    bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
 ) -> tuple[jax.Array, jax.Array]:
@@ -192,7 +192,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     min_length: int = 0,
-    bos_id: int = BOS_ID,
+    bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
 ) -> tuple[jax.Array, jax.Array]:
@@ -250,7 +250,7 @@ def beam_search(
     alpha: float = 0.0,
     nbest: int = 1,
     min_length: int = 0,
-    bos_id: int = BOS_ID,
+    bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -348,19 +348,45 @@ def batch_beam_search(
     *,
     max_steps: int,
     max_length: jax.Array | int | None = None,
+    bos_id: jax.Array | int = BOS_ID,
     **kwargs: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`beam_search` vmapped over a leading batch dim of memory/state (and max_length [N]).
 
+    `bos_id` may be an int32 [N] array: each row's first input token (the last token
+    of a forced prefix, with `state` advanced through the rest of it).
     Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest].
     Inside the vmap `step_fn` sees arrays of leading dim beam_size.
     """
-    caps = _length_caps(max_length, _batch_size(memory, state), max_steps)
+    n = _batch_size(memory, state)
+    caps = _length_caps(max_length, n, max_steps)
+    starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
 
-    def one(mem: Any, st: Any, cap: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, **kwargs)
+    def one(mem: Any, st: Any, cap: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, bos_id=start, **kwargs)
 
-    return jax.vmap(one)(memory, state, caps)
+    return jax.vmap(one)(memory, state, caps, starts)
+
+
+def advance(step_fn: StepFn, memory: Any, state: Any, prefix: jax.Array, lengths: jax.Array, *,
+            bos_id: int = BOS_ID) -> tuple[Any, jax.Array]:
+    """Feeds each row's forced prefix (int32 [N, P], its first `lengths[i]` tokens) to the decoder.
+
+    Returns the state after BOS and all but the last prefix token, and that last token
+    (BOS for an empty prefix): what a search continues from, so that its first step
+    predicts the token after the prefix.
+    """
+    n, width = prefix.shape
+    inputs = jnp.concatenate([jnp.full((n, 1), bos_id, jnp.int32), prefix[:, :-1].astype(jnp.int32)], axis=1)
+
+    def body(st: Any, t: jax.Array) -> tuple[Any, None]:
+        _, new = step_fn(memory, st, inputs[:, t])
+        live = t < lengths
+        return jax.tree.map(lambda a, b: jnp.where(live.reshape((n,) + (1,) * (a.ndim - 1)), a, b), new, st), None
+
+    state, _ = lax.scan(body, state, jnp.arange(width))
+    last = jnp.take_along_axis(prefix.astype(jnp.int32), jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    return state, jnp.where(lengths > 0, last, bos_id)
 
 
 # ----------------------------------------------------------------------------
@@ -369,11 +395,11 @@ def batch_beam_search(
 
 
 def teacher_forced_logits(
-    step_fn: StepFn, memory: Any, state: Any, tokens: jax.Array, *, bos_id: int = BOS_ID
+    step_fn: StepFn, memory: Any, state: Any, tokens: jax.Array, *, bos_id: jax.Array | int = BOS_ID
 ) -> jax.Array:
     """Float32 logits [N, T, V] at each position of `tokens` [N, T] given its gold prefix."""
     n = tokens.shape[0]
-    bos = jnp.full((n, 1), bos_id, jnp.int32)
+    bos = jnp.broadcast_to(jnp.reshape(jnp.asarray(bos_id, jnp.int32), (-1, 1)), (n, 1))  # one, or one per row
     inputs = jnp.concatenate([bos, tokens[:, :-1].astype(jnp.int32)], axis=1)
 
     def body(st: Any, tok: jax.Array) -> tuple[Any, jax.Array]:
@@ -391,7 +417,7 @@ def sequence_log_prob(
     tokens: jax.Array,
     lengths: jax.Array,
     *,
-    bos_id: int = BOS_ID,
+    bos_id: jax.Array | int = BOS_ID,
 ) -> jax.Array:
     """Sum of log p(token | prefix) over the first `lengths[i]` tokens of each row -> [N].
 

@@ -86,20 +86,34 @@ class Translator:
         seed: int = 0,
         progress: Callable[[Iterable], Iterable] | None = None,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+        prefixes: list[str] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
         A line longer than data.max_len subword tokens is cut to that length, with a warning.
+        `prefixes` (one per line, "" = none) forces the start of each translation: the
+        output is the prefix, normalised and tokenized like the targets, followed by the
+        search's continuation (whose score it reports).
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
         opts.check()
         ids = self.encode_lines(lines, warn)
-        results = self.inference.run(self.params, ids, opts, batch_size=batch_size, seed=seed, progress=progress)
+        forced = None if prefixes is None else self._target_ids(prefixes)
+        results = self.inference.run(
+            self.params, ids, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced
+        )
         return [
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
         ]
+
+    def _target_ids(self, texts: list[str]) -> list[list[int]]:
+        """Target-side ids of given text (references, prefixes), normalised like the training targets."""
+        data_cfg = self.config.data
+        return self.tgt_tokenizer.tokenize(
+            [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
+        )
 
     def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
         """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
@@ -123,10 +137,7 @@ class Translator:
         """
         if isinstance(lines, str) or isinstance(targets, str):
             raise TypeError("score takes lists of lines, not strings")
-        data_cfg = self.config.data
-        texts = [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in targets]
-        tgt_ids = self.tgt_tokenizer.tokenize(texts)
-        results = self.inference.score(self.params, self.encode_lines(lines, warn), tgt_ids, batch_size)
+        results = self.inference.score(self.params, self.encode_lines(lines, warn), self._target_ids(targets), batch_size)
         return [Score(c.score, len(c.tokens) + 1) for c in results]
 
 

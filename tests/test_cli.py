@@ -203,3 +203,23 @@ def test_alignment_needs_an_attention_model(workdir):
     translator.config.model.attention = "none"
     with pytest.raises(ValueError, match="no attention"):
         translator.align(["the cat"], [[5, 6]])
+
+
+def test_prefix_forces_the_start_of_each_translation(workdir, tmp_path):
+    wd, _, cache = workdir
+    sources = ["the red cat", "sees a big dog", "a car"]
+    prefixes = ["", "seeso", "ao gib"]  # the toy language: reversed words + "o"
+    src, pre = tmp_path / "in.txt", tmp_path / "prefix.txt"
+    src.write_text("\n".join(sources) + "\n", encoding="utf-8")
+    pre.write_text("\n".join(prefixes) + "\n", encoding="utf-8")
+    plain = run(["decode.py", f"--workdir={wd}", f"--input={src}", "--beam_size=2"], env_cache=cache)
+    forced = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--prefix={pre}", "--beam_size=2"],
+                 env_cache=cache)
+    assert plain.returncode == 0 and forced.returncode == 0, forced.stderr[-3000:]
+    plain_lines, forced_lines = plain.stdout.splitlines(), forced.stdout.splitlines()
+    assert forced_lines[0] == plain_lines[0]
+    for prefix, line in zip(prefixes[1:], forced_lines[1:]):
+        assert line.split()[: len(prefix.split())] == prefix.split(), (prefix, line)
+    pre.write_text("only one line\n", encoding="utf-8")
+    error = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--prefix={pre}"], env_cache=cache)
+    assert error.returncode == 1 and "has 1 lines, the input has 3" in error.stderr

@@ -129,3 +129,44 @@ def test_score_handles_empty_sources_and_targets(tiny):
     assert all(np.isfinite(c.score) and c.score < 0 for c in scored)
     with pytest.raises(ValueError, match="2 sources but 1 targets"):
         engine.score(params, [[5], [6]], [[4]])
+
+
+@pytest.mark.parametrize("opts", [SearchOptions(), SearchOptions(beam_size=3, nbest=2)], ids=["greedy", "beam"])
+def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
+    from s2s_jax import search
+    from s2s_jax.tokenizer import BOS_ID, EOS_ID
+
+    engine, params, sources = tiny
+    model = engine.model
+    rng = np.random.default_rng(1)
+    prefixes = [rng.integers(4, 12, size=rng.integers(0, 4)).tolist() for _ in sources]
+    prefixes[0], prefixes[1] = [], [7, 7, 7, 7, 7, 7, 7, 7, 7]  # none; longer than one prefix block
+    forced = engine.run(params, sources, opts, batch_size=4, prefixes=prefixes)
+    plain = engine.run(params, sources, opts, batch_size=4)
+    assert forced[0] == plain[0]  # an empty prefix changes nothing
+
+    def step_fn(m, s, t):
+        return model.apply({"params": params}, m, s, t, method=Seq2Seq.decode_step)
+
+    for i, (src, prefix) in enumerate(zip(sources, prefixes)):
+        if not src:
+            continue
+        assert all(c.tokens[: len(prefix)] == prefix for c in forced[i])  # the forced tokens, verbatim
+        # By hand: encode, feed BOS and the prefix but its last token one step at a time, then search.
+        memory, state = model.apply({"params": params}, jnp.array([src + [EOS_ID]]), method=Seq2Seq.encode)
+        for token in [BOS_ID, *prefix][:-1] if prefix else []:
+            _, state = step_fn(memory, state, jnp.array([token]))
+        start = prefix[-1] if prefix else BOS_ID
+        cap = max(int(np.ceil(DECODE.max_len_a * (len(src) + 1) + DECODE.max_len_b)) - len(prefix), 1)
+        if opts.beam_size == 1:
+            tokens, _ = search.greedy_search(step_fn, memory, state, max_steps=engine.max_steps,
+                                             max_lengths=jnp.array([cap]), bos_id=start)
+            continuations = [inference._cut(np.asarray(tokens[0]))]
+        else:
+            tokens, _, _ = search.beam_search(
+                step_fn, jax.tree.map(lambda x: x[0], memory), jax.tree.map(lambda x: x[0], state),
+                beam_size=opts.beam_size, max_steps=engine.max_steps, max_length=cap, alpha=opts.alpha,
+                nbest=opts.nbest, bos_id=start,
+            )
+            continuations = [inference._cut(np.asarray(row)) for row in tokens]
+        assert [c.tokens[len(prefix):] for c in forced[i]] == continuations, i
