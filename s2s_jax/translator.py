@@ -108,6 +108,21 @@ class Translator:
             for candidates in results
         ]
 
+    def nbest(self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None,
+              **kwargs) -> list[list[Hypothesis]]:
+        """The n best beam-search translations of each line, best first (`--nbest N`)."""
+        cfg = self.config.decode
+        opts = SearchOptions(beam_size=beam_size or max(n, cfg.beam_size), alpha=cfg.alpha if alpha is None else alpha,
+                             nbest=n)
+        return self.translate(lines, opts, **kwargs)
+
+    def sample(self, lines: list[str], n: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0, **kwargs) -> list[list[Hypothesis]]:
+        """n samples per line with their log-probabilities (`--sample`); the same seed gives the same samples."""
+        opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                             with_scores=True)
+        return self.translate(lines, opts, seed=seed, **kwargs)
+
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""
         data_cfg = self.config.data

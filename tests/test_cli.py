@@ -223,3 +223,20 @@ def test_prefix_forces_the_start_of_each_translation(workdir, tmp_path):
     pre.write_text("only one line\n", encoding="utf-8")
     error = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--prefix={pre}"], env_cache=cache)
     assert error.returncode == 1 and "has 1 lines, the input has 3" in error.stderr
+
+
+def test_python_api_nbest_and_sample(workdir):
+    from s2s_jax.translator import Translator
+
+    translator = Translator(workdir[0])
+    lines = ["the red cat", "sees a dog"]
+    best = translator.nbest(lines, 3)
+    assert [len(h) for h in best] == [3, 3]
+    assert all([x.score for x in h] == sorted((x.score for x in h), reverse=True) for h in best)
+    samples = translator.sample(lines, n=4, temperature=1.5, seed=7)
+    assert samples == translator.sample(lines, n=4, temperature=1.5, seed=7)
+    assert [len(h) for h in samples] == [4, 4] and all(x.score < 0 for h in samples for x in h)
+    scored = translator.score([lines[0]] * 4, [x.text for x in samples[0]])
+    for sample, score in zip(samples[0], scored):
+        if translator.tgt_tokenizer.tokenize([sample.text])[0] == sample.tokens:  # text round-trips to its ids
+            assert abs(score.total - sample.score) < 1e-4
