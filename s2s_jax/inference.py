@@ -90,6 +90,21 @@ def _rows(n: int, batch_size: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), batch_size)
 
 
+def _padded(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's sequences (+ EOS) as int32 [rows, W], PAD-padded to a multiple of 8 (at least 8),
+    and their lengths (EOS counted); rows past the chunk are all PAD with length 0."""
+    lengths = np.zeros((rows,), np.int32)
+    lengths[: len(chunk)] = [len(seqs[i]) + eos for i in chunk]
+    width = -(-max(int(lengths.max()), 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+    out = np.full((rows, width), PAD_ID, np.int32)
+    for row, i in enumerate(chunk):
+        n = len(seqs[i])
+        out[row, :n] = seqs[i]
+        if eos:
+            out[row, n] = EOS_ID
+    return out, lengths
+
+
 def _cut(row: np.ndarray) -> list[int]:
     """Ids up to the first EOS (or PAD)."""
     out = []
@@ -166,14 +181,7 @@ class Inference:
 
     def _source_array(self, sources: Sequence[Sequence[int]], chunk: list[int], rows: int) -> np.ndarray:
         """[rows, S]: each source's ids + EOS, PAD-padded; rows past the chunk are all PAD."""
-        longest = max(len(sources[i]) for i in chunk) + 1
-        width = -(-longest // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
-        src = np.full((rows, width), PAD_ID, np.int32)
-        for row, i in enumerate(chunk):
-            n = len(sources[i])
-            src[row, :n] = sources[i]
-            src[row, n] = EOS_ID
-        return src
+        return _padded(sources, chunk, rows, eos=True)[0]
 
     def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
         """src [rows, S] and caps [rows]; filler rows are all PAD with cap 0."""
@@ -185,16 +193,8 @@ class Inference:
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
         """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
-        rows = caps.shape[0]
-        width = max([len(prefixes[i]) for i in chunk] + [1])
-        width = -(-width // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
-        prefix = np.full((rows, width), PAD_ID, np.int32)
-        lengths = np.zeros((rows,), np.int32)
-        for row, i in enumerate(chunk):
-            n = len(prefixes[i])
-            prefix[row, :n] = prefixes[i]
-            lengths[row] = n
-            caps[row] = max(int(caps[row]) - n, 1)
+        prefix, lengths = _padded(prefixes, chunk, caps.shape[0], eos=False)
+        caps[: len(chunk)] = np.maximum(caps[: len(chunk)] - lengths[: len(chunk)], 1)
         return {"prefix": prefix, "prefix_len": lengths}
 
     def run(
@@ -258,15 +258,7 @@ class Inference:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
-            longest = max(len(targets[i]) for i in chunk) + 1
-            width = -(-longest // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
-            tgt = np.full((rows, width), PAD_ID, np.int32)
-            lengths = np.zeros((rows,), np.int32)
-            for row, i in enumerate(chunk):
-                n = len(targets[i])
-                tgt[row, :n] = targets[i]
-                tgt[row, n] = EOS_ID
-                lengths[row] = n + 1
+            tgt, lengths = _padded(targets, chunk, rows, eos=True)
             arrays = {"src": self._source_array(sources, chunk, rows), "tgt": tgt, "lengths": lengths}
             placed = parallel.shard_batch(self.mesh, arrays)
             logp = parallel.to_host(self._score_fn(params, placed["src"], placed["tgt"], placed["lengths"]))
