@@ -11,7 +11,7 @@ call `Inference.run` (and `Inference.score` for given outputs), which owns
 - placement: rows rounded up to a multiple of the device count and split over
   the mesh's `data` axis (s2s_jax/parallel.py); parameters arrive replicated;
 - the dispatch to greedy, beam or sampling search (s2s_jax/search.py), one jit
-  per distinct `SearchOptions`.
+  per distinct `SearchOptions`, optionally after a forced target prefix.
 Results come back in input order; an empty input gives n-best empty outputs.
 Nothing here imports the training code or optax.
 """
