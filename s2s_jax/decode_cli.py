@@ -281,7 +281,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("output", "-", "Output file; - for stdout.")
     flags.DEFINE_integer("beam_size", None, "Beam size (1 = greedy); default: the config's decode.beam_size.")
     flags.DEFINE_float("alpha", None, "GNMT length penalty exponent; default: the config's decode.alpha.")
-    flags.DEFINE_integer("nbest", 1, "Hypotheses per input; > 1 writes 'index<TAB>score<TAB>text' lines.")
+    flags.DEFINE_integer("nbest", 1, "Hypotheses per input; > 1 writes 'line<TAB>rank<TAB>score<TAB>text' rows (both counted from 0).")
     flags.DEFINE_bool("sample", False, "Sample instead of searching.")
     flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = off).")

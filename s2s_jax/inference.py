@@ -78,10 +78,9 @@ def max_steps_for(max_src_len: int, decode_cfg) -> int:
     return int(math.ceil(decode_cfg.max_len_a * (max_src_len + 1) + decode_cfg.max_len_b))
 
 
-def length_caps(src: np.ndarray, decode_cfg, max_steps: int) -> np.ndarray:
+def length_caps(src_lengths: np.ndarray, decode_cfg, max_steps: int) -> np.ndarray:
     """Per-row output cap a * source_length + b (EOS counted in both), within max_steps."""
-    src_len = (src != PAD_ID).sum(axis=1)
-    cap = np.ceil(decode_cfg.max_len_a * src_len + decode_cfg.max_len_b).astype(np.int32)
+    cap = np.ceil(decode_cfg.max_len_a * src_lengths + decode_cfg.max_len_b).astype(np.int32)
     return np.minimum(np.maximum(cap, 1), max_steps)
 
 
@@ -115,11 +114,16 @@ def _cut(row: np.ndarray) -> list[int]:
     return out
 
 
+def _encoded(model: Seq2Seq, params, src):
+    """(memory, decoder state, step_fn) for a batch of sources: what every search starts from."""
+    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
+    return memory, state, functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+
+
 def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, caps, key, prefix=None, prefix_len=None):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
     (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation."""
-    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
-    step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+    memory, state, step_fn = _encoded(model, params, src)
     start = search.BOS_ID
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
@@ -152,8 +156,7 @@ def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, ca
 
 def _teacher_forced_log_prob(model: Seq2Seq, params, src, tgt, lengths):
     """Sum of log p(token | source, prefix) over the first `lengths` tokens of each row of tgt."""
-    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
-    step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+    memory, state, step_fn = _encoded(model, params, src)
     return search.sequence_log_prob(step_fn, memory, state, tgt, lengths)
 
 
@@ -179,15 +182,11 @@ class Inference:
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def _source_array(self, sources: Sequence[Sequence[int]], chunk: list[int], rows: int) -> np.ndarray:
-        """[rows, S]: each source's ids + EOS, PAD-padded; rows past the chunk are all PAD."""
-        return _padded(sources, chunk, rows, eos=True)[0]
-
     def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
         """src [rows, S] and caps [rows]; filler rows are all PAD with cap 0."""
         rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
-        src = self._source_array(sources, chunk, rows)
-        caps = length_caps(src, self.decode_cfg, self.max_steps)
+        src, src_lengths = _padded(sources, chunk, rows, eos=True)
+        caps = length_caps(src_lengths, self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
         return {"src": src, "caps": caps}
 
@@ -259,7 +258,7 @@ class Inference:
             chunk = order[start : start + batch_size]
             rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
             tgt, lengths = _padded(targets, chunk, rows, eos=True)
-            arrays = {"src": self._source_array(sources, chunk, rows), "tgt": tgt, "lengths": lengths}
+            arrays = {"src": _padded(sources, chunk, rows, eos=True)[0], "tgt": tgt, "lengths": lengths}
             placed = parallel.shard_batch(self.mesh, arrays)
             logp = parallel.to_host(self._score_fn(params, placed["src"], placed["tgt"], placed["lengths"]))
             for row, i in enumerate(chunk):

@@ -68,10 +68,8 @@ class Translator:
 
     def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
         """Source ids of each line (normalised like the training data), at most data.max_len."""
-        data_cfg = self.config.data
-        texts = [normalize(_encodable(line), data_cfg.lowercase, data_cfg.d2l_preprocess) for line in lines]
         out = []
-        for number, row in enumerate(self.src_tokenizer.tokenize(texts), 1):
+        for number, row in enumerate(self.src_tokenizer.tokenize(self._normalized(lines)), 1):
             if len(row) > self.max_len:
                 warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={self.max_len}")
                 row = row[: self.max_len]
@@ -123,12 +121,14 @@ class Translator:
                              with_scores=True)
         return self.translate(lines, opts, seed=seed, **kwargs)
 
+    def _normalized(self, texts: list[str]) -> list[str]:
+        """Text as the run's data config normalised its training pairs."""
+        data_cfg = self.config.data
+        return [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
+
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""
-        data_cfg = self.config.data
-        return self.tgt_tokenizer.tokenize(
-            [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
-        )
+        return self.tgt_tokenizer.tokenize(self._normalized(texts))
 
     def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
         """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
