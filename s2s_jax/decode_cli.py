@@ -83,6 +83,19 @@ def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesi
             plot_attention(item["weights"], item["src"], item["tgt"], f"{directory}/{number:05d}.png")
 
 
+def _ensemble_weights(flags) -> list[float] | None:
+    """--ensemble_weights as floats, one per --workdir (None: equal weights)."""
+    if not getattr(flags, "ensemble_weights", None):
+        return None
+    try:
+        weights = [float(w) for w in flags.ensemble_weights]
+    except ValueError:
+        raise ValueError(f"--ensemble_weights must be numbers, got {','.join(flags.ensemble_weights)}") from None
+    if len(weights) != len(flags.workdir):
+        raise ValueError(f"--ensemble_weights has {len(weights)} weights for {len(flags.workdir)} --workdir")
+    return weights
+
+
 def _check_flags(flags) -> None:
     """Flag mistakes, found before the model is loaded and the input translated."""
     for name in ("beam_size", "batch_size"):
@@ -100,6 +113,7 @@ def _check_flags(flags) -> None:
             raise ValueError(f"--{name} needs --reference (the scores compare against it)")
     if getattr(flags, "print_alignment", None) and flags.nbest != 1:
         raise ValueError("--print_alignment aligns the best translation: use it with --nbest 1")
+    _ensemble_weights(flags)
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
     for name in ("input", "reference", "rescore", "prefix"):
@@ -111,7 +125,7 @@ def _check_flags(flags) -> None:
 def run(flags) -> int:
     try:
         _check_flags(flags)
-        translator = Translator(flags.workdir, flags.checkpoint)
+        translator = Translator(flags.workdir, flags.checkpoint, weights=_ensemble_weights(flags))
         cfg = translator.config.decode
         opts = SearchOptions(
             beam_size=_positive_or_default("beam_size", flags.beam_size, cfg.beam_size),
@@ -249,11 +263,12 @@ def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k
 
 def _write_scores(flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int) -> None:
     """The scores and what produced them, so a reported number can be traced to its run."""
+    steps = [m.meta.get("step") for m in translator.members]
     record = dict(
         report,
-        workdir=flags.workdir,
+        workdir=flags.workdir[0] if len(flags.workdir) == 1 else flags.workdir,
         checkpoint=flags.checkpoint,
-        step=translator.meta.get("step"),
+        step=steps[0] if len(steps) == 1 else steps,
         input=flags.input,
         reference=flags.reference,
         sentences=sentences,
@@ -261,6 +276,8 @@ def _write_scores(flags, translator: Translator, opts: SearchOptions, report: di
         alpha=opts.alpha,
         sample=opts.sample,
     )
+    if len(steps) > 1:
+        record["ensemble_weights"] = list(translator.inference.weights)
     with open(flags.score_json, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
@@ -275,7 +292,15 @@ def _define_flags() -> None:
     """decode's absl flags (see runtime.define_command_flags)."""
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+    flags.DEFINE_multi_string(
+        "workdir", None,
+        "A training workdir; repeat it to decode with an ensemble (the members' per-step log-probabilities "
+        "averaged; they must share the target vocabulary).", required=True,
+    )
+    flags.DEFINE_list(
+        "ensemble_weights", None,
+        "Comma-separated weights of the ensemble members, one per --workdir in order (default: equal).",
+    )
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
     flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
     flags.DEFINE_string("output", "-", "Output file; - for stdout.")
@@ -316,7 +341,10 @@ def _define_flags() -> None:
         "output word j, counted from 0), soft = one comma-separated row of source-word weights per output word. "
         "Attention models only.",
     )
-    flags.DEFINE_string("plot_attention", None, "Directory: write one attention heatmap PNG per input line.")
+    flags.DEFINE_string(
+        "plot_attention", None,
+        "Directory: write one attention heatmap PNG per input line (the first --workdir's model's attention).",
+    )
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
 
 

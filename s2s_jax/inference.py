@@ -11,7 +11,13 @@ call `Inference.run` (and `Inference.score` for given outputs), which owns
 - placement: rows rounded up to a multiple of the device count and split over
   the mesh's `data` axis (s2s_jax/parallel.py); parameters arrive replicated;
 - the dispatch to greedy, beam or sampling search (s2s_jax/search.py), one jit
-  per distinct `SearchOptions`, optionally after a forced target prefix.
+  per distinct `SearchOptions`, optionally after a forced target prefix;
+- ensembles: several models that share the target vocabulary search as one,
+  through a step function whose logits are the members' weighted mean of
+  log-probabilities, sum_i w_i log p_i (sum_i w_i = 1). Searches normalise
+  logits, so the ensemble's distribution is softmax(sum_i w_i log p_i), the
+  normalised weighted geometric mean; an ensemble of one model with itself is
+  that model. Each member reads the source its own way (its own ids).
 Results come back in input order; an empty input gives n-best empty outputs.
 Nothing here imports the training code or optax.
 """
@@ -114,16 +120,32 @@ def _cut(row: np.ndarray) -> list[int]:
     return out
 
 
-def _encoded(model: Seq2Seq, params, src):
-    """(memory, decoder state, step_fn) for a batch of sources: what every search starts from."""
-    memory, state = model.apply({"params": params}, src, method=Seq2Seq.encode)
-    return memory, state, functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
+def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tuple, srcs: tuple):
+    """(memory, decoder state, step_fn) for a batch of sources: what every search starts from.
+
+    One model's own step function, or for an ensemble (`params` and `srcs` hold one entry per
+    member) one over tuples of the members' memories and states whose logits are the weighted
+    mean of their log-probabilities.
+    """
+    encoded = [model.apply({"params": p}, src, method=Seq2Seq.encode) for model, p, src in zip(models, params, srcs)]
+    step_fns = [functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step)
+                for model, p in zip(models, params)]
+    if len(models) == 1:
+        return encoded[0][0], encoded[0][1], step_fns[0]
+
+    def step_fn(memory, state, tokens):
+        outs = [fn(m, s, tokens) for fn, m, s in zip(step_fns, memory, state)]
+        logp = sum(w * jax.nn.log_softmax(logits.astype(jnp.float32)) for w, (logits, _) in zip(weights, outs))
+        return logp, tuple(s for _, s in outs)
+
+    return tuple(m for m, _ in encoded), tuple(s for _, s in encoded), step_fn
 
 
-def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, caps, key, prefix=None, prefix_len=None):
+def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, caps, key, prefix=None,
+            prefix_len=None):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
     (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation."""
-    memory, state, step_fn = _encoded(model, params, src)
+    memory, state, step_fn = _encoded(models, weights, params, srcs)
     start = search.BOS_ID
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
@@ -154,27 +176,56 @@ def _search(model: Seq2Seq, opts: SearchOptions, max_steps: int, params, src, ca
     return tokens, scores
 
 
-def _teacher_forced_log_prob(model: Seq2Seq, params, src, tgt, lengths):
+def _teacher_forced_log_prob(models, weights, params, srcs, tgt, lengths):
     """Sum of log p(token | source, prefix) over the first `lengths` tokens of each row of tgt."""
-    memory, state, step_fn = _encoded(model, params, src)
+    memory, state, step_fn = _encoded(models, weights, params, srcs)
     return search.sequence_log_prob(step_fn, memory, state, tgt, lengths)
 
 
-class Inference:
-    """Searches a model's outputs for lists of source ids; see the module docstring."""
+def ensemble_weights(weights: Sequence[float] | None, members: int) -> tuple[float, ...]:
+    """Member weights scaled to sum to 1 (equal when None); each must be >= 0, their sum > 0."""
+    if weights is None:
+        return (1.0 / members,) * members
+    weights = [float(w) for w in weights]
+    if len(weights) != members:
+        raise ValueError(f"{len(weights)} ensemble weights for {members} models")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"ensemble weights must be finite, >= 0 and not all 0, got {weights}")
+    return tuple(w / sum(weights) for w in weights)
 
-    def __init__(self, model: Seq2Seq, decode_cfg, max_src_len: int, mesh: jax.sharding.Mesh | None = None):
-        self.model = model
+
+class Inference:
+    """Searches a model's (or an ensemble's) outputs for lists of source ids; see the module docstring.
+
+    With one model, `params` and `sources` are that model's; with an ensemble (a sequence of
+    models) they are tuples with one entry per member, and member 0's source lengths order
+    the batches and set the output-length caps.
+    """
+
+    def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
+                 mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None):
+        self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
+        self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.max_steps = max_steps_for(max_src_len, decode_cfg)
         self._compiled: dict[SearchOptions, Callable] = {}
         self._score_fn: Callable | None = None
 
+    def _members(self, params, sources) -> tuple[tuple, tuple]:
+        """(params, sources) as one entry per member."""
+        if len(self.models) == 1:
+            return (params,), (sources,)
+        if len(params) != len(self.models) or len(sources) != len(self.models):
+            raise ValueError(f"an ensemble of {len(self.models)} needs params and sources for each member")
+        if len({len(s) for s in sources}) != 1:
+            raise ValueError("ensemble members were given different numbers of sources")
+        return tuple(params), tuple(sources)
+
     def search_fn(self, opts: SearchOptions) -> Callable:
-        """jit-compiled (params, src [B, S], caps [B], key) -> (tokens, scores), one per setting."""
+        """jit-compiled (params, srcs, caps [B], key) -> (tokens, scores), one per setting."""
         if opts not in self._compiled:
-            self._compiled[opts] = jax.jit(functools.partial(_search, self.model, opts, self.max_steps))
+            self._compiled[opts] = jax.jit(functools.partial(_search, self.models, self.weights, opts, self.max_steps))
         return self._compiled[opts]
 
     def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
@@ -182,13 +233,13 @@ class Inference:
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def _arrays(self, sources: Sequence[Sequence[int]], chunk: list[int], batch_size: int) -> dict[str, np.ndarray]:
-        """src [rows, S] and caps [rows]; filler rows are all PAD with cap 0."""
+    def _arrays(self, sources: tuple, chunk: list[int], batch_size: int) -> dict:
+        """srcs (one [rows, S_m] per member) and caps [rows]; filler rows are all PAD with cap 0."""
         rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
-        src, src_lengths = _padded(sources, chunk, rows, eos=True)
-        caps = length_caps(src_lengths, self.decode_cfg, self.max_steps)
+        padded = [_padded(member, chunk, rows, eos=True) for member in sources]
+        caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
-        return {"src": src, "caps": caps}
+        return {"srcs": tuple(src for src, _ in padded), "caps": caps}
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
         """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
@@ -199,7 +250,7 @@ class Inference:
     def run(
         self,
         params,
-        sources: Sequence[Sequence[int]],
+        sources: Sequence[Sequence[int]] | tuple,
         opts: SearchOptions = SearchOptions(),
         batch_size: int = 64,
         seed: int = 0,
@@ -216,10 +267,11 @@ class Inference:
         opts.check()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if prefixes is not None and len(prefixes) != len(sources):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(sources)} sources")
-        results = [[Candidate([], 0.0) for _ in range(opts.nbest)] for _ in sources]
-        chunks = self.batches(sources, batch_size)
+        params, sources = self._members(params, sources)
+        if prefixes is not None and len(prefixes) != len(sources[0]):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(sources[0])} sources")
+        results = [[Candidate([], 0.0) for _ in range(opts.nbest)] for _ in sources[0]]
+        chunks = self.batches(sources[0], batch_size)
         search_fn = self.search_fn(opts)
         key = jax.random.key(seed)
         for number, chunk in enumerate(progress(chunks) if progress else chunks):
@@ -227,7 +279,7 @@ class Inference:
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
             placed = parallel.shard_batch(self.mesh, arrays)
-            out = search_fn(params, placed["src"], placed["caps"], jax.random.fold_in(key, number),
+            out = search_fn(params, placed["srcs"], placed["caps"], jax.random.fold_in(key, number),
                             placed.get("prefix"), placed.get("prefix_len"))
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
@@ -238,29 +290,31 @@ class Inference:
         return results
 
     def score(
-        self, params, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], batch_size: int = 64
+        self, params, sources: Sequence[Sequence[int]] | tuple, targets: Sequence[Sequence[int]], batch_size: int = 64
     ) -> list[Candidate]:
         """The model's log-probability of each given target (ids without EOS) after its source.
 
         The score sums log p over the target's tokens and the EOS after them, under the
-        distribution the searches use (PAD and BOS excluded), so scoring a beam search
-        output with alpha=0 gives its beam score back. An empty source is read as EOS alone.
+        distribution the searches use (PAD and BOS excluded; an ensemble's averaged one), so
+        scoring a beam search output with alpha=0 gives its beam score back. An empty source
+        is read as EOS alone.
         """
-        if len(sources) != len(targets):
-            raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+        params, sources = self._members(params, sources)
+        if len(sources[0]) != len(targets):
+            raise ValueError(f"{len(sources[0])} sources but {len(targets)} targets")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), len(targets[i])))
-        results: list[Candidate] = [Candidate([], 0.0) for _ in sources]
+        order = sorted(range(len(targets)), key=lambda i: (len(sources[0][i]), len(targets[i])))
+        results: list[Candidate] = [Candidate([], 0.0) for _ in targets]
         if self._score_fn is None:
-            self._score_fn = jax.jit(functools.partial(_teacher_forced_log_prob, self.model))
+            self._score_fn = jax.jit(functools.partial(_teacher_forced_log_prob, self.models, self.weights))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
             tgt, lengths = _padded(targets, chunk, rows, eos=True)
-            arrays = {"src": _padded(sources, chunk, rows, eos=True)[0], "tgt": tgt, "lengths": lengths}
-            placed = parallel.shard_batch(self.mesh, arrays)
-            logp = parallel.to_host(self._score_fn(params, placed["src"], placed["tgt"], placed["lengths"]))
+            srcs = tuple(_padded(member, chunk, rows, eos=True)[0] for member in sources)
+            placed = parallel.shard_batch(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
+            logp = parallel.to_host(self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"]))
             for row, i in enumerate(chunk):
                 results[i] = Candidate(list(targets[i]), float(logp[row]))
         return results

@@ -208,22 +208,23 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
     return out
 
 
-def shard_batch(mesh: Mesh, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Places a global numpy batch (the same on every process) with its rows split over ``data``.
+def shard_batch(mesh: Mesh, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Places a global numpy batch (the same on every process; values may be tuples of arrays)
+    with its rows split over ``data``.
 
     Each process passes only the rows its own devices hold to
     jax.make_array_from_process_local_data; on one process that is the whole batch.
     """
     sharding = batch_sharding(mesh)
-    out = {}
-    for key, value in batch.items():
+
+    def place(value) -> jax.Array:
         value = np.asarray(value)
         if jax.process_count() == 1:
-            out[key] = jax.make_array_from_process_local_data(sharding, value)
-        else:
-            local = value[process_rows(sharding, value.shape[0])]
-            out[key] = jax.make_array_from_process_local_data(sharding, local, value.shape)
-    return out
+            return jax.make_array_from_process_local_data(sharding, value)
+        local = value[process_rows(sharding, value.shape[0])]
+        return jax.make_array_from_process_local_data(sharding, local, value.shape)
+
+    return {key: jax.tree.map(place, value) for key, value in batch.items()}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

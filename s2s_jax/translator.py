@@ -1,7 +1,7 @@
 """Translate text with a trained workdir: text -> ids -> the inference path -> text.
 
-`Translator` loads what a finished run left in its workdir (config, tokenizers,
-parameters), turns lines into source ids and hands them to
+`Translator` loads what finished runs left in their workdirs (config, tokenizers,
+parameters; one model or an ensemble), turns lines into source ids and hands them to
 `s2s_jax.inference.Inference`, the one path that batches, searches and restores
 the input order.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -21,9 +21,9 @@ from s2s_jax.alignment import MODES, format_alignment, word_weights
 from s2s_jax.inference import SearchOptions
 from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.text import normalize
-from s2s_jax.tokenizer import BOS_ID, EOS_ID, load_workdir_tokenizers
+from s2s_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer, load_workdir_tokenizers
 
-__all__ = ["Hypothesis", "Score", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
 
 
 @dataclasses.dataclass
@@ -54,27 +54,101 @@ def _encodable(line: str) -> str:
     return _SURROGATES.sub("\ufffd", line)
 
 
-class Translator:
-    """A trained model ready to translate; built from a workdir alone."""
+@dataclasses.dataclass
+class Member:
+    """One trained model as a workdir left it: config, tokenizers, model and (placed) parameters."""
 
-    def __init__(self, workdir: str, checkpoint: str = "best"):
-        self.config = config_utils.load(workdir)
-        self.src_tokenizer, self.tgt_tokenizer = load_workdir_tokenizers(workdir)
-        params, self.meta = checkpoints.load_params(workdir, checkpoint)
-        self.model = make_model(self.config, self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size)
-        self.max_len = self.config.data.max_len
-        self.inference = inference.Inference(self.model, self.config.decode, self.max_len)
-        self.params = parallel.replicate(params, self.inference.mesh)
+    workdir: str
+    config: Any
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    model: Seq2Seq
+    params: Any
+    meta: dict
+
+    @classmethod
+    def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh) -> Member:
+        config = config_utils.load(workdir)
+        src_tokenizer, tgt_tokenizer = load_workdir_tokenizers(workdir)
+        params, meta = checkpoints.load_params(workdir, checkpoint)
+        model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
+        return cls(workdir, config, src_tokenizer, tgt_tokenizer, model, parallel.replicate(params, mesh), meta)
+
+    def normalized(self, texts: list[str]) -> list[str]:
+        """Text as this run's data config normalised its training pairs."""
+        data_cfg = self.config.data
+        return [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
 
     def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
         """Source ids of each line (normalised like the training data), at most data.max_len."""
+        max_len = self.config.data.max_len
         out = []
-        for number, row in enumerate(self.src_tokenizer.tokenize(self._normalized(lines)), 1):
-            if len(row) > self.max_len:
-                warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={self.max_len}")
-                row = row[: self.max_len]
+        for number, row in enumerate(self.src_tokenizer.tokenize(self.normalized(lines)), 1):
+            if len(row) > max_len:
+                warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={max_len}")
+                row = row[:max_len]
             out.append(row)
         return out
+
+
+def _check_target_vocabularies(members: list[Member]) -> None:
+    """Ensemble members must give every target id the same piece: one error naming both workdirs."""
+    first = members[0]
+    pieces = first.tgt_tokenizer.pieces(range(first.tgt_tokenizer.vocab_size))
+    for other in members[1:]:
+        theirs = other.tgt_tokenizer.pieces(range(other.tgt_tokenizer.vocab_size))
+        if theirs != pieces:
+            differ = (f"{len(pieces)} vs {len(theirs)} pieces" if len(theirs) != len(pieces) else
+                      "id {0}: {1!r} vs {2!r}".format(*next((i, a, b) for i, (a, b) in enumerate(zip(pieces, theirs))
+                                                        if a != b)))
+            raise ValueError(f"ensemble members need the same target vocabulary: {first.workdir} and "
+                             f"{other.workdir} differ ({differ})")
+
+
+class Translator:
+    """A trained model, or an ensemble of several, ready to translate; built from workdirs alone.
+
+    An ensemble (several workdirs) searches with the members' weighted mean of per-step
+    log-probabilities (s2s_jax/inference.py). Members may differ in architecture and in
+    source tokenizer and normalisation (each reads the source its own way) but must share
+    the target vocabulary. The first member's config supplies the decode defaults and the
+    target-side normalisation.
+    """
+
+    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",
+                 weights: Sequence[float] | None = None):
+        workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+        if not workdirs:
+            raise ValueError("a Translator needs at least one workdir")
+        mesh = parallel.make_mesh()
+        self.members = [Member.load(w, checkpoint, mesh) for w in workdirs]
+        _check_target_vocabularies(self.members)
+        first = self.members[0]
+        self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
+        self.inference = inference.Inference(
+            [m.model for m in self.members], first.config.decode,
+            max(m.config.data.max_len for m in self.members), mesh, weights=weights,
+        )
+
+    # The single model's parts (the first member's in an ensemble).
+    model = property(lambda self: self.members[0].model)
+    params = property(lambda self: self.members[0].params)
+    src_tokenizer = property(lambda self: self.members[0].src_tokenizer)
+    max_len = property(lambda self: self.members[0].config.data.max_len)
+
+    def _inputs(self, lines: list[str], warn: Callable[[str], None]) -> tuple[Any, Any]:
+        """(params, sources) as Inference takes them: one model's, or a tuple per member."""
+        seen: set[str] = set()
+
+        def warn_once(message: str) -> None:
+            if message not in seen:
+                seen.add(message)
+                warn(message)
+
+        sources = [m.encode_lines(lines, warn_once) for m in self.members]
+        if len(self.members) == 1:
+            return self.members[0].params, sources[0]
+        return tuple(m.params for m in self.members), tuple(sources)
 
     def translate(
         self,
@@ -96,10 +170,10 @@ class Translator:
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
         opts.check()
-        ids = self.encode_lines(lines, warn)
+        params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
-            self.params, ids, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced
+            params, sources, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced
         )
         return [
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
@@ -121,22 +195,36 @@ class Translator:
                              with_scores=True)
         return self.translate(lines, opts, seed=seed, **kwargs)
 
-    def _normalized(self, texts: list[str]) -> list[str]:
-        """Text as the run's data config normalised its training pairs."""
-        data_cfg = self.config.data
-        return [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
-
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""
-        return self.tgt_tokenizer.tokenize(self._normalized(texts))
+        return self.tgt_tokenizer.tokenize(self.members[0].normalized(texts))
 
     def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
         """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
-        `i-j` pairs (hard) or rows of weights (soft); s2s_jax/alignment.py says how pieces merge."""
+        `i-j` pairs (hard) or rows of weights (soft); s2s_jax/alignment.py says how pieces merge.
+
+        An ensemble averages the word-level weights of its attention members (with their
+        ensemble weights); members without attention are left out.
+        """
         if mode not in MODES:
             raise ValueError(f"alignment mode must be one of {', '.join(MODES)}, got {mode!r}")
-        maps = attention_maps(self, lines, outputs)
-        return [format_alignment(word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1]), mode) for m in maps]
+        attending = [(m, w) for m, w in zip(self.members, self.inference.weights) if m.config.model.attention != "none"]
+        if not attending:
+            raise ValueError("this model has no attention (model.attention=none): nothing to align")
+        total = sum(w for _, w in attending)
+        merged: list[np.ndarray] | None = None
+        for member, weight in attending:
+            words = [word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1])
+                     for m in attention_maps(member, lines, outputs)]
+            if merged is None:
+                merged = [weight / total * w for w in words]
+                continue
+            for number, (acc, w) in enumerate(zip(merged, words), 1):
+                if acc.shape != w.shape:
+                    raise ValueError(f"line {number}: ensemble members split the source into different words "
+                                     f"({acc.shape[1]} vs {w.shape[1]}): align with one model")
+            merged = [acc + weight / total * w for acc, w in zip(merged, words)]
+        return [format_alignment(w, mode) for w in merged]
 
     def score(
         self,
@@ -148,25 +236,29 @@ class Translator:
         """The model's log-probability of each target line as the translation of its line.
 
         Targets are normalised and tokenized like the training targets; sources as in
-        `translate` (cut to data.max_len with a warning).
+        `translate` (cut to data.max_len with a warning). An ensemble scores with its
+        averaged distribution.
         """
         if isinstance(lines, str) or isinstance(targets, str):
             raise TypeError("score takes lists of lines, not strings")
-        results = self.inference.score(self.params, self.encode_lines(lines, warn), self._target_ids(targets), batch_size)
+        params, sources = self._inputs(lines, warn)
+        results = self.inference.score(params, sources, self._target_ids(targets), batch_size)
         return [Score(c.score, len(c.tokens) + 1) for c in results]
 
 
-def attention_maps(translator: "Translator", lines: list[str], outputs: list[list[int]]) -> list[dict]:
+def attention_maps(member: Member | Translator, lines: list[str], outputs: list[list[int]]) -> list[dict]:
     """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
 
     Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
-    the output includes the final </s>, the source its </s>.
+    the output includes the final </s>, the source its </s>. A Translator gives its first member's.
     """
-    if translator.config.model.attention == "none":
+    if isinstance(member, Translator):
+        member = member.members[0]
+    if member.config.model.attention == "none":
         raise ValueError("this model has no attention (model.attention=none): nothing to plot")
-    weights_fn = jax.jit(lambda params, src, tgt_in: translator.model.apply(
+    weights_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
         {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
-    src_ids = translator.encode_lines(lines, warn=lambda msg: None)
+    src_ids = member.encode_lines(lines, warn=lambda msg: None)
     maps = []
     for ids, out in zip(src_ids, outputs):
         if not ids:
@@ -174,10 +266,10 @@ def attention_maps(translator: "Translator", lines: list[str], outputs: list[lis
             continue
         src = np.array([ids + [EOS_ID]], np.int32)
         tgt_in = np.array([[BOS_ID] + out], np.int32)
-        weights = np.asarray(weights_fn(translator.params, src, tgt_in))[0]
+        weights = np.asarray(weights_fn(member.params, src, tgt_in))[0]
         maps.append({
             "weights": weights,
-            "src": translator.src_tokenizer.pieces(ids) + ["</s>"],
-            "tgt": translator.tgt_tokenizer.pieces(out) + ["</s>"],
+            "src": member.src_tokenizer.pieces(ids) + ["</s>"],
+            "tgt": member.tgt_tokenizer.pieces(out) + ["</s>"],
         })
     return maps

@@ -277,7 +277,7 @@ def test_vocab_size_too_small_for_the_characters_is_an_error(paths, tmp_path, ca
 
 def decode(workdir, capsys, **overrides):
     flags = dict(
-        workdir=str(workdir), checkpoint="best", input="-", output="-", beam_size=None, alpha=None, nbest=1,
+        workdir=[str(workdir)], checkpoint="best", input="-", output="-", beam_size=None, alpha=None, nbest=1,
         sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, reference=None, plot_attention=None,
         batch_size=None,
     )

@@ -53,7 +53,7 @@ def test_outputs_respect_the_length_cap(tiny):
 def test_batches_come_from_few_shapes(tiny):
     engine, _, sources = tiny
     chunks = engine.batches(sources * 20, batch_size=16)
-    shapes = {engine._arrays(sources * 20, chunk, 16)["src"].shape for chunk in chunks}
+    shapes = {engine._arrays((sources * 20,), chunk, 16)["srcs"][0].shape for chunk in chunks}
     assert all(rows in (1, 2, 4, 8, 16) and width % inference.SOURCE_LENGTH_MULTIPLE == 0 for rows, width in shapes)
     assert len(shapes) <= 3
 
@@ -110,7 +110,7 @@ def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_ro
     from s2s_jax import search
     from s2s_jax.tokenizer import EOS_ID
 
-    model = engine.model
+    model, = engine.models
     for (src, out, _), got in list(zip(pairs, scored))[:4]:
         memory, state = model.apply({"params": params}, jnp.array([src + [EOS_ID]]), method=Seq2Seq.encode)
 
@@ -137,7 +137,7 @@ def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
     from s2s_jax.tokenizer import BOS_ID, EOS_ID
 
     engine, params, sources = tiny
-    model = engine.model
+    model, = engine.models
     rng = np.random.default_rng(1)
     prefixes = [rng.integers(4, 12, size=rng.integers(0, 4)).tolist() for _ in sources]
     prefixes[0], prefixes[1] = [], [7, 7, 7, 7, 7, 7, 7, 7, 7]  # none; longer than one prefix block

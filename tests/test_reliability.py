@@ -374,7 +374,7 @@ def test_an_overlong_line_is_cut_with_a_warning_and_still_translated(translator)
 
 def decode_flags(workdir, **overrides):
     values = dict(
-        workdir=str(workdir), checkpoint="latest", input="-", output="-", beam_size=None, alpha=None, nbest=1,
+        workdir=[str(workdir)], checkpoint="latest", input="-", output="-", beam_size=None, alpha=None, nbest=1,
         sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, reference=None, plot_attention=None,
         batch_size=None,
     )
