@@ -1,0 +1,207 @@
+"""The `s2s-export` command (also `python export.py`): a trained model as a self-contained artefact.
+
+    python export.py --workdir runs/m30k_att --output exported/m30k_att
+    python exported/m30k_att/translate.py --input test.de --output test.hyp
+
+The directory holds
+- one `jax.export` file (serialised StableHLO) per search and batch shape: the encoder and
+  the search in one function of (params, source ids [rows, width], output-length caps
+  [rows]) -> (tokens, scores). The searches are the config's default (decode.beam_size,
+  decode.alpha) and greedy; the shapes are every pair of `--rows` and `--widths`;
+- params.npz (the parameters, once, '/'-joined paths), the sentencepiece model(s), and
+  manifest.json (shapes, length caps, normalisation, platform);
+- translate.py (s2s_jax/export_loader.py), which needs only jax, numpy and sentencepiece.
+The functions are those decode.py runs (s2s_jax.inference), so the loader's output equals
+decode.py's. The artefact runs on the platform it was exported on (`jax.default_backend()`).
+"""
+
+from __future__ import annotations
+
+from s2s_jax import runtime  # first: OPENBLAS_NUM_THREADS must be set before numpy/jax load
+
+runtime.limit_openblas_threads()
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from s2s_jax import export_loader, inference
+from s2s_jax.checkpoints import CheckpointError
+from s2s_jax.inference import SOURCE_LENGTH_MULTIPLE, SearchOptions
+from s2s_jax.text import DataError
+from s2s_jax.translator import Translator
+
+LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_loader.py")
+
+
+def default_rows(batch_size: int) -> list[int]:
+    """1, 16 and decode.batch_size: a lone sentence, a short tail, and full batches."""
+    return sorted({1, min(16, batch_size), batch_size})
+
+
+def default_widths(max_len: int) -> list[int]:
+    """Source widths (EOS included) at every multiple of 16 up to the widest, data.max_len + 1
+    rounded up to a multiple of 8 as decode.py pads it."""
+    widest = -(-(max_len + 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+    return sorted({*range(16, widest, 16), widest})
+
+
+def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
+    """(params, src [R, W], caps [R]) -> (tokens [R, max_steps], scores [R]): the best output
+    of decode.py's search for these options."""
+
+    def search(params, src, caps):
+        tokens, scores = inference._search((model,), (1.0,), opts, max_steps, (params,), (src,), caps, None)
+        return tokens[:, 0], scores[:, 0]
+
+    return jax.jit(search)
+
+
+def _flat(params) -> dict[str, np.ndarray]:
+    return {"/".join(k.key for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def export_model(
+    workdir: str,
+    output: str,
+    checkpoint: str = "best",
+    rows: Sequence[int] | None = None,
+    widths: Sequence[int] | None = None,
+    beam_size: int | None = None,
+    alpha: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Writes the artefact for `workdir` into `output` (created; must be empty or absent); returns the manifest.
+
+    The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise.
+    """
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ValueError(f"--output {output} exists and is not an empty directory")
+    translator = Translator(workdir, checkpoint)
+    member = translator.members[0]
+    config, engine = member.config, translator.inference
+    rows = sorted(set(rows or default_rows(config.decode.batch_size)))
+    widths = sorted(set(widths or default_widths(config.data.max_len)))
+    if rows[0] < 1 or widths[0] < 1:
+        raise ValueError(f"rows and widths must be positive, got rows={rows} widths={widths}")
+    if widths[-1] < default_widths(config.data.max_len)[-1]:
+        raise ValueError(f"the widest source shape must hold data.max_len={config.data.max_len} tokens + EOS: "
+                         f"at least {default_widths(config.data.max_len)[-1]}, got {widths[-1]}")
+    default = SearchOptions.from_config(config.decode)
+    default = SearchOptions(beam_size=beam_size or default.beam_size, alpha=default.alpha if alpha is None else alpha)
+    default.check()
+    searches = {"default": default, "greedy": SearchOptions()}
+    if searches["default"] == searches["greedy"]:
+        del searches["greedy"]
+    os.makedirs(output, exist_ok=True)
+    params = jax.device_get(member.params)
+    np.savez(os.path.join(output, "params.npz"), **_flat(params))
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    functions: dict[str, dict[str, str]] = {}
+    platforms: list[str] = []
+    for name, opts in searches.items():
+        fn = _search_function(member.model, opts, engine.max_steps)
+        functions[name] = {}
+        for r in rows:
+            for w in widths:
+                start = time.perf_counter()
+                exported = jax.export.export(fn)(
+                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32)
+                )
+                filename = f"{name}_{r}x{w}.jaxexport"
+                with open(os.path.join(output, filename), "wb") as f:
+                    f.write(exported.serialize())
+                functions[name][f"{r}x{w}"] = filename
+                platforms = list(exported.platforms)
+                log(f"exported {name} (beam {opts.beam_size}) for {r} x {w} in {time.perf_counter() - start:.1f} s")
+        if name == "default" and "greedy" not in searches:
+            functions["greedy"] = functions["default"]
+    models = {}
+    for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
+        models[side] = os.path.basename(tokenizer.model_path)
+        shutil.copyfile(tokenizer.model_path, os.path.join(output, models[side]))
+    manifest = {
+        "format": export_loader.FORMAT,
+        "platforms": platforms,
+        "jax_version": jax.__version__,
+        "workdir": os.path.abspath(workdir),
+        "step": member.meta.get("step"),
+        "searches": {name: {"beam_size": o.beam_size, "alpha": o.alpha} for name, o in searches.items()},
+        "functions": functions,
+        "rows": rows,
+        "widths": widths,
+        "max_len": config.data.max_len,
+        "max_steps": engine.max_steps,
+        "max_len_a": config.decode.max_len_a,
+        "max_len_b": config.decode.max_len_b,
+        "lowercase": bool(config.data.lowercase),
+        "d2l_preprocess": bool(config.data.d2l_preprocess),
+        "src_model": models["src"],
+        "tgt_model": models["tgt"],
+    }
+    with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    shutil.copyfile(LOADER, os.path.join(output, "translate.py"))
+    return manifest
+
+
+def _int_list(name: str, values: list[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated integers, got {','.join(values)}") from None
+
+
+def run(flags) -> int:
+    try:
+        start = time.perf_counter()
+        manifest = export_model(flags.workdir, flags.output, flags.checkpoint, _int_list("rows", flags.rows),
+                                _int_list("widths", flags.widths), flags.beam_size, flags.alpha)
+    except (DataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
+    count = len(manifest["searches"]) * len(manifest["rows"]) * len(manifest["widths"])
+    print(f"wrote {flags.output}: {count} functions (step {manifest['step']}) in {time.perf_counter() - start:.0f} s; "
+          f"translate with: python {os.path.join(flags.output, 'translate.py')} --input FILE --output FILE")
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+    flags.DEFINE_string("output", None, "Directory to write (must be empty or absent).", required=True)
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_list("rows", None, "Batch row counts to export (default: 1, 16, decode.batch_size).")
+    flags.DEFINE_list("widths", None, "Source widths, EOS included (default: multiples of 16 up to data.max_len + 1).")
+    flags.DEFINE_integer("beam_size", None, "The default search's beam size (1 = greedy); default: decode.beam_size.")
+    flags.DEFINE_float("alpha", None, "The default search's length penalty; default: decode.alpha.")
+
+
+def _main(argv: list[str]) -> int:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.setup()
+    return run(flags.FLAGS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `s2s-export` and `python export.py`."""
+    from absl import app
+
+    runtime.define_command_flags("export", _define_flags)
+    app.run(_main, argv=argv)
