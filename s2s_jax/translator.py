@@ -21,7 +21,7 @@ from s2s_jax.alignment import MODES, format_alignment, word_weights
 from s2s_jax.inference import SearchOptions
 from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.text import normalize
-from s2s_jax.tokenizer import BOS_ID, EOS_ID, Tokenizer, load_workdir_tokenizers
+from s2s_jax.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
 
 __all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
 
@@ -246,11 +246,14 @@ class Translator:
         return [Score(c.score, len(c.tokens) + 1) for c in results]
 
 
-def attention_maps(member: Member | Translator, lines: list[str], outputs: list[list[int]]) -> list[dict]:
+def attention_maps(member: Member | Translator, lines: list[str], outputs: list[list[int]],
+                   batch_size: int = 64) -> list[dict]:
     """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
 
     Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
     the output includes the final </s>, the source its </s>. A Translator gives its first member's.
+    Lines go through in length-sorted, padded batches (padding gets no attention and the decoder
+    is causal, so each line's weights are its own), compiling for a few shapes only.
     """
     if isinstance(member, Translator):
         member = member.members[0]
@@ -259,17 +262,19 @@ def attention_maps(member: Member | Translator, lines: list[str], outputs: list[
     weights_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
         {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
     src_ids = member.encode_lines(lines, warn=lambda msg: None)
-    maps = []
-    for ids, out in zip(src_ids, outputs):
-        if not ids:
-            maps.append({"weights": np.zeros((0, 0)), "src": [], "tgt": []})
-            continue
-        src = np.array([ids + [EOS_ID]], np.int32)
-        tgt_in = np.array([[BOS_ID] + out], np.int32)
-        weights = np.asarray(weights_fn(member.params, src, tgt_in))[0]
-        maps.append({
-            "weights": weights,
-            "src": member.src_tokenizer.pieces(ids) + ["</s>"],
-            "tgt": member.tgt_tokenizer.pieces(out) + ["</s>"],
-        })
+    tgt_in = [[BOS_ID] + list(out) for out in outputs]
+    maps = [{"weights": np.zeros((0, 0)), "src": [], "tgt": []} for _ in lines]
+    order = sorted((i for i, ids in enumerate(src_ids) if ids), key=lambda i: (len(src_ids[i]), len(tgt_in[i])))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = inference._rows(len(chunk), batch_size)
+        src, _ = inference._padded(src_ids, chunk, rows, eos=True)
+        tgt, _ = inference._padded(tgt_in, chunk, rows, eos=False)
+        weights = np.asarray(weights_fn(member.params, src, tgt))
+        for row, i in enumerate(chunk):
+            maps[i] = {
+                "weights": weights[row, : len(tgt_in[i]), : len(src_ids[i]) + 1],
+                "src": member.src_tokenizer.pieces(src_ids[i]) + ["</s>"],
+                "tgt": member.tgt_tokenizer.pieces(outputs[i]) + ["</s>"],
+            }
     return maps

@@ -45,3 +45,27 @@ def test_empty_output_or_source_gives_an_empty_alignment():
     for mode in ("hard", "soft"):
         assert format_alignment(word_weights(WEIGHTS, SRC, []), mode) == ""
         assert format_alignment(word_weights(WEIGHTS, [], OUT), mode) == ""
+
+
+def test_batched_attention_maps_equal_one_line_at_a_time(trained_workdir):
+    """attention_maps pads lines into a few shapes; each line's weights are those of its own pass."""
+    import jax
+
+    from s2s_jax.model import Seq2Seq
+    from s2s_jax.tokenizer import BOS_ID, EOS_ID
+    from s2s_jax.translator import Translator, attention_maps
+
+    translator = Translator(trained_workdir.workdir)
+    with open(trained_workdir.paths["valid_src"], encoding="utf-8") as f:
+        lines = f.read().splitlines()[:12] + ["", "the cat"]
+    outputs = [h[0].tokens for h in translator.translate(lines)]
+    maps = attention_maps(translator, lines, outputs, batch_size=8)
+    member = translator.members[0]
+    one = jax.jit(lambda p, s, t: member.model.apply({"params": p}, s, t, method=Seq2Seq.attention_weights))
+    for ids, out, got in zip(member.encode_lines(lines, warn=print), outputs, maps):
+        if not ids:
+            assert got["src"] == [] and got["weights"].size == 0
+            continue
+        want = np.asarray(one(member.params, np.array([ids + [EOS_ID]], np.int32), np.array([[BOS_ID] + out], np.int32)))[0]
+        assert got["weights"].shape == want.shape == (len(out) + 1, len(ids) + 1)
+        np.testing.assert_allclose(got["weights"], want, atol=1e-5)
