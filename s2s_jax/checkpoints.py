@@ -350,6 +350,26 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
     return _uncommitted(restored["state"]["params"]), dict(restored["meta"], step=step)
 
 
+def load_train_state(workdir: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """The full training state (parameters and optimizer state) of `step` in another run's
+    checkpoints/, shaped like `abstract_state`: what fine-tuning takes to keep the optimizer."""
+    directory = os.path.join(workdir, _LATEST.subdir)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no training checkpoints in {workdir}")
+    with contextlib.closing(_manager(workdir, _LATEST, 1, create=False)) as manager:
+        steps = sorted(manager.all_steps())
+        if step not in steps:
+            raise CheckpointError(
+                f"{directory} has no training state for step {step} (available: {', '.join(map(str, steps)) or 'none'}); "
+                "name one of those as WORKDIR:STEP, or leave train.init_keep_optimizer off"
+            )
+        try:
+            _, restored = _restore_newest_readable(manager, _LATEST, [step], abstract_state)
+        except _NoReadableCheckpoint as err:
+            raise CheckpointError(str(err)) from None
+    return _uncommitted(restored["state"]), restored["meta"]
+
+
 def _load_best(workdir: str) -> tuple[Any, dict] | None:
     """`load_params(workdir, 'best')`, or None (with a warning if it is unreadable) to fall back."""
     if not os.path.isdir(os.path.join(workdir, _BEST.subdir)):  # a run without validation has none

@@ -131,6 +131,7 @@ def validate(config) -> None:
     for key, allowed in choices().items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_get(config, key)!r}")
+    _validate_tokenizer_sources(config)
     from s2s_jax.attention import SCORINGS
 
     scoring = SCORINGS.get(config.model.attention)
@@ -141,7 +142,25 @@ def validate(config) -> None:
         )
 
 
-def _has_trained_state(workdir: str) -> bool:
+def _validate_tokenizer_sources(config) -> None:
+    """At most one source of tokenizers: trained here, data.spm_model(_src/_tgt), or train.init_from."""
+    data = config.data
+    per_side = [k for k in ("spm_model_src", "spm_model_tgt") if data[k]]
+    if data.joint_vocab and per_side:
+        raise ConfigError(f"data.{per_side[0]} is for separate vocabularies (data.joint_vocab=False); "
+                          "a joint model is data.spm_model")
+    if not data.joint_vocab and data.spm_model:
+        raise ConfigError("data.spm_model is one joint model; with data.joint_vocab=False give "
+                          "data.spm_model_src and data.spm_model_tgt")
+    if not data.joint_vocab and len(per_side) == 1:
+        raise ConfigError(f"data.{per_side[0]} is set but not the other side's model: give both")
+    if config.train.init_from and (data.spm_model or per_side):
+        raise ConfigError("train.init_from takes that run's tokenizer(s): leave data.spm_model* empty")
+    if config.train.init_keep_optimizer and not config.train.init_from:
+        raise ConfigError("train.init_keep_optimizer needs train.init_from")
+
+
+def has_trained_state(workdir: str) -> bool:
     """Whether a previous run left tokenizers or checkpoints that depend on the config."""
     if any(os.path.exists(os.path.join(workdir, name)) for name in ("spm.model", "spm_src.model", "spm_tgt.model")):
         return True
@@ -167,7 +186,7 @@ def check_and_save(config, workdir: str) -> None:
     one whose first run failed before training (e.g. on a data error) takes the new config.
     """
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and _has_trained_state(workdir):
+    if os.path.exists(path) and has_trained_state(workdir):
         saved = _read_json(path)
         for key in _FIXED_ON_RESUME:
             old, new = _get(saved, key), _get(config, key)

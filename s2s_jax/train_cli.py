@@ -45,6 +45,10 @@ def run(config, workdir: str) -> int:
         config_utils.validate(config)
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise config_utils.ConfigError(f"--workdir {workdir} is a file, not a directory")
+        if config.train.init_from and not config_utils.has_trained_state(workdir):
+            from s2s_jax import init_from
+
+            init_from.check(config.train.init_from)
         os.makedirs(workdir, exist_ok=True)
         from s2s_jax import parallel
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from s2s_jax import bleu, parallel, training_data
+from s2s_jax import bleu, init_from, parallel, training_data
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
@@ -272,6 +272,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             iterator.set_state(meta["data_state"])
             start_step = int(state["step"])
             print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
+        elif train_cfg.init_from:
+            state = init_from.initial_state(train_cfg.init_from, jax.device_get(state), train_cfg.init_keep_optimizer,
+                                            workdir if main else None)
+            state = parallel.replicate(state, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size), flush=True)
         best_meta = checkpoints.best_meta() or {}
         best = BestTracker(train_cfg, best_meta.get("step", 0), best_meta.get("valid_bleu", -1.0))

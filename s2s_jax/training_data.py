@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 
@@ -46,10 +47,30 @@ def use_quickstart_corpus(config, workdir: str) -> None:
             setattr(config.data, key, path)
 
 
+def _copy_tokenizer(model: str, path: str) -> None:
+    """An existing sentencepiece model (data.spm_model*) into the workdir, checked first."""
+    listing = Tokenizer(model).vocab_listing()  # a missing file or other special ids: a clear error
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    shutil.copyfile(model, tmp)
+    os.replace(tmp, path)
+    with open(path[: -len(".model")] + ".vocab", "w", encoding="utf-8") as f:
+        f.write(listing)
+
+
 def tokenizers(config, workdir: str, train_pairs) -> tuple[Tokenizer, Tokenizer]:
-    """Loads the workdir's sentencepiece model(s), training them on the first run."""
+    """Loads the workdir's sentencepiece model(s). On the first run they are copied from
+    train.init_from's run or data.spm_model(_src/_tgt) when set, else trained on the data."""
     cfg = config.data
     src_path, tgt_path = workdir_model_paths(workdir, cfg.joint_vocab)
+    if config.train.init_from and not all(os.path.exists(p) for p in (src_path, tgt_path)):
+        from s2s_jax import init_from
+
+        init_from.copy_tokenizers(config.train.init_from, workdir, cfg.joint_vocab)
+    given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
+    for path, model in zip((src_path, tgt_path), given):
+        if model and not os.path.exists(path):
+            _copy_tokenizer(model, path)
     sides = [(src_path, [s for s, _ in train_pairs]), (tgt_path, [t for _, t in train_pairs])]
     if cfg.joint_vocab:
         sides = [(src_path, sides[0][1] + sides[1][1])]

@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
     data.joint_vocab = True  # one sentencepiece model for both sides, else one per side
     data.spm_model_type = "unigram"  # unigram | bpe | word | char (sentencepiece algorithms)
+    data.spm_model = ""  # an existing joint sentencepiece model to copy into the workdir instead of training one
+    data.spm_model_src = ""  # the same per side, with data.joint_vocab=False
+    data.spm_model_tgt = ""
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
     data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
@@ -55,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train = ml_collections.ConfigDict()
     train.batch_size = 64  # sentence pairs per batch
+    train.init_from = ""  # WORKDIR[:best|latest|STEP]: a new run starts from that run's parameters and tokenizer(s)
+    train.init_keep_optimizer = False  # with init_from: also its optimizer state and schedule position
     train.num_steps = 10000
     train.optimizer = "adam"  # adam | adamw
     train.learning_rate = 1e-3

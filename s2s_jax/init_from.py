@@ -1,0 +1,94 @@
+"""Starting a run from another run: `train.init_from=WORKDIR[:best|latest|STEP]` (fine-tuning).
+
+A new workdir (one without checkpoints) takes the source run's tokenizer(s) and the
+parameters that run decodes with (`best` by default), then trains on its own data. By
+default the optimizer state and the learning-rate schedule start afresh, like fairseq's
+`--finetune-from-model`; `train.init_keep_optimizer=True` also takes the source's
+optimizer state (Adam moments and the update count that drives the schedule) from its
+training checkpoint of that step. The step counter of the new run starts at 0 either way:
+`train.num_steps` counts this run's updates. Once the new run has a checkpoint, a rerun
+resumes it and init_from no longer applies. WORKDIR/init_from.json records the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from s2s_jax import checkpoints as ckpt_lib
+from s2s_jax.config_utils import ConfigError
+from s2s_jax.tokenizer import workdir_model_paths
+
+RECORD = "init_from.json"
+
+
+def parse(spec: str) -> tuple[str, str]:
+    """'W', 'W:best', 'W:latest' or 'W:1500' -> (W, which); a colon not followed by one of those
+    belongs to the path."""
+    workdir, sep, which = spec.rpartition(":")
+    if sep and (which in ("best", "latest") or which.isdigit()) and workdir:
+        return workdir, which
+    return spec, "best"
+
+
+def check(spec: str) -> None:
+    """The source must be a training workdir: a clear error before anything is written."""
+    workdir, _ = parse(spec)
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise ConfigError(f"train.init_from={spec}: {workdir} is not a training workdir (no config.json)")
+
+
+def copy_tokenizers(spec: str, workdir: str, joint: bool) -> None:
+    """The source run's sentencepiece model(s) into `workdir`, where training_data loads them."""
+    source, _ = parse(spec)
+    src_joint, _ = workdir_model_paths(source, joint=True)
+    if os.path.exists(src_joint) != joint:
+        theirs = "one joint model" if os.path.exists(src_joint) else "one model per side"
+        raise ConfigError(f"train.init_from={spec}: that run has {theirs}; set data.joint_vocab={not joint} to match")
+    os.makedirs(workdir, exist_ok=True)
+    for side_from, side_to in zip(workdir_model_paths(source, joint), workdir_model_paths(workdir, joint)):
+        for ext in (".model", ".vocab"):
+            src_file = side_from[: -len(".model")] + ext
+            if os.path.exists(src_file) and not os.path.exists(side_to[: -len(".model")] + ext):
+                shutil.copyfile(src_file, side_to[: -len(".model")] + ext)
+
+
+def _shape_differences(source: Any, target: Any) -> list[str]:
+    flat_source = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)}
+    flat_target = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    differ = []
+    for key in sorted(set(flat_source) | set(flat_target)):
+        a, b = flat_source.get(key, "absent"), flat_target.get(key, "absent")
+        if a != b:
+            differ.append(f"{key} {a} in the source vs {b} here")
+    return differ
+
+
+def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | None) -> dict:
+    """`state` (a freshly initialised train state) with the source's parameters, and with
+    `keep_optimizer` its optimizer state too; the step counter stays 0. Records the source
+    in WORKDIR/init_from.json (`workdir` None: another process does)."""
+    source, which = parse(spec)
+    params, meta = ckpt_lib.load_params(source, which)
+    differ = _shape_differences(params, state["params"])
+    if differ:
+        shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise ConfigError(f"train.init_from={spec}: the model shapes differ ({shown}); use the source's model config")
+    state = dict(state, params=params)
+    if keep_optimizer:
+        restored, _ = ckpt_lib.load_train_state(source, meta["step"], state)
+        state["opt_state"] = restored["opt_state"]
+    if workdir is None:
+        return state
+    with open(os.path.join(workdir, RECORD), "w", encoding="utf-8") as f:
+        json.dump({"workdir": os.path.abspath(source), "checkpoint": which, "step": meta["step"],
+                   "keep_optimizer": keep_optimizer}, f, indent=2)
+        f.write("\n")
+    print(f"Initialised from {source} ({which}: step {meta['step']}"
+          f"{', with its optimizer state' if keep_optimizer else ''})", flush=True)
+    return state

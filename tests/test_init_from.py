@@ -1,0 +1,126 @@
+"""Fine-tuning (train.init_from) and reusing a sentencepiece model (data.spm_model)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from s2s_jax import checkpoints, config_utils, init_from, train_cli, training
+from tests.helpers import write_tiny_corpus
+
+
+def equal_trees(a, b) -> bool:
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+@pytest.fixture(scope="module")
+def second_corpus(tmp_path_factory):
+    return write_tiny_corpus(str(tmp_path_factory.mktemp("corpus2")), n_train=120, n_valid=20, seed=1)
+
+
+def fine_tune_config(source: str, paths: dict, **train):
+    """The source run's config on new data, starting from the source."""
+    config = config_utils.load(source)
+    for key, value in paths.items():
+        setattr(config.data, key, value)
+    config.train.init_from = source
+    config.train.eval_every = config.train.checkpoint_every = config.train.log_every = 10
+    config.train.warmup_steps = 0
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def test_spec_parsing():
+    assert init_from.parse("runs/a") == ("runs/a", "best")
+    assert init_from.parse("runs/a:latest") == ("runs/a", "latest")
+    assert init_from.parse("runs/a:1500") == ("runs/a", "1500")
+    assert init_from.parse("C:/runs/a") == ("C:/runs/a", "best")  # a colon in the path stays in the path
+
+
+def test_the_initial_state_is_the_source_exactly(trained_workdir):
+    source = trained_workdir.workdir
+    config = config_utils.load(source)
+    from s2s_jax.model import make_model
+    from s2s_jax.optimizers import make_optimizer
+    from s2s_jax.tokenizer import load_workdir_tokenizers
+
+    src_tok, tgt_tok = load_workdir_tokenizers(source)
+    model = make_model(config, src_tok.vocab_size, tgt_tok.vocab_size)
+    fresh = jax.device_get(training.init_train_state(model, make_optimizer(config.train), seed=7))
+    best, meta = checkpoints.load_params(source, "best")
+    state = init_from.initial_state(source, fresh, keep_optimizer=False, workdir=None)
+    assert equal_trees(state["params"], best) and int(state["step"]) == 0
+    assert equal_trees(state["opt_state"], fresh["opt_state"])  # a fresh optimizer
+    kept = init_from.initial_state(f"{source}:latest", fresh, keep_optimizer=True, workdir=None)
+    latest, _ = checkpoints.load_train_state(source, checkpoints.load_params(source, "latest")[1]["step"], fresh)
+    assert equal_trees(kept["params"], latest["params"]) and equal_trees(kept["opt_state"], latest["opt_state"])
+    assert int(kept["step"]) == 0
+
+
+def test_fine_tuning_starts_from_the_source_and_lowers_the_loss_on_new_data(trained_workdir, second_corpus, tmp_path):
+    source = trained_workdir.workdir
+    # A learning rate too small to move any float32 parameter: the run's parameters are the source's.
+    still = str(tmp_path / "still")
+    result = training.train_and_evaluate(fine_tune_config(source, second_corpus, num_steps=10, learning_rate=1e-30), still)
+    assert equal_trees(checkpoints.load_params(still, "latest")[0], checkpoints.load_params(source, "best")[0])
+    before = result.metrics["valid_loss"]
+    with open(os.path.join(still, "init_from.json"), encoding="utf-8") as f:
+        assert json.load(f)["step"] == checkpoints.load_params(source, "best")[1]["step"]
+    for name in ("spm.model", "spm.vocab"):
+        with open(os.path.join(source, name), "rb") as a, open(os.path.join(still, name), "rb") as b:
+            assert a.read() == b.read()
+    tuned = str(tmp_path / "tuned")
+    config = fine_tune_config(source, second_corpus, num_steps=20, learning_rate=0.01)
+    after = training.train_and_evaluate(config, tuned).metrics["valid_loss"]
+    assert after < before - 0.05, (before, after)
+    # A rerun resumes the fine-tuning run itself, even once the source is gone.
+    os.rename(source, source + ".moved")
+    try:
+        config.train.num_steps = 30
+        resumed = training.train_and_evaluate(config, tuned)
+    finally:
+        os.rename(source + ".moved", source)
+    assert resumed.steps_run == 10
+
+
+def test_a_different_model_shape_is_one_error_naming_the_keys(trained_workdir, second_corpus, tmp_path, capsys):
+    config = fine_tune_config(trained_workdir.workdir, second_corpus, num_steps=5)
+    config.model.hidden_size += 8
+    assert train_cli.run(config, str(tmp_path / "w")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: train.init_from={trained_workdir.workdir}: the model shapes differ (")
+    assert "hidden" in err or "kernel" in err
+    config = fine_tune_config(trained_workdir.workdir, second_corpus, num_steps=5, init_from=str(tmp_path / "nowhere"))
+    assert train_cli.run(config, str(tmp_path / "w2")) == 1
+    assert "is not a training workdir" in capsys.readouterr().err
+
+
+def test_an_existing_sentencepiece_model_is_copied_not_trained(trained_workdir, second_corpus, tmp_path, capsys):
+    config = config_utils.load(trained_workdir.workdir)
+    for key, value in second_corpus.items():
+        setattr(config.data, key, value)
+    config.data.spm_model = os.path.join(trained_workdir.workdir, "spm.model")
+    config.train.num_steps = config.train.eval_every = config.train.checkpoint_every = 2
+    workdir = str(tmp_path / "reuse")
+    status = train_cli.run(config, workdir)
+    assert status == 0, capsys.readouterr().err
+    capsys.readouterr()
+    with open(config.data.spm_model, "rb") as a, open(os.path.join(workdir, "spm.model"), "rb") as b:
+        assert a.read() == b.read()
+    # A model with sentencepiece's default special ids is refused with the existing clear error.
+    with open(second_corpus["train_src"], encoding="utf-8") as f:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(f.read().splitlines()), model_prefix=str(tmp_path / "plain"),
+                                       vocab_size=30, minloglevel=2)
+    config.data.spm_model = str(tmp_path / "plain.model")
+    assert train_cli.run(config, str(tmp_path / "refused")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain.model: special ids are" in err
+    config.data.joint_vocab = False
+    assert train_cli.run(config, str(tmp_path / "w3")) == 1
+    assert "data.spm_model is one joint model" in capsys.readouterr().err
