@@ -103,7 +103,7 @@ def validate(config) -> None:
     positive = [
         "data.vocab_size", "data.max_len", "data.num_buckets", "data.pad_multiple",
         "model.emb_dim", "model.hidden_size", "model.num_layers", "model.scan_unroll",
-        "train.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
+        "train.batch_size", "train.accum_steps", "train.num_steps", "train.log_every", "train.eval_every",
         "train.checkpoint_every", "train.max_to_keep", "decode.beam_size", "decode.batch_size",
     ]
     for key in positive:

@@ -76,6 +76,44 @@ def output_layer(model: Seq2Seq) -> Callable:
     return lambda params: functools.partial(model.apply, {"params": params}, method=Seq2Seq.project)
 
 
+def _loss_sums(model: Seq2Seq, label_smoothing: float, teacher_forcing_ratio: float) -> Callable:
+    """(params, batch, key) -> {'loss_sum', 'nll_sum', 'tokens'} of one batch, summed over real target tokens."""
+    project = output_layer(model)
+
+    def sums(params, batch, key):
+        dropout_key, sampling_key = jax.random.split(key)
+        rngs = {"dropout": dropout_key, "sampling": sampling_key}
+        if teacher_forcing_ratio >= 1.0:  # output layer only at real target positions
+            features = model.apply(
+                {"params": params}, batch["src"], batch["tgt_in"], train=True, rngs=rngs, method=Seq2Seq.features
+            )
+            return compact_cross_entropy(features, batch["tgt_out"], project(params), label_smoothing)
+        # scheduled sampling needs every step's logits anyway
+        logits = model.apply(
+            {"params": params}, batch["src"], batch["tgt_in"], train=True,
+            teacher_forcing_ratio=teacher_forcing_ratio, rngs=rngs,
+        )
+        return masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
+
+    return sums
+
+
+def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads, out: dict):
+    """The optimizer update for a mean-per-token gradient; a step whose loss or gradient is not
+    finite leaves the state untouched and reports `nonfinite = 1`."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(out["loss_sum"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = {
+        "step": state["step"] + 1,
+        "params": jax.tree.map(keep, params, state["params"]),
+        "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
+    }
+    return new_state, dict(out, grad_norm=grad_norm, nonfinite=1 - finite.astype(jnp.int32))
+
+
 def make_train_step(
     model: Seq2Seq,
     optimizer: optax.GradientTransformation,
@@ -84,43 +122,65 @@ def make_train_step(
 ) -> Callable:
     """One jit-compiled update: (state, batch, base_key) -> (state, metrics); `state` is donated.
 
-    A step whose loss or gradient is not finite leaves the state untouched and
-    reports `nonfinite = 1`, so poisoned values never reach the parameters.
+    The gradient is that of the mean loss per real target token. A step whose loss or
+    gradient is not finite leaves the state untouched and reports `nonfinite = 1`, so
+    poisoned values never reach the parameters.
     """
-    project = output_layer(model)
+    sums = _loss_sums(model, label_smoothing, teacher_forcing_ratio)
 
     def loss_fn(params, batch, key):
-        dropout_key, sampling_key = jax.random.split(key)
-        rngs = {"dropout": dropout_key, "sampling": sampling_key}
-        if teacher_forcing_ratio >= 1.0:  # output layer only at real target positions
-            features = model.apply(
-                {"params": params}, batch["src"], batch["tgt_in"], train=True, rngs=rngs, method=Seq2Seq.features
-            )
-            out = compact_cross_entropy(features, batch["tgt_out"], project(params), label_smoothing)
-        else:  # scheduled sampling needs every step's logits anyway
-            logits = model.apply(
-                {"params": params}, batch["src"], batch["tgt_in"], train=True,
-                teacher_forcing_ratio=teacher_forcing_ratio, rngs=rngs,
-            )
-            out = masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
+        out = sums(params, batch, key)
         return out["loss_sum"] / jnp.maximum(out["tokens"], 1.0), out
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: TrainState, batch: dict, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state["step"])
         grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(out["loss_sum"]) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = {
-            "step": state["step"] + 1,
-            "params": jax.tree.map(keep, params, state["params"]),
-            "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
-        }
-        step_metrics = dict(out, grad_norm=grad_norm, nonfinite=1 - finite.astype(jnp.int32))
-        return new_state, step_metrics
+        return _apply_update(optimizer, state, grads, out)
+
+    return train_step
+
+
+def make_accumulating_train_step(
+    model: Seq2Seq,
+    optimizer: optax.GradientTransformation,
+    label_smoothing: float = 0.0,
+    teacher_forcing_ratio: float = 1.0,
+    replicated: jax.sharding.Sharding | None = None,
+) -> Callable:
+    """One update from several micro-batches: (state, [batch, ...], base_key) -> (state, metrics).
+
+    The gradient is that of the total loss over all micro-batches divided by their total
+    real target tokens, i.e. the update one batch holding them all would make (not a mean
+    of per-micro-batch means). Micro-batches may have different shapes: each goes through
+    one jit-compiled gradient function (one compile per bucket shape, as without
+    accumulation), the sums are added on device, and one compiled update applies them, so
+    accumulation adds two compiles in all. Micro-batch i draws dropout with
+    fold_in(fold_in(base_key, step), i). `replicated` pins the new state's sharding
+    (parallel.replicated(mesh)); the state is donated.
+    """
+    sums = _loss_sums(model, label_smoothing, teacher_forcing_ratio)
+
+    def total_loss(params, batch, key):
+        out = sums(params, batch, key)
+        return out["loss_sum"], out
+
+    micro = jax.jit(jax.grad(total_loss, has_aux=True))
+
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
+
+    @functools.partial(jax.jit, donate_argnums=0, out_shardings=replicated)
+    def update(state: TrainState, grad_sums, out: dict):
+        grads = jax.tree.map(lambda g: g / jnp.maximum(out["tokens"], 1.0), grad_sums)
+        return _apply_update(optimizer, state, grads, out)
+
+    def train_step(state: TrainState, batches: list[dict], base_key: jax.Array):
+        key = jax.random.fold_in(base_key, state["step"])
+        total = None
+        for i, batch in enumerate(batches):
+            grads, out = micro(state["params"], batch, jax.random.fold_in(key, i))
+            total = (grads, out) if total is None else add(total, (grads, out))
+        return update(state, *total)
 
     return train_step
 
@@ -286,9 +346,13 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return result(Outcome.EARLY_STOPPED, start_step, {}, best.message(start_step))
 
-        train_step = parallel.data_parallel_train_step(make_train_step(
-            model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio
-        ), mesh)
+        if train_cfg.accum_steps > 1:
+            train_step = make_accumulating_train_step(model, optimizer, train_cfg.label_smoothing,
+                                                      train_cfg.teacher_forcing_ratio, parallel.replicated(mesh))
+        else:
+            train_step = parallel.data_parallel_train_step(make_train_step(
+                model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio
+            ), mesh)
         eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
         inference = Inference(model, config.decode, config.data.max_len, mesh)
         log = cleanup.enter_context(
@@ -301,9 +365,14 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         )))
         last: dict = {}
         for step in range(start_step + 1, num_steps + 1):
-            batch = next(iterator)
-            state, step_metrics = train_step(state, parallel.shard_batch(mesh, batch), base_key)
-            window.add(step_metrics, int((batch["tgt_out"] != PAD_ID).sum()))
+            if train_cfg.accum_steps > 1:
+                batches = [next(iterator) for _ in range(train_cfg.accum_steps)]
+                placed = [parallel.shard_batch(mesh, b) for b in batches]
+            else:
+                batches = [next(iterator)]
+                placed = parallel.shard_batch(mesh, batches[0])
+            state, step_metrics = train_step(state, placed, base_key)
+            window.add(step_metrics, sum(int((b["tgt_out"] != PAD_ID).sum()) for b in batches))
             bar.update(1)
             record: dict = {}
             early_stop = False

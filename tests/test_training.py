@@ -65,10 +65,38 @@ def test_checkpoint_round_trip_gives_identical_params_and_next_loss(setup, tmp_p
     assert float(m1["loss_sum"]) == float(m2["loss_sum"])
 
 
+def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
+    """4 x 32 rows, accumulated, make the update one batch of 128 rows makes (dropout 0; the loss
+    normalised by all micro-batches' target tokens together, which differ per micro-batch)."""
+    config = tiny_config({}, learning_rate=1e-2, warmup_steps=0)
+    config.model.dropout = 0.0
+    model = make_model(config, 20, 20)
+    optimizer = make_optimizer(config.train)
+    rng = np.random.default_rng(3)
+    tgt = rng.integers(3, 20, (128, 9)).astype(np.int32)
+    tgt[np.arange(9)[None, :] >= rng.integers(1, 10, (128, 1))] = 0  # lengths 1..9: micro-batches differ
+    batch = {"src": rng.integers(3, 20, (128, 7)).astype(np.int32),
+             "tgt_in": np.concatenate([np.ones((128, 1), np.int32), tgt[:, :-1]], axis=1), "tgt_out": tgt}
+    key = jax.random.key(0)
+    one = training.make_train_step(model, optimizer)
+    accumulating = training.make_accumulating_train_step(model, optimizer)
+    state = training.init_train_state(model, optimizer, seed=0)
+    copy = jax.tree.map(jnp.array, state)
+    want, m1 = one(state, batch, key)
+    micro = [{k: v[i * 32 : (i + 1) * 32] for k, v in batch.items()} for i in range(4)]
+    got, m2 = accumulating(copy, micro, key)
+    assert float(m2["tokens"]) == float(m1["tokens"]) == float((tgt != 0).sum())
+    np.testing.assert_allclose(float(m2["loss_sum"]), float(m1["loss_sum"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got["params"], want["params"])
+    assert int(got["step"]) == 1
+
+
 @pytest.mark.slow
-def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, accum_steps):
     paths = write_tiny_corpus(str(tmp_path))
-    config = tiny_config(paths)
+    config = tiny_config(paths, accum_steps=accum_steps)
     full = str(tmp_path / "full")
     os.makedirs(full)
     result = training.train_and_evaluate(config, full)

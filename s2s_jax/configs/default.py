@@ -57,7 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
 
     config.train = train = ml_collections.ConfigDict()
-    train.batch_size = 64  # sentence pairs per batch
+    train.batch_size = 64  # sentence pairs per batch (per micro-batch with accum_steps > 1)
+    train.accum_steps = 1  # micro-batches per update: the gradient of their summed loss over their total target tokens
     train.init_from = ""  # WORKDIR[:best|latest|STEP]: a new run starts from that run's parameters and tokenizer(s)
     train.init_keep_optimizer = False  # with init_from: also its optimizer state and schedule position
     train.num_steps = 10000
