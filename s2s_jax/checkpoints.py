@@ -318,16 +318,21 @@ class Checkpoints:
 
 
 def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
-    """Parameters for decoding: `which` is 'best', 'latest' or a step number.
+    """Parameters for decoding: `which` is 'best', 'latest', a step number or 'avg:K'.
 
     'best' falls back to 'latest' when there is no readable best checkpoint, and
     'latest' to an older step when the newest is unreadable (with a warning);
-    an explicit step that cannot be read is a CheckpointError. Returns the
-    parameters and the checkpoint's meta with its `step` added.
+    an explicit step that cannot be read is a CheckpointError. 'avg:K' is the
+    element-wise mean of the K newest training checkpoints (accumulated in float64,
+    so K copies of one checkpoint give it back exactly). A run that keeps an EMA
+    gives its EMA parameters. Returns the parameters and the checkpoint's meta with
+    its `step` (the newest averaged one, and `averaged_steps`) added.
     """
     which = str(which).strip()
-    if which not in ("best", "latest") and not which.isdigit():
-        raise CheckpointError(f"--checkpoint must be best, latest or a step number, got {which!r}")
+    average = which.startswith("avg:")
+    if which not in ("best", "latest") and not which.isdigit() and not (average and which[4:].isdigit()
+                                                                        and int(which[4:]) >= 1):
+        raise CheckpointError(f"--checkpoint must be best, latest, a step number or avg:K (K >= 1), got {which!r}")
     if which == "best":
         found = _load_best(workdir)
         if found is not None:
@@ -339,15 +344,40 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
         raise CheckpointError(train_first)
     with contextlib.closing(_manager(workdir, _LATEST, 1, create=False)) as manager:
         steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(train_first)
+        if average:
+            return _average(manager, steps, int(which[4:]), latest_dir)
         if which != "latest":
             if int(which) not in steps:
                 available = ", ".join(map(str, sorted(steps))) or "none"
                 raise CheckpointError(f"no checkpoint for step {which} in {latest_dir} (available: {available})")
             steps = [int(which)]
-        if not steps:
-            raise CheckpointError(train_first)
         step, restored = _restore_newest_readable(manager, _LATEST, steps, _LOCAL_DEVICE)
-    return _uncommitted(restored["state"]["params"]), dict(restored["meta"], step=step)
+    return _decode_params(restored["state"]), dict(restored["meta"], step=step)
+
+
+def _decode_params(state: dict) -> Any:
+    return _uncommitted(state.get("ema", state["params"]))
+
+
+def _average(manager: ocp.CheckpointManager, steps: list[int], k: int, directory: str) -> tuple[Any, dict]:
+    """The mean of the decode parameters of the k newest steps (`steps` newest first)."""
+    if len(steps) < k:
+        raise CheckpointError(f"avg:{k} needs {k} checkpoints, {directory} has {len(steps)} "
+                              f"({', '.join(map(str, sorted(steps)))}; train.max_to_keep sets how many are kept)")
+    total, meta = None, None
+    for step in steps[:k]:
+        try:
+            _, restored = _restore_newest_readable(manager, _LATEST, [step], _LOCAL_DEVICE)
+        except _NoReadableCheckpoint as err:
+            raise CheckpointError(f"avg:{k}: {err}") from None
+        params = jax.tree.map(lambda x: np.asarray(x, np.float64), _decode_params(restored["state"]))
+        total = params if total is None else jax.tree.map(np.add, total, params)
+        meta = meta or dict(restored["meta"], step=step)
+        dtypes = jax.tree.map(lambda x: np.asarray(x).dtype, _decode_params(restored["state"]))
+    mean = jax.tree.map(lambda t, dtype: (t / k).astype(dtype), total, dtypes)
+    return mean, dict(meta, averaged_steps=sorted(steps[:k]))
 
 
 def load_train_state(workdir: str, step: int, abstract_state: Any) -> tuple[Any, dict]:

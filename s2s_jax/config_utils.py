@@ -15,7 +15,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
     f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
-) + ("train.optimizer", "train.batch_size")
+) + ("train.optimizer", "train.batch_size", "train.ema_decay")
 
 
 class ConfigError(ValueError):
@@ -121,7 +121,7 @@ def validate(config) -> None:
             raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
     if config.data.vocab_size < 8:
         raise ConfigError(f"data.vocab_size={config.data.vocab_size} leaves no room beyond the 4 reserved ids")
-    for key in ("model.dropout", "train.label_smoothing"):
+    for key in ("model.dropout", "train.label_smoothing", "train.ema_decay"):
         if not 0.0 <= _get(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(config, key)}")
     if not 0.0 <= config.train.teacher_forcing_ratio <= 1.0:
@@ -188,8 +188,15 @@ def check_and_save(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path) and has_trained_state(workdir):
         saved = _read_json(path)
+        from s2s_jax.configs import default
+
+        defaults = default.get_config()
         for key in _FIXED_ON_RESUME:
-            old, new = _get(saved, key), _get(config, key)
+            try:
+                old = _get(saved, key)
+            except KeyError:  # saved by an older version without that key: it had the default
+                old = _get(defaults, key)
+            new = _get(config, key)
             if old != new:
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "

@@ -301,7 +301,9 @@ def _define_flags() -> None:
         "ensemble_weights", None,
         "Comma-separated weights of the ensemble members, one per --workdir in order (default: equal).",
     )
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_string(
+        "checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest training checkpoints)."
+    )
     flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
     flags.DEFINE_string("output", "-", "Output file; - for stdout.")
     flags.DEFINE_integer("beam_size", None, "Beam size (1 = greedy); default: the config's decode.beam_size.")

@@ -1,4 +1,4 @@
-"""Starting a run from another run: `train.init_from=WORKDIR[:best|latest|STEP]` (fine-tuning).
+"""Starting a run from another run: `train.init_from=WORKDIR[:best|latest|STEP|avg:K]` (fine-tuning).
 
 A new workdir (one without checkpoints) takes the source run's tokenizer(s) and the
 parameters that run decodes with (`best` by default), then trains on its own data. By
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -28,12 +29,10 @@ RECORD = "init_from.json"
 
 
 def parse(spec: str) -> tuple[str, str]:
-    """'W', 'W:best', 'W:latest' or 'W:1500' -> (W, which); a colon not followed by one of those
-    belongs to the path."""
-    workdir, sep, which = spec.rpartition(":")
-    if sep and (which in ("best", "latest") or which.isdigit()) and workdir:
-        return workdir, which
-    return spec, "best"
+    """'W', 'W:best', 'W:latest', 'W:1500' or 'W:avg:5' -> (W, which); a colon not followed by
+    one of those belongs to the path."""
+    match = re.fullmatch(r"(.+?):(best|latest|\d+|avg:\d+)", spec)
+    return (match.group(1), match.group(2)) if match else (spec, "best")
 
 
 def check(spec: str) -> None:
@@ -80,6 +79,8 @@ def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | N
         shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
         raise ConfigError(f"train.init_from={spec}: the model shapes differ ({shown}); use the source's model config")
     state = dict(state, params=params)
+    if "ema" in state:
+        state["ema"] = params
     if keep_optimizer:
         restored, _ = ckpt_lib.load_train_state(source, meta["step"], state)
         state["opt_state"] = restored["opt_state"]

@@ -32,7 +32,7 @@ from s2s_jax.optimizers import learning_rate_schedule, make_optimizer
 from s2s_jax.tokenizer import PAD_ID
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
-TrainState = dict[str, Any]  # {"step", "params", "opt_state"}: plain pytree, checkpointed as is
+TrainState = dict[str, Any]  # {"step", "params", "opt_state"[, "ema"]}: plain pytree, checkpointed as is
 
 # What `train.on_nonfinite` may say about a step whose loss or gradient is NaN/Inf.
 ON_NONFINITE = {
@@ -60,15 +60,24 @@ class TrainResult:
     message: str = ""  # for the user: why it stopped, how to go on
 
 
-def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False) -> TrainState:
+    """Step 0: fresh parameters and optimizer state, and with `ema` their moving average (= the parameters)."""
     dummy = jnp.ones((1, 4), jnp.int32)
 
     @jax.jit
     def init(key):  # compiled: about twice as fast as running init op by op
         params = model.init(key, dummy, dummy)["params"]
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+        if ema:
+            state["ema"] = jax.tree.map(jnp.copy, params)
+        return state
 
     return init(jax.random.key(seed))
+
+
+def decode_params(state: TrainState) -> Any:
+    """The parameters a run validates, keeps as best and decodes with: the EMA when kept, else the raw ones."""
+    return state.get("ema", state["params"])
 
 
 def output_layer(model: Seq2Seq) -> Callable:
@@ -98,9 +107,10 @@ def _loss_sums(model: Seq2Seq, label_smoothing: float, teacher_forcing_ratio: fl
     return sums
 
 
-def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads, out: dict):
-    """The optimizer update for a mean-per-token gradient; a step whose loss or gradient is not
-    finite leaves the state untouched and reports `nonfinite = 1`."""
+def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads, out: dict, ema_decay: float):
+    """The optimizer update for a mean-per-token gradient, then the EMA (when the state keeps one):
+    ema = decay * ema + (1 - decay) * params. A step whose loss or gradient is not finite leaves
+    the state untouched and reports `nonfinite = 1`."""
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(out["loss_sum"]) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -111,6 +121,10 @@ def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, gr
         "params": jax.tree.map(keep, params, state["params"]),
         "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
     }
+    if "ema" in state:
+        new_state["ema"] = jax.tree.map(
+            lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e), state["ema"], new_state["params"]
+        )
     return new_state, dict(out, grad_norm=grad_norm, nonfinite=1 - finite.astype(jnp.int32))
 
 
@@ -119,6 +133,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     label_smoothing: float = 0.0,
     teacher_forcing_ratio: float = 1.0,
+    ema_decay: float = 0.0,
 ) -> Callable:
     """One jit-compiled update: (state, batch, base_key) -> (state, metrics); `state` is donated.
 
@@ -136,7 +151,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state["step"])
         grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key)
-        return _apply_update(optimizer, state, grads, out)
+        return _apply_update(optimizer, state, grads, out, ema_decay)
 
     return train_step
 
@@ -147,6 +162,7 @@ def make_accumulating_train_step(
     label_smoothing: float = 0.0,
     teacher_forcing_ratio: float = 1.0,
     replicated: jax.sharding.Sharding | None = None,
+    ema_decay: float = 0.0,
 ) -> Callable:
     """One update from several micro-batches: (state, [batch, ...], base_key) -> (state, metrics).
 
@@ -172,7 +188,7 @@ def make_accumulating_train_step(
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=replicated)
     def update(state: TrainState, grad_sums, out: dict):
         grads = jax.tree.map(lambda g: g / jnp.maximum(out["tokens"], 1.0), grad_sums)
-        return _apply_update(optimizer, state, grads, out)
+        return _apply_update(optimizer, state, grads, out, ema_decay)
 
     def train_step(state: TrainState, batches: list[dict], base_key: jax.Array):
         key = jax.random.fold_in(base_key, state["step"])
@@ -318,7 +334,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         corpus = training_data.prepare(config, workdir)
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
-    state = parallel.replicate(init_train_state(model, optimizer, config.seed), mesh)
+    state = parallel.replicate(init_train_state(model, optimizer, config.seed, ema=config.train.ema_decay > 0), mesh)
     iterator = corpus.train_iterator()
     num_steps, train_cfg = config.train.num_steps, config.train
 
@@ -348,10 +364,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
         if train_cfg.accum_steps > 1:
             train_step = make_accumulating_train_step(model, optimizer, train_cfg.label_smoothing,
-                                                      train_cfg.teacher_forcing_ratio, parallel.replicated(mesh))
+                                                      train_cfg.teacher_forcing_ratio, parallel.replicated(mesh),
+                                                      train_cfg.ema_decay)
         else:
             train_step = parallel.data_parallel_train_step(make_train_step(
-                model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio
+                model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
             ), mesh)
         eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
         inference = Inference(model, config.decode, config.data.max_len, mesh)
@@ -379,10 +396,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             if step % train_cfg.eval_every == 0 or step == num_steps:
                 jax.block_until_ready(state)  # the queued train steps count as training time
                 eval_start = time.perf_counter()
-                scores, hyps = evaluate(state["params"], eval_step, inference, corpus, config)
+                scores, hyps = evaluate(decode_params(state), eval_step, inference, corpus, config)
                 window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
                 record.update(scores)
-                best.update(step, scores, state["params"], checkpoints)
+                best.update(step, scores, decode_params(state), checkpoints)
                 early_stop = step < num_steps and best.patience_ran_out(step)
                 bar.write(
                     f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "

@@ -40,6 +40,7 @@ def test_spec_parsing():
     assert init_from.parse("runs/a") == ("runs/a", "best")
     assert init_from.parse("runs/a:latest") == ("runs/a", "latest")
     assert init_from.parse("runs/a:1500") == ("runs/a", "1500")
+    assert init_from.parse("runs/a:avg:3") == ("runs/a", "avg:3")
     assert init_from.parse("C:/runs/a") == ("C:/runs/a", "best")  # a colon in the path stays in the path
 
 

@@ -92,11 +92,56 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     assert int(got["step"]) == 1
 
 
+def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_back(setup, tmp_path):
+    model, optimizer, _, batch = setup
+    key = jax.random.key(0)
+    state = training.init_train_state(model, optimizer, seed=1, ema=True)
+    step = training.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.0)
+    for _ in range(3):
+        state, _ = step(state, batch, key)
+    jax.tree.map(np.testing.assert_array_equal, state["ema"], state["params"])
+    slow = training.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.5)
+    moved, _ = slow(jax.tree.map(jnp.array, state), batch, key)
+    jax.tree.map(lambda e, old, new: np.testing.assert_allclose(e, 0.5 * old + 0.5 * new, rtol=1e-6, atol=1e-7),
+                 moved["ema"], state["params"], moved["params"])
+    # --checkpoint avg:K: K copies of one checkpoint give it back exactly; the mean of two is their mean.
+    saver = ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5)
+    for number in (1, 2, 3):
+        saver.save(number, state, {"step": number})
+    saver.save(4, moved, {"step": 4})
+    saver.close()
+    three, meta = ckpt_lib.load_params(str(tmp_path), "3")
+    jax.tree.map(np.testing.assert_array_equal, three, jax.device_get(state["ema"]))  # the EMA is what decodes
+    same, _ = ckpt_lib.load_params(str(tmp_path), "3")
+    shutil.rmtree(os.path.join(str(tmp_path), "checkpoints", "4"))
+    averaged, meta = ckpt_lib.load_params(str(tmp_path), "avg:3")
+    jax.tree.map(np.testing.assert_array_equal, averaged, same)
+    assert meta["averaged_steps"] == [1, 2, 3] and meta["step"] == 3
+    with pytest.raises(ckpt_lib.CheckpointError, match="avg:4 needs 4 checkpoints"):
+        ckpt_lib.load_params(str(tmp_path), "avg:4")
+    with pytest.raises(ckpt_lib.CheckpointError, match="avg:K"):
+        ckpt_lib.load_params(str(tmp_path), "avg:0")
+
+
+def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
+    model, optimizer, step, batch = setup
+    key = jax.random.key(0)
+    a = training.init_train_state(model, optimizer, seed=1)
+    b, _ = step(jax.tree.map(jnp.array, a), batch, key)
+    saver = ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5)
+    saver.save(1, a, {"step": 1})
+    saver.save(2, b, {"step": 2})
+    saver.close()
+    mean, _ = ckpt_lib.load_params(str(tmp_path), "avg:2")
+    jax.tree.map(lambda m, x, y: np.testing.assert_allclose(m, (np.float64(x) + np.float64(y)) / 2, rtol=1e-7),
+                 mean, jax.device_get(a["params"]), jax.device_get(b["params"]))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("accum_steps", [1, 2])
-def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, accum_steps):
+@pytest.mark.parametrize("accum_steps, ema_decay", [(1, 0.0), (2, 0.0), (1, 0.9)], ids=["plain", "accum2", "ema"])
+def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, accum_steps, ema_decay):
     paths = write_tiny_corpus(str(tmp_path))
-    config = tiny_config(paths, accum_steps=accum_steps)
+    config = tiny_config(paths, accum_steps=accum_steps, ema_decay=ema_decay)
     full = str(tmp_path / "full")
     os.makedirs(full)
     result = training.train_and_evaluate(config, full)
