@@ -15,7 +15,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
     f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
-) + ("train.optimizer", "train.batch_size", "train.ema_decay")
+) + ("train.optimizer", "train.batch_size", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
 
 
 class ConfigError(ValueError):
@@ -96,6 +96,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.lr_schedule": tuple(optimizers.LR_SCHEDULES),
         "train.dtype": tuple(model.DTYPES),
         "train.on_nonfinite": tuple(training.ON_NONFINITE),
+        "train.early_stop_metric": tuple(training.EARLY_STOP_METRICS),
     }
 
 
@@ -124,6 +125,8 @@ def validate(config) -> None:
     for key in ("model.dropout", "train.label_smoothing", "train.ema_decay"):
         if not 0.0 <= _get(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(config, key)}")
+    if not 0.0 < config.train.plateau_factor < 1.0:
+        raise ConfigError(f"train.plateau_factor must be in (0, 1), got {config.train.plateau_factor}")
     if not 0.0 <= config.train.teacher_forcing_ratio <= 1.0:
         raise ConfigError(f"train.teacher_forcing_ratio must be in [0, 1], got {config.train.teacher_forcing_ratio}")
     if not (config.train.learning_rate > 0 and math.isfinite(config.train.learning_rate)):

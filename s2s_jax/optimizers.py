@@ -33,7 +33,13 @@ LR_SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
     "constant": _warmup_constant,
     "cosine": _warmup_cosine,
     "rsqrt": _warmup_rsqrt,
+    "plateau": _warmup_constant,  # times the training state's lr_scale: see ON_PLATEAU
 }
+
+# Schedules whose rate also follows validation: the training loop multiplies the state's
+# lr_scale by train.plateau_factor after every evaluation that does not improve
+# train.early_stop_metric (so it is checkpointed and resumes exactly).
+ON_PLATEAU = frozenset({"plateau"})
 
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adam": lambda train_cfg, schedule: optax.adam(schedule),

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import math
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import Seq2Seq, make_model
-from s2s_jax.optimizers import learning_rate_schedule, make_optimizer
+from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
 from s2s_jax.tokenizer import PAD_ID
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
@@ -60,8 +61,10 @@ class TrainResult:
     message: str = ""  # for the user: why it stopped, how to go on
 
 
-def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False) -> TrainState:
-    """Step 0: fresh parameters and optimizer state, and with `ema` their moving average (= the parameters)."""
+def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False,
+                     lr_scale: bool = False) -> TrainState:
+    """Step 0: fresh parameters and optimizer state; with `ema` their moving average (= the
+    parameters), with `lr_scale` a learning-rate factor (1.0) that plateau schedules lower."""
     dummy = jnp.ones((1, 4), jnp.int32)
 
     @jax.jit
@@ -70,6 +73,8 @@ def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, se
         state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
         if ema:
             state["ema"] = jax.tree.map(jnp.copy, params)
+        if lr_scale:
+            state["lr_scale"] = jnp.ones((), jnp.float32)
         return state
 
     return init(jax.random.key(seed))
@@ -114,6 +119,8 @@ def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, gr
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(out["loss_sum"]) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    if "lr_scale" in state:
+        updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)
     params = optax.apply_updates(state["params"], updates)
     keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_state = {
@@ -121,6 +128,8 @@ def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, gr
         "params": jax.tree.map(keep, params, state["params"]),
         "opt_state": jax.tree.map(keep, opt_state, state["opt_state"]),
     }
+    if "lr_scale" in state:
+        new_state["lr_scale"] = state["lr_scale"]
     if "ema" in state:
         new_state["ema"] = jax.tree.map(
             lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e), state["ema"], new_state["params"]
@@ -257,22 +266,52 @@ class StopRequest(contextlib.AbstractContextManager):
         self.requested = signal.Signals(signum).name
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A validation score that picks the best checkpoint and drives early stopping."""
+
+    key: str  # in evaluate()'s scores
+    higher_is_better: bool
+    label: str
+
+
+EARLY_STOP_METRICS: dict[str, Metric] = {
+    "bleu": Metric("valid_bleu", True, "validation BLEU"),
+    "chrf": Metric("valid_chrf", True, "validation chrF"),
+    "loss": Metric("valid_loss", False, "validation loss"),
+}
+
+
 class BestTracker:
-    """The best validation BLEU so far and early stopping by `train.early_stop_patience`.
+    """The best validation score so far (train.early_stop_metric) and early stopping by
+    `train.early_stop_patience`.
 
     Starts from the best checkpoint on disk, so a resumed run stops where an
     uninterrupted one would (and a rerun after an early stop does nothing).
     """
 
-    train_cfg: Any
-    step: int = 0
-    bleu: float = -1.0
+    def __init__(self, train_cfg, best_meta: dict | None):
+        self.train_cfg = train_cfg
+        self.metric = EARLY_STOP_METRICS[train_cfg.early_stop_metric]
+        best_meta = best_meta or {}
+        self.step = best_meta.get("step", 0)
+        self.scores = best_meta
+        worst = -math.inf if self.metric.higher_is_better else math.inf
+        self.value = best_meta.get(self.metric.key, worst)
 
-    def update(self, step: int, scores: dict, params, checkpoints: ckpt_lib.Checkpoints) -> None:
-        if scores["valid_bleu"] > self.bleu:
-            self.step, self.bleu = step, scores["valid_bleu"]
-            checkpoints.save_best(step, params, dict(scores, step=step))
+    @property
+    def bleu(self) -> float:
+        """The BLEU of the best checkpoint (-1 before the first evaluation)."""
+        return self.scores.get("valid_bleu", -1.0)
+
+    def update(self, step: int, scores: dict, params, checkpoints: ckpt_lib.Checkpoints) -> bool:
+        """Saves `params` as the new best if `scores` improve on it; says whether they did."""
+        value = scores[self.metric.key]
+        improved = value > self.value if self.metric.higher_is_better else value < self.value
+        if improved:
+            self.step, self.value, self.scores = step, value, dict(scores, step=step)
+            checkpoints.save_best(step, params, self.scores)
+        return improved
 
     def patience_ran_out(self, step: int) -> bool:
         patience = self.train_cfg.early_stop_patience
@@ -280,8 +319,8 @@ class BestTracker:
 
     def message(self, step: int) -> str:
         return (
-            f"early stop at step {step}: validation BLEU has not improved for "
-            f"{self.train_cfg.early_stop_patience} evaluations (best {self.bleu:.2f} at step {self.step})"
+            f"early stop at step {step}: {self.metric.label} has not improved for "
+            f"{self.train_cfg.early_stop_patience} evaluations (best {self.value:.2f} at step {self.step})"
         )
 
 
@@ -305,14 +344,14 @@ class LogWindow:
         host = jax.device_get(self.pending)
         return {k: float(sum(m[k] for m in host)) for k in host[0]}
 
-    def record(self, step: int, sums: dict) -> dict:
+    def record(self, step: int, sums: dict, lr_scale: float = 1.0) -> dict:
         """The log record of the window ending at `step`; starts a new window."""
         elapsed = time.perf_counter() - self.start
         record = {
             "train_loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
             "train_nll": sums["nll_sum"] / max(sums["tokens"], 1.0),
             "grad_norm": sums["grad_norm"] / len(self.pending),
-            "learning_rate": float(self.schedule(step - 1)),
+            "learning_rate": float(self.schedule(step - 1)) * lr_scale,
             "tokens_per_sec": self.tokens / max(elapsed, 1e-9),
             "skipped_steps": int(sums["nonfinite"]),
         }
@@ -334,7 +373,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         corpus = training_data.prepare(config, workdir)
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
-    state = parallel.replicate(init_train_state(model, optimizer, config.seed, ema=config.train.ema_decay > 0), mesh)
+    plateau = config.train.lr_schedule in ON_PLATEAU
+    state = parallel.replicate(
+        init_train_state(model, optimizer, config.seed, ema=config.train.ema_decay > 0, lr_scale=plateau), mesh
+    )
     iterator = corpus.train_iterator()
     num_steps, train_cfg = config.train.num_steps, config.train
 
@@ -353,8 +395,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                                             workdir if main else None)
             state = parallel.replicate(state, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size), flush=True)
-        best_meta = checkpoints.best_meta() or {}
-        best = BestTracker(train_cfg, best_meta.get("step", 0), best_meta.get("valid_bleu", -1.0))
+        best = BestTracker(train_cfg, checkpoints.best_meta())
 
         def result(outcome: Outcome, step: int, metrics: dict, message: str = "") -> TrainResult:
             return TrainResult(outcome, step, step - start_step, best.bleu, metrics, message)
@@ -381,6 +422,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main
         )))
         last: dict = {}
+        lr_scale = float(state["lr_scale"]) if plateau else 1.0  # mirrors the state's, read once
         for step in range(start_step + 1, num_steps + 1):
             if train_cfg.accum_steps > 1:
                 batches = [next(iterator) for _ in range(train_cfg.accum_steps)]
@@ -388,6 +430,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             else:
                 batches = [next(iterator)]
                 placed = parallel.shard_batch(mesh, batches[0])
+            scale_used = lr_scale  # this step's factor, before an evaluation lowers it
             state, step_metrics = train_step(state, placed, base_key)
             window.add(step_metrics, sum(int((b["tgt_out"] != PAD_ID).sum()) for b in batches))
             bar.update(1)
@@ -399,7 +442,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                 scores, hyps = evaluate(decode_params(state), eval_step, inference, corpus, config)
                 window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
                 record.update(scores)
-                best.update(step, scores, decode_params(state), checkpoints)
+                improved = best.update(step, scores, decode_params(state), checkpoints)
+                if plateau and not improved:
+                    lr_scale = float(np.float32(lr_scale) * np.float32(train_cfg.plateau_factor))
+                    state = dict(state, lr_scale=parallel.replicate(np.float32(lr_scale), mesh))
+                    bar.write(f"step {step}: no better {best.metric.label}: learning rate x{lr_scale:g}")
                 early_stop = step < num_steps and best.patience_ran_out(step)
                 bar.write(
                     f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
@@ -419,7 +466,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                         "those updates were skipped and no checkpoint was written from them. Lower "
                         "train.learning_rate or set train.on_nonfinite=skip."
                     ))
-                record.update(window.record(step, sums))
+                record.update(window.record(step, sums, scale_used))
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
             if record:
                 log.write(step, record)

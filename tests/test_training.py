@@ -123,6 +123,36 @@ def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_b
         ckpt_lib.load_params(str(tmp_path), "avg:0")
 
 
+@pytest.mark.parametrize("metric", ["loss", "bleu"])
+def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path, metric):
+    """best/ holds the evaluation with the best train.early_stop_metric; with lr_schedule=plateau
+    every evaluation that does not improve it halves the learning rate of the steps after it."""
+    paths = write_tiny_corpus(str(tmp_path))
+    lr = 1e-2 if metric == "loss" else 1e-6  # 1e-6: BLEU cannot move, so every later evaluation halves
+    config = tiny_config(paths, num_steps=8, eval_every=2, checkpoint_every=2, log_every=1, lr_schedule="plateau",
+                         early_stop_metric=metric, learning_rate=lr, warmup_steps=0)
+    result = training.train_and_evaluate(config, str(tmp_path / "w"))
+    records = read_metrics(str(tmp_path / "w"))
+    key = "valid_loss" if metric == "loss" else "valid_bleu"
+    evals = [(r["step"], r[key]) for r in records if key in r]
+    assert [s for s, _ in evals] == [2, 4, 6, 8]
+    better = (lambda a, b: a < b) if metric == "loss" else (lambda a, b: a > b)
+    best, best_step, scale, halvings = None, None, 1.0, 0
+    rates = {r["step"]: r["learning_rate"] for r in records}
+    for step, value in evals:
+        np.testing.assert_allclose(rates[step], lr * scale, rtol=1e-6)  # the rate of step `step` itself
+        if best is None or better(value, best):
+            best, best_step = value, step
+        else:
+            scale, halvings = scale * 0.5, halvings + 1
+        if step + 1 in rates:
+            np.testing.assert_allclose(rates[step + 1], lr * scale, rtol=1e-6)
+    assert ckpt_lib.load_params(str(tmp_path / "w"), "best")[1]["step"] == best_step
+    assert result.best_valid_bleu == [r["valid_bleu"] for r in records if r["step"] == best_step and "valid_bleu" in r][0]
+    if metric == "bleu":
+        assert halvings == 3
+
+
 def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
     model, optimizer, step, batch = setup
     key = jax.random.key(0)
@@ -138,10 +168,14 @@ def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accum_steps, ema_decay", [(1, 0.0), (2, 0.0), (1, 0.9)], ids=["plain", "accum2", "ema"])
-def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, accum_steps, ema_decay):
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"accum_steps": 2}, {"ema_decay": 0.9}, {"lr_schedule": "plateau", "early_stop_metric": "loss"}],
+    ids=["plain", "accum2", "ema", "plateau"],
+)
+def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, overrides):
     paths = write_tiny_corpus(str(tmp_path))
-    config = tiny_config(paths, accum_steps=accum_steps, ema_decay=ema_decay)
+    config = tiny_config(paths, **overrides)
     full = str(tmp_path / "full")
     os.makedirs(full)
     result = training.train_and_evaluate(config, full)

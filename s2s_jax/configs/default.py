@@ -64,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     train.num_steps = 10000
     train.optimizer = "adam"  # adam | adamw
     train.learning_rate = 1e-3
-    train.lr_schedule = "cosine"  # constant | cosine | rsqrt (each after linear warmup)
+    train.lr_schedule = "cosine"  # constant | cosine | rsqrt | plateau (each after linear warmup)
+    train.plateau_factor = 0.5  # lr_schedule=plateau: the rate is multiplied by this after an evaluation without improvement
     train.warmup_steps = 200
     train.weight_decay = 0.0  # adamw only
     train.clip_norm = 1.0  # global gradient-norm clipping (0 = off)
@@ -76,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.log_every = 50
     train.eval_every = 1000
     train.checkpoint_every = 1000
+    train.early_stop_metric = "bleu"  # bleu | chrf | loss: what picks best/ and drives early stopping and plateau
     train.early_stop_patience = 0  # stop after this many evaluations without a better validation BLEU (0 = never)
     train.max_to_keep = 3  # latest checkpoints kept; the best by validation BLEU is kept separately
     train.num_samples = 3  # sample translations printed at each evaluation
