@@ -14,7 +14,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
-    f"model.{k}" for k in ("emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
+    f"model.{k}" for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
 ) + ("train.optimizer", "train.batch_size", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
 
 
@@ -92,6 +92,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "data.spm_model_type": tokenizer.MODEL_TYPES,
         "model.attention": attention.KINDS,
+        "model.cell": tuple(model.CELLS),
         "train.optimizer": tuple(optimizers.OPTIMIZERS),
         "train.lr_schedule": tuple(optimizers.LR_SCHEDULES),
         "train.dtype": tuple(model.DTYPES),

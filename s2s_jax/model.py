@@ -1,4 +1,4 @@
-"""The LSTM encoder-decoder.
+"""The recurrent encoder-decoder (LSTM or GRU cells, `model.cell`).
 
 `Seq2Seq` exposes three entry points:
 - `__call__(src, tgt_in)`: teacher-forced logits for training (optionally with
@@ -20,11 +20,27 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.attention import Attention
-from s2s_jax.lstm import Carry, LSTMLayer, reverse_padded
+from s2s_jax.gru import GRULayer
+from s2s_jax.lstm import LSTMLayer, reverse_padded
 from s2s_jax.tokenizer import BOS_ID, PAD_ID
 
-State = dict[str, Any]  # {"carries": one (c, h) per decoder layer, "feed": previous attentional vector}
+State = dict[str, Any]  # {"carries": one carry per decoder layer, "feed": previous attentional vector}
 Memory = dict[str, jax.Array]  # context, src_mask and, with attention, keys and values
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell kind: its layer module and how to read h from its carry."""
+
+    layer: type[nn.Module]  # (inputs [B, T, D], mask [B, T], initial carry) -> (outputs [B, T, H], carry)
+    hidden: Any  # carry -> h [B, H]
+
+
+# Recurrent cells by config name (`model.cell`). An LSTM carry is (c, h), a GRU carry is h.
+CELLS: dict[str, Cell] = {
+    "lstm": Cell(LSTMLayer, lambda carry: carry[1]),
+    "gru": Cell(GRULayer, lambda carry: carry),
+}
 
 
 # Compute dtypes by config name (`train.dtype`); parameters and optimizer state stay float32.
@@ -47,6 +63,7 @@ class ModelConfig:
     attention: str = "none"  # none | bahdanau | luong_dot | luong_general
     input_feeding: bool = False  # feed the previous attentional vector to the next step
     scan_unroll: int = 1
+    cell: str = "lstm"  # lstm | gru: CELLS
     dtype: Any = jnp.float32
 
     @classmethod
@@ -65,31 +82,33 @@ class ModelConfig:
             attention=model_cfg.attention,
             input_feeding=model_cfg.input_feeding,
             scan_unroll=model_cfg.scan_unroll,
+            cell=model_cfg.get("cell", "lstm"),  # workdirs from before GRU have no model.cell
             dtype=dtype,
         )
 
 
 class Encoder(nn.Module):
-    """Embedding + stacked (optionally bidirectional) LSTM over the real source tokens."""
+    """Embedding + stacked (optionally bidirectional) recurrent layers over the real source tokens."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, src: jax.Array, *, train: bool) -> tuple[jax.Array, list[Carry], jax.Array]:
+    def __call__(self, src: jax.Array, *, train: bool) -> tuple[jax.Array, list, jax.Array]:
         cfg = self.config
         mask = src != PAD_ID
         lengths = mask.sum(axis=1)
         x = nn.Embed(cfg.src_vocab_size, cfg.emb_dim, name="embed")(src).astype(cfg.dtype)
         x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
         carries = []
+        layer_type = CELLS[cfg.cell].layer
         for layer in range(cfg.num_layers):
             if layer > 0:
                 x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-            fwd_out, fwd_carry = LSTMLayer(
+            fwd_out, fwd_carry = layer_type(
                 cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}"
             )(x, mask)
             if cfg.bidirectional:
-                bwd_out, bwd_carry = LSTMLayer(
+                bwd_out, bwd_carry = layer_type(
                     cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd"
                 )(reverse_padded(x, lengths), mask)
                 x = jnp.concatenate([fwd_out, reverse_padded(bwd_out, lengths)], axis=-1)
@@ -103,27 +122,31 @@ class Encoder(nn.Module):
 class Bridge(nn.Module):
     """Maps the bidirectional encoder's two final states per layer to one decoder state.
 
-    A learned tanh projection of [forward; backward], as in JoeyNMT/OpenNMT;
-    a unidirectional encoder's states pass through unchanged.
+    A learned tanh projection of [forward; backward] h (and, for an LSTM, a linear one of
+    the cells c), as in JoeyNMT/OpenNMT; a unidirectional encoder's states pass through unchanged.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, carries: list) -> tuple[Carry, ...]:
+    def __call__(self, carries: list) -> tuple:
         cfg = self.config
         if not cfg.bidirectional:
             return tuple(carries)
+        hidden = CELLS[cfg.cell].hidden
         state = []
-        for layer, ((c_f, h_f), (c_b, h_b)) in enumerate(carries):
-            h = jnp.tanh(nn.Dense(cfg.hidden_size, name=f"h_{layer}")(jnp.concatenate([h_f, h_b], -1)))
-            c = nn.Dense(cfg.hidden_size, name=f"c_{layer}")(jnp.concatenate([c_f, c_b], -1))
-            state.append((c, h))
+        for layer, (fwd, bwd) in enumerate(carries):
+            h = jnp.tanh(nn.Dense(cfg.hidden_size, name=f"h_{layer}")(jnp.concatenate([hidden(fwd), hidden(bwd)], -1)))
+            if cfg.cell == "lstm":
+                c = nn.Dense(cfg.hidden_size, name=f"c_{layer}")(jnp.concatenate([fwd[0], bwd[0]], -1))
+                state.append((c, h))
+            else:
+                state.append(h)
         return tuple(state)
 
 
 class Decoder(nn.Module):
-    """Stacked LSTM decoder, optional global attention, dense softmax over the target vocabulary.
+    """Stacked recurrent decoder, optional global attention, dense softmax over the target vocabulary.
 
     With `feed_context`, the encoder's top-layer final hidden state is
     concatenated to every input embedding (the d2l formulation
@@ -139,7 +162,7 @@ class Decoder(nn.Module):
         cfg = self.config
         self.embed = nn.Embed(cfg.tgt_vocab_size, cfg.emb_dim, name="embed")
         self.layers = [
-            LSTMLayer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{i}")
+            CELLS[cfg.cell].layer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{i}")
             for i in range(cfg.num_layers)
         ]
         self.dropout = nn.Dropout(cfg.dropout)
@@ -176,7 +199,7 @@ class Decoder(nn.Module):
         return self.project(self.dropout(h, deterministic=not train))
 
     def _run(self, x: jax.Array, memory: Memory, state: State, train: bool):
-        """LSTM layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights)."""
+        """Recurrent layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights)."""
         if self.uses_feed:
             x = jnp.concatenate([x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1)
         x = self.dropout(x, deterministic=not train)
@@ -226,7 +249,7 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """LSTM encoder-decoder; see the module docstring for its entry points."""
+    """Recurrent encoder-decoder; see the module docstring for its entry points."""
 
     config: ModelConfig
 
@@ -238,7 +261,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: jax.Array, *, train: bool = False) -> tuple[Memory, State]:
         outputs, carries, mask = self.encoder(src, train=train)
         carries = self.bridge(carries)
-        memory = {"context": carries[-1][1], "src_mask": mask}
+        memory = {"context": CELLS[self.config.cell].hidden(carries[-1]), "src_mask": mask}
         state: State = {"carries": carries}
         if self.config.attention != "none":
             memory["values"] = outputs

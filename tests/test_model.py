@@ -23,7 +23,7 @@ SRC = jnp.array([[5, 6, 7, 2, 0], [8, 2, 0, 0, 0]])
 TGT_IN = jnp.array([[1, 4, 5, 0], [1, 9, 0, 0]])
 TGT_OUT = jnp.array([[4, 5, 2, 0], [9, 2, 0, 0]])
 
-# The quick tier (`-m "not slow"`) checks three variants; CI checks all six.
+# The quick tier (`-m "not slow"`) checks four variants; CI checks all eight.
 VARIANTS = [
     {},
     pytest.param({"bidirectional": True}, marks=pytest.mark.slow),
@@ -31,6 +31,9 @@ VARIANTS = [
     {"attention": "luong_general", "bidirectional": True},
     {"attention": "bahdanau", "input_feeding": True},
     pytest.param({"attention": "luong_dot", "input_feeding": True, "feed_context": True}, marks=pytest.mark.slow),
+    {"cell": "gru", "attention": "luong_general", "bidirectional": True},
+    pytest.param({"cell": "gru", "feed_context": True, "input_feeding": True, "attention": "bahdanau"},
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -41,9 +44,8 @@ def test_extra_padding_changes_neither_context_nor_loss(overrides):
     src_more = jnp.pad(SRC, ((0, 0), (0, 4)))
     tgt_in_more, tgt_out_more = jnp.pad(TGT_IN, ((0, 0), (0, 3))), jnp.pad(TGT_OUT, ((0, 0), (0, 3)))
     memory2, state2 = model.apply({"params": params}, src_more, method=Seq2Seq.encode)
-    for (c, h), (c2, h2) in zip(state["carries"], state2["carries"]):
-        np.testing.assert_allclose(c, c2, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(h, h2, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(state["carries"]), jax.tree.leaves(state2["carries"])):  # (c, h) or h per layer
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     loss = masked_cross_entropy(model.apply({"params": params}, SRC, TGT_IN), TGT_OUT)
     loss2 = masked_cross_entropy(model.apply({"params": params}, src_more, tgt_in_more), tgt_out_more)
     np.testing.assert_allclose(loss["loss_sum"], loss2["loss_sum"], rtol=1e-6)

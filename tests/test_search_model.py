@@ -14,11 +14,13 @@ from s2s_jax.model import ModelConfig, Seq2Seq
 V, L = 6, 3  # ids 0..3 are pad/bos/eos/unk; outputs can be 2 (eos), 3, 4, 5
 
 
-@pytest.fixture(scope="module", params=["none", "luong_general"])
+@pytest.fixture(scope="module", params=["none", "luong_general", "gru"])
 def model_and_params(request):
+    gru = request.param == "gru"  # a GRU (carry h alone) with a bidirectional encoder and attention
+    attention = "luong_general" if gru else request.param
     cfg = ModelConfig(
         src_vocab_size=V, tgt_vocab_size=V, emb_dim=4, hidden_size=8, num_layers=1, dropout=0.0,
-        attention=request.param, input_feeding=request.param != "none",
+        attention=attention, input_feeding=attention != "none", cell="gru" if gru else "lstm", bidirectional=gru,
     )
     model = Seq2Seq(cfg)
     params = model.init(jax.random.key(3), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]

@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
 
     config.model = model = ml_collections.ConfigDict()
+    model.cell = "lstm"  # lstm | gru (reset-after, as flax nn.GRUCell and torch nn.GRU)
     model.emb_dim = 256
     model.hidden_size = 512
     model.num_layers = 2
