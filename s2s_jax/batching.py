@@ -1,6 +1,8 @@
 """Length-bucketed numpy batches, deterministic shuffling and a resumable training stream.
 
-Every batch is a dict of int32 arrays with exactly `batch_size` rows:
+Every batch is a dict of int32 arrays with a fixed number of rows per bucket shape
+(`batch_size`, or with a token budget `max_tokens` the most rows whose
+rows x max(S, T) fits it):
 
 * ``src``     [B, S]: source ids + EOS, PAD-padded
 * ``tgt_in``  [B, T]: BOS + target ids (the decoder's inputs)
@@ -15,6 +17,12 @@ Why 2-D buckets: with one target length per source-length bucket, a bucket's
 target length is set by its longest target, and on real corpora (Multi30k,
 Tatoeba) only about half the target slots hold tokens. Choosing the (S, T)
 shapes jointly keeps both sides around 85% full with 8 shapes.
+
+Token budgets: with `max_tokens`, short sentences come many to a batch and long
+ones few, so every batch holds about the same number of tokens. A bucket's partial
+last batch is then topped up with pairs moved from the smaller buckets (those that
+fit its shape, smallest-next first), so each pair still appears exactly once per
+epoch and filler rows remain only where no smaller pair fits.
 
 Why (seed, epoch) seeding: any epoch's order can be rebuilt from two
 integers, so a checkpoint only needs {"epoch", "index"} to resume the exact
@@ -150,6 +158,8 @@ class BucketedBatches:
         num_buckets: int = 8,
         seed: int = 0,
         pad_multiple: int = 4,
+        max_tokens: int = 0,
+        row_multiple: int = 1,
     ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
@@ -166,17 +176,29 @@ class BucketedBatches:
         keep = [b for b in range(len(shapes)) if len(members[b])]
         self._shapes = [shapes[b] for b in keep]
         self._members = [members[b] for b in keep]
+        self._lengths = (src_len, tgt_len)
         self._real = (int(src_len.sum()), int(tgt_len.sum()))
-        self.num_batches = sum(-(-len(m) // self.batch_size) for m in self._members)
+        self.max_tokens = int(max_tokens)
+        if self.max_tokens:
+            self._rows = [token_budget_rows(self.max_tokens, s, t, row_multiple) for s, t in self._shapes]
+        else:
+            self._rows = [self.batch_size] * len(self._shapes)
         self.fingerprint = zlib.crc32(
-            np.concatenate([src_len, tgt_len, np.array(self._shapes).ravel(), [self.batch_size, self.seed]])
+            np.concatenate([src_len, tgt_len, np.array(self._shapes).ravel(), [self.batch_size, self.seed],
+                            [self.max_tokens, row_multiple] if self.max_tokens else []])
             .astype(np.int64).tobytes()
         )
+        self.num_batches = len(self.plan(0))  # the same every epoch: only which pairs move is random
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
         """The distinct (S, T) batch shapes, sorted; one jit compile each."""
         return list(self._shapes)
+
+    @property
+    def rows(self) -> list[int]:
+        """Rows per batch of each shape (all `batch_size` without a token budget)."""
+        return list(self._rows)
 
     @property
     def num_pairs(self) -> int:
@@ -187,18 +209,47 @@ class BucketedBatches:
 
         With shuffle, pairs are shuffled within buckets and batches across
         buckets, from np.random.default_rng((seed, epoch)). Without, the order
-        is fixed: buckets by shape, pairs in input order.
+        is fixed: buckets by shape, pairs in input order. With a token budget,
+        partial batches are topped up from smaller buckets (see the module docstring).
         """
         rng = np.random.default_rng((self.seed, epoch)) if shuffle else None
+        orders = [rng.permutation(m) if rng is not None else m for m in self._members]
+        if self.max_tokens:
+            orders = self._top_up(orders)
         plan = []
-        for bucket, members in enumerate(self._members):
-            order = rng.permutation(members) if rng is not None else members
-            fill = np.full(-len(order) % self.batch_size, -1, dtype=np.int64)
-            rows = np.concatenate([order, fill]).reshape(-1, self.batch_size)
+        for bucket, order in enumerate(orders):
+            size = self._rows[bucket]
+            fill = np.full(-len(order) % size, -1, dtype=np.int64)
+            rows = np.concatenate([order, fill]).reshape(-1, size)
             plan.extend((bucket, r) for r in rows)
         if rng is not None:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
+
+    def _top_up(self, orders: list[np.ndarray]) -> list[np.ndarray]:
+        """Moves pairs from smaller buckets into each bigger bucket's partial last batch.
+
+        Buckets are visited from the largest shape (S + T) down; a partial batch takes,
+        from each smaller bucket in turn (nearest in size first), the first pairs of its
+        order that fit its shape. How many move is fixed by the lengths alone; which move
+        follows the epoch's shuffle.
+        """
+        src_len, tgt_len = self._lengths
+        by_size = sorted(range(len(orders)), key=lambda b: -sum(self._shapes[b]))
+        orders = list(orders)
+        for i, b in enumerate(by_size):
+            need = -len(orders[b]) % self._rows[b]
+            s, t = self._shapes[b]
+            for donor in by_size[i + 1 :]:
+                if not need:
+                    break
+                candidates = orders[donor]
+                fits = np.flatnonzero((src_len[candidates] <= s) & (tgt_len[candidates] <= t))[:need]
+                if len(fits):
+                    orders[b] = np.concatenate([orders[b], candidates[fits]])
+                    orders[donor] = np.delete(candidates, fits)
+                    need -= len(fits)
+        return orders
 
     def make_batch(self, bucket: int, rows: np.ndarray) -> Batch:
         """The arrays of one planned batch."""
@@ -215,11 +266,25 @@ class BucketedBatches:
         return [self.make_batch(bucket, rows) for bucket, rows in self.plan(epoch, shuffle)]
 
     def padding_efficiency(self) -> dict[str, float]:
-        """Real tokens / array slots per side, filler rows included (1.0 = no padding), rounded for logs."""
-        rows = [-(-len(m) // self.batch_size) * self.batch_size for m in self._members]
-        slots_s = sum(n * s for n, (s, _) in zip(rows, self._shapes))
-        slots_t = sum(n * t for n, (_, t) in zip(rows, self._shapes))
+        """Real tokens / array slots per side over one epoch's batches, filler rows included
+        (1.0 = no padding), rounded for logs."""
+        slots_s = slots_t = 0
+        for bucket, rows in self.plan(0, shuffle=False):
+            s, t = self._shapes[bucket]
+            slots_s, slots_t = slots_s + len(rows) * s, slots_t + len(rows) * t
         return {"src": round(self._real[0] / slots_s, 4), "tgt": round(self._real[1] / slots_t, 4)}
+
+
+def token_budget_rows(max_tokens: int, src_width: int, tgt_width: int, row_multiple: int = 1) -> int:
+    """The most rows (a multiple of `row_multiple`, the device count) with rows x max(S, T) <= max_tokens."""
+    rows = max_tokens // max(src_width, tgt_width) // row_multiple * row_multiple
+    if rows < row_multiple:
+        raise DataError(
+            f"train.max_tokens={max_tokens} is too small for the longest batch shape ({src_width} x {tgt_width}"
+            f"{f' on {row_multiple} devices' if row_multiple > 1 else ''}): use at least "
+            f"{row_multiple * max(src_width, tgt_width)}"
+        )
+    return rows
 
 
 class TrainIterator:

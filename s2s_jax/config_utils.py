@@ -15,7 +15,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
     f"model.{k}" for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
-) + ("train.optimizer", "train.batch_size", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
+) + ("train.optimizer", "train.batch_size", "train.max_tokens", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
 
 
 class ConfigError(ValueError):
@@ -112,7 +112,7 @@ def validate(config) -> None:
         if _get(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(config, key)}")
     non_negative = [
-        "seed", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
+        "seed", "train.max_tokens", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
         "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.num_samples",
         "train.early_stop_patience",
         "decode.alpha", "decode.max_len_a", "decode.max_len_b",

@@ -121,11 +121,14 @@ def round_up_rows(rows: int, mesh_or_count) -> int:
     return -(-rows // n) * n
 
 
-def describe(mesh: Mesh, global_batch: int) -> str:
-    """'devices: 8 × cpu, global batch 64 = 8 per device' (+ process count when several)."""
+def describe(mesh: Mesh, global_batch: int, max_tokens: int = 0) -> str:
+    """'devices: 8 × cpu, global batch 64 = 8 per device' (+ process count when several);
+    with a token budget, 'batches of at most N tokens' instead of the row count."""
     n = num_devices(mesh)
     platform = mesh.devices.flat[0].platform
     hosts = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    if max_tokens:
+        return f"devices: {n} × {platform}{hosts}, batches of at most {max_tokens} tokens (rows x max(S, T))"
     return f"devices: {n} × {platform}{hosts}, global batch {global_batch} = {global_batch // n} per device"
 
 

@@ -366,11 +366,12 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     `data` axis, state replicated; only process 0 prints and writes the training log.
     """
     mesh = parallel.make_mesh()
-    parallel.check_batch_divides(config.train.batch_size, mesh)
+    if not config.train.max_tokens:
+        parallel.check_batch_divides(config.train.batch_size, mesh)
     main = parallel.is_main_process()
     parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
     with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
-        corpus = training_data.prepare(config, workdir)
+        corpus = training_data.prepare(config, workdir, row_multiple=parallel.num_devices(mesh))
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
     plateau = config.train.lr_schedule in ON_PLATEAU
@@ -394,7 +395,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             state = init_from.initial_state(train_cfg.init_from, jax.device_get(state), train_cfg.init_keep_optimizer,
                                             workdir if main else None)
             state = parallel.replicate(state, mesh)
-        print(parallel.describe(mesh, train_cfg.batch_size), flush=True)
+        print(parallel.describe(mesh, train_cfg.batch_size, train_cfg.max_tokens), flush=True)
         best = BestTracker(train_cfg, checkpoints.best_meta())
 
         def result(outcome: Outcome, step: int, metrics: dict, message: str = "") -> TrainResult:

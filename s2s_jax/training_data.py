@@ -110,7 +110,18 @@ def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
     return src_tok.tokenize([s for s, _ in pairs]), tgt_tok.tokenize([t for _, t in pairs])
 
 
-def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
+def _shapes(batches: batching.BucketedBatches) -> str:
+    """(S, T) per shape, or with a token budget rows x (S, T)."""
+    if not batches.max_tokens:
+        return str(batches.shapes)
+    return "[" + ", ".join(f"{r}x{shape}" for r, shape in zip(batches.rows, batches.shapes)) + "]"
+
+
+def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -> Corpus:
+    """Cleans, tokenizes (training the tokenizers on a first run) and batches a run's data.
+
+    `row_multiple` (the device count) divides every training batch's rows under a token budget.
+    """
     cfg = config.data
     if cfg.quickstart_corpus and not cfg.train_src:
         use_quickstart_corpus(config, workdir)
@@ -128,7 +139,7 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
         raise text_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
     train_batches = batching.BucketedBatches(
         [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], config.train.batch_size,
-        cfg.num_buckets, config.seed, cfg.pad_multiple,
+        cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple,
     )
 
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
@@ -158,7 +169,7 @@ def prepare(config, workdir: str, verbose: bool = True) -> Corpus:
         print(f"valid: {valid_stats.summary()}", flush=True)
         print(
             f"vocab: src {src_tok.vocab_size}, tgt {tgt_tok.vocab_size}; train batch shapes "
-            f"{train_batches.shapes}; padding efficiency {train_batches.padding_efficiency()}",
+            f"{_shapes(train_batches)}; padding efficiency {train_batches.padding_efficiency()}",
             flush=True,
         )
     return Corpus(

@@ -241,3 +241,61 @@ def test_an_epoch_of_a_corpus_the_size_of_multi30k_holds_every_pair_once():
     batches = BucketedBatches(src, tgt, batch_size=64)
     rows = np.concatenate([batch["index"] for batch in batches.epoch(0)])
     assert sorted(rows[rows >= 0].tolist()) == list(range(30000))
+
+
+# ---------------------------------------------------------------------------
+# Token budgets (train.max_tokens) with top-up from smaller buckets
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_batches(corpus):
+    return BucketedBatches(*corpus, batch_size=32, num_buckets=4, seed=7, max_tokens=600, row_multiple=4)
+
+
+def test_token_budget_rows_fit_the_budget_and_every_pair_comes_once(corpus, token_batches):
+    src, tgt = corpus
+    assert len(token_batches.shapes) <= 4 and len(set(token_batches.rows)) > 1
+    for rows, (s, t) in zip(token_batches.rows, token_batches.shapes):
+        assert rows % 4 == 0 and rows * max(s, t) <= 600 < (rows + 4) * max(s, t)
+    for epoch in (0, 1, 5):
+        seen, batches = [], token_batches.epoch(epoch)
+        assert len(batches) == token_batches.num_batches
+        for batch in batches:
+            bucket = token_batches.shapes.index((batch["src"].shape[1], batch["tgt_in"].shape[1]))
+            assert batch["src"].shape[0] == token_batches.rows[bucket]
+            for row, index in enumerate(batch["index"]):
+                if index >= 0:
+                    assert unpad(batch["src"][row]) == src[index] and unpad(batch["tgt_out"][row]) == tgt[index]
+                    seen.append(int(index))
+        assert sorted(seen) == list(range(len(src)))
+
+
+def test_partial_batches_are_topped_up_from_smaller_buckets(corpus, token_batches):
+    """Only the smallest shape may keep filler rows; without the top-up every shape's last batch has some."""
+    plain = BucketedBatches(*corpus, batch_size=32, num_buckets=4, seed=7, max_tokens=600, row_multiple=4)
+    filler = {}
+    for bucket, rows in token_batches.plan(2):
+        filler[bucket] = filler.get(bucket, 0) + int((rows < 0).sum())
+    smallest = min(range(len(token_batches.shapes)), key=lambda b: sum(token_batches.shapes[b]))
+    assert all(n == 0 for b, n in filler.items() if b != smallest), filler
+    untopped = sum(-len(m) % r for m, r in zip(plain._members, plain.rows))
+    assert sum(filler.values()) < untopped
+    assert token_batches.padding_efficiency()["src"] > BucketedBatches(
+        *corpus, batch_size=32, num_buckets=4, seed=7).padding_efficiency()["src"] - 0.02
+
+
+def test_token_batches_resume_exactly(token_batches):
+    it = TrainIterator(token_batches)
+    for _ in range(token_batches.num_batches + 3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it)["index"] for _ in range(5)]
+    again = TrainIterator(token_batches)
+    again.set_state(json.loads(json.dumps(state)))
+    assert all(np.array_equal(a, next(again)["index"]) for a in expected)
+
+
+def test_a_budget_below_the_longest_shape_is_a_clear_error(corpus):
+    with pytest.raises(DataError, match=r"train.max_tokens=20 is too small for the longest batch shape"):
+        BucketedBatches(*corpus, batch_size=32, num_buckets=4, max_tokens=20)

@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = train = ml_collections.ConfigDict()
     train.batch_size = 64  # sentence pairs per batch (per micro-batch with accum_steps > 1)
+    train.max_tokens = 0  # > 0: batches by tokens, rows x max(padded src, tgt length) <= this (replaces batch_size)
     train.accum_steps = 1  # micro-batches per update: the gradient of their summed loss over their total target tokens
     train.init_from = ""  # WORKDIR[:best|latest|STEP|avg:K]: a new run starts from that run's parameters and tokenizer(s)
     train.init_keep_optimizer = False  # with init_from: also its optimizer state and schedule position
