@@ -24,6 +24,13 @@ last batch is then topped up with pairs moved from the smaller buckets (those th
 fit its shape, smallest-next first), so each pair still appears exactly once per
 epoch and filler rows remain only where no smaller pair fits.
 
+Subword regularisation: with `resample(epoch) -> (src_ids, tgt_ids)` every epoch
+reads newly sampled segmentations of the same pairs. The shapes stay those chosen
+for the deterministic lengths; each sampled pair goes to the smallest shape that
+holds it, and a pair whose sample fits no shape keeps its deterministic segmentation
+for that epoch (counted in `last_fallbacks`). The sampling is seeded by (seed, epoch),
+so an epoch's batches are still rebuilt exactly from two integers.
+
 Why (seed, epoch) seeding: any epoch's order can be rebuilt from two
 integers, so a checkpoint only needs {"epoch", "index"} to resume the exact
 stream, and nothing has to be materialised ahead of time.
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -160,6 +167,7 @@ class BucketedBatches:
         pad_multiple: int = 4,
         max_tokens: int = 0,
         row_multiple: int = 1,
+        resample: Callable[[int], tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]] | None = None,
     ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
@@ -177,7 +185,9 @@ class BucketedBatches:
         self._shapes = [shapes[b] for b in keep]
         self._members = [members[b] for b in keep]
         self._lengths = (src_len, tgt_len)
-        self._real = (int(src_len.sum()), int(tgt_len.sum()))
+        self._resample = resample
+        self._sampled: tuple[int, _Packed, _Packed, list[np.ndarray]] | None = None  # the newest epoch's
+        self.last_fallbacks = 0
         self.max_tokens = int(max_tokens)
         if self.max_tokens:
             self._rows = [token_budget_rows(self.max_tokens, s, t, row_multiple) for s, t in self._shapes]
@@ -185,10 +195,11 @@ class BucketedBatches:
             self._rows = [self.batch_size] * len(self._shapes)
         self.fingerprint = zlib.crc32(
             np.concatenate([src_len, tgt_len, np.array(self._shapes).ravel(), [self.batch_size, self.seed],
-                            [self.max_tokens, row_multiple] if self.max_tokens else []])
+                            [self.max_tokens, row_multiple] if self.max_tokens else [],
+                            [1] if resample is not None else []])
             .astype(np.int64).tobytes()
         )
-        self.num_batches = len(self.plan(0))  # the same every epoch: only which pairs move is random
+        self.num_batches = len(self.plan(0))  # epoch 0's (the same every epoch unless segmentations are sampled)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -213,7 +224,8 @@ class BucketedBatches:
         partial batches are topped up from smaller buckets (see the module docstring).
         """
         rng = np.random.default_rng((self.seed, epoch)) if shuffle else None
-        orders = [rng.permutation(m) if rng is not None else m for m in self._members]
+        members = self._epoch_data(epoch)[2] if self._resample is not None else self._members
+        orders = [rng.permutation(m) if rng is not None else m for m in members]
         if self.max_tokens:
             orders = self._top_up(orders)
         plan = []
@@ -225,6 +237,31 @@ class BucketedBatches:
         if rng is not None:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
+
+    def _epoch_data(self, epoch: int) -> tuple[_Packed, _Packed, list[np.ndarray]]:
+        """Sampled sides of `epoch` and each shape's members by their sampled lengths (cached: the newest epoch)."""
+        if self._sampled is None or self._sampled[0] != epoch:
+            src_ids, tgt_ids = self._resample(epoch)
+            src, tgt = _Packed(src_ids), _Packed(tgt_ids)
+            src_len, tgt_len = src.lengths + 1, tgt.lengths + 1
+            largest = np.array(self._shapes).max(axis=0)
+            fits_one = (src_len <= largest[0]) & (tgt_len <= largest[1])
+            shape_arr = np.array(self._shapes)
+            fits_one &= ((shape_arr[:, :1] >= src_len) & (shape_arr[:, 1:] >= tgt_len)).any(axis=0)
+            fallback = np.flatnonzero(~fits_one)
+            if len(fallback):  # these pairs keep their deterministic segmentation this epoch
+                src_ids, tgt_ids = list(src_ids), list(tgt_ids)
+                for i in fallback:
+                    src_ids[i] = self._src.flat[self._src.offsets[i] : self._src.offsets[i] + self._src.lengths[i]]
+                    tgt_ids[i] = self._tgt.flat[self._tgt.offsets[i] : self._tgt.offsets[i] + self._tgt.lengths[i]]
+                src, tgt = _Packed(src_ids), _Packed(tgt_ids)
+                src_len, tgt_len = src.lengths + 1, tgt.lengths + 1
+            assignment = _assign(src_len, tgt_len, self._shapes)
+            members = [np.flatnonzero(assignment == b) for b in range(len(self._shapes))]
+            self._sampled = (epoch, src, tgt, members)
+            self.last_fallbacks = len(fallback)
+            self._lengths = (src_len, tgt_len)
+        return self._sampled[1:]
 
     def _top_up(self, orders: list[np.ndarray]) -> list[np.ndarray]:
         """Moves pairs from smaller buckets into each bigger bucket's partial last batch.
@@ -251,19 +288,20 @@ class BucketedBatches:
                     need -= len(fits)
         return orders
 
-    def make_batch(self, bucket: int, rows: np.ndarray) -> Batch:
-        """The arrays of one planned batch."""
+    def make_batch(self, bucket: int, rows: np.ndarray, epoch: int = 0) -> Batch:
+        """The arrays of one planned batch of `epoch` (which matters only with sampled segmentations)."""
         s, t = self._shapes[bucket]
+        src, tgt = (self._src, self._tgt) if self._resample is None else self._epoch_data(epoch)[:2]
         return {
-            "src": self._src.rows(rows, s, bos=False, eos=True),
-            "tgt_in": self._tgt.rows(rows, t, bos=True, eos=False),
-            "tgt_out": self._tgt.rows(rows, t, bos=False, eos=True),
+            "src": src.rows(rows, s, bos=False, eos=True),
+            "tgt_in": tgt.rows(rows, t, bos=True, eos=False),
+            "tgt_out": tgt.rows(rows, t, bos=False, eos=True),
             "index": rows.astype(np.int32),
         }
 
     def epoch(self, epoch: int, shuffle: bool = True) -> list[Batch]:
         """All batches of one epoch (see `plan`); use `index` to restore input order."""
-        return [self.make_batch(bucket, rows) for bucket, rows in self.plan(epoch, shuffle)]
+        return [self.make_batch(bucket, rows, epoch) for bucket, rows in self.plan(epoch, shuffle)]
 
     def padding_efficiency(self) -> dict[str, float]:
         """Real tokens / array slots per side over one epoch's batches, filler rows included
@@ -272,7 +310,8 @@ class BucketedBatches:
         for bucket, rows in self.plan(0, shuffle=False):
             s, t = self._shapes[bucket]
             slots_s, slots_t = slots_s + len(rows) * s, slots_t + len(rows) * t
-        return {"src": round(self._real[0] / slots_s, 4), "tgt": round(self._real[1] / slots_t, 4)}
+        real_s, real_t = (int(n.sum()) for n in self._lengths)  # epoch 0's, sampled or not
+        return {"src": round(real_s / slots_s, 4), "tgt": round(real_t / slots_t, 4)}
 
 
 def token_budget_rows(max_tokens: int, src_width: int, tgt_width: int, row_multiple: int = 1) -> int:
@@ -312,10 +351,11 @@ class TrainIterator:
         if self._plan is None:
             self._plan = self._batches.plan(self._epoch)
         bucket, rows = self._plan[self._index]
+        batch = self._batches.make_batch(bucket, rows, self._epoch)
         self._index += 1
         if self._index == len(self._plan):
             self._epoch, self._index, self._plan = self._epoch + 1, 0, None
-        return self._batches.make_batch(bucket, rows)
+        return batch
 
     def get_state(self) -> dict:
         """JSON-serialisable position, for checkpoints."""
@@ -330,6 +370,7 @@ class TrainIterator:
                 "length filter, buckets, batch size or seed changed), so it cannot continue the "
                 "same data order; restore the original data settings or start a new workdir"
             )
-        if epoch < 0 or not 0 <= index < self._batches.num_batches:
-            raise ValueError(f"invalid iterator state {state} for {self._batches.num_batches} batches per epoch")
+        batches = len(self._batches.plan(epoch)) if epoch >= 0 else 0
+        if epoch < 0 or not 0 <= index < batches:
+            raise ValueError(f"invalid iterator state {state} for {batches} batches in that epoch")
         self._epoch, self._index, self._plan = epoch, index, None

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
-_FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.lowercase", "data.d2l_preprocess") + tuple(
+_FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.spm_alpha", "data.spm_nbest", "data.lowercase", "data.d2l_preprocess") + tuple(
     f"model.{k}" for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
 ) + ("train.optimizer", "train.batch_size", "train.max_tokens", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
 
@@ -126,6 +126,13 @@ def validate(config) -> None:
     for key in ("model.dropout", "train.label_smoothing", "train.ema_decay"):
         if not 0.0 <= _get(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(config, key)}")
+    if not 0.0 <= config.data.spm_alpha <= 1.0:
+        raise ConfigError(f"data.spm_alpha must be in [0, 1] (0 = off), got {config.data.spm_alpha}")
+    if config.data.spm_alpha > 0 and (config.data.spm_nbest in (0, 1) or config.data.spm_nbest < -1):
+        raise ConfigError(
+            f"data.spm_nbest={config.data.spm_nbest} with data.spm_alpha={config.data.spm_alpha}: 0 and 1 would "
+            "switch sampling off; use -1 (the whole lattice) or 2 or more"
+        )
     if not 0.0 < config.train.plateau_factor < 1.0:
         raise ConfigError(f"train.plateau_factor must be in (0, 1), got {config.train.plateau_factor}")
     if not 0.0 <= config.train.teacher_forcing_ratio <= 1.0:

@@ -68,6 +68,16 @@ class Tokenizer:
             return []
         return self._sp.encode(list(texts), out_type=int)
 
+    def sample(self, texts: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
+        """Sampled segmentations (subword regularisation: alpha smooths the distribution, nbest
+        -1 samples from the whole lattice); the same seed gives the same ids on any machine
+        (sentencepiece's generator reseeded, one thread)."""
+        if not texts:
+            return []
+        spm.set_random_generator_seed(seed)
+        return self._sp.encode(list(texts), out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest,
+                               num_threads=1)
+
     def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each id row, cut at its first EOS, with PAD and BOS dropped.
 

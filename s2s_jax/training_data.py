@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import zlib
 
 import numpy as np
 
@@ -137,9 +138,20 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
     keep = text_lib.filter_by_length(src_ids, tgt_ids, cfg.max_len, stats)
     if not keep:
         raise text_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
+    resample = None
+    if cfg.spm_alpha > 0:
+        texts = ([train_pairs[i][0] for i in keep], [train_pairs[i][1] for i in keep])
+
+        def resample(epoch: int):
+            """This epoch's sampled segmentations of the kept training pairs (subword regularisation)."""
+            return tuple(
+                tok.sample(side, cfg.spm_alpha, cfg.spm_nbest, zlib.crc32(f"{config.seed}:{epoch}:{n}".encode()))
+                for n, (tok, side) in enumerate(zip((src_tok, tgt_tok), texts))
+            )
+
     train_batches = batching.BucketedBatches(
         [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], config.train.batch_size,
-        cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple,
+        cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple, resample,
     )
 
     if cfg.holdout_valid and not _has_split(cfg, "valid"):

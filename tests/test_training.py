@@ -171,15 +171,17 @@ def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"accum_steps": 2}, {"ema_decay": 0.9}, {"lr_schedule": "plateau", "early_stop_metric": "loss"},
-     {"model.cell": "gru", "model.bidirectional": True, "model.attention": "luong_general"}],
-    ids=["plain", "accum2", "ema", "plateau", "gru"],
+     {"model.cell": "gru", "model.bidirectional": True, "model.attention": "luong_general"},
+     {"data.spm_alpha": 0.5, "max_tokens": 300}],
+    ids=["plain", "accum2", "ema", "plateau", "gru", "sampled-tokens"],
 )
 def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, overrides):
     paths = write_tiny_corpus(str(tmp_path))
     config = tiny_config(paths, **{k: v for k, v in overrides.items() if "." not in k})
     for key, value in overrides.items():
-        if key.startswith("model."):
-            setattr(config.model, key[len("model."):], value)
+        if "." in key:
+            section, name = key.split(".")
+            setattr(config[section], name, value)
     full = str(tmp_path / "full")
     os.makedirs(full)
     result = training.train_and_evaluate(config, full)

@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     data.spm_model = ""  # an existing joint sentencepiece model to copy into the workdir instead of training one
     data.spm_model_src = ""  # the same per side, with data.joint_vocab=False
     data.spm_model_tgt = ""
+    data.spm_alpha = 0.0  # > 0: subword regularisation, training segmentations re-sampled every epoch with this alpha
+    data.spm_nbest = -1  # with spm_alpha: sample from the n best segmentations (-1: the whole lattice; 0 and 1 refused)
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
     data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
