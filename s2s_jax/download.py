@@ -2,6 +2,7 @@
 
     python download.py multi30k --data_dir data        # or: python -m s2s_jax.download ...
     python download.py fra-eng cmn-eng --data_dir data
+    python download.py iwslt16-de-en --data_dir data     # TED talks: the fine-tuning recipe's data
     python download.py multi30k --mirror http://my.mirror/files/   # same file names, another host
 
 Files land where the configs' layout expects them (DATA_DIR/multi30k/train.de,
@@ -15,7 +16,8 @@ is "data" (this command's default --data_dir); the printed train command adds
 Sources: Multi30k Task 1 raw files from github.com/multi30k/dataset (snapshot
 a3d2e0d); Tatoeba English-French as the d2l.ai book downloads it (fra-eng.zip);
 Tatoeba English-Chinese cmn.txt (github.com/qi-dian-b/seq2seq2_machine-translation,
-721784588). The Tatoeba files are the full upstream exports; the copies in
+721784588); IWSLT 2016 TED German-English dev/test sets (github.com/maroxtn/IWSLT-BACKUP,
+73a0932; there is no training set). The Tatoeba files are the full upstream exports; the copies in
 ../shared/data are those minus a held-out slice, so scores on them are not comparable.
 """
 
@@ -34,6 +36,7 @@ import urllib.request
 import zipfile
 
 _MULTI30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw"
+_IWSLT = "https://raw.githubusercontent.com/maroxtn/IWSLT-BACKUP/73a09324ed3cb15d60f489b322ea9df4b431ea43/iwslt/de-en"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,7 @@ class CorpusSource:
     files: tuple[RemoteFile, ...]
     flags: tuple[tuple[str, str], ...]  # (--config key, file path relative to the data dir = the config's value)
     config: str  # the built-in config (`--config NAME`) that trains on it
+    extra: str = ""  # flags the printed train command adds
 
 
 # sha256 of the gunzipped Multi30k files (what the configs read).
@@ -69,6 +73,26 @@ _MULTI30K_SHA256 = {
     "test_2016_flickr.de": "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16",
     "test_2016_flickr.en": "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
 }
+
+# sha256 of the IWSLT 2016 TED German-English sets the fine-tuning recipe reads (there is no training set:
+# it fine-tunes on tst2010-2012, validates on dev2010 and tests on tst2013).
+_IWSLT_SHA256 = {
+    "TED.dev2010.de-en.de": "9f2c2a4487cd329d22cb440f303920e1d368cf04c4c6e974b56149548991f6ea",
+    "TED.dev2010.de-en.en": "56989441a1a503e0718a592b31a152b944bfd707d1ee1f9305de8caf88ce9e60",
+    "TED.tst2010.de-en.de": "3ed4c594f00ec3052b58325218142db800e671cc5d14331254e41ebfe42d56d8",
+    "TED.tst2010.de-en.en": "f60a0923afe861dff8be62986c4a239bfd09eee3183ad9d17af1b6d363d0ddae",
+    "TED.tst2011.de-en.de": "605877ad3a8c612344f6544c77a2cbcae0ab8f73dc9dca9c041a04e2703e2bab",
+    "TED.tst2011.de-en.en": "84e1e460256adfd142e9c7faf9c036d98ead475218b59784069ec3790ea16444",
+    "TED.tst2012.de-en.de": "9f81bb3ca9e15c40c3af665d582b0aaf8a447d01d54cb02db2eda06a5b4d1ad6",
+    "TED.tst2012.de-en.en": "1e5b82072b5947a188c669a18ee7d15cac38a75e5c2d2d9ac75efe3e911cc4b3",
+    "TED.tst2013.de-en.de": "60fa902b0bf558ff58cf38de1dc6941de706e9f58e33e92119eb64696df4bbcc",
+    "TED.tst2013.de-en.en": "9fc2d5df75a05754427a5dcea1b3cc2456e8613c878527e56713978a13bf672e",
+}
+
+
+def _iwslt(*sets: str, side: str) -> str:
+    return ",".join(f"iwslt16-de-en-devtest/IWSLT16.TED.{name}.de-en.{side}" for name in sets)
+
 
 CORPORA: dict[str, CorpusSource] = {
     "multi30k": CorpusSource(
@@ -106,6 +130,20 @@ CORPORA: dict[str, CorpusSource] = {
         ),
         flags=(("data.train_tsv", "cmn-eng/cmn.txt"),),
         config="cmn_eng",
+    ),
+    "iwslt16-de-en": CorpusSource(
+        files=tuple(
+            RemoteFile((f"{_IWSLT}/IWSLT16.{name}",), f"iwslt16-de-en-devtest/IWSLT16.{name}", "", f"sha256:{digest}")
+            for name, digest in _IWSLT_SHA256.items()
+        ),
+        flags=(
+            ("data.train_src", _iwslt("tst2010", "tst2011", "tst2012", side="de")),
+            ("data.train_tgt", _iwslt("tst2010", "tst2011", "tst2012", side="en")),
+            ("data.valid_src", _iwslt("dev2010", side="de")), ("data.valid_tgt", _iwslt("dev2010", side="en")),
+            ("data.test_src", _iwslt("tst2013", side="de")), ("data.test_tgt", _iwslt("tst2013", side="en")),
+        ),
+        config="ted_finetune",
+        extra="--config.train.init_from=runs/multi30k_attention",
     ),
 }
 
@@ -221,7 +259,7 @@ def download(name: str, data_dir: str = "data", mirror: str | None = None, timeo
         raise DownloadError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
     source = CORPORA[name]
     fetch_files(source.files, data_dir, mirror, timeout, verify, log)
-    return {key: os.path.abspath(os.path.join(data_dir, rel)) for key, rel in source.flags}
+    return {key: ",".join(os.path.abspath(os.path.join(data_dir, r)) for r in rel.split(",")) for key, rel in source.flags}
 
 
 DEFAULT_DATA_DIR = "data"  # the configs' data.dir and this command's --data_dir
@@ -238,7 +276,7 @@ def train_command(name: str, data_dir: str = DEFAULT_DATA_DIR) -> str:
     command = f"python train.py --config {config} --workdir runs/{config}"
     if os.path.normpath(data_dir) != DEFAULT_DATA_DIR:
         command += f" --config.data.dir={data_dir}"
-    return command
+    return f"{command} {CORPORA[name].extra}".rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,16 +130,24 @@ def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
     """The raw pairs of one split ('train', 'valid', 'test') as the data config names them.
 
     `{split}_tsv` wins when set; otherwise `{split}_src` and `{split}_tgt` are
-    read as aligned files. Relative paths are resolved against `data.dir`
-    (`data_path`), so error messages name the file actually read.
+    read as aligned files. Each may list several files, comma-separated (the i-th
+    source file aligned with the i-th target file), read one after another.
+    Relative paths are resolved against `data.dir` (`data_path`), so error
+    messages name the file actually read.
     """
-    tsv = data_path(cfg_data, getattr(cfg_data, f"{split}_tsv", "") or "")
-    src = data_path(cfg_data, getattr(cfg_data, f"{split}_src", "") or "")
-    tgt = data_path(cfg_data, getattr(cfg_data, f"{split}_tgt", "") or "")
+
+    def paths(key: str) -> list[str]:
+        value = getattr(cfg_data, f"{split}_{key}", "") or ""
+        return [data_path(cfg_data, p.strip()) for p in value.split(",") if p.strip()]
+
+    tsv, src, tgt = paths("tsv"), paths("src"), paths("tgt")
     if tsv:
-        return read_tsv(tsv, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))
+        return [pair for path in tsv for pair in read_tsv(path, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))]
     if src and tgt:
-        return read_parallel(src, tgt)
+        if len(src) != len(tgt):
+            raise DataError(f"data.{split}_src lists {len(src)} files but data.{split}_tgt {len(tgt)}; "
+                            "give one target file per source file")
+        return [pair for s, t in zip(src, tgt) for pair in read_parallel(s, t)]
     if src or tgt:
         given, missing = ("src", "tgt") if src else ("tgt", "src")
         raise DataError(

@@ -199,7 +199,7 @@ def test_config_file_that_does_not_exist(tmp_path, capsys):
     ("model.dropout", 1.5, "model.dropout must be in [0, 1), got 1.5"),
     ("data.max_train_pairs", -5, "data.max_train_pairs must be a finite number >= 0, got -5"),
     ("seed", -1, "seed must be a finite number >= 0, got -1"),
-    ("train.lr_schedule", "linear", "train.lr_schedule must be one of constant, cosine, rsqrt, got 'linear'"),
+    ("train.lr_schedule", "linear", "train.lr_schedule must be one of constant, cosine, rsqrt, plateau, got 'linear'"),
     ("train.optimizer", "sgd", "train.optimizer must be one of adam, adamw, got 'sgd'"),
     ("train.dtype", "float16", "train.dtype must be one of float32, bfloat16, got 'float16'"),
     ("train.on_nonfinite", "ignore", "train.on_nonfinite must be one of stop, skip, got 'ignore'"),

@@ -144,7 +144,7 @@ def test_registry_covers_the_configs_corpora():
 
     from s2s_jax import config_utils
 
-    assert set(download.CORPORA) == {"multi30k", "fra-eng", "cmn-eng"}
+    assert set(download.CORPORA) == {"multi30k", "fra-eng", "cmn-eng", "iwslt16-de-en"}
     for source in download.CORPORA.values():
         assert source.config in config_utils.builtin_configs()
         # The config reads, relative to its data.dir ("data", download's default), the files
@@ -153,7 +153,7 @@ def test_registry_covers_the_configs_corpora():
         assert config.data.dir == download.DEFAULT_DATA_DIR
         for key, rel in source.flags:
             assert config.data[key.split(".", 1)[1]] == rel, key
-        assert {spec.path for spec in source.files} >= {rel for _, rel in source.flags}
+        assert {spec.path for spec in source.files} >= {r for _, rel in source.flags for r in rel.split(",")}
         for spec in source.files:
             assert all(url.startswith("https://") for url in spec.urls)
     with pytest.raises(download.DownloadError, match="unknown corpus 'wmt'"):
