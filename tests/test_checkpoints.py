@@ -154,7 +154,7 @@ def test_missing_checkpoints_are_errors_naming_what_exists(tmp_path):
     write_run(tmp_path, steps=(10, 20), best=None)
     with pytest.raises(ckpt_lib.CheckpointError, match=r"no checkpoint for step 15 .*\(available: 10, 20\)"):
         ckpt_lib.load_params(str(tmp_path), "15")
-    with pytest.raises(ckpt_lib.CheckpointError, match="must be best, latest or a step number"):
+    with pytest.raises(ckpt_lib.CheckpointError, match="must be best, latest, a step number or avg:K"):
         ckpt_lib.load_params(str(tmp_path), "newest")
 
 
