@@ -6,7 +6,7 @@ import os
 import pytest
 
 from s2s_jax import bleu
-from tests.helpers import TINY_TRAIN_FLAGS
+from tests.helpers import ROOT, TINY_TRAIN_FLAGS
 from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.slow
@@ -240,3 +240,16 @@ def test_python_api_nbest_and_sample(workdir):
     for sample, score in zip(samples[0], scored):
         if translator.tgt_tokenizer.tokenize([sample.text])[0] == sample.tokens:  # text round-trips to its ids
             assert abs(score.total - sample.score) < 1e-4
+
+
+def test_the_readme_python_example_runs(trained_workdir, capsys):
+    """The README's Translator block, on the tiny trained workdir instead of runs/quickstart."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = re.search(r"From Python, the same path.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert "Translator(" in block and "ensemble" in block
+    exec(compile(block.replace("runs/quickstart", trained_workdir.workdir), "README.md", "exec"), {})  # noqa: S102
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[1].startswith("['") and "-" in printed[1]

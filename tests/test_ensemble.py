@@ -101,6 +101,12 @@ def test_beam_search_over_an_ensemble_equals_exhaustive_search():
         want = [[int(t) for t in tokens[j, : lengths[j]] if t != EOS_ID] for j in order]
         assert [c.tokens for c in results[i]] == want
         np.testing.assert_allclose([c.score for c in results[i]], normalised[order], rtol=1e-5, atol=1e-5)
+        # --score: every output that ends in EOS, under the ensemble's own distribution
+        ended = [j for j in range(len(tokens)) if tokens[j, lengths[j] - 1] == EOS_ID]  # all 31 that end in EOS
+        assert len(ended) == 31
+        scored = engine.score((p1, p2), ([src1[i]] * len(ended), [src2[i]] * len(ended)),
+                              [[int(t) for t in tokens[j, : lengths[j] - 1]] for j in ended])
+        np.testing.assert_allclose([c.score for c in scored], total[ended], rtol=1e-5, atol=1e-5)
 
 
 def test_ensemble_weights_are_checked():
@@ -144,6 +150,9 @@ def test_decode_with_the_same_workdir_twice_matches_one(trained_workdir, lines_f
         status, two, err = decode(capsys, [wd, wd], input=lines_file, ensemble_weights=["2", "1"], **extra)
         assert status == 0, err
         assert two == one
+    status, one, _ = decode(capsys, [wd], input=lines_file, print_alignment="soft")
+    status2, two, _ = decode(capsys, [wd, wd], input=lines_file, print_alignment="soft", ensemble_weights=["3", "1"])
+    assert status == status2 == 0 and two == one  # the members' word alignments, averaged
     refs = trained_workdir.paths["valid_tgt"]
     ref_file = os.path.join(os.path.dirname(lines_file), "ref.txt")
     with open(refs, encoding="utf-8") as f:
