@@ -47,6 +47,7 @@ def test_empty_output_or_source_gives_an_empty_alignment():
         assert format_alignment(word_weights(WEIGHTS, [], OUT), mode) == ""
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_batched_attention_maps_equal_one_line_at_a_time(trained_workdir):
     """attention_maps pads lines into a few shapes; each line's weights are those of its own pass."""
     import jax

@@ -39,7 +39,8 @@ def as_lists(results):
 @pytest.mark.parametrize(
     "opts",
     [SearchOptions(), SearchOptions(beam_size=3, nbest=2),
-     SearchOptions(sample=True, nbest=2, temperature=1.3, top_k=5, with_scores=True)],
+     pytest.param(SearchOptions(sample=True, nbest=2, temperature=1.3, top_k=5, with_scores=True),
+                  marks=pytest.mark.slow)],
     ids=["greedy", "beam", "sample"],
 )
 def test_an_ensemble_of_a_model_with_itself_is_that_model(opts):
@@ -142,6 +143,7 @@ def lines_file(trained_workdir, tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_decode_with_the_same_workdir_twice_matches_one(trained_workdir, lines_file, capsys):
     wd = trained_workdir.workdir
     for extra in ({}, {"nbest": 2, "beam_size": 3}):
@@ -164,6 +166,7 @@ def test_decode_with_the_same_workdir_twice_matches_one(trained_workdir, lines_f
                                [[float(x) for x in row.split("\t")] for row in one.splitlines()], atol=2e-4)
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_members_must_share_the_target_vocabulary(trained_workdir, lines_file, tmp_path, capsys):
     from s2s_jax.tokenizer import train_tokenizer
 
@@ -178,6 +181,7 @@ def test_members_must_share_the_target_vocabulary(trained_workdir, lines_file, t
     assert trained_workdir.workdir in err and other in err
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_a_missing_member_is_an_error_not_dropped(trained_workdir, lines_file, tmp_path, capsys):
     missing = str(tmp_path / "nope")
     status, _, err = decode(capsys, [trained_workdir.workdir, missing], input=lines_file)

@@ -32,6 +32,7 @@ def blocking_path(tmp_path) -> str:
     return str(root)
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workdir, exported, tmp_path):
     from s2s_jax.translator import Translator
 
@@ -88,6 +89,7 @@ def test_the_loader_normalises_text_as_the_package_does(value, lowercase, d2l):
     assert LOADER.normalize(value, lowercase, d2l) == text.normalize(value, lowercase, d2l)
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_export_errors_are_one_line(trained_workdir, exported, tmp_path, capsys):
     import types
 

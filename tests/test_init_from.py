@@ -44,6 +44,7 @@ def test_spec_parsing():
     assert init_from.parse("C:/runs/a") == ("C:/runs/a", "best")  # a colon in the path stays in the path
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_the_initial_state_is_the_source_exactly(trained_workdir):
     source = trained_workdir.workdir
     config = config_utils.load(source)
@@ -64,6 +65,7 @@ def test_the_initial_state_is_the_source_exactly(trained_workdir):
     assert int(kept["step"]) == 0
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_fine_tuning_starts_from_the_source_and_lowers_the_loss_on_new_data(trained_workdir, second_corpus, tmp_path):
     source = trained_workdir.workdir
     # A learning rate too small to move any float32 parameter: the run's parameters are the source's.
@@ -90,6 +92,7 @@ def test_fine_tuning_starts_from_the_source_and_lowers_the_loss_on_new_data(trai
     assert resumed.steps_run == 10
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_a_different_model_shape_is_one_error_naming_the_keys(trained_workdir, second_corpus, tmp_path, capsys):
     config = fine_tune_config(trained_workdir.workdir, second_corpus, num_steps=5)
     config.model.hidden_size += 8
@@ -102,6 +105,7 @@ def test_a_different_model_shape_is_one_error_naming_the_keys(trained_workdir, s
     assert "is not a training workdir" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_an_existing_sentencepiece_model_is_copied_not_trained(trained_workdir, second_corpus, tmp_path, capsys):
     config = config_utils.load(trained_workdir.workdir)
     for key, value in second_corpus.items():
