@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax.lstm import run_recurrence
+
 
 def gru_update(x_proj: jax.Array, h_proj: jax.Array, bias_n: jax.Array, h: jax.Array) -> jax.Array:
     """h' from the input part [B, 3H] and the recurrent part h @ W_h [B, 3H], both laid out (r, z, n)."""
@@ -68,18 +70,4 @@ class GRULayer(nn.Module):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)
         x_proj = nn.Dense(3 * self.hidden_size, dtype=self.dtype, name="input")(inputs)
-        if inputs.shape[1] == 1:  # one decoding step: no loop around it (same parameters)
-            carry, output = _Recurrence(self.hidden_size, self.dtype, name="recurrent")(
-                initial_carry, (x_proj[:, 0], mask[:, 0])
-            )
-            return output[:, None], carry
-        scan = nn.scan(
-            _Recurrence,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=1,
-            out_axes=1,
-            unroll=self.unroll,
-        )
-        carry, outputs = scan(self.hidden_size, self.dtype, name="recurrent")(initial_carry, (x_proj, mask))
-        return outputs, carry
+        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask)

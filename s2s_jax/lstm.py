@@ -87,23 +87,25 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
-        if inputs.shape[1] == 1:  # one decoding step: no loop around it (same parameters)
-            carry, output = _Recurrence(self.hidden_size, self.dtype, name="recurrent")(
-                initial_carry, (x_proj[:, 0], mask[:, 0])
-            )
-            return output[:, None], carry
-        scan = nn.scan(
-            _Recurrence,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=1,
-            out_axes=1,
-            unroll=self.unroll,
-        )
-        carry, outputs = scan(self.hidden_size, self.dtype, name="recurrent")(
-            initial_carry, (x_proj, mask)
-        )
-        return outputs, carry
+        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask)
+
+
+def run_recurrence(
+    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, Any]:
+    """`step` (a cell's one-step module over precomputed input projections) over time, as the
+    submodule "recurrent" of the calling layer -> (outputs [B, T, H], final carry).
+
+    A single time step (decoding) calls the step directly, with the same parameters, instead of
+    a loop around it; longer inputs go through `nn.scan`. Call it from a layer's compact method.
+    """
+    if x_proj.shape[1] == 1:
+        carry, output = step(hidden_size, dtype, name="recurrent")(carry, (x_proj[:, 0], mask[:, 0]))
+        return output[:, None], carry
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
+                   unroll=unroll)
+    carry, outputs = scan(hidden_size, dtype, name="recurrent")(carry, (x_proj, mask))
+    return outputs, carry
 
 
 def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:
