@@ -350,18 +350,6 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
 
 
-def _main(argv: list[str]) -> int:
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    runtime.setup()
-    return run(flags.FLAGS)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-decode` and `python decode.py`: parses the flags, translates, exits."""
-    from absl import app
-
-    runtime.define_command_flags("decode", _define_flags)
-    app.run(_main, argv=argv)
+    runtime.run_command("decode", _define_flags, run, argv)

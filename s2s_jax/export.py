@@ -190,18 +190,6 @@ def _define_flags() -> None:
     flags.DEFINE_float("alpha", None, "The default search's length penalty; default: decode.alpha.")
 
 
-def _main(argv: list[str]) -> int:
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    runtime.setup()
-    return run(flags.FLAGS)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-export` and `python export.py`."""
-    from absl import app
-
-    runtime.define_command_flags("export", _define_flags)
-    app.run(_main, argv=argv)
+    runtime.run_command("export", _define_flags, run, argv)

@@ -28,6 +28,21 @@ def define_command_flags(command: str, define: Callable[[], None]) -> None:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
+def run_command(command: str, define: Callable[[], None], run: Callable, argv: list[str] | None = None) -> None:
+    """A command's entry point: defines its flags, parses argv, refuses stray arguments, turns on
+    the compile cache (`setup`) and exits with `run(flags.FLAGS)`'s status."""
+    from absl import app, flags
+
+    def main(args: list[str]) -> int:
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments: {args[1:]}")
+        setup()
+        return run(flags.FLAGS)
+
+    define_command_flags(command, define)
+    app.run(main, argv=argv)
+
+
 def limit_openblas_threads() -> None:
     """OPENBLAS_NUM_THREADS=1 unless set: call before numpy or jax is first imported.
 
