@@ -137,6 +137,10 @@ class _Packed:
         self.flat = np.concatenate([flat, [PAD_ID]]).astype(np.int32)  # +1 so gathers never go out of range
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
 
+    def sequence(self, i: int) -> np.ndarray:
+        """The ids of sequence i."""
+        return self.flat[self.offsets[i] : self.offsets[i] + self.lengths[i]]
+
     def rows(self, rows: np.ndarray, width: int, bos: bool, eos: bool) -> np.ndarray:
         """[len(rows), width] int32: optional BOS, the ids, optional EOS, PAD; row -1 is all PAD."""
         out = np.full((len(rows), width), PAD_ID, dtype=np.int32)
@@ -184,7 +188,6 @@ class BucketedBatches:
         keep = [b for b in range(len(shapes)) if len(members[b])]
         self._shapes = [shapes[b] for b in keep]
         self._members = [members[b] for b in keep]
-        self._lengths = (src_len, tgt_len)
         self._resample = resample
         self._sampled: tuple[int, _Packed, _Packed, list[np.ndarray]] | None = None  # the newest epoch's
         self.last_fallbacks = 0
@@ -224,10 +227,10 @@ class BucketedBatches:
         partial batches are topped up from smaller buckets (see the module docstring).
         """
         rng = np.random.default_rng((self.seed, epoch)) if shuffle else None
-        members = self._epoch_data(epoch)[2] if self._resample is not None else self._members
+        src, tgt, members = self._sides(epoch)
         orders = [rng.permutation(m) if rng is not None else m for m in members]
         if self.max_tokens:
-            orders = self._top_up(orders)
+            orders = self._top_up(orders, src.lengths + 1, tgt.lengths + 1)
         plan = []
         for bucket, order in enumerate(orders):
             size = self._rows[bucket]
@@ -238,40 +241,34 @@ class BucketedBatches:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
 
-    def _epoch_data(self, epoch: int) -> tuple[_Packed, _Packed, list[np.ndarray]]:
-        """Sampled sides of `epoch` and each shape's members by their sampled lengths (cached: the newest epoch)."""
+    def _sides(self, epoch: int) -> tuple[_Packed, _Packed, list[np.ndarray]]:
+        """(source, target, each shape's members) of `epoch`: the deterministic segmentation, or
+        the epoch's sampled one (cached: the newest epoch's)."""
+        if self._resample is None:
+            return self._src, self._tgt, self._members
         if self._sampled is None or self._sampled[0] != epoch:
-            src_ids, tgt_ids = self._resample(epoch)
+            src_ids, tgt_ids = (list(side) for side in self._resample(epoch))
+            src_len = np.fromiter((len(x) for x in src_ids), np.int64, len(src_ids)) + 1
+            tgt_len = np.fromiter((len(x) for x in tgt_ids), np.int64, len(tgt_ids)) + 1
+            shapes = np.array(self._shapes)
+            fallback = np.flatnonzero(~((shapes[:, :1] >= src_len) & (shapes[:, 1:] >= tgt_len)).any(axis=0))
+            for i in fallback:  # no shape holds the sample: the deterministic segmentation this epoch
+                src_ids[i], tgt_ids[i] = self._src.sequence(i), self._tgt.sequence(i)
             src, tgt = _Packed(src_ids), _Packed(tgt_ids)
-            src_len, tgt_len = src.lengths + 1, tgt.lengths + 1
-            largest = np.array(self._shapes).max(axis=0)
-            fits_one = (src_len <= largest[0]) & (tgt_len <= largest[1])
-            shape_arr = np.array(self._shapes)
-            fits_one &= ((shape_arr[:, :1] >= src_len) & (shape_arr[:, 1:] >= tgt_len)).any(axis=0)
-            fallback = np.flatnonzero(~fits_one)
-            if len(fallback):  # these pairs keep their deterministic segmentation this epoch
-                src_ids, tgt_ids = list(src_ids), list(tgt_ids)
-                for i in fallback:
-                    src_ids[i] = self._src.flat[self._src.offsets[i] : self._src.offsets[i] + self._src.lengths[i]]
-                    tgt_ids[i] = self._tgt.flat[self._tgt.offsets[i] : self._tgt.offsets[i] + self._tgt.lengths[i]]
-                src, tgt = _Packed(src_ids), _Packed(tgt_ids)
-                src_len, tgt_len = src.lengths + 1, tgt.lengths + 1
-            assignment = _assign(src_len, tgt_len, self._shapes)
+            assignment = _assign(src.lengths + 1, tgt.lengths + 1, self._shapes)
             members = [np.flatnonzero(assignment == b) for b in range(len(self._shapes))]
             self._sampled = (epoch, src, tgt, members)
             self.last_fallbacks = len(fallback)
-            self._lengths = (src_len, tgt_len)
         return self._sampled[1:]
 
-    def _top_up(self, orders: list[np.ndarray]) -> list[np.ndarray]:
+    def _top_up(self, orders: list[np.ndarray], src_len: np.ndarray, tgt_len: np.ndarray) -> list[np.ndarray]:
         """Moves pairs from smaller buckets into each bigger bucket's partial last batch.
 
         Buckets are visited from the largest shape (S + T) down; a partial batch takes,
         from each smaller bucket in turn (nearest in size first), the first pairs of its
         order that fit its shape. How many move is fixed by the lengths alone; which move
-        follows the epoch's shuffle.
+        follows the epoch's shuffle. `src_len` / `tgt_len` are the epoch's padded lengths per pair.
         """
-        src_len, tgt_len = self._lengths
         by_size = sorted(range(len(orders)), key=lambda b: -sum(self._shapes[b]))
         orders = list(orders)
         for i, b in enumerate(by_size):
@@ -291,7 +288,7 @@ class BucketedBatches:
     def make_batch(self, bucket: int, rows: np.ndarray, epoch: int = 0) -> Batch:
         """The arrays of one planned batch of `epoch` (which matters only with sampled segmentations)."""
         s, t = self._shapes[bucket]
-        src, tgt = (self._src, self._tgt) if self._resample is None else self._epoch_data(epoch)[:2]
+        src, tgt, _ = self._sides(epoch)
         return {
             "src": src.rows(rows, s, bos=False, eos=True),
             "tgt_in": tgt.rows(rows, t, bos=True, eos=False),
@@ -310,7 +307,8 @@ class BucketedBatches:
         for bucket, rows in self.plan(0, shuffle=False):
             s, t = self._shapes[bucket]
             slots_s, slots_t = slots_s + len(rows) * s, slots_t + len(rows) * t
-        real_s, real_t = (int(n.sum()) for n in self._lengths)  # epoch 0's, sampled or not
+        src, tgt, _ = self._sides(0)  # epoch 0's segmentation, sampled or not
+        real_s, real_t = (int(side.lengths.sum()) + self.num_pairs for side in (src, tgt))  # + EOS / BOS
         return {"src": round(real_s / slots_s, 4), "tgt": round(real_t / slots_t, 4)}
 
 
