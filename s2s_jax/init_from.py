@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from typing import Any
 
 import jax
@@ -42,19 +41,15 @@ def check(spec: str) -> None:
         raise ConfigError(f"train.init_from={spec}: {workdir} is not a training workdir (no config.json)")
 
 
-def copy_tokenizers(spec: str, workdir: str, joint: bool) -> None:
-    """The source run's sentencepiece model(s) into `workdir`, where training_data loads them."""
+def tokenizer_models(spec: str, joint: bool) -> list[str]:
+    """The source run's sentencepiece model(s), which training_data copies into the new workdir:
+    [joint model], or [source model, target model]; their layout must match data.joint_vocab."""
     source, _ = parse(spec)
     src_joint, _ = workdir_model_paths(source, joint=True)
     if os.path.exists(src_joint) != joint:
         theirs = "one joint model" if os.path.exists(src_joint) else "one model per side"
         raise ConfigError(f"train.init_from={spec}: that run has {theirs}; set data.joint_vocab={not joint} to match")
-    os.makedirs(workdir, exist_ok=True)
-    for side_from, side_to in zip(workdir_model_paths(source, joint), workdir_model_paths(workdir, joint)):
-        for ext in (".model", ".vocab"):
-            src_file = side_from[: -len(".model")] + ext
-            if os.path.exists(src_file) and not os.path.exists(side_to[: -len(".model")] + ext):
-                shutil.copyfile(src_file, side_to[: -len(".model")] + ext)
+    return [src_joint] if joint else list(workdir_model_paths(source, joint=False))
 
 
 def _shape_differences(source: Any, target: Any) -> list[str]:

@@ -49,7 +49,7 @@ def use_quickstart_corpus(config, workdir: str) -> None:
 
 
 def _copy_tokenizer(model: str, path: str) -> None:
-    """An existing sentencepiece model (data.spm_model*) into the workdir, checked first."""
+    """An existing sentencepiece model (data.spm_model*, or train.init_from's run's) into the workdir, checked first."""
     listing = Tokenizer(model).vocab_listing()  # a missing file or other special ids: a clear error
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -67,8 +67,9 @@ def tokenizers(config, workdir: str, train_pairs) -> tuple[Tokenizer, Tokenizer]
     if config.train.init_from and not all(os.path.exists(p) for p in (src_path, tgt_path)):
         from s2s_jax import init_from
 
-        init_from.copy_tokenizers(config.train.init_from, workdir, cfg.joint_vocab)
-    given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
+        given = init_from.tokenizer_models(config.train.init_from, cfg.joint_vocab)
+    else:
+        given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
     for path, model in zip((src_path, tgt_path), given):
         if model and not os.path.exists(path):
             _copy_tokenizer(model, path)
