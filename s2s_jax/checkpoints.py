@@ -366,17 +366,17 @@ def _average(manager: ocp.CheckpointManager, steps: list[int], k: int, directory
     if len(steps) < k:
         raise CheckpointError(f"avg:{k} needs {k} checkpoints, {directory} has {len(steps)} "
                               f"({', '.join(map(str, sorted(steps)))}; train.max_to_keep sets how many are kept)")
-    total, meta = None, None
+    total, meta, params = None, None, None
     for step in steps[:k]:
         try:
             _, restored = _restore_newest_readable(manager, _LATEST, [step], _LOCAL_DEVICE)
         except _NoReadableCheckpoint as err:
             raise CheckpointError(f"avg:{k}: {err}") from None
-        params = jax.tree.map(lambda x: np.asarray(x, np.float64), _decode_params(restored["state"]))
-        total = params if total is None else jax.tree.map(np.add, total, params)
+        params = _decode_params(restored["state"])
+        wide = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+        total = wide if total is None else jax.tree.map(np.add, total, wide)
         meta = meta or dict(restored["meta"], step=step)
-        dtypes = jax.tree.map(lambda x: np.asarray(x).dtype, _decode_params(restored["state"]))
-    mean = jax.tree.map(lambda t, dtype: (t / k).astype(dtype), total, dtypes)
+    mean = jax.tree.map(lambda t, like: (t / k).astype(np.asarray(like).dtype), total, params)
     return mean, dict(meta, averaged_steps=sorted(steps[:k]))
 
 

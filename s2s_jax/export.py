@@ -86,13 +86,14 @@ def export_model(
     translator = Translator(workdir, checkpoint)
     member = translator.members[0]
     config, engine = member.config, translator.inference
+    needed = default_widths(config.data.max_len)
     rows = sorted(set(rows or default_rows(config.decode.batch_size)))
-    widths = sorted(set(widths or default_widths(config.data.max_len)))
+    widths = sorted(set(widths or needed))
     if rows[0] < 1 or widths[0] < 1:
         raise ValueError(f"rows and widths must be positive, got rows={rows} widths={widths}")
-    if widths[-1] < default_widths(config.data.max_len)[-1]:
+    if widths[-1] < needed[-1]:
         raise ValueError(f"the widest source shape must hold data.max_len={config.data.max_len} tokens + EOS: "
-                         f"at least {default_widths(config.data.max_len)[-1]}, got {widths[-1]}")
+                         f"at least {needed[-1]}, got {widths[-1]}")
     default = SearchOptions.from_config(config.decode)
     default = SearchOptions(beam_size=beam_size or default.beam_size, alpha=default.alpha if alpha is None else alpha)
     default.check()
