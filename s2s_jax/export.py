@@ -184,7 +184,7 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
     flags.DEFINE_string("output", None, "Directory to write (must be empty or absent).", required=True)
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest).")
     flags.DEFINE_list("rows", None, "Batch row counts to export (default: 1, 16, decode.batch_size).")
     flags.DEFINE_list("widths", None, "Source widths, EOS included (default: multiples of 16 up to data.max_len + 1).")
     flags.DEFINE_integer("beam_size", None, "The default search's beam size (1 = greedy); default: decode.beam_size.")
