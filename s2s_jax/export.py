@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from s2s_jax import export_loader, inference
@@ -57,7 +58,13 @@ def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
     of decode.py's search for these options."""
 
     def search(params, src, caps):
-        tokens, scores = inference._search((model,), (1.0,), opts, max_steps, (params,), (src,), caps, None)
+        rows = src.shape[0]
+        alpha, temperature, top_k, top_p = opts.row_values()
+        per_row = {"alpha": jnp.full((rows,), alpha, jnp.float32), "temperature": jnp.full((rows,), temperature),
+                   "top_k": jnp.full((rows,), top_k, jnp.int32), "top_p": jnp.full((rows,), top_p),
+                   "seed": jnp.zeros((rows,), jnp.uint32), "index": jnp.zeros((rows,), jnp.int32)}
+        tokens, scores = inference._search((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps,
+                                           per_row)
         return tokens[:, 0], scores[:, 0]
 
     return jax.jit(search)

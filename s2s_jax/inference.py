@@ -70,6 +70,24 @@ class SearchOptions:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
+    def compiled_key(self) -> SearchOptions:
+        """What a search compiles for: sizes and switches, not float values.
+
+        alpha, temperature, top_k and top_p reach the search as traced per-row values,
+        so settings that differ only in them share one compiled search (and one batch);
+        top_k > 0 and top_p < 1 only switch their filter on.
+        """
+        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=int(self.sample and self.top_k > 0),
+                                   top_p=0.5 if self.sample and self.top_p < 1.0 else 1.0)
+
+    def batch_key(self) -> SearchOptions:
+        """What sources must share to be searched in one batch: all but the per-row values."""
+        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=0, top_p=1.0)
+
+    def row_values(self) -> tuple[float, float, int, float]:
+        """(alpha, temperature, top_k, top_p): the traced per-row settings."""
+        return self.alpha, self.temperature, self.top_k, self.top_p
+
 
 @dataclasses.dataclass
 class Candidate:
@@ -141,10 +159,15 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
     return tuple(m for m, _ in encoded), tuple(s for _, s in encoded), step_fn
 
 
-def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, caps, key, prefix=None,
+def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, caps, rows: dict, prefix=None,
             prefix_len=None):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
-    (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation."""
+    (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation.
+
+    `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
+    settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index): row r draws
+    from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
+    """
     memory, state, step_fn = _encoded(models, weights, params, srcs)
     start = search.BOS_ID
     if prefix is not None:
@@ -156,11 +179,13 @@ def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, 
         return search.sequence_log_prob(step_fn, memory, state, tokens, lengths, bos_id=start)
 
     if opts.sample:
+        keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
         outs = []
         for k in range(opts.nbest):
             tokens, lengths = search.sample(
-                step_fn, memory, state, jax.random.fold_in(key, k), max_steps=max_steps,
-                max_lengths=caps, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, bos_id=start,
+                step_fn, memory, state, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k), max_steps=max_steps,
+                max_lengths=caps, temperature=rows["temperature"], top_k=rows["top_k"] if opts.top_k else 0,
+                top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0, bos_id=start,
             )
             outs.append((tokens, score(tokens, lengths)))
         return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
@@ -171,7 +196,7 @@ def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, 
         return tokens[:, None], score(tokens, lengths)[:, None]
     tokens, scores, _ = search.batch_beam_search(
         step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
-        max_length=caps, alpha=opts.alpha, nbest=opts.nbest, bos_id=start,
+        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start,
     )
     return tokens, scores
 
@@ -203,13 +228,15 @@ class Inference:
     """
 
     def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
-                 mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None):
+                 mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
+                 max_compiled: int = 16):
         self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
         self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.max_steps = max_steps_for(max_src_len, decode_cfg)
-        self._compiled: dict[SearchOptions, Callable] = {}
+        self._compiled: dict[SearchOptions, Callable] = {}  # insertion order = least recently used first
+        self.max_compiled = max_compiled
         self._score_fn: Callable | None = None
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
@@ -223,23 +250,40 @@ class Inference:
         return tuple(params), tuple(sources)
 
     def search_fn(self, opts: SearchOptions) -> Callable:
-        """jit-compiled (params, srcs, caps [B], key) -> (tokens, scores), one per setting."""
-        if opts not in self._compiled:
-            self._compiled[opts] = jax.jit(functools.partial(_search, self.models, self.weights, opts, self.max_steps))
-        return self._compiled[opts]
+        """jit-compiled (params, srcs, caps [B], rows, prefix, prefix_len) -> (tokens, scores), one per
+        compiled key (SearchOptions.compiled_key). The `max_compiled` most recently used are kept, so
+        a long-running caller (the server) holds a bounded number of compiled searches."""
+        key = opts.compiled_key()
+        fn = self._compiled.pop(key, None)
+        if fn is None:
+            fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps))
+        self._compiled[key] = fn
+        while len(self._compiled) > self.max_compiled:
+            self._compiled.pop(next(iter(self._compiled)))
+        return fn
 
     def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
         """Indices of the non-empty sources, sorted by length and cut into batches."""
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def _arrays(self, sources: tuple, chunk: list[int], batch_size: int) -> dict:
-        """srcs (one [rows, S_m] per member) and caps [rows]; filler rows are all PAD with cap 0."""
+    def _arrays(self, sources: tuple, chunk: list[int], batch_size: int, settings: list[SearchOptions],
+                sample_keys: Sequence[tuple[int, int]]) -> dict:
+        """srcs (one [rows, S_m] per member), caps [rows] and the per-row settings and sampling
+        keys; filler rows are all PAD with cap 0."""
         rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
         padded = [_padded(member, chunk, rows, eos=True) for member in sources]
         caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
-        return {"srcs": tuple(src for src, _ in padded), "caps": caps}
+        filler = [(0.0, 1.0, 0, 1.0)] * (rows - len(chunk))
+        alpha, temperature, top_k, top_p = zip(*([settings[i].row_values() for i in chunk] + filler))
+        seed, index = zip(*([sample_keys[i] for i in chunk] + [(0, 0)] * (rows - len(chunk))))
+        per_row = {
+            "alpha": np.asarray(alpha, np.float32), "temperature": np.asarray(temperature, np.float32),
+            "top_k": np.asarray(top_k, np.int32), "top_p": np.asarray(top_p, np.float32),
+            "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32), "index": np.asarray(index, np.int32),
+        }
+        return {"srcs": tuple(src for src, _ in padded), "caps": caps, "rows": per_row}
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
         """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
@@ -251,36 +295,54 @@ class Inference:
         self,
         params,
         sources: Sequence[Sequence[int]] | tuple,
-        opts: SearchOptions = SearchOptions(),
+        opts: SearchOptions | Sequence[SearchOptions] = SearchOptions(),
         batch_size: int = 64,
         seed: int = 0,
         progress: Callable[[Iterable], Iterable] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
+        sample_keys: Sequence[tuple[int, int]] | None = None,
     ) -> list[list[Candidate]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
-        Batch i of a sampling run draws with fold_in(key(seed), i). With `prefixes` (target
-        ids per source; empty = none) each output is its prefix followed by the search's
-        continuation from the decoder state after the prefix; scores are the continuation's,
-        and its length cap is the row's cap minus the prefix (at least 1).
+        `opts` is one setting for every source, or one per source; those must share one
+        compiled key (they may differ in alpha, temperature, top_k and top_p, which are
+        traced per row). Sampling draws source i from fold_in(key(seed), i), or from
+        fold_in(key(s), j) with `sample_keys[i] = (s, j)`, whatever else shares its batch.
+        With `prefixes` (target ids per source; empty = none) each output is its prefix
+        followed by the search's continuation from the decoder state after the prefix;
+        scores are the continuation's, and its length cap is the row's cap minus the
+        prefix (at least 1).
         """
-        opts.check()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         params, sources = self._members(params, sources)
-        if prefixes is not None and len(prefixes) != len(sources[0]):
-            raise ValueError(f"{len(prefixes)} prefixes for {len(sources[0])} sources")
-        results = [[Candidate([], 0.0) for _ in range(opts.nbest)] for _ in sources[0]]
+        n = len(sources[0])
+        settings = [opts] * n if isinstance(opts, SearchOptions) else list(opts)
+        if len(settings) != n:
+            raise ValueError(f"{len(settings)} search settings for {n} sources")
+        for one in set(settings):
+            one.check()
+        if len({one.batch_key() for one in settings}) > 1:
+            raise ValueError("per-source search settings may differ only in alpha, temperature, top_k and top_p")
+        if prefixes is not None and len(prefixes) != n:
+            raise ValueError(f"{len(prefixes)} prefixes for {n} sources")
+        if sample_keys is not None and len(sample_keys) != n:
+            raise ValueError(f"{len(sample_keys)} sample keys for {n} sources")
+        sample_keys = [(seed, i) for i in range(n)] if sample_keys is None else sample_keys
+        first = settings[0] if settings else (opts if isinstance(opts, SearchOptions) else SearchOptions())
+        # One search for all rows: a filter is switched on when any row uses it (the others pass through it).
+        union = dataclasses.replace(first, top_k=max(s.top_k for s in settings) if settings else 0,
+                                    top_p=min(s.top_p for s in settings) if settings else 1.0)
+        results = [[Candidate([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
         chunks = self.batches(sources[0], batch_size)
-        search_fn = self.search_fn(opts)
-        key = jax.random.key(seed)
-        for number, chunk in enumerate(progress(chunks) if progress else chunks):
-            arrays = self._arrays(sources, chunk, batch_size)
+        search_fn = self.search_fn(union)
+        for chunk in progress(chunks) if progress else chunks:
+            arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
             placed = parallel.shard_batch(self.mesh, arrays)
-            out = search_fn(params, placed["srcs"], placed["caps"], jax.random.fold_in(key, number),
-                            placed.get("prefix"), placed.get("prefix_len"))
+            out = search_fn(params, placed["srcs"], placed["caps"], placed["rows"], placed.get("prefix"),
+                            placed.get("prefix_len"))
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []

@@ -63,7 +63,7 @@ def _forbid_eos(scores: jax.Array, step: jax.Array, min_length: int, eos_id: int
     return jnp.where(is_eos & (step < min_length), NEG_INF, scores)
 
 
-def length_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
+def length_penalty(length: jax.Array | int, alpha: float | jax.Array) -> jax.Array:
     """GNMT length penalty ((5 + |Y|) / 6) ** alpha; alpha=0 gives 1 (no normalisation)."""
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
@@ -160,24 +160,41 @@ def greedy_search(
     )
 
 
-def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+def filter_logits(logits: jax.Array, *, top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
     """Sets logits outside the top-k / nucleus (top-p) set to -inf; 0 and 1.0 disable them.
 
     The nucleus is the smallest set of most likely tokens whose probability
     reaches `top_p`; the most likely token is always kept, so a tiny `top_p`
-    is greedy. Ties at a threshold are kept.
+    is greedy. Ties at a threshold are kept. Python numbers select the filters
+    when tracing; arrays (one value per row, [N], or a scalar) are traced values,
+    so a server can mix settings in one batch without compiling per value.
     """
-    if top_k > 0:
-        kth = lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
-        logits = jnp.where(logits < kth, NEG_INF, logits)
-    if top_p < 1.0:
-        sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
-        threshold = jnp.min(kept, axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, NEG_INF, logits)
-    return logits
+    if isinstance(top_k, int) and isinstance(top_p, (int, float)):
+        if top_k > 0:
+            kth = lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+            logits = jnp.where(logits < kth, NEG_INF, logits)
+        if top_p < 1.0:
+            logits = _nucleus(logits, -jnp.sort(-logits, axis=-1), top_p)
+        return logits
+    rows = logits.shape[:-1]
+    k = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), rows)[..., None]
+    p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), rows)[..., None]
+    sorted_logits = -jnp.sort(-logits, axis=-1)  # descending
+    kth = jnp.take_along_axis(sorted_logits, jnp.clip(k - 1, 0, logits.shape[-1] - 1), axis=-1)
+    outside_k = (k > 0) & (logits < kth)
+    logits = jnp.where(outside_k, NEG_INF, logits)
+    # The top-k filtered logits, still sorted: what the static path sorts for the nucleus.
+    sorted_logits = jnp.where((k > 0) & (sorted_logits < kth), NEG_INF, sorted_logits)
+    return jnp.where(p < 1.0, _nucleus(logits, sorted_logits, p), logits)
+
+
+def _nucleus(logits: jax.Array, sorted_logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """`logits` outside the nucleus of mass `top_p` set to -inf, given them sorted in descending order."""
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    return jnp.where(logits < threshold, NEG_INF, logits)
 
 
 def sample(
@@ -188,9 +205,9 @@ def sample(
     *,
     max_steps: int,
     max_lengths: jax.Array | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float | jax.Array = 1.0,
+    top_k: int | jax.Array = 0,
+    top_p: float | jax.Array = 1.0,
     min_length: int = 0,
     bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
@@ -199,14 +216,23 @@ def sample(
     """Ancestral sampling -> (tokens [N, max_steps], lengths [N]); same conventions as greedy.
 
     Logits are divided by `temperature` (> 0; use `greedy_search` for the
-    temperature-0 limit), then filtered by `filter_logits`. Step t draws with
-    `fold_in(rng, t)`, so the same `rng` reproduces the same output.
+    temperature-0 limit), then filtered by `filter_logits`; `temperature`,
+    `top_k` and `top_p` may be per-row arrays [N]. `rng` is one key for the batch
+    (step t draws with `fold_in(rng, t)`) or one key per row, [N]: then row i
+    draws with `fold_in(rng[i], t)`, so its sample does not depend on which rows
+    share its batch. The same keys reproduce the same output.
     """
     if isinstance(temperature, (int, float)) and temperature <= 0:
         raise ValueError(f"temperature must be > 0 (use greedy_search for 0), got {temperature}")
+    if not isinstance(temperature, (int, float)):
+        temperature = jnp.asarray(temperature, jnp.float32)[..., None]
+    per_row = jnp.ndim(rng) == 1
 
     def choose(logits: jax.Array, step: jax.Array) -> jax.Array:
         logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+        if per_row:
+            draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row)  # noqa: E731
+            return jax.vmap(draw)(rng, logits)
         return jax.random.categorical(jax.random.fold_in(rng, step), logits, axis=-1)
 
     return _decode_loop(
@@ -247,7 +273,7 @@ def beam_search(
     beam_size: int,
     max_steps: int,
     max_length: jax.Array | int | None = None,
-    alpha: float = 0.0,
+    alpha: float | jax.Array = 0.0,
     nbest: int = 1,
     min_length: int = 0,
     bos_id: jax.Array | int = BOS_ID,
@@ -349,23 +375,26 @@ def batch_beam_search(
     max_steps: int,
     max_length: jax.Array | int | None = None,
     bos_id: jax.Array | int = BOS_ID,
+    alpha: float | jax.Array = 0.0,
     **kwargs: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`beam_search` vmapped over a leading batch dim of memory/state (and max_length [N]).
 
     `bos_id` may be an int32 [N] array: each row's first input token (the last token
-    of a forced prefix, with `state` advanced through the rest of it).
+    of a forced prefix, with `state` advanced through the rest of it); `alpha` may be
+    a float32 [N] array, each row's length penalty (a traced value: no compile per value).
     Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest].
     Inside the vmap `step_fn` sees arrays of leading dim beam_size.
     """
     n = _batch_size(memory, state)
     caps = _length_caps(max_length, n, max_steps)
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
+    alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
 
-    def one(mem: Any, st: Any, cap: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, bos_id=start, **kwargs)
+    def one(mem: Any, st: Any, cap: jax.Array, start: jax.Array, a: jax.Array):
+        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, bos_id=start, alpha=a, **kwargs)
 
-    return jax.vmap(one)(memory, state, caps, starts)
+    return jax.vmap(one)(memory, state, caps, starts, alphas)
 
 
 def advance(step_fn: StepFn, memory: Any, state: Any, prefix: jax.Array, lengths: jax.Array, *,

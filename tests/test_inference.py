@@ -1,6 +1,7 @@
 """The one inference path: batching by length is invisible in the results, validation and
 decode.py translate alike, and loading a Translator pulls in no training code."""
 
+import dataclasses
 import subprocess
 import sys
 import types
@@ -53,7 +54,9 @@ def test_outputs_respect_the_length_cap(tiny):
 def test_batches_come_from_few_shapes(tiny):
     engine, _, sources = tiny
     chunks = engine.batches(sources * 20, batch_size=16)
-    shapes = {engine._arrays((sources * 20,), chunk, 16)["srcs"][0].shape for chunk in chunks}
+    many = sources * 20
+    settings, keys = [SearchOptions()] * len(many), [(0, i) for i in range(len(many))]
+    shapes = {engine._arrays((many,), chunk, 16, settings, keys)["srcs"][0].shape for chunk in chunks}
     assert all(rows in (1, 2, 4, 8, 16) and width % inference.SOURCE_LENGTH_MULTIPLE == 0 for rows, width in shapes)
     assert len(shapes) <= 3
 
@@ -170,3 +173,59 @@ def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
             )
             continuations = [inference._cut(np.asarray(row)) for row in tokens]
         assert [c.tokens[len(prefix):] for c in forced[i]] == continuations, i
+
+
+def test_a_sample_does_not_depend_on_its_batch(tiny):
+    """Source i draws from fold_in(key(seed), i): batch size, order and neighbours change nothing."""
+    engine, params, sources = tiny
+    opts = SearchOptions(sample=True, nbest=2, temperature=1.3, top_p=0.9)
+    whole = engine.run(params, sources, opts, batch_size=16, seed=3)
+    one_by_one = engine.run(params, sources, opts, batch_size=1, seed=3)
+    assert [[c.tokens for c in r] for r in whole] == [[c.tokens for c in r] for r in one_by_one]
+    keys = [(3, i) for i in range(len(sources))][::-1]
+    reordered = engine.run(params, sources[::-1], opts, batch_size=4, sample_keys=keys)[::-1]
+    assert [[c.tokens for c in r] for r in reordered] == [[c.tokens for c in r] for r in whole]
+    other_seed = engine.run(params, sources, opts, batch_size=16, seed=4)
+    assert [[c.tokens for c in r] for r in other_seed] != [[c.tokens for c in r] for r in whole]
+
+
+@pytest.mark.parametrize("mixed", [
+    [SearchOptions(beam_size=3, alpha=a) for a in (0.0, 0.6, 1.0, 2.0)],
+    [SearchOptions(sample=True, temperature=t, top_k=k, top_p=p, with_scores=True)
+     for t, k, p in ((0.5, 0, 1.0), (1.0, 3, 1.0), (2.0, 0, 0.8), (1.5, 2, 0.6))],
+], ids=["beam-alpha", "sample-temperature-top-k-top-p"])
+def test_per_source_float_settings_share_one_compiled_search(tiny, mixed):
+    """Settings that differ only in alpha, temperature, top_k and top_p give each source what its own
+    setting gives it alone, from one compiled search function."""
+    engine, params, sources = tiny
+    settings = [mixed[i % len(mixed)] for i in range(len(sources))]
+    together = engine.run(params, sources, settings, batch_size=16, seed=2)
+    for opts in mixed:
+        alone = engine.run(params, sources, opts, batch_size=16, seed=2)
+        for i, one in enumerate(settings):
+            if one == opts:
+                assert [c.tokens for c in together[i]] == [c.tokens for c in alone[i]]
+                np.testing.assert_allclose([c.score for c in together[i]], [c.score for c in alone[i]], rtol=1e-5)
+    for opts in mixed:  # other values, the same compiled search
+        fn = engine.search_fn(opts)
+        other = dataclasses.replace(opts, alpha=opts.alpha + 0.3, temperature=opts.temperature * 2,
+                                    top_k=opts.top_k and opts.top_k + 1, top_p=opts.top_p if opts.top_p == 1 else 0.3)
+        assert engine.search_fn(other) is fn
+    if mixed[0].beam_size > 1:  # the length penalty matters: alpha 0 and 2 disagree somewhere
+        differ = engine.run(params, sources, mixed[0], batch_size=16) != engine.run(params, sources, mixed[3],
+                                                                                      batch_size=16)
+        assert differ
+
+
+def test_the_compiled_search_cache_is_bounded(tiny):
+    engine, params, sources = tiny
+    small = Inference(engine.models[0], DECODE, max_src_len=10, max_compiled=2)
+    for beam in (1, 2, 3, 2):
+        small.run(params, sources[:3], SearchOptions(beam_size=beam), batch_size=4)
+    assert [key.beam_size for key in small._compiled] == [3, 2]
+
+
+def test_mixing_compiled_settings_in_one_run_is_refused(tiny):
+    engine, params, sources = tiny
+    with pytest.raises(ValueError, match="may differ only in"):
+        engine.run(params, sources[:2], [SearchOptions(), SearchOptions(beam_size=2)])

@@ -452,3 +452,25 @@ def test_filter_logits():
 def test_sampling_rejects_zero_temperature():
     with pytest.raises(ValueError, match="greedy"):
         search.sample(step_fn, MEMORY, STATE, jax.random.key(0), max_steps=T, temperature=0.0)
+
+
+def test_traced_filter_values_match_the_static_filters():
+    """Per-row arrays (what a server batch mixes) filter exactly as the Python-number settings do."""
+    logits = jax.random.normal(jax.random.key(1), (6, 11)) * 3
+    settings = [(0, 1.0), (3, 1.0), (0, 0.7), (4, 0.5), (1, 0.9), (11, 0.99)]
+    traced = jax.jit(search.filter_logits)(logits, top_k=jnp.asarray([k for k, _ in settings]),
+                                           top_p=jnp.asarray([p for _, p in settings]))
+    for row, (k, p) in enumerate(settings):
+        np.testing.assert_array_equal(traced[row], search.filter_logits(logits[row:row + 1], top_k=k, top_p=p)[0])
+
+
+def test_per_row_keys_make_a_sample_independent_of_its_batch(greedy_out):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(9), i))(jnp.arange(N))
+    temps = jnp.linspace(0.7, 1.5, N)
+    whole = sampler(MEMORY, STATE, keys, max_steps=T, max_lengths=CAPS, temperature=temps)
+    for row in range(N):
+        one = jax.tree.map(lambda x, r=row: x[r:r + 1], (MEMORY, STATE))
+        alone = sampler(*one, keys[row:row + 1], max_steps=T, max_lengths=CAPS[row:row + 1],
+                        temperature=temps[row:row + 1])
+        np.testing.assert_array_equal(alone[0][0], whole[0][row])
+    assert not np.array_equal(whole[0], greedy_out[0]), "the samples should differ from greedy"
