@@ -65,6 +65,7 @@ class Member:
     model: Seq2Seq
     params: Any
     meta: dict
+    attention_fn: Callable | None = dataclasses.field(default=None, repr=False)  # jitted once, on first use
 
     @classmethod
     def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh) -> Member:
@@ -153,27 +154,31 @@ class Translator:
     def translate(
         self,
         lines: list[str],
-        opts: SearchOptions = SearchOptions(),
+        opts: SearchOptions | Sequence[SearchOptions] = SearchOptions(),
         batch_size: int = 64,
         seed: int = 0,
         progress: Callable[[Iterable], Iterable] | None = None,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
         prefixes: list[str] | None = None,
+        sample_keys: Sequence[tuple[int, int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
         A line longer than data.max_len subword tokens is cut to that length, with a warning.
         `prefixes` (one per line, "" = none) forces the start of each translation: the
         output is the prefix, normalised and tokenized like the targets, followed by the
-        search's continuation (whose score it reports).
+        search's continuation (whose score it reports). `opts` may be one setting per
+        line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
-        opts.check()
+        for one in [opts] if isinstance(opts, SearchOptions) else set(opts):
+            one.check()
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
-            params, sources, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced
+            params, sources, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced,
+            sample_keys=sample_keys,
         )
         return [
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
@@ -259,8 +264,9 @@ def attention_maps(member: Member | Translator, lines: list[str], outputs: list[
         member = member.members[0]
     if member.config.model.attention == "none":
         raise ValueError("this model has no attention (model.attention=none): nothing to plot")
-    weights_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
-        {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
+    if member.attention_fn is None:
+        member.attention_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
+            {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
     src_ids = member.encode_lines(lines, warn=lambda msg: None)
     tgt_in = [[BOS_ID] + list(out) for out in outputs]
     maps = [{"weights": np.zeros((0, 0)), "src": [], "tgt": []} for _ in lines]
@@ -270,7 +276,7 @@ def attention_maps(member: Member | Translator, lines: list[str], outputs: list[
         rows = inference._rows(len(chunk), batch_size)
         src, _ = inference._padded(src_ids, chunk, rows, eos=True)
         tgt, _ = inference._padded(tgt_in, chunk, rows, eos=False)
-        weights = np.asarray(weights_fn(member.params, src, tgt))
+        weights = np.asarray(member.attention_fn(member.params, src, tgt))
         for row, i in enumerate(chunk):
             maps[i] = {
                 "weights": weights[row, : len(tgt_in[i]), : len(src_ids[i]) + 1],
