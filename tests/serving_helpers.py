@@ -1,0 +1,88 @@
+"""A real `serve.py` process on a free loopback port, for the server and page tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.helpers import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python serve.py --workdir W ARGS` until `stop()`; `url` is its base address."""
+
+    def __init__(self, workdir: str, *args: str, cache: str = "off", env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = dict(os.environ, S2S_JAX_CACHE=cache, JAX_PLATFORMS="cpu", **(env or {}))
+        self.process = subprocess.Popen(
+            [sys.executable, "serve.py", f"--workdir={workdir}", f"--port={self.port}", *args],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.output = ""
+
+    def wait_ready(self, timeout: float = 300.0) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve.py exited {self.process.returncode}: {self.read_output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.25)
+        self.stop()
+        raise AssertionError(f"serve.py not ready after {timeout} s: {self.read_output()}")
+
+    def read_output(self) -> str:
+        if self.process.poll() is not None and self.process.stdout:
+            self.output += self.process.stdout.read()
+        return self.output[-3000:]
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.read_output()
+        return self.process.returncode
+
+    def post(self, payload, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/translate", json=payload, timeout=60, **kwargs)
+
+
+@contextlib.contextmanager
+def in_process(app):
+    """Serves `app` with uvicorn on a thread of this process; yields its base address."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

@@ -1,0 +1,227 @@
+"""The translation server (s2s_jax/serving.py) as a client meets it: a real serve.py process
+on loopback, the tiny trained workdir behind it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from s2s_jax import serving
+from s2s_jax.inference import SearchOptions
+from s2s_jax.translator import Translator
+from tests.serving_helpers import Server, in_process
+
+pytestmark = pytest.mark.slow  # each server starts a process and compiles its shapes
+
+LINES = ["the red cat sees a dog", "a small house", "big car has the blue dog likes", "cat"]
+
+
+@pytest.fixture(scope="module")
+def server(trained_workdir):
+    srv = Server(trained_workdir.workdir, "--max_batch=4", "--max_wait_ms=300", cache=trained_workdir.cache)
+    srv.wait_ready()
+    yield srv
+    assert srv.stop() == 0, srv.output
+
+
+@pytest.fixture(scope="module")
+def translator(trained_workdir):
+    return Translator(trained_workdir.workdir)
+
+
+def test_translations_equal_the_in_process_translator(server, translator):
+    """The server's output (beam 3, n-best 2, in input order) is exactly the Python API's."""
+    response = server.post({"text": LINES, "beam_size": 3, "nbest": 2, "alpha": 0.8})
+    assert response.status_code == 200, response.text
+    got = response.json()["translations"]
+    want = translator.translate(LINES, SearchOptions(beam_size=3, nbest=2, alpha=0.8, with_scores=True))
+    assert [t["text"] for t in got] == [h[0].text for h in want]
+    assert [[c["text"] for c in t["nbest"]] for t in got] == [[x.text for x in h] for h in want]
+    for t, h in zip(got, want):
+        assert t["score"] == pytest.approx(h[0].score, abs=1e-4)
+        assert [c["score"] for c in t["nbest"]] == pytest.approx([x.score for x in h], abs=1e-4)
+    single = server.post({"text": LINES[2]}).json()["translations"]
+    assert len(single) == 1 and single[0]["text"] == translator.translate([LINES[2]])[0][0].text
+
+
+def test_alignment_and_attention_matrix(server, translator):
+    body = server.post({"text": LINES[:2], "alignment": True}).json()
+    outputs = [h[0].tokens for h in translator.translate(LINES[:2])]
+    want = translator.align(LINES[:2], outputs, "hard")
+    for t, pairs in zip(body["translations"], want):
+        alignment = t["alignment"]
+        assert alignment["pairs"] == pairs
+        assert alignment["src"][-1] == "</s>" and alignment["tgt"][-1] == "</s>"
+        assert len(alignment["weights"]) == len(alignment["tgt"])
+        assert all(len(row) == len(alignment["src"]) and abs(sum(row) - 1) < 1e-2 for row in alignment["weights"])
+
+
+def test_concurrent_requests_are_served_by_one_search(server):
+    """Two requests sent together (within max_wait_ms=300) make one search call."""
+    before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
+    barrier = threading.Barrier(2)
+
+    def send(text):
+        barrier.wait()
+        return server.post({"text": text})
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(send, LINES[:2]))
+    assert [r.status_code for r in responses] == [200, 200]
+    after = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
+    assert after - before == 1
+
+
+def test_a_seeded_sample_does_not_depend_on_its_batch(server):
+    request = {"text": LINES[0], "sample": True, "seed": 11, "nbest": 3, "temperature": 1.5, "top_p": 0.95}
+    alone = server.post(request).json()["translations"][0]
+    barrier = threading.Barrier(3)
+
+    def send(payload):
+        barrier.wait()
+        return server.post(payload).json()["translations"][0]
+
+    others = [{"text": LINES[1], "sample": True, "seed": 2, "temperature": 0.7},
+              {"text": [LINES[2], LINES[0]], "sample": True, "seed": 5, "nbest": 3, "top_k": 3}]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        shared = list(pool.map(send, [request, *others]))[0]
+    assert [c["text"] for c in shared["nbest"]] == [c["text"] for c in alone["nbest"]]
+    another_seed = server.post(dict(request, seed=12)).json()["translations"][0]
+    assert [c["text"] for c in another_seed["nbest"]] != [c["text"] for c in alone["nbest"]]
+
+
+@pytest.mark.parametrize("payload, status, field", [
+    ({"text": 5}, 422, "text"),
+    ({"text": "a", "beam_size": "3"}, 422, "beam_size"),
+    ({"text": "a", "temperature": -1.0}, 422, "temperature"),
+    ({"text": "a", "top_p": 1.5}, 422, "top_p"),
+    ({"text": "a", "seed": -3}, 422, "seed"),
+    ({"text": "a", "bogus": 1}, 422, "bogus"),
+    ({"beam_size": 2}, 422, "text"),
+    ({"text": "a", "beam_size": 7}, 422, "beam_size"),
+    ({"text": "a", "nbest": 4, "beam_size": 2}, 422, "nbest"),
+    ({"text": "a" * 2001}, 413, "text[0]"),
+    ({"text": ["a"] * 65}, 413, "text"),
+], ids=["text-type", "beam-type", "temperature", "top-p", "seed", "unknown-field", "no-text", "beam-not-allowed",
+        "nbest", "too-long", "too-many"])
+def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
+    response = server.post(payload)
+    assert response.status_code == status, response.text
+    assert field in response.text
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_malformed_bodies_and_odd_text_never_hurt_the_server(server):
+    headers = {"content-type": "application/json"}
+    url = f"{server.url}/translate"
+    assert httpx.post(url, content=b'{"text": "a"', headers=headers).status_code == 422
+    assert httpx.post(url, content=b'{"text": "a\xff\xfe b"}', headers=headers).status_code in (400, 422)
+    assert httpx.post(url, content=b'{"text": NaN}', headers=headers).status_code == 422
+    odd = ["\u0000cat\u0007 dog\nthe", "\ud800 lone surrogate", "", "   ", "emoji \U0001f600 \u200b"]
+    response = httpx.post(url, content=json.dumps({"text": odd}), headers=headers, timeout=60)  # \ud800 escaped
+    assert response.status_code == 200, response.text
+    assert len(response.json()["translations"]) == len(odd)
+    assert response.json()["translations"][2]["text"] == ""
+    assert server.post({"text": LINES[0]}).status_code == 200
+
+
+def test_info_and_openapi(server, trained_workdir):
+    info = httpx.get(f"{server.url}/info").json()
+    assert info["step"] == 40 and info["attention"] is True
+    assert info["members"][0]["workdir"] == trained_workdir.workdir
+    assert info["limits"]["max_batch"] == 4 and "api_key" not in info["limits"]
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    response = schema["paths"]["/translate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert response["$ref"].endswith("/TranslateResponse")
+    assert set(schema["components"]["schemas"]["Translation"]["properties"]) == {"text", "score", "nbest", "alignment"}
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
+
+
+def test_limits_queue_timeout_and_key(trained_workdir):
+    """A full queue is 429, a slow answer 408, a missing or wrong key 401; the server stays up throughout."""
+    srv = Server(trained_workdir.workdir, "--max_batch=4", "--max_queue=2", "--max_wait_ms=1500",
+                 "--request_timeout_s=0.5", cache=trained_workdir.cache, env={"S2S_API_KEY": "sesame"})
+    try:
+        srv.wait_ready()
+        key = {"Authorization": "Bearer sesame"}
+        assert srv.post({"text": "a cat"}).status_code == 401
+        assert srv.post({"text": "a cat"}, headers={"Authorization": "Bearer sesamf"}).status_code == 401
+        assert httpx.get(f"{srv.url}/info").status_code == 401
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+        assert srv.post({"text": ["a", "b", "c"]}, headers=key).status_code == 429
+        slow = srv.post({"text": "a cat"}, headers=key)  # waits 1.5 s for company, times out at 0.5 s
+        assert slow.status_code == 408, slow.text
+        time.sleep(1.5)
+        assert httpx.get(f"{srv.url}/info", headers=key).status_code == 200
+    finally:
+        assert srv.stop() == 0, srv.output
+
+
+def test_sigterm_drains_requests_in_flight(trained_workdir):
+    srv = Server(trained_workdir.workdir, "--max_batch=4", "--max_wait_ms=2000", cache=trained_workdir.cache)
+    srv.wait_ready()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(srv.post, {"text": LINES[:2]})
+        time.sleep(0.7)  # the request is in the batcher, waiting 2 s for company
+        srv.process.send_signal(signal.SIGTERM)
+        response = pending.result(timeout=60)
+    assert response.status_code == 200 and len(response.json()["translations"]) == 2
+    assert srv.process.wait(60) == 0, srv.read_output()
+
+
+def test_bad_flags_and_workdir_are_one_error_line(tmp_path):
+    srv = Server(str(tmp_path), "--max_batch=0")
+    assert srv.process.wait(60) == 1
+    assert srv.read_output().strip().splitlines()[-1].startswith("error: max_batch")
+    srv = Server(str(tmp_path / "missing"))
+    assert srv.process.wait(60) == 1
+    assert "is not a training workdir" in srv.read_output() and "Traceback" not in srv.output
+
+
+def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir):
+    """In process: /health is 503 until loading and warm-up finish; then requests with the default
+    search (any length, any alpha) run on already compiled searches."""
+    release = threading.Event()
+
+    def load():
+        release.wait(60)
+        return Translator(trained_workdir.workdir)
+
+    app = serving.create_app(load, serving.ServeSettings(max_batch=4, max_wait_ms=1), log=lambda message: None)
+    with in_process(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").status_code == 503
+        assert client.post("/translate", json={"text": "a"}).status_code == 503
+        release.set()
+        deadline = time.monotonic() + 300
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        inference = app.state.s2s["translator"].inference
+        compiled = {key: fn._cache_size() for key, fn in inference._compiled.items()}
+        words = "the a red blue small big cat dog house car sees likes has".split()
+        texts = [" ".join(words[: n % 13 + 1] * (n // 13 + 1)) for n in range(30)]
+        for count in (1, 2, 3, 4, 5):
+            assert client.post("/translate", json={"text": texts[:count] if count < 5 else texts,
+                                                   "alpha": 0.1 * count}).status_code == 200
+        assert {key: fn._cache_size() for key, fn in inference._compiled.items()} == compiled
+
+
+def test_a_failing_load_is_reported_and_the_server_stays_up():
+    def load():
+        raise RuntimeError("no checkpoint in /nowhere")
+
+    app = serving.create_app(load, serving.ServeSettings(), log=lambda message: None)
+    with in_process(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        deadline = time.monotonic() + 30
+        while "no checkpoint" not in client.get("/health").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get("/health").status_code == 503
+        assert "no checkpoint" in client.post("/translate", json={"text": "a"}).text
