@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -51,7 +52,7 @@ class SearchOptions:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    with_scores: bool = False  # greedy/sampling: score outputs by teacher forcing (an extra pass)
+    with_scores: bool = False  # greedy/sampling: report the outputs' log-probabilities (else 0)
 
     @classmethod
     def from_config(cls, decode_cfg) -> SearchOptions:
@@ -173,27 +174,26 @@ def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, 
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
 
-    def score(tokens, lengths):
-        if not opts.with_scores:
-            return jnp.zeros(tokens.shape[0])
-        return search.sequence_log_prob(step_fn, memory, state, tokens, lengths, bos_id=start)
+    def scored(out):
+        """(tokens, scores): the log-probabilities accumulated in the loop when with_scores asks, else zeros."""
+        return (out[0], out[2]) if opts.with_scores else (out[0], jnp.zeros(out[0].shape[0]))
 
     if opts.sample:
         keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
         outs = []
         for k in range(opts.nbest):
-            tokens, lengths = search.sample(
+            outs.append(scored(search.sample(
                 step_fn, memory, state, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k), max_steps=max_steps,
                 max_lengths=caps, temperature=rows["temperature"], top_k=rows["top_k"] if opts.top_k else 0,
-                top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0, bos_id=start,
-            )
-            outs.append((tokens, score(tokens, lengths)))
+                top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0, bos_id=start, return_log_prob=opts.with_scores,
+            )))
         return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
     if opts.beam_size == 1:
-        tokens, lengths = search.greedy_search(
-            step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start
-        )
-        return tokens[:, None], score(tokens, lengths)[:, None]
+        tokens, scores = scored(search.greedy_search(
+            step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start,
+            return_log_prob=opts.with_scores,
+        ))
+        return tokens[:, None], scores[:, None]
     tokens, scores, _ = search.batch_beam_search(
         step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
         max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start,
@@ -237,6 +237,7 @@ class Inference:
         self.max_steps = max_steps_for(max_src_len, decode_cfg)
         self._compiled: dict[SearchOptions, Callable] = {}  # insertion order = least recently used first
         self.max_compiled = max_compiled
+        self._lock = threading.Lock()
         self._score_fn: Callable | None = None
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
@@ -254,12 +255,13 @@ class Inference:
         compiled key (SearchOptions.compiled_key). The `max_compiled` most recently used are kept, so
         a long-running caller (the server) holds a bounded number of compiled searches."""
         key = opts.compiled_key()
-        fn = self._compiled.pop(key, None)
-        if fn is None:
-            fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps))
-        self._compiled[key] = fn
-        while len(self._compiled) > self.max_compiled:
-            self._compiled.pop(next(iter(self._compiled)))
+        with self._lock:  # threads (a server's warm-up) must not build two functions for one key
+            fn = self._compiled.pop(key, None)
+            if fn is None:
+                fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps))
+            self._compiled[key] = fn
+            while len(self._compiled) > self.max_compiled:
+                self._compiled.pop(next(iter(self._compiled)))
         return fn
 
     def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:

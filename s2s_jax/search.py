@@ -80,6 +80,7 @@ class _LoopState(NamedTuple):
     lengths: jax.Array  # int32 [N]
     finished: jax.Array  # bool [N]
     state: Any
+    log_prob: jax.Array  # float32 [N]: the chosen tokens' summed log-probabilities
 
 
 def _decode_loop(
@@ -94,8 +95,14 @@ def _decode_loop(
     bos_id: jax.Array | int,
     eos_id: int,
     pad_id: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Left-to-right decoding where `choose(logits [N, V], step) -> tokens [N]` picks each token."""
+    return_log_prob: bool = False,
+) -> tuple[jax.Array, ...]:
+    """Left-to-right decoding where `choose(logits [N, V], step) -> tokens [N]` picks each token.
+
+    Returns (tokens, lengths), and with `return_log_prob` also each row's summed model
+    log-probability of its tokens (EOS included), accumulated as it decodes: what
+    `sequence_log_prob` gives for the output, without a second pass over max_steps.
+    """
     n = _batch_size(memory, state)
     caps = _length_caps(max_lengths, n, max_steps)
     init = _LoopState(
@@ -105,6 +112,7 @@ def _decode_loop(
         lengths=jnp.zeros((n,), jnp.int32),
         finished=caps <= 0,
         state=state,
+        log_prob=jnp.zeros((n,), jnp.float32),
     )
 
     def cond(s: _LoopState) -> jax.Array:
@@ -112,8 +120,13 @@ def _decode_loop(
 
     def body(s: _LoopState) -> _LoopState:
         logits, new_state = step_fn(memory, s.state, s.last)
-        logits = _forbid_eos(logits.astype(jnp.float32), s.step, min_length, eos_id)
+        raw = logits.astype(jnp.float32)
+        logits = _forbid_eos(raw, s.step, min_length, eos_id)
         token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
+        log_prob = s.log_prob
+        if return_log_prob:
+            token_logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), token[:, None], axis=-1)[:, 0]
+            log_prob = log_prob + jnp.where(s.finished, 0.0, token_logp)
         # Finished rows keep stepping (on PAD) but their outputs are discarded.
         return _LoopState(
             step=s.step + 1,
@@ -122,10 +135,11 @@ def _decode_loop(
             lengths=jnp.where(s.finished, s.lengths, s.step + 1),
             finished=s.finished | (token == eos_id) | (s.step + 1 >= caps),
             state=new_state,
+            log_prob=log_prob,
         )
 
     out = lax.while_loop(cond, body, init)
-    return out.tokens, out.lengths
+    return (out.tokens, out.lengths, out.log_prob) if return_log_prob else (out.tokens, out.lengths)
 
 
 def greedy_search(
@@ -139,8 +153,10 @@ def greedy_search(
     bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
-) -> tuple[jax.Array, jax.Array]:
-    """Argmax decoding of a batch -> (tokens int32 [N, max_steps], lengths int32 [N]).
+    return_log_prob: bool = False,
+) -> tuple[jax.Array, ...]:
+    """Argmax decoding of a batch -> (tokens int32 [N, max_steps], lengths int32 [N]), and with
+    `return_log_prob` the outputs' log-probabilities [N].
 
     `max_lengths` (int32 [N], clipped to `max_steps`) caps each row separately,
     e.g. a * src_len + b; `min_length` forbids EOS among the first `min_length`
@@ -157,6 +173,7 @@ def greedy_search(
         bos_id=bos_id,
         eos_id=eos_id,
         pad_id=pad_id,
+        return_log_prob=return_log_prob,
     )
 
 
@@ -212,8 +229,10 @@ def sample(
     bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
-) -> tuple[jax.Array, jax.Array]:
-    """Ancestral sampling -> (tokens [N, max_steps], lengths [N]); same conventions as greedy.
+    return_log_prob: bool = False,
+) -> tuple[jax.Array, ...]:
+    """Ancestral sampling -> (tokens [N, max_steps], lengths [N]); same conventions as greedy
+    (with `return_log_prob` also the samples' log-probabilities under the untempered model).
 
     Logits are divided by `temperature` (> 0; use `greedy_search` for the
     temperature-0 limit), then filtered by `filter_logits`; `temperature`,
@@ -246,6 +265,7 @@ def sample(
         bos_id=bos_id,
         eos_id=eos_id,
         pad_id=pad_id,
+        return_log_prob=return_log_prob,
     )
 
 

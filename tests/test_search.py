@@ -62,7 +62,7 @@ def repeat_rows(tree, n):
 
 # Module-level jitted functions: each (static args, shapes) compiles once for the file.
 greedy = jax.jit(
-    functools.partial(search.greedy_search, step_fn), static_argnames=("max_steps", "min_length")
+    functools.partial(search.greedy_search, step_fn), static_argnames=("max_steps", "min_length", "return_log_prob")
 )
 beam_one = jax.jit(
     functools.partial(search.beam_search, step_fn),
@@ -74,7 +74,7 @@ beam_batch = jax.jit(
 )
 sampler = jax.jit(
     functools.partial(search.sample, step_fn),
-    static_argnames=("max_steps", "top_k", "top_p", "min_length"),
+    static_argnames=("max_steps", "top_k", "top_p", "min_length", "return_log_prob"),
 )
 
 
@@ -474,3 +474,12 @@ def test_per_row_keys_make_a_sample_independent_of_its_batch(greedy_out):
                         temperature=temps[row:row + 1])
         np.testing.assert_array_equal(alone[0][0], whole[0][row])
     assert not np.array_equal(whole[0], greedy_out[0]), "the samples should differ from greedy"
+
+
+def test_log_probs_accumulated_while_decoding_equal_teacher_forcing():
+    """greedy/sample(return_log_prob=True) report what sequence_log_prob gives for their outputs."""
+    tokens, lengths, logp = greedy(MEMORY, STATE, max_steps=T, max_lengths=CAPS, return_log_prob=True)
+    np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
+    tokens, lengths, logp = sampler(MEMORY, STATE, jax.random.key(8), max_steps=T, max_lengths=CAPS,
+                                    temperature=1.7, return_log_prob=True)
+    np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
