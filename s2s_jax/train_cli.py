@@ -10,6 +10,7 @@ from s2s_jax import runtime  # first: OPENBLAS_NUM_THREADS must be set before nu
 
 runtime.limit_openblas_threads()
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import time
 from s2s_jax import config_utils
 from s2s_jax.checkpoints import CheckpointError
 from s2s_jax.text import DataError
+from s2s_jax.workdir_lock import WorkdirLocked
 
 
 def _report_skipped_steps(workdir: str) -> None:
@@ -38,6 +40,12 @@ def _report_skipped_steps(workdir: str) -> None:
 
 
 def run(config, workdir: str) -> int:
+    """Trains `config` in `workdir` holding the workdir's lock (s2s_jax/workdir_lock.py); the exit status."""
+    with contextlib.ExitStack() as lock:
+        return _run(config, workdir, lock)
+
+
+def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
     # metrics.jsonl records NaN losses; tensorboardX would also warn twice per logged step.
     logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     try:
@@ -50,7 +58,11 @@ def run(config, workdir: str) -> int:
 
             init_from.check(config.train.init_from)
         os.makedirs(workdir, exist_ok=True)
-        from s2s_jax import parallel
+        from s2s_jax import parallel, workdir_lock
+
+        lock.enter_context(workdir_lock.hold(
+            workdir, lambda message: print(f"warning: {message}", file=sys.stderr), enabled=parallel.is_main_process()
+        ))
 
         with parallel.main_process_first("workdir"):  # several processes: process 0 writes first
             if config.data.quickstart_corpus and not config.data.train_src:
@@ -62,7 +74,7 @@ def run(config, workdir: str) -> int:
 
         start = time.perf_counter()
         result = training.train_and_evaluate(config, workdir)
-    except (DataError, CheckpointError, config_utils.ConfigError) as err:
+    except (DataError, CheckpointError, config_utils.ConfigError, WorkdirLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an unwritable workdir, a full disk
