@@ -132,7 +132,10 @@ def main() -> None:
         try:
             for mode in args.modes.split(","):
                 for count in counts:
+                    before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
                     run = load(server.url, sentences, count, args.seconds, beams[mode])
+                    calls = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"] - before
+                    run.update(search_calls=calls, texts_per_search=round(run["requests"] / max(calls, 1), 2))
                     run.update(server=name, mode=mode, beam_size=beams[mode], ready_s=ready_s,
                                peak_rss_mb=peak_rss_mb(server.process.pid))
                     result["runs"].append(run)

@@ -23,6 +23,7 @@ import dataclasses
 import hmac
 import importlib.resources
 import math
+import os
 import re
 import secrets
 import threading
@@ -147,6 +148,7 @@ class Batcher:
         self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
 
     def submit(self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool) -> list[asyncio.Future]:
+        self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
         loop = asyncio.get_running_loop()
@@ -227,10 +229,12 @@ def _finite(score: float) -> float:
     return score if math.isfinite(score) else -1e30
 
 
-def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None] = lambda message: None) -> int:
+def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None] = lambda message: None,
+            workers: int | None = None) -> int:
     """Compiles the default settings' search (and those of `warm_up_beam_sizes`) for every batch
     shape a request can produce: rows a power of two up to max_batch, source widths the multiples
-    of 8 up to max_len + EOS. Returns the number of compiled shapes."""
+    of 8 up to max_len + EOS. Shapes compile on `workers` threads (default: one per CPU; XLA
+    compiles one program per thread). Returns the number of compiled shapes."""
     default = default_options(translator)
     searches = [default] + [dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes
                             if b != default.beam_size]
@@ -239,16 +243,20 @@ def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None]
     rows = sorted({inference._rows(n, settings.max_batch) for n in range(1, settings.max_batch + 1)})
     members = len(translator.members)
     params = translator.members[0].params if members == 1 else tuple(m.params for m in translator.members)
-    shapes = 0
-    for width in widths:
-        for count in rows:
-            ids = [[EOS_ID + 2] * (width - 1)] * count  # width - 1 tokens + EOS fill the width
-            sources = ids if members == 1 else tuple([ids] * members)
-            for opts in searches:
-                translator.inference.run(params, sources, opts, batch_size=settings.max_batch)
-                shapes += 1
-        progress(f"warm-up: source width {width} compiled for {len(rows)} row counts")
-    return shapes
+
+    def compile_shape(job: tuple[SearchOptions, int, int]) -> None:
+        opts, width, count = job
+        ids = [[EOS_ID + 2] * (width - 1)] * count  # width - 1 tokens + EOS fill the width
+        sources = ids if members == 1 else tuple([ids] * members)
+        translator.inference.run(params, sources, opts, batch_size=settings.max_batch)
+
+    jobs = [(opts, width, count) for width in widths for count in rows for opts in searches]
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="s2s-warm-up") as pool:
+        for done, _ in enumerate(pool.map(compile_shape, jobs), 1):
+            if done % len(rows) == 0 or done == len(jobs):
+                progress(f"warm-up: {done} of {len(jobs)} batch shapes compiled")
+    return len(jobs)
 
 
 def default_options(translator) -> SearchOptions:
@@ -273,7 +281,10 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
     opts = SearchOptions(beam_size=beam, alpha=default.alpha if request.alpha is None else request.alpha,
                          nbest=request.nbest, sample=request.sample, temperature=request.temperature,
                          top_k=request.top_k, top_p=request.top_p, with_scores=True)
-    opts.check()
+    try:
+        opts.check()
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
     return opts
 
 
