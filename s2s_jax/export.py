@@ -29,12 +29,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from s2s_jax import export_loader, inference
 from s2s_jax.checkpoints import CheckpointError
-from s2s_jax.inference import SOURCE_LENGTH_MULTIPLE, SearchOptions
+from s2s_jax.inference import SearchOptions
 from s2s_jax.text import DataError
 from s2s_jax.translator import Translator
 
@@ -49,7 +48,7 @@ def default_rows(batch_size: int) -> list[int]:
 def default_widths(max_len: int) -> list[int]:
     """Source widths (EOS included) at every multiple of 16 up to the widest, data.max_len + 1
     rounded up to a multiple of 8 as decode.py pads it."""
-    widest = -(-(max_len + 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+    widest = inference.source_width(max_len + 1)
     return sorted({*range(16, widest, 16), widest})
 
 
@@ -58,11 +57,7 @@ def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
     of decode.py's search for these options."""
 
     def search(params, src, caps):
-        rows = src.shape[0]
-        alpha, temperature, top_k, top_p = opts.row_values()
-        per_row = {"alpha": jnp.full((rows,), alpha, jnp.float32), "temperature": jnp.full((rows,), temperature),
-                   "top_k": jnp.full((rows,), top_k, jnp.int32), "top_p": jnp.full((rows,), top_p),
-                   "seed": jnp.zeros((rows,), jnp.uint32), "index": jnp.zeros((rows,), jnp.int32)}
+        per_row = inference.row_settings([opts] * src.shape[0], [(0, 0)] * src.shape[0])  # constants in the export
         tokens, scores = inference._search((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps,
                                            per_row)
         return tokens[:, 0], scores[:, 0]

@@ -114,12 +114,30 @@ def _rows(n: int, batch_size: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), batch_size)
 
 
+def source_width(tokens: int) -> int:
+    """The batch width that holds `tokens` source positions (EOS included): a multiple of
+    SOURCE_LENGTH_MULTIPLE, at least one."""
+    return -(-max(tokens, 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+
+
+def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[int, int]]) -> dict:
+    """The per-row arrays a compiled search reads (`_search`'s `rows`): each row's alpha,
+    temperature, top_k, top_p and sampling key (seed, index)."""
+    alpha, temperature, top_k, top_p = zip(*(one.row_values() for one in settings))
+    seed, index = zip(*sample_keys)
+    return {
+        "alpha": np.asarray(alpha, np.float32), "temperature": np.asarray(temperature, np.float32),
+        "top_k": np.asarray(top_k, np.int32), "top_p": np.asarray(top_p, np.float32),
+        "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32), "index": np.asarray(index, np.int32),
+    }
+
+
 def _padded(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
     """The chunk's sequences (+ EOS) as int32 [rows, W], PAD-padded to a multiple of 8 (at least 8),
     and their lengths (EOS counted); rows past the chunk are all PAD with length 0."""
     lengths = np.zeros((rows,), np.int32)
     lengths[: len(chunk)] = [len(seqs[i]) + eos for i in chunk]
-    width = -(-max(int(lengths.max()), 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+    width = source_width(int(lengths.max()))
     out = np.full((rows, width), PAD_ID, np.int32)
     for row, i in enumerate(chunk):
         n = len(seqs[i])
@@ -277,14 +295,9 @@ class Inference:
         padded = [_padded(member, chunk, rows, eos=True) for member in sources]
         caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
-        filler = [(0.0, 1.0, 0, 1.0)] * (rows - len(chunk))
-        alpha, temperature, top_k, top_p = zip(*([settings[i].row_values() for i in chunk] + filler))
-        seed, index = zip(*([sample_keys[i] for i in chunk] + [(0, 0)] * (rows - len(chunk))))
-        per_row = {
-            "alpha": np.asarray(alpha, np.float32), "temperature": np.asarray(temperature, np.float32),
-            "top_k": np.asarray(top_k, np.int32), "top_p": np.asarray(top_p, np.float32),
-            "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32), "index": np.asarray(index, np.int32),
-        }
+        filler = rows - len(chunk)
+        per_row = row_settings([settings[i] for i in chunk] + [SearchOptions(alpha=0.0)] * filler,
+                               [sample_keys[i] for i in chunk] + [(0, 0)] * filler)
         return {"srcs": tuple(src for src, _ in padded), "caps": caps, "rows": per_row}
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:

@@ -213,10 +213,7 @@ class Batcher:
         return out
 
     def _alignments(self, texts: list[str], outputs: list[list[int]]) -> list[Alignment]:
-        from s2s_jax.translator import attention_maps
-
-        pairs = self.translator.align(texts, outputs, "hard")
-        maps = attention_maps(self.translator, texts, outputs, batch_size=self.settings.max_batch)
+        pairs, maps = self.translator.align_with_attention(texts, outputs, "hard")
         return [Alignment(pairs=p, src=m["src"], tgt=m["tgt"],
                           weights=[[round(float(w), 4) for w in row] for row in m["weights"]])
                 for p, m in zip(pairs, maps)]
@@ -238,11 +235,11 @@ def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None]
     default = default_options(translator)
     searches = [default] + [dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes
                             if b != default.beam_size]
-    widest = -(-(translator.max_len + 1) // inference.SOURCE_LENGTH_MULTIPLE) * inference.SOURCE_LENGTH_MULTIPLE
+    widest = inference.source_width(translator.max_len + 1)
     widths = range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
     rows = sorted({inference._rows(n, settings.max_batch) for n in range(1, settings.max_batch + 1)})
     members = len(translator.members)
-    params = translator.members[0].params if members == 1 else tuple(m.params for m in translator.members)
+    params = translator.search_params
 
     def compile_shape(job: tuple[SearchOptions, int, int]) -> None:
         opts, width, count = job

@@ -147,9 +147,14 @@ class Translator:
                 warn(message)
 
         sources = [m.encode_lines(lines, warn_once) for m in self.members]
+        return self.search_params, sources[0] if len(self.members) == 1 else tuple(sources)
+
+    @property
+    def search_params(self) -> Any:
+        """The parameters as Inference takes them: one model's, or a tuple with one per member."""
         if len(self.members) == 1:
-            return self.members[0].params, sources[0]
-        return tuple(m.params for m in self.members), tuple(sources)
+            return self.members[0].params
+        return tuple(m.params for m in self.members)
 
     def translate(
         self,
@@ -172,8 +177,6 @@ class Translator:
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
-        for one in [opts] if isinstance(opts, SearchOptions) else set(opts):
-            one.check()
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
@@ -211,6 +214,12 @@ class Translator:
         An ensemble averages the word-level weights of its attention members (with their
         ensemble weights); members without attention are left out.
         """
+        return self.align_with_attention(lines, outputs, mode)[0]
+
+    def align_with_attention(self, lines: list[str], outputs: list[list[int]],
+                             mode: str = "hard") -> tuple[list[str], list[dict]]:
+        """`align`'s alignments and the piece-level attention maps (`attention_maps`) of the first
+        member with attention, from the one teacher-forced pass per member that the alignment reads."""
         if mode not in MODES:
             raise ValueError(f"alignment mode must be one of {', '.join(MODES)}, got {mode!r}")
         attending = [(m, w) for m, w in zip(self.members, self.inference.weights) if m.config.model.attention != "none"]
@@ -218,18 +227,19 @@ class Translator:
             raise ValueError("this model has no attention (model.attention=none): nothing to align")
         total = sum(w for _, w in attending)
         merged: list[np.ndarray] | None = None
+        first_maps: list[dict] = []
         for member, weight in attending:
-            words = [word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1])
-                     for m in attention_maps(member, lines, outputs)]
+            maps = attention_maps(member, lines, outputs)
+            words = [word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1]) for m in maps]
             if merged is None:
-                merged = [weight / total * w for w in words]
+                merged, first_maps = [weight / total * w for w in words], maps
                 continue
             for number, (acc, w) in enumerate(zip(merged, words), 1):
                 if acc.shape != w.shape:
                     raise ValueError(f"line {number}: ensemble members split the source into different words "
                                      f"({acc.shape[1]} vs {w.shape[1]}): align with one model")
             merged = [acc + weight / total * w for acc, w in zip(merged, words)]
-        return [format_alignment(w, mode) for w in merged]
+        return [format_alignment(w, mode) for w in merged], first_maps
 
     def score(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,13 @@ TINY_TRAIN_FLAGS = [
     "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
     "--config.model.attention=luong_general", "--config.model.bidirectional=True", "--config.model.input_feeding=True",
 ]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound for a moment, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_cli(args, stdin=None, env_cache=None) -> subprocess.CompletedProcess:

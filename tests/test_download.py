@@ -5,13 +5,13 @@ import hashlib
 import http.server
 import io
 import os
-import socket
 import threading
 import zipfile
 
 import pytest
 
 from s2s_jax import download
+from tests.helpers import free_port
 
 
 class _Server:
@@ -49,12 +49,6 @@ def server(tmp_path):
     srv.dir = served
     yield srv
     srv.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends: connections are refused
 
 
 def multi30k_texts():
@@ -105,7 +99,7 @@ def test_zip_member_and_sha1_of_the_archive_with_a_fallback_url(server, tmp_path
         archive.writestr("fra-eng/_about.txt", "about\n")
     (server.dir / "fra-eng.zip").write_bytes(buffer.getvalue())
     spec = download.RemoteFile(
-        (f"http://127.0.0.1:{closed_port()}/fra-eng.zip", f"{server.url}/fra-eng.zip"),  # first mirror is down
+        (f"http://127.0.0.1:{free_port()}/fra-eng.zip", f"{server.url}/fra-eng.zip"),  # first mirror is down
         "fra-eng/fra.txt", "zip:fra-eng/fra.txt", "sha1:" + hashlib.sha1(buffer.getvalue()).hexdigest(),
     )
     [path] = download.fetch_files([spec], str(tmp_path / "data"), log=lambda m: None)
@@ -129,7 +123,7 @@ def test_printed_command_names_the_config_and_only_a_non_default_data_dir(tmp_pa
 
 def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
-    rc = download.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{closed_port()}", "--timeout", "5"])
+    rc = download.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{free_port()}", "--timeout", "5"])
     assert rc == 1
     err = capsys.readouterr().err
     assert err.startswith("error: could not download 6 file(s)")

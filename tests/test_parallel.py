@@ -10,7 +10,6 @@ rtol 1e-5, atol 1e-5 (one step moves them by ~1e-2; observed differences are
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from jax.sharding import PartitionSpec
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import parallel
 from s2s_jax.config_utils import ConfigError
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses with 8 simulated devices and 2 processes
 
@@ -154,9 +154,7 @@ def test_two_processes_train_like_one_device(tmp_path, one_device):
     Each process feeds only its own rows, only process 0 writes logs, both write
     their part of every checkpoint, and the result equals one device's.
     """
-    with socket.socket() as s:  # a free loopback port for the coordinator
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the coordinator
     procs = []
     for pid in range(2):
         env = worker_env(
