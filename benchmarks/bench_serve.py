@@ -7,11 +7,13 @@ For each mode (greedy, beam with the model's decode.beam_size) and each client c
 (1, 8, 32), that many client threads each send single sentences from --input (one
 POST /translate per sentence, keep-alive connections, the sentences dealt round-robin)
 for --seconds. Reported per run: requests/s (= sentences/s), latency p50/p95/p99 in ms,
-errors (non-200 answers or failed connections) and the server's peak RSS (VmHWM).
+errors (non-200 answers or failed connections), the server's peak RSS (VmHWM) and the CPU
+cores busy in the server and in the client threads (which share the machine).
 The same loads at the largest client count then run against a server with batching
 switched off (--max_batch=1), and the in-process `Translator.translate` at
 --batch-size (decode.py's path: `decode.py --batch_size N`) gives the offline
-sentences/s over the same sentences. Bounded: every run stops at --seconds, and
+sentences/s over the same sentences: all at once (sorted by length across the whole
+input) and in consecutive chunks of --batch-size (the mixed lengths a server's batch has). Bounded: every run stops at --seconds, and
 requests time out after 60 s.
 """
 
@@ -44,6 +46,13 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size: int) -> dict:
@@ -88,17 +97,21 @@ def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size
             "mean_ms": round(statistics.fmean(ms), 1) if ms else float("nan")}
 
 
-def offline(workdir: str, sentences: list[str], beam_size: int, batch_size: int) -> dict:
-    """decode.py's path in process: Translator.translate over the sentences (after one compiling pass)."""
-    from s2s_jax.translator import Translator
-
-    translator = Translator(workdir)
+def offline(translator, sentences: list[str], beam_size: int, batch_size: int) -> dict:
+    """decode.py's path in process: Translator.translate over all sentences at once (sorted by length
+    across the whole input), and over consecutive chunks of batch_size sentences (each sorted only
+    within itself, like the mixed-length batches a server gathers); each after one compiling pass."""
     opts = SearchOptions(beam_size=beam_size, alpha=translator.config.decode.alpha)
-    translator.translate(sentences, opts, batch_size=batch_size)
-    start = time.perf_counter()
-    translator.translate(sentences, opts, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    return {"batch_size": batch_size, "sent_per_s": round(len(sentences) / seconds, 1), "seconds": round(seconds, 2)}
+    chunks = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
+    result = {"batch_size": batch_size}
+    for name, calls in (("sorted", [sentences]), ("chunks", chunks)):
+        for call in calls:
+            translator.translate(call, opts, batch_size=batch_size)
+        start = time.perf_counter()
+        for call in calls:
+            translator.translate(call, opts, batch_size=batch_size)
+        result[f"{name}_sent_per_s"] = round(len(sentences) / (time.perf_counter() - start), 1)
+    return result
 
 
 def main() -> None:
@@ -133,8 +146,11 @@ def main() -> None:
             for mode in args.modes.split(","):
                 for count in counts:
                     before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
+                    cpu_before = cpu_seconds(server.process.pid), cpu_seconds(os.getpid())
                     run = load(server.url, sentences, count, args.seconds, beams[mode])
                     calls = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"] - before
+                    run.update(server_cpu=round((cpu_seconds(server.process.pid) - cpu_before[0]) / run["seconds"], 2),
+                               client_cpu=round((cpu_seconds(os.getpid()) - cpu_before[1]) / run["seconds"], 2))
                     run.update(search_calls=calls, texts_per_search=round(run["requests"] / max(calls, 1), 2))
                     run.update(server=name, mode=mode, beam_size=beams[mode], ready_s=ready_s,
                                peak_rss_mb=peak_rss_mb(server.process.pid))
@@ -142,7 +158,10 @@ def main() -> None:
                     print(json.dumps(run), file=sys.stderr, flush=True)
         finally:
             result.setdefault("exit_codes", {})[name] = server.stop()
-    result["offline"] = {mode: offline(args.workdir, sentences, beams[mode], args.batch_size)
+    from s2s_jax.translator import Translator
+
+    translator = Translator(args.workdir)
+    result["offline"] = {mode: offline(translator, sentences, beams[mode], args.batch_size)
                          for mode in args.modes.split(",")}
     print(json.dumps(result, indent=1))
 

@@ -41,6 +41,9 @@ from s2s_jax import inference
 from s2s_jax.inference import SearchOptions
 from s2s_jax.tokenizer import EOS_ID
 
+# After a search, the batcher waits up to this fraction of its duration (or max_wait_ms, if longer)
+# for that batch's clients to send their next texts.
+REJOIN_FRACTION = 0.25
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -162,6 +165,7 @@ class Batcher:
         """The batching loop (one task for the server's lifetime)."""
         loop = asyncio.get_running_loop()
         wait = self.settings.max_wait_ms / 1000.0
+        previous_texts, previous_done, previous_seconds = 0, -math.inf, 0.0
         while True:
             while not self.pending:
                 self._wake.clear()
@@ -170,7 +174,13 @@ class Batcher:
             key = first.opts.batch_key()
             while True:
                 same = [job for job in self.pending if job.opts.batch_key() == key]
-                remaining = first.arrived + wait - loop.time()
+                deadline = first.arrived + wait
+                if sum(job.arrived >= previous_done for job in same) < previous_texts:
+                    # The previous batch's clients tend to send again at once: waiting for them
+                    # lets them join this batch instead of the next (closed-loop clients otherwise
+                    # settle into two half-size groups that alternate).
+                    deadline = max(deadline, previous_done + max(wait, REJOIN_FRACTION * previous_seconds))
+                remaining = deadline - loop.time()
                 if len(same) >= self.settings.max_batch or remaining <= 0:
                     break
                 self._wake.clear()
@@ -182,6 +192,7 @@ class Batcher:
             batch = [job for job in batch if not job.future.done()]  # their requests timed out or went away
             if not batch:
                 continue
+            started = loop.time()
             try:
                 results = await loop.run_in_executor(self._executor, self._translate, batch)
             except Exception as err:  # noqa: BLE001 - a failing batch fails its own requests, not the server
@@ -189,6 +200,9 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            finally:
+                previous_texts, previous_done = len(batch), loop.time()
+                previous_seconds = previous_done - started
             for job, result in zip(batch, results):
                 if not job.future.done():
                     job.future.set_result(result)
