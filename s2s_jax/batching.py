@@ -125,21 +125,36 @@ def _assign(src_len: np.ndarray, tgt_len: np.ndarray, shapes: list[tuple[int, in
 # ---------------------------------------------------------------------------
 
 
-class _Packed:
-    """All sequences of one side in one flat array (fast vectorised gathers, little memory)."""
+class Packed:
+    """All sequences of one side in one flat array (fast vectorised gathers, little memory).
 
-    def __init__(self, seqs: Sequence[Sequence[int]]):
-        self.lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        total = int(self.lengths.sum())
+    `flat` may be a read-only memory map (a prepared corpus, s2s_jax/corpus_cache.py): batches
+    then read only the rows they hold, and `offsets` / `lengths` pick any subset of its sequences.
+    """
+
+    def __init__(self, flat: np.ndarray, lengths: np.ndarray, offsets: np.ndarray | None = None):
+        self.flat = flat
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if offsets is None:
+            offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]) if len(self.lengths) else self.lengths
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+
+    @classmethod
+    def from_sequences(cls, seqs: Sequence[Sequence[int]]) -> Packed:
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        total = int(lengths.sum())
         flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=total)
         if total and (flat.min() < 0 or flat.max() > np.iinfo(np.int32).max):
             raise ValueError("token ids must be non-negative int32 values")
-        self.flat = np.concatenate([flat, [PAD_ID]]).astype(np.int32)  # +1 so gathers never go out of range
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        return cls(flat.astype(np.int32), lengths)
+
+    def subset(self, indices: np.ndarray) -> Packed:
+        """The sequences at `indices` (sharing `flat`)."""
+        return Packed(self.flat, self.lengths[indices], self.offsets[indices])
 
     def sequence(self, i: int) -> np.ndarray:
         """The ids of sequence i."""
-        return self.flat[self.offsets[i] : self.offsets[i] + self.lengths[i]]
+        return np.asarray(self.flat[self.offsets[i] : self.offsets[i] + self.lengths[i]])
 
     def rows(self, rows: np.ndarray, width: int, bos: bool, eos: bool) -> np.ndarray:
         """[len(rows), width] int32: optional BOS, the ids, optional EOS, PAD; row -1 is all PAD."""
@@ -149,8 +164,9 @@ class _Packed:
         n, start = self.lengths[r][:, None], int(bos)
         pos = np.arange(width)[None, :] - start
         mask = (pos >= 0) & (pos < n)
-        idx = np.where(mask, self.offsets[r][:, None] + pos, len(self.flat) - 1)
-        out[real] = np.where(mask, self.flat[idx], PAD_ID)
+        if len(self.flat):
+            idx = np.where(mask, self.offsets[r][:, None] + pos, 0)
+            out[real] = np.where(mask, self.flat[idx], PAD_ID)
         if bos:
             out[real, 0] = BOS_ID
         if eos:
@@ -163,8 +179,8 @@ class BucketedBatches:
 
     def __init__(
         self,
-        src_ids: Sequence[Sequence[int]],
-        tgt_ids: Sequence[Sequence[int]],
+        src_ids: Sequence[Sequence[int]] | Packed,
+        tgt_ids: Sequence[Sequence[int]] | Packed,
         batch_size: int,
         num_buckets: int = 8,
         seed: int = 0,
@@ -173,14 +189,16 @@ class BucketedBatches:
         row_multiple: int = 1,
         resample: Callable[[int], tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]] | None = None,
     ):
-        if len(src_ids) != len(tgt_ids):
-            raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
-        if not src_ids:
+        src = src_ids if isinstance(src_ids, Packed) else Packed.from_sequences(src_ids)
+        tgt = tgt_ids if isinstance(tgt_ids, Packed) else Packed.from_sequences(tgt_ids)
+        if len(src.lengths) != len(tgt.lengths):
+            raise ValueError(f"{len(src.lengths)} source but {len(tgt.lengths)} target sequences")
+        if not len(src.lengths):
             raise ValueError("no sentence pairs to batch")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.seed = int(batch_size), int(seed)
-        self._src, self._tgt = _Packed(src_ids), _Packed(tgt_ids)
+        self._src, self._tgt = src, tgt
         src_len, tgt_len = self._src.lengths + 1, self._tgt.lengths + 1  # + EOS; + BOS for tgt_in
         shapes = bucket_shapes(src_len, tgt_len, num_buckets, pad_multiple)
         assignment = _assign(src_len, tgt_len, shapes)
@@ -189,7 +207,7 @@ class BucketedBatches:
         self._shapes = [shapes[b] for b in keep]
         self._members = [members[b] for b in keep]
         self._resample = resample
-        self._sampled: tuple[int, _Packed, _Packed, list[np.ndarray]] | None = None  # the newest epoch's
+        self._sampled: tuple[int, Packed, Packed, list[np.ndarray]] | None = None  # the newest epoch's
         self.last_fallbacks = 0
         self.max_tokens = int(max_tokens)
         if self.max_tokens:
@@ -241,7 +259,7 @@ class BucketedBatches:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
 
-    def _sides(self, epoch: int) -> tuple[_Packed, _Packed, list[np.ndarray]]:
+    def _sides(self, epoch: int) -> tuple[Packed, Packed, list[np.ndarray]]:
         """(source, target, each shape's members) of `epoch`: the deterministic segmentation, or
         the epoch's sampled one (cached: the newest epoch's)."""
         if self._resample is None:
@@ -254,7 +272,7 @@ class BucketedBatches:
             fallback = np.flatnonzero(~((shapes[:, :1] >= src_len) & (shapes[:, 1:] >= tgt_len)).any(axis=0))
             for i in fallback:  # no shape holds the sample: the deterministic segmentation this epoch
                 src_ids[i], tgt_ids[i] = self._src.sequence(i), self._tgt.sequence(i)
-            src, tgt = _Packed(src_ids), _Packed(tgt_ids)
+            src, tgt = Packed.from_sequences(src_ids), Packed.from_sequences(tgt_ids)
             assignment = _assign(src.lengths + 1, tgt.lengths + 1, self._shapes)
             members = [np.flatnonzero(assignment == b) for b in range(len(self._shapes))]
             self._sampled = (epoch, src, tgt, members)
@@ -285,16 +303,29 @@ class BucketedBatches:
                     need -= len(fits)
         return orders
 
-    def make_batch(self, bucket: int, rows: np.ndarray, epoch: int = 0) -> Batch:
-        """The arrays of one planned batch of `epoch` (which matters only with sampled segmentations)."""
+    def make_batch(self, bucket: int, rows: np.ndarray, epoch: int = 0, read: np.ndarray | None = None) -> Batch:
+        """The arrays of one planned batch of `epoch` (which matters only with sampled segmentations).
+
+        With `read` (the batch positions this process needs), only those rows' ids are read; the
+        others stay PAD (their `index` is kept), which is all a process of a multi-host run places.
+        """
         s, t = self._shapes[bucket]
         src, tgt, _ = self._sides(epoch)
+        gather = rows
+        if read is not None:
+            gather = np.full_like(rows, -1)
+            gather[read] = rows[read]
         return {
-            "src": src.rows(rows, s, bos=False, eos=True),
-            "tgt_in": tgt.rows(rows, t, bos=True, eos=False),
-            "tgt_out": tgt.rows(rows, t, bos=False, eos=True),
+            "src": src.rows(gather, s, bos=False, eos=True),
+            "tgt_in": tgt.rows(gather, t, bos=True, eos=False),
+            "tgt_out": tgt.rows(gather, t, bos=False, eos=True),
             "index": rows.astype(np.int32),
         }
+
+    def target_tokens(self, rows: np.ndarray, epoch: int = 0) -> int:
+        """Target tokens (EOS included) of a batch's rows: its loss tokens, from the lengths alone."""
+        real = rows[rows >= 0]
+        return int(self._sides(epoch)[1].lengths[real].sum()) + len(real)
 
     def epoch(self, epoch: int, shuffle: bool = True) -> list[Batch]:
         """All batches of one epoch (see `plan`); use `index` to restore input order."""
@@ -332,10 +363,14 @@ class TrainIterator:
     original would have. Only the current epoch's plan (row indices) is kept.
     """
 
-    def __init__(self, batches: BucketedBatches):
+    def __init__(self, batches: BucketedBatches, local_rows: Callable[[int], np.ndarray] | None = None):
+        """`local_rows(rows)`: the positions of a batch of that many rows this process needs (several
+        processes: each reads only its own devices' rows); None reads every row."""
         self._batches = batches
+        self._local_rows = local_rows
         self._epoch, self._index = 0, 0
         self._plan: list[tuple[int, np.ndarray]] | None = None
+        self.last_tokens = 0  # target tokens of the last batch, all rows (every process's)
 
     @property
     def epoch(self) -> int:
@@ -349,7 +384,9 @@ class TrainIterator:
         if self._plan is None:
             self._plan = self._batches.plan(self._epoch)
         bucket, rows = self._plan[self._index]
-        batch = self._batches.make_batch(bucket, rows, self._epoch)
+        read = None if self._local_rows is None else self._local_rows(len(rows))
+        batch = self._batches.make_batch(bucket, rows, self._epoch, read)
+        self.last_tokens = self._batches.target_tokens(rows, self._epoch)
         self._index += 1
         if self._index == len(self._plan):
             self._epoch, self._index, self._plan = self._epoch + 1, 0, None

@@ -113,6 +113,7 @@ def validate(config) -> None:
             raise ConfigError(f"{key} must be positive, got {_get(config, key)}")
     non_negative = [
         "seed", "train.max_tokens", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
+        "data.spm_input_sentences", "data.prepare_workers",
         "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.num_samples",
         "train.early_stop_patience",
         "decode.alpha", "decode.max_len_a", "decode.max_len_b",

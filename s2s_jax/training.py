@@ -30,7 +30,6 @@ from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
-from s2s_jax.tokenizer import PAD_ID
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
 TrainState = dict[str, Any]  # {"step", "params", "opt_state"[, "ema"]}: plain pytree, checkpointed as is
@@ -378,7 +377,12 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     state = parallel.replicate(
         init_train_state(model, optimizer, config.seed, ema=config.train.ema_decay > 0, lr_scale=plateau), mesh
     )
-    iterator = corpus.train_iterator()
+    # Several processes: each reads only the rows its own devices hold (shard_batch places those).
+    local_rows = None
+    if jax.process_count() > 1:
+        sharding = parallel.batch_sharding(mesh)
+        local_rows = lambda rows: parallel.process_rows(sharding, rows)  # noqa: E731
+    iterator = corpus.train_iterator(local_rows)
     num_steps, train_cfg = config.train.num_steps, config.train
 
     with contextlib.ExitStack() as cleanup:
@@ -425,15 +429,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         last: dict = {}
         lr_scale = float(state["lr_scale"]) if plateau else 1.0  # mirrors the state's, read once
         for step in range(start_step + 1, num_steps + 1):
+            batches, tokens = [], 0
+            for _ in range(train_cfg.accum_steps):
+                batches.append(next(iterator))
+                tokens += iterator.last_tokens
             if train_cfg.accum_steps > 1:
-                batches = [next(iterator) for _ in range(train_cfg.accum_steps)]
                 placed = [parallel.shard_batch(mesh, b) for b in batches]
             else:
-                batches = [next(iterator)]
                 placed = parallel.shard_batch(mesh, batches[0])
             scale_used = lr_scale  # this step's factor, before an evaluation lowers it
             state, step_metrics = train_step(state, placed, base_key)
-            window.add(step_metrics, sum(int((b["tgt_out"] != PAD_ID).sum()) for b in batches))
+            window.add(step_metrics, tokens)
             bar.update(1)
             record: dict = {}
             early_stop = False

@@ -12,11 +12,9 @@ import os
 import shutil
 import zlib
 
-import numpy as np
-
-from s2s_jax import batching
+from s2s_jax import batching, corpus_cache
 from s2s_jax import text as text_lib
-from s2s_jax.tokenizer import Tokenizer, train_tokenizer, workdir_model_paths
+from s2s_jax.tokenizer import Tokenizer, workdir_model_paths
 
 
 @dataclasses.dataclass
@@ -31,8 +29,8 @@ class Corpus:
     valid_src_text: list[str]
     valid_refs: list[str]
 
-    def train_iterator(self) -> batching.TrainIterator:
-        return batching.TrainIterator(self.train_batches)
+    def train_iterator(self, local_rows=None) -> batching.TrainIterator:
+        return batching.TrainIterator(self.train_batches, local_rows)
 
 
 def use_quickstart_corpus(config, workdir: str) -> None:
@@ -59,44 +57,32 @@ def _copy_tokenizer(model: str, path: str) -> None:
         f.write(listing)
 
 
-def tokenizers(config, workdir: str, train_pairs) -> tuple[Tokenizer, Tokenizer]:
-    """Loads the workdir's sentencepiece model(s). On the first run they are copied from
-    train.init_from's run or data.spm_model(_src/_tgt) when set, else trained on the data."""
+def tokenizer_models(config, text: corpus_cache.PreparedText, log=print) -> list[str]:
+    """Where a new run's sentencepiece model(s) come from, [joint] or [src, tgt]: train.init_from's
+    run, else data.spm_model(_src/_tgt), else the prepared corpus's own (trained once, cached)."""
     cfg = config.data
-    src_path, tgt_path = workdir_model_paths(workdir, cfg.joint_vocab)
-    if config.train.init_from and not all(os.path.exists(p) for p in (src_path, tgt_path)):
+    if config.train.init_from:
         from s2s_jax import init_from
 
-        given = init_from.tokenizer_models(config.train.init_from, cfg.joint_vocab)
-    else:
-        given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
-    for path, model in zip((src_path, tgt_path), given):
-        if model and not os.path.exists(path):
-            _copy_tokenizer(model, path)
-    sides = [(src_path, [s for s, _ in train_pairs]), (tgt_path, [t for _, t in train_pairs])]
-    if cfg.joint_vocab:
-        sides = [(src_path, sides[0][1] + sides[1][1])]
-    for path, texts in sides:
-        if not os.path.exists(path):
-            train_tokenizer(texts, path[: -len(".model")], cfg.vocab_size, cfg.spm_model_type)
-    src = Tokenizer(src_path)
-    return src, (src if cfg.joint_vocab else Tokenizer(tgt_path))
+        return list(init_from.tokenizer_models(config.train.init_from, cfg.joint_vocab))
+    given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
+    if all(given):
+        return given
+    trained = corpus_cache.train_tokenizers(config, text, log)
+    return [g or t for g, t in zip(given, trained)]
 
 
-def holdout_split(pairs: list, n: int, seed: int) -> tuple[list, list]:
-    """Moves every pair of n randomly chosen source sentences out of `pairs`.
-
-    Splitting by source sentence keeps the other translations of a held-out
-    sentence out of training too (Tatoeba repeats sources), so validation
-    measures generalisation, not recall.
-    """
-    sources = sorted({s for s, _ in pairs})
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(len(sources), size=min(n, len(sources) // 2), replace=False).tolist())
-    held_sources = {sources[i] for i in held}
-    train = [p for p in pairs if p[0] not in held_sources]
-    valid = [p for p in pairs if p[0] in held_sources]
-    return train, valid
+def tokenizers(config, workdir: str, text: corpus_cache.PreparedText, log=print) -> tuple[Tokenizer, Tokenizer]:
+    """The workdir's sentencepiece model(s), copied in from `tokenizer_models` on a run's first start
+    (and kept after, so ids never change under a checkpoint)."""
+    cfg = config.data
+    paths = workdir_model_paths(workdir, cfg.joint_vocab)
+    if not all(os.path.exists(p) for p in paths):
+        for path, model in zip(paths, tokenizer_models(config, text, log) * (2 if cfg.joint_vocab else 1)):
+            if not os.path.exists(path):
+                _copy_tokenizer(model, path)
+    src = Tokenizer(paths[0])
+    return src, (src if cfg.joint_vocab else Tokenizer(paths[1]))
 
 
 def _files(cfg, split: str) -> str:
@@ -120,28 +106,34 @@ def _shapes(batches: batching.BucketedBatches) -> str:
 
 
 def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -> Corpus:
-    """Cleans, tokenizes (training the tokenizers on a first run) and batches a run's data.
+    """Opens (preparing it first when needed) the run's prepared corpus, its tokenizers and batches.
 
-    `row_multiple` (the device count) divides every training batch's rows under a token budget.
+    The training pairs stay on disk (memory-mapped ids, s2s_jax/corpus_cache.py); only their
+    lengths and an epoch's order are in memory. `row_multiple` (the device count) divides every
+    training batch's rows under a token budget.
     """
     cfg = config.data
+    log = print if verbose else (lambda message: None)
     if cfg.quickstart_corpus and not cfg.train_src:
         use_quickstart_corpus(config, workdir)
-    train_pairs, stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "train"), cfg.lowercase, cfg.d2l_preprocess)
-    if not train_pairs:
-        raise text_lib.DataError(f"no training pairs left: {stats.summary()} in {_files(cfg, 'train')}")
-    if cfg.holdout_valid and not _has_split(cfg, "valid"):
-        train_pairs, held_out = holdout_split(train_pairs, cfg.holdout_valid, config.seed)
+    text = corpus_cache.open_text(config, log)
+    src_tok, tgt_tok = tokenizers(config, workdir, text, log)
+    ids = corpus_cache.open_ids(text, src_tok.model_path, tgt_tok.model_path, log)
+    train = text.train_indices(int(cfg.max_train_pairs))
+    meta = text.meta
+    stats = text_lib.FilterStats(total=meta["total"] - meta["heldout_pairs"], kept=len(train), empty=meta["empty"],
+                                 too_long=0)
     if cfg.max_train_pairs:
-        train_pairs = train_pairs[: cfg.max_train_pairs]
-    src_tok, tgt_tok = tokenizers(config, workdir, train_pairs)
-    src_ids, tgt_ids = _encode(train_pairs, src_tok, tgt_tok)
-    keep = text_lib.filter_by_length(src_ids, tgt_ids, cfg.max_len, stats)
-    if not keep:
+        stats.total = stats.empty + len(train)
+    keep = train[(ids.src_len[train] <= cfg.max_len) & (ids.tgt_len[train] <= cfg.max_len)]
+    stats.too_long, stats.kept, stats.max_len = len(train) - len(keep), len(keep), cfg.max_len
+    if not len(keep):
         raise text_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
+    src_all = batching.Packed(ids.src_ids, ids.src_len)
+    tgt_all = batching.Packed(ids.tgt_ids, ids.tgt_len)
     resample = None
     if cfg.spm_alpha > 0:
-        texts = ([train_pairs[i][0] for i in keep], [train_pairs[i][1] for i in keep])
+        texts = (text.lines("src", keep), text.lines("tgt", keep))
 
         def resample(epoch: int):
             """This epoch's sampled segmentations of the kept training pairs (subword regularisation)."""
@@ -151,16 +143,19 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
             )
 
     train_batches = batching.BucketedBatches(
-        [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], config.train.batch_size,
+        src_all.subset(keep), tgt_all.subset(keep), config.train.batch_size,
         cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple, resample,
     )
 
     if cfg.holdout_valid and not _has_split(cfg, "valid"):
-        valid_pairs, valid_stats = held_out, text_lib.FilterStats(len(held_out), len(held_out), 0, 0)
+        valid_pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
+        valid_stats = text_lib.FilterStats(meta["heldout_pairs"], len(valid_pairs), 0, 0)
     else:
         valid_pairs, valid_stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
-    if cfg.valid_max_pairs:
+    if cfg.valid_max_pairs and len(valid_pairs) > cfg.valid_max_pairs:
         valid_pairs = valid_pairs[: cfg.valid_max_pairs]
+        valid_stats.kept = len(valid_pairs)
+        log(f"valid: capped at data.valid_max_pairs={cfg.valid_max_pairs} pairs")
     if not valid_pairs:
         raise text_lib.DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)

@@ -2,10 +2,13 @@
 the one trained workdir that the end-to-end tests share."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/runtime.py)
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# Prepared corpora (s2s_jax/corpus_cache.py) of this test session, never the user's cache.
+os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
 
 import types  # noqa: E402
 

@@ -210,3 +210,4 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
     assert not [n for n in names if n.startswith("configs/")]
     assert "s2s-train = s2s_jax.train_cli:main" in entry_text
     assert "s2s-decode = s2s_jax.decode_cli:main" in entry_text
+    assert "s2s-prepare = s2s_jax.prepare_cli:main" in entry_text

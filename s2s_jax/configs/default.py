@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.lowercase = False
     data.d2l_preprocess = False  # d2l.ai's text preprocessing: "i lost." -> "i lost ." (and ’ -> '), inputs too
     data.max_train_pairs = 0  # use only the first N training pairs (0 = all)
-    data.valid_max_pairs = 0  # validate on the first N pairs (0 = all)
+    data.valid_max_pairs = 2000  # validate on at most the first N pairs (0 = all)
     data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)
     data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
     data.joint_vocab = True  # one sentencepiece model for both sides, else one per side
@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.spm_model_tgt = ""
     data.spm_alpha = 0.0  # > 0: subword regularisation, training segmentations re-sampled every epoch with this alpha
     data.spm_nbest = -1  # with spm_alpha: sample from the n best segmentations (-1: the whole lattice; 0 and 1 refused)
+    data.spm_input_sentences = 1_000_000  # a trained tokenizer reads at most this many sentences (a seeded sample)
+    data.cache_dir = ""  # prepared corpora; "" = $S2S_JAX_CORPUS_CACHE or ~/.cache/s2s_jax/corpora
+    data.prepare_workers = 0  # processes that clean text when preparing a corpus (0 = one per CPU)
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
     data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
