@@ -12,6 +12,13 @@ is complete but unreadable (truncated or corrupted files) is skipped with a
 warning: training resumes from the newest readable one and moves the damaged
 ones to WORKDIR/unreadable_checkpoints/; decoding uses the newest readable one.
 
+Storage can also change files without an error (s2s_jax/checksums.py): each
+save records the sha256 of its files in <step>/s2s_checksums.json before orbax
+renames the temporary directory, so a committed checkpoint always carries its
+manifest. Every restore checks it first; a file that differs makes the
+checkpoint unreadable, with the handling above. Checkpoints without a manifest
+(written before manifests existed) load unchecked.
+
 Every restore goes through `_restore_newest_readable`; every save through
 `Checkpoints._save`.
 """
@@ -30,6 +37,8 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from s2s_jax import checksums
 
 
 class CheckpointError(RuntimeError):
@@ -58,6 +67,36 @@ _LOCAL_DEVICE = "local device"
 _META_ONLY = None
 
 
+class _ChecksummedRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+    """Orbax's atomic-rename commit (the default on local and network file systems), with the
+    checksum manifest written just before the rename.
+
+    orbax calls `finalize` on process 0 once every process has written its files
+    and the items are finalized, so the manifest covers the complete checkpoint as
+    process 0 sees it (on storage that several hosts share, all of it). A kill
+    before the rename leaves a temporary directory that the next run deletes; the
+    step is never visible without its manifest. orbax rewrites two of its own
+    files while committing, after the manifest: the step's `_CHECKPOINT_METADATA`
+    (it adds the commit time) and `commit_success.txt`. They hold timestamps, not
+    parameters, and the manifest leaves them out.
+
+    `temporary_path_class` is deprecated in orbax-checkpoint 0.12.8 in favour of
+    `atomicity_options`, which offers no hook; if an upgrade removes it, making a
+    manager fails loudly and every checkpoint test fails.
+    """
+
+    async def finalize(self) -> None:
+        # orbax commits each item's directory (state/, meta/) the same way inside the step's
+        # temporary directory; one manifest per step, written when the step (named by its
+        # number) commits, covers them all.
+        if self.get_final().name.isdigit():
+            await asyncio.to_thread(checksums.write_manifest, str(self.get()), _REWRITTEN_AT_COMMIT)
+        await super().finalize()
+
+
+_REWRITTEN_AT_COMMIT = ("_CHECKPOINT_METADATA", ocp.path.atomicity.COMMIT_SUCCESS_FILE)
+
+
 def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
     """A manager for `kind`; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
@@ -67,7 +106,7 @@ def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -
     multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind.subdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
-        multiprocessing_options=multiprocessing,
+        multiprocessing_options=multiprocessing, temporary_path_class=_ChecksummedRename,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
 
@@ -211,6 +250,7 @@ def _restore_newest_readable(
     unreadable: list[tuple[int, str]] = []
     for step in steps:
         try:
+            checksums.verify(os.path.join(str(manager.directory), str(step)))
             with _drain_reads_when_a_restore_fails():
                 restored = manager.restore(step, args=_restore_args(manager, kind, step, target))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files

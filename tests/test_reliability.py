@@ -263,6 +263,46 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(env, referenc
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
 
 
+def _flip_bytes(step_dir, item):
+    """Inverts bytes at several offsets of the item's largest array file, keeping its size."""
+    path = max(glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for offset in (size // 4, size // 2, 3 * size // 4):
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0xFF]))
+    return os.path.relpath(path, step_dir)
+
+
+def test_a_checkpoint_changed_on_disk_is_never_used_and_training_resumes_before_it(env, reference, capsys):
+    workdir = env.base / "storage_lies"
+    shutil.copytree(reference, workdir)
+    flipped = _flip_bytes(workdir / "checkpoints" / "30", "state")
+    (best,) = glob.glob(str(workdir / "best" / "*"))
+    flipped_best = _flip_bytes(workdir / "best" / os.path.basename(best), "params")
+
+    text = env.base / "lies_in.txt"
+    text.write_text("the red cat\na dog\n", encoding="utf-8")
+    assert decode_cli.run(decode_flags(workdir, checkpoint="best", input=str(text))) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 2
+    assert f"(ChecksumMismatch: {flipped_best} differs from what the save wrote" in err
+    assert f"warning: checkpoint 30 in {workdir / 'checkpoints'} is unreadable (ChecksumMismatch: {flipped} " in err
+    assert "using step 20" in err
+
+    result = train(env, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    clean_stderr(result.stderr)
+    assert "Resumed from step 20 " in result.stdout
+    assert re.search(rf"warning: checkpoint 30 is unreadable \(ChecksumMismatch: {re.escape(flipped)} .*moved it to "
+                     r".*unreadable_checkpoints", result.stderr), result.stderr[-3000:]
+    assert "warning: best checkpoint " in result.stderr  # moved aside too; step 30's evaluation wrote a new one
+    assert_same_params(reference, workdir)
+    assert without_speed(workdir) == without_speed(reference)
+
+
 def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
     """Committed arrays compile under other argument shardings: a resumed run would miss the
     persistent compilation cache and recompile every step function (~10 s here)."""
