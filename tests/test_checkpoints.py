@@ -1,5 +1,5 @@
-"""Checkpoint save/restore, fallbacks past damaged checkpoints, checksums, and the orbax
-workaround.
+"""Checkpoint save/restore, fallbacks past damaged checkpoints, checksums, a full disk, and
+the orbax workaround.
 
 In-process with tiny pytrees; the end-to-end versions (real training runs) are in
 test_reliability.py.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ import pytest
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import checksums
+from tests.helpers import fill_disk, tmpfs
 
 
 def make_state(seed: int, leaves: int = 3) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def test_the_context_manager_finishes_async_saves_and_close_is_idempotent(tmp_pa
 
 
 def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypatch):
-    """Fails when an orbax upgrade makes `_drain_reads_when_a_restore_fails` a silent no-op.
+    """Fails when an orbax upgrade makes `_drain_pending_io_on_failure` a silent no-op.
 
     Then either orbax fixed the 'Event loop is closed' tracebacks after a failed
     restore (delete the workaround) or moved the private function (update it).
@@ -398,3 +400,44 @@ def test_verify_names_the_file_that_changed(tmp_path):
         checksums.verify(str(tmp_path))
     os.remove(tmp_path / checksums.MANIFEST)
     assert checksums.verify(str(tmp_path)) is False
+
+
+# ---------------------------------------------------------------------------
+# a full disk (a small tmpfs): one CheckpointError naming the directory, nothing lost
+# ---------------------------------------------------------------------------
+
+
+def test_a_save_on_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, caplog, capfd, monkeypatch):
+    unraisable = []  # 'Event loop is closed' from writes that completed after orbax gave up
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(repr(info.exc_value)))
+    with tmpfs(tmp_path / "disk", 8 << 20) as disk:
+        checkpoints = ckpt_lib.Checkpoints(disk, max_to_keep=5)
+        checkpoints.save(10, random_state(10), {"step": 10})
+        checkpoints.wait()
+        filler = fill_disk(disk, leave=8 << 10)  # less than one checkpoint needs
+        checkpoints.save(20, random_state(20), {"step": 20})  # fails in orbax's background thread
+        deadline = time.monotonic() + 60
+        with pytest.raises(ckpt_lib.CheckpointError) as raised:
+            while time.monotonic() < deadline:  # check() reports it once the save has ended, never waiting
+                checkpoints.check()
+                time.sleep(0.01)
+        assert str(raised.value).startswith(
+            f"no space left on the device of {disk}/checkpoints: saving checkpoint 20 failed and the run stopped. "
+            "The checkpoints saved before it are intact: free space there, then run the same command"
+        )
+        checkpoints.close()  # the error was reported once; closing does not raise it again
+        time.sleep(0.2)  # time for stray completions to report
+        assert not unraisable, unraisable[:3]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records[:3]
+        assert "Traceback" not in capfd.readouterr().err
+        assert ckpt_lib.load_params(disk, "latest")[1]["step"] == 10
+
+        os.remove(filler)  # space freed: the next run removes the half-written step and saves it again
+        with ckpt_lib.Checkpoints(disk, max_to_keep=5) as checkpoints:
+            state, meta = checkpoints.restore(abstract(random_state(0)))
+            assert meta["step"] == 10
+            checkpoints.save(20, random_state(20), {"step": 20})
+        assert sorted(os.listdir(os.path.join(disk, "checkpoints"))) == ["10", "20"]
+        params, meta = ckpt_lib.load_params(disk, "latest")
+        assert meta["step"] == 20
+        assert_trees_equal(params, random_state(20)["params"])
