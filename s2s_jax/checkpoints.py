@@ -340,9 +340,9 @@ class Checkpoints:
 
     Saves are asynchronous: the arrays are copied to host memory and written to
     disk in orbax's background thread while training goes on. An error there is
-    raised as CheckpointError by the next call that waits for that save. While
-    the managers are open, orbax's own logging of it is silenced and a failed
-    write waits for its other writes (`_drain_pending_io_on_failure`).
+    raised as CheckpointError by the next call that waits for that save; orbax's
+    own logging of it is silenced (`_drop_orbax_errors`), and while the managers
+    are open a failed write waits for its other writes (`_drain_pending_io_on_failure`).
     """
 
     def __init__(self, workdir: str, max_to_keep: int):
@@ -448,8 +448,8 @@ class Checkpoints:
     def restore(self, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the newest readable checkpoint, shaped and sharded like `abstract_state`.
 
-        A damaged newer checkpoint (a disk error, files removed by hand) is
-        skipped with a warning and moved to WORKDIR/unreadable_checkpoints/, so
+        A damaged newer checkpoint (a disk error, a file that no longer matches
+        its checksum, files removed by hand) is skipped with a warning and moved to WORKDIR/unreadable_checkpoints/, so
         that training can write that step again; the one before it is used.
         If none is readable nothing is moved and CheckpointError says so.
         """
