@@ -12,6 +12,18 @@ is complete but unreadable (truncated or corrupted files) is skipped with a
 warning: training resumes from the newest readable one and moves the damaged
 ones to WORKDIR/unreadable_checkpoints/; decoding uses the newest readable one.
 
+Storage can also change files without an error (s2s_jax/checksums.py): each
+save records the sha256 of its files in <step>/s2s_checksums.json before orbax
+renames the temporary directory, so a committed checkpoint always carries its
+manifest. Every restore checks it first; a file that differs makes the
+checkpoint unreadable, with the handling above. Checkpoints without a manifest
+(written before manifests existed) load unchecked.
+
+A save that fails (a full disk, a lost mount) raises CheckpointError naming the
+directory: at the `save` that starts it, or for orbax's asynchronous part at
+the next `save`, `check`, `wait` or `close`. The failed step's temporary
+directory is never renamed, so the checkpoints before it stay as they were.
+
 Every restore goes through `_restore_newest_readable`; every save through
 `Checkpoints._save`.
 """
@@ -21,15 +33,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from s2s_jax import checksums
 
 
 class CheckpointError(RuntimeError):
@@ -58,6 +75,36 @@ _LOCAL_DEVICE = "local device"
 _META_ONLY = None
 
 
+class _ChecksummedRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+    """Orbax's atomic-rename commit (the default on local and network file systems), with the
+    checksum manifest written just before the rename.
+
+    orbax calls `finalize` on process 0 once every process has written its files
+    and the items are finalized, so the manifest covers the complete checkpoint as
+    process 0 sees it (on storage that several hosts share, all of it). A kill
+    before the rename leaves a temporary directory that the next run deletes; the
+    step is never visible without its manifest. orbax rewrites two of its own
+    files while committing, after the manifest: the step's `_CHECKPOINT_METADATA`
+    (it adds the commit time) and `commit_success.txt`. They hold timestamps, not
+    parameters, and the manifest leaves them out.
+
+    `temporary_path_class` is deprecated in orbax-checkpoint 0.12.8 in favour of
+    `atomicity_options`, which offers no hook; if an upgrade removes it, making a
+    manager fails loudly and every checkpoint test fails.
+    """
+
+    async def finalize(self) -> None:
+        # orbax commits each item's directory (state/, meta/) the same way inside the step's
+        # temporary directory; one manifest per step, written when the step (named by its
+        # number) commits, covers them all.
+        if self.get_final().name.isdigit():
+            await asyncio.to_thread(checksums.write_manifest, str(self.get()), _REWRITTEN_AT_COMMIT)
+        await super().finalize()
+
+
+_REWRITTEN_AT_COMMIT = ("_CHECKPOINT_METADATA", ocp.path.atomicity.COMMIT_SUCCESS_FILE)
+
+
 def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
     """A manager for `kind`; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
@@ -67,7 +114,7 @@ def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -
     multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind.subdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
-        multiprocessing_options=multiprocessing,
+        multiprocessing_options=multiprocessing, temporary_path_class=_ChecksummedRename,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
 
@@ -94,7 +141,7 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-# The private orbax function that `_drain_reads_when_a_restore_fails` replaces.
+# The private orbax function that `_drain_pending_io_on_failure` replaces.
 _ORBAX_LOOP_MODULE = "orbax.checkpoint._src.asyncio_utils"
 _ORBAX_LOOP_RUNNER = "_run_sync_via_new_loop"
 
@@ -115,34 +162,51 @@ def _run_sync_draining_on_failure(coro: Any) -> Any:
         loop.close()
 
 
-@contextlib.contextmanager
-def _drain_reads_when_a_restore_fails() -> Iterator[None]:
-    """Lets a failed restore finish its other pending reads before orbax closes its event loop.
+class _DrainPatch:
+    """Who uses `_drain_pending_io_on_failure` now, and the orbax function it replaced."""
 
-    When one file of a damaged checkpoint fails to read, orbax's `asyncio.gather`
-    raises at once and `_run_sync_via_new_loop` closes the event loop while
-    tensorstore still completes the other reads; each completion then prints a
-    'RuntimeError: Event loop is closed' traceback to stderr (dozens of them).
-    orbax-checkpoint 0.12.8 has no public option for this (restores always run
-    through `asyncio_utils.run_sync`), so this swaps in a runner that waits for
-    the leftover tasks first; it behaves identically when the restore succeeds.
-    Only code run inside this block is affected. If an orbax upgrade removes the
-    private function this does nothing, and tests/test_checkpoints.py fails.
+    lock = threading.Lock()
+    users = 0
+    original: Any = None
+
+
+@contextlib.contextmanager
+def _drain_pending_io_on_failure() -> Iterator[None]:
+    """Lets a failed restore or save finish its other pending reads/writes before orbax closes
+    its event loop.
+
+    When one file of a damaged checkpoint fails to read (or one file of a save
+    fails to write: a full disk), orbax's `asyncio.gather` raises at once and
+    `_run_sync_via_new_loop` closes the event loop while tensorstore still
+    completes the other operations; each completion then prints a 'RuntimeError:
+    Event loop is closed' traceback to stderr (dozens of them). orbax-checkpoint
+    0.12.8 has no public option for this (reads and writes always run through
+    `asyncio_utils.run_sync`), so this swaps in a runner that waits for the
+    leftover tasks first; it behaves identically when nothing fails. Restores hold
+    it while they run; `Checkpoints` for its lifetime, as saves end in orbax's
+    background threads. Blocks may nest and overlap: the original comes back when
+    the last one ends. If an orbax upgrade removes the private function this does
+    nothing, and tests/test_checkpoints.py fails.
     """
     try:
         module = __import__(_ORBAX_LOOP_MODULE, fromlist=[_ORBAX_LOOP_RUNNER])
     except ImportError:
         yield
         return
-    original = getattr(module, _ORBAX_LOOP_RUNNER, None)
-    if original is None:
-        yield
-        return
-    setattr(module, _ORBAX_LOOP_RUNNER, _run_sync_draining_on_failure)
+    with _DrainPatch.lock:
+        if _DrainPatch.users == 0:
+            _DrainPatch.original = getattr(module, _ORBAX_LOOP_RUNNER, None)
+            if _DrainPatch.original is not None:
+                setattr(module, _ORBAX_LOOP_RUNNER, _run_sync_draining_on_failure)
+        _DrainPatch.users += 1
     try:
         yield
     finally:
-        setattr(module, _ORBAX_LOOP_RUNNER, original)
+        with _DrainPatch.lock:
+            _DrainPatch.users -= 1
+            if _DrainPatch.users == 0 and _DrainPatch.original is not None:
+                setattr(module, _ORBAX_LOOP_RUNNER, _DrainPatch.original)
+                _DrainPatch.original = None
 
 
 def _local_target(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
@@ -211,7 +275,8 @@ def _restore_newest_readable(
     unreadable: list[tuple[int, str]] = []
     for step in steps:
         try:
-            with _drain_reads_when_a_restore_fails():
+            checksums.verify(os.path.join(str(manager.directory), str(step)))
+            with _drain_pending_io_on_failure():
                 restored = manager.restore(step, args=_restore_args(manager, kind, step, target))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             unreadable.append((step, _short(err)))
@@ -226,45 +291,144 @@ def _restore_newest_readable(
     raise _NoReadableCheckpoint(str(manager.directory), unreadable)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded")
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """Whether `err` or an error it was raised from is ENOSPC/EDQUOT; tensorstore reports those
+    as a ValueError whose message quotes the OS error."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return True
+        if any(text in str(err).lower() for text in _DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _save_failed(kind: _Kind, directory: str, step: int | None, err: BaseException) -> CheckpointError:
+    """The CheckpointError for a save of `kind` that raised `err`."""
+    what = kind.label if step is None else f"{kind.label} {step}"
+    if _is_disk_full(err):
+        return CheckpointError(
+            f"no space left on the device of {directory}: saving {what} failed and the run stopped. "
+            "The checkpoints saved before it are intact: free space there, then run the same command "
+            "to resume from the newest one"
+        )
+    return CheckpointError(
+        f"saving {what} in {directory} failed ({_short(err)}); the checkpoints saved before it are intact"
+    )
+
+
+def _drop_orbax_errors(record: logging.LogRecord) -> bool:
+    """A filter for the `absl` logger: False for orbax's own ERROR records.
+
+    orbax logs a failed asynchronous save with its traceback from each of its
+    threads (four tracebacks or more for one full disk); the same error is raised
+    again by the next wait, which `Checkpoints` reports as one CheckpointError.
+    Once a training run's `Checkpoints` exist it stays for the rest of the process:
+    orbax's threads may log a failure after the managers have closed.
+    """
+    return record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 class Checkpoints:
-    """The two checkpoint managers of one training run; a context manager that closes them."""
+    """The two checkpoint managers of one training run; a context manager that closes them.
+
+    Saves are asynchronous: the arrays are copied to host memory and written to
+    disk in orbax's background thread while training goes on. An error there is
+    raised as CheckpointError by the next call that waits for that save; orbax's
+    own logging of it is silenced (`_drop_orbax_errors`), and while the managers
+    are open a failed write waits for its other writes (`_drain_pending_io_on_failure`).
+    """
 
     def __init__(self, workdir: str, max_to_keep: int):
         self.workdir = workdir
         self.latest = _manager(workdir, _LATEST, max_to_keep)
         self.best = _manager(workdir, _BEST, 1)
+        self._pending: dict[_Kind, int] = {}  # the step each manager is saving in the background
+        self._failed = False  # a CheckpointError for a failed save was raised
         self._closed = False
+        self._patches = contextlib.ExitStack()  # undone by close()
+        self._patches.enter_context(_drain_pending_io_on_failure())
+        logging.getLogger("absl").addFilter(_drop_orbax_errors)  # adding it again does nothing
 
     def __enter__(self) -> Checkpoints:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The error already on its way out is the one to report: a save failing as well
+        # (mostly of the same cause, a full disk) leaves the checkpoints before it intact.
+        with contextlib.suppress(CheckpointError):
+            self.close()
+
+    def _managers(self) -> tuple[tuple[_Kind, ocp.CheckpointManager], ...]:
+        return (_LATEST, self.latest), (_BEST, self.best)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts an async save of the training state; `wait()` or `close()` finishes it."""
-        self._save(self.latest, step, state=state, meta=meta)
+        self._save(_LATEST, self.latest, step, state=state, meta=meta)
 
     def save_best(self, step: int, params: Any, meta: dict) -> None:
         """Starts an async save of the best parameters so far, replacing the previous best."""
-        self._save(self.best, step, params=params, meta=meta)
+        self._save(_BEST, self.best, step, params=params, meta=meta)
 
-    @staticmethod
-    def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
+    def _save(self, kind: _Kind, manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
         """Saves `meta` as JSON and the other item as arrays. Saving a step that is already on
         disk (e.g. after resuming from an older checkpoint than the newest) replaces it;
-        orbax would refuse."""
-        if step in manager.all_steps():
-            manager.wait_until_finished()
-            manager.delete(step)
+        orbax would refuse. First waits for the manager's previous save, so that its error
+        (if any) is reported under its own step."""
+        self._finish(kind, manager)
         args = {
             name: ocp.args.JsonSave(value) if name == "meta" else ocp.args.StandardSave(value)
             for name, value in items.items()
         }
-        manager.save(step, args=ocp.args.Composite(**args), force=True)
+        try:
+            if step in manager.all_steps():
+                manager.delete(step)
+            self._pending[kind] = step
+            manager.save(step, args=ocp.args.Composite(**args), force=True)
+        except Exception as err:  # orbax and tensorstore raise many types for a failed write
+            self._pending.pop(kind, None)
+            self._failed = True
+            raise _save_failed(kind, str(manager.directory), step, err) from err
+
+    def _finish(self, kind: _Kind, manager: ocp.CheckpointManager) -> None:
+        """Waits for `manager`'s background save; CheckpointError if it failed."""
+        step = self._pending.pop(kind, None)
+        try:
+            manager.wait_until_finished()
+        except Exception as err:  # whatever the background write raised
+            self._failed = True
+            raise _save_failed(kind, str(manager.directory), step, err) from err
+
+    def check(self) -> None:
+        """Raises CheckpointError at once if a background save has already failed; never waits.
+
+        The training loop calls it at every logged step, so that a full disk stops the
+        run there rather than at the next checkpoint. With several processes it does
+        nothing: each process would see its own part of a save fail at its own time and
+        stop alone; the next save, where all of them wait, reports the error instead.
+        """
+        if jax.process_count() > 1:
+            return
+        for kind, manager in self._managers():
+            if kind in self._pending and not manager.is_saving_in_progress():
+                self._finish(kind, manager)
+
+    def wait(self) -> None:
+        """Blocks until the pending async saves are on disk; CheckpointError if one failed."""
+        for kind, manager in self._managers():
+            self._finish(kind, manager)
 
     def best_meta(self) -> dict | None:
         """The best checkpoint's scores; None if there is none, or if it is unreadable (moved
@@ -284,8 +448,8 @@ class Checkpoints:
     def restore(self, abstract_state: Any) -> tuple[Any, dict]:
         """Restores the newest readable checkpoint, shaped and sharded like `abstract_state`.
 
-        A damaged newer checkpoint (a disk error, files removed by hand) is
-        skipped with a warning and moved to WORKDIR/unreadable_checkpoints/, so
+        A damaged newer checkpoint (a disk error, a file that no longer matches
+        its checksum, files removed by hand) is skipped with a warning and moved to WORKDIR/unreadable_checkpoints/, so
         that training can write that step again; the one before it is used.
         If none is readable nothing is moved and CheckpointError says so.
         """
@@ -300,11 +464,6 @@ class Checkpoints:
             ) from None
         return _uncommitted(restored["state"]), restored["meta"]
 
-    def wait(self) -> None:
-        """Blocks until the pending async saves are on disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
-
     def close(self) -> None:
         """Waits for pending saves, then closes both managers; calling it again does nothing."""
         if self._closed:
@@ -313,8 +472,18 @@ class Checkpoints:
         try:
             self.wait()
         finally:
-            self.latest.close()
-            self.best.close()
+            try:
+                failure = None
+                for kind, manager in self._managers():
+                    try:
+                        manager.close()
+                    except Exception as err:  # orbax raises a failed save's error again here
+                        failure = failure or _save_failed(kind, str(manager.directory), None, err)
+                if failure is not None and not self._failed:
+                    self._failed = True
+                    raise failure
+            finally:
+                self._patches.close()
 
 
 def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:

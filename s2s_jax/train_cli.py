@@ -11,6 +11,7 @@ from s2s_jax import runtime  # first: OPENBLAS_NUM_THREADS must be set before nu
 runtime.limit_openblas_threads()
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -37,6 +38,16 @@ def _report_skipped_steps(workdir: str) -> None:
             "(train.on_nonfinite=skip); skipped_steps in metrics.jsonl says when",
             file=sys.stderr,
         )
+
+
+def _os_error(err: OSError, workdir: str) -> str:
+    """One line for an OSError that ended the run: what failed, where, and for a full disk
+    what to do (the checkpoints are written atomically, so the last one is intact)."""
+    where = err.filename or f"writing to {workdir}"
+    text = f"{err.strerror or err} ({where})"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; free space there, then run the same command (it resumes from the last checkpoint, if any)"
+    return text
 
 
 def run(config, workdir: str) -> int:
@@ -78,8 +89,7 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an unwritable workdir, a full disk
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"error: {_os_error(err, workdir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         print(
@@ -114,8 +124,14 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
         f"Translate with: python decode.py --workdir {workdir}"
     )
     record = dict(final, best_valid_bleu=result.best_valid_bleu, outcome=result.outcome.value, minutes=minutes)
-    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+    path = os.path.join(workdir, "final_metrics.json")
+    try:
+        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+        os.replace(f"{path}.tmp", path)
+    except OSError as err:
+        print(f"error: {_os_error(err, workdir)}", file=sys.stderr)
+        return 1
     return 0
 
 

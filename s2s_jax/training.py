@@ -476,6 +476,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                 record.update(window.record(step, sums, scale_used))
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
             if record:
+                checkpoints.check()  # a background save that failed stops the run here
                 log.write(step, record)
                 last.update(record)
             if is_checkpoint:

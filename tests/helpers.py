@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
+from typing import Iterator
 
 from s2s_jax.configs import default
 
@@ -83,3 +87,51 @@ def tiny_config(paths: dict, **train_overrides):
     for key, value in train_overrides.items():
         setattr(config.train, key, value)
     return config
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: int) -> Iterator[str]:
+    """A tmpfs of `size` bytes mounted at `path` (created) for the block: a small disk to fill.
+
+    Skips the test, with mount's reason, where mounting is not permitted (no root, a
+    container without CAP_SYS_ADMIN); unmounts afterwards, lazily if something still
+    holds a file open there.
+    """
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    import pytest
+
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command to make a small tmpfs disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {(mounted.stderr or mounted.stdout).strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def fill_disk(directory, leave: int = 0) -> str:
+    """Writes `directory`/filler until the file system has about `leave` bytes free; its path.
+
+    Deleting the filler frees the space again.
+    """
+    path = os.path.join(str(directory), "filler")
+    stat = os.statvfs(str(directory))
+    todo = max(stat.f_bavail * stat.f_frsize - leave, 0)
+    chunk = b"\0" * (1 << 20)
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while todo > 0:
+                todo -= f.write(chunk[:todo])
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+    return path
+
+
+def free_bytes(directory) -> int:
+    stat = os.statvfs(str(directory))
+    return stat.f_bavail * stat.f_frsize

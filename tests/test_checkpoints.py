@@ -1,4 +1,5 @@
-"""Checkpoint save/restore, fallbacks past damaged checkpoints, and the orbax workaround.
+"""Checkpoint save/restore, fallbacks past damaged checkpoints, checksums, a full disk, and
+the orbax workaround.
 
 In-process with tiny pytrees; the end-to-end versions (real training runs) are in
 test_reliability.py.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import importlib
+import json
+import logging
 import os
 import sys
 import time
@@ -20,6 +23,8 @@ import numpy as np
 import pytest
 
 from s2s_jax import checkpoints as ckpt_lib
+from s2s_jax import checksums
+from tests.helpers import fill_disk, tmpfs
 
 
 def make_state(seed: int, leaves: int = 3) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def test_the_context_manager_finishes_async_saves_and_close_is_idempotent(tmp_pa
 
 
 def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypatch):
-    """Fails when an orbax upgrade makes `_drain_reads_when_a_restore_fails` a silent no-op.
+    """Fails when an orbax upgrade makes `_drain_pending_io_on_failure` a silent no-op.
 
     Then either orbax fixed the 'Event loop is closed' tracebacks after a failed
     restore (delete the workaround) or moved the private function (update it).
@@ -194,6 +199,7 @@ def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypat
     monkeypatch.setattr(ckpt_lib, "_run_sync_draining_on_failure", spy)
     write_run(tmp_path, steps=(10, 20), best=None, leaves=40)  # many arrays: many reads left pending
     damage(tmp_path / "checkpoints" / "20", "state")
+    os.remove(tmp_path / "checkpoints" / "20" / checksums.MANIFEST)  # else the checksums stop it before orbax reads
     # The late read completions report 'Event loop is closed' through sys.unraisablehook
     # (which prints to stderr outside pytest).
     unraisable = []
@@ -208,3 +214,230 @@ def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypat
     assert not [text for text in unraisable if "Event loop is closed" in text], unraisable[:3]
     err = capfd.readouterr().err
     assert "Event loop is closed" not in err, err[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# checksums: files changed after a successful save are never restored
+# ---------------------------------------------------------------------------
+
+
+def random_state(seed: int) -> dict[str, Any]:
+    """Like make_state, but with incompressible parameters: orbax stores those byte for byte,
+    so flipped bytes in its files restore as other numbers instead of failing to decompress."""
+    rng = np.random.default_rng(seed)
+    params = {f"w{i}": jnp.asarray(rng.standard_normal(2048).astype(np.float32)) for i in range(3)}
+    return {"params": params, "opt": {"mu": jnp.full((4, 4), float(seed))}, "step": jnp.int32(seed)}
+
+
+def write_random_run(workdir: Path) -> None:
+    with ckpt_lib.Checkpoints(str(workdir), max_to_keep=5) as checkpoints:
+        for step in (10, 20, 30):
+            checkpoints.save(step, random_state(step), {"data_state": {"index": step}, "step": step})
+            if step == 20:
+                checkpoints.save_best(step, random_state(step)["params"], {"valid_bleu": 1.5, "step": step})
+
+
+def largest_array_file(step_dir: Path, item: str) -> str:
+    files = glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True)
+    assert files, f"no array files under {step_dir / item}: has orbax's layout changed?"
+    return max(files, key=os.path.getsize)
+
+
+def flip_bytes(step_dir: Path, item: str) -> str:
+    """Inverts one byte at each of several offsets of the largest array file, keeping its size
+    (a bad disk or cable); returns its path relative to `step_dir`."""
+    path = largest_array_file(step_dir, item)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for offset in (size // 4, size // 2, 3 * size // 4):
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0xFF]))
+    return os.path.relpath(path, step_dir)
+
+
+def truncate(step_dir: Path, item: str) -> str:
+    """Cuts the largest array file to a third (a copy or sync cut short)."""
+    path = largest_array_file(step_dir, item)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+    return os.path.relpath(path, step_dir)
+
+
+CHANGES = {"flipped bytes": flip_bytes, "truncated": truncate}
+
+
+def test_every_checkpoint_carries_a_manifest_of_its_files(tmp_path):
+    write_random_run(tmp_path)
+    step_dirs = [tmp_path / "checkpoints" / step for step in ("10", "20", "30")] + [tmp_path / "best" / "20"]
+    for step_dir in step_dirs:
+        with open(step_dir / checksums.MANIFEST, encoding="utf-8") as f:
+            listed = json.load(f)["files"]
+        on_disk = {
+            os.path.relpath(path, step_dir) for path in glob.glob(str(step_dir / "**" / "*"), recursive=True)
+            if os.path.isfile(path)
+        }
+        # orbax rewrites its two step-level commit files after the manifest: they are left out.
+        assert set(listed) == on_disk - {checksums.MANIFEST, "_CHECKPOINT_METADATA", "commit_success.txt"}
+        assert any(name.startswith(("state/", "params/")) and "/d/" in name for name in listed)
+        assert all(entry["size"] == os.path.getsize(step_dir / name) for name, entry in listed.items())
+        assert checksums.verify(str(step_dir)) is True
+        assert not glob.glob(str(step_dir / "*" / checksums.MANIFEST))  # one per step, none per item
+
+
+def test_flipped_bytes_restore_silently_wrong_without_the_manifest(tmp_path):
+    """What the manifest is for: orbax reads a file with flipped bytes without complaint.
+
+    If this fails, orbax/tensorstore started detecting such damage themselves;
+    the manifest is then a second line of defence.
+    """
+    write_random_run(tmp_path)
+    flip_bytes(tmp_path / "checkpoints" / "30", "state")
+    os.remove(tmp_path / "checkpoints" / "30" / checksums.MANIFEST)
+    params, meta = ckpt_lib.load_params(str(tmp_path), "30")
+    assert meta["step"] == 30
+    saved = random_state(30)["params"]
+    assert any((np.asarray(params[k]) != np.asarray(saved[k])).any() for k in saved)
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_checkpoint_is_moved_aside_when_training(tmp_path, capsys, change):
+    write_random_run(tmp_path)
+    changed = CHANGES[change](tmp_path / "checkpoints" / "30", "state")
+    with ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5) as checkpoints:
+        state, meta = checkpoints.restore(abstract(random_state(0)))
+        assert checkpoints.latest_step() == 20
+    assert meta["step"] == 20
+    assert_trees_equal(state, random_state(20))
+    err = capsys.readouterr().err
+    assert f"warning: checkpoint 30 is unreadable (ChecksumMismatch: {changed} " in err, err
+    assert "resumed from step 20" in err
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+    (moved,) = os.listdir(tmp_path / "unreadable_checkpoints")
+    assert moved.startswith("checkpoints-30-")
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_best_is_moved_aside_when_training(tmp_path, capsys, change):
+    write_random_run(tmp_path)
+    changed = CHANGES[change](tmp_path / "best" / "20", "params")
+    with ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5) as checkpoints:
+        assert checkpoints.best_meta() is None  # the next evaluation writes a new best
+        assert checkpoints.best.all_steps() == []
+    err = capsys.readouterr().err
+    assert f"warning: best checkpoint 20 is unreadable (ChecksumMismatch: {changed} " in err, err
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_checkpoint_is_never_decoded(tmp_path, capsys, change):
+    write_random_run(tmp_path)
+    changed = CHANGES[change](tmp_path / "checkpoints" / "30", "state")
+    changed_best = CHANGES[change](tmp_path / "best" / "20", "params")
+
+    params, meta = ckpt_lib.load_params(str(tmp_path), "best")  # best -> latest -> the step before
+    assert meta["step"] == 20
+    assert_trees_equal(params, random_state(20)["params"])
+    err = capsys.readouterr().err
+    assert f"warning: best checkpoint 20 in {tmp_path / 'best'} is unreadable (ChecksumMismatch: {changed_best} " in err
+    assert f"warning: checkpoint 30 in {tmp_path / 'checkpoints'} is unreadable (ChecksumMismatch: {changed} " in err
+    assert "using step 20" in err
+
+    params, meta = ckpt_lib.load_params(str(tmp_path), "latest")
+    assert meta["step"] == 20
+    assert_trees_equal(params, random_state(20)["params"])
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"no readable checkpoint in .*\(step 30: ChecksumMismatch: {changed} "):
+        ckpt_lib.load_params(str(tmp_path), "30")
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"avg:2: no readable checkpoint .*step 30: ChecksumMismatch: {changed} "):
+        ckpt_lib.load_params(str(tmp_path), "avg:2")
+    with pytest.raises(ckpt_lib.CheckpointError, match=rf"step 30: ChecksumMismatch: {changed} "):
+        ckpt_lib.load_train_state(str(tmp_path), 30, abstract(random_state(0)))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20", "30"]  # decoding moves nothing
+
+
+def test_checkpoints_without_a_manifest_still_load(tmp_path, capsys):
+    """Checkpoints written before manifests existed are restored unchecked."""
+    write_random_run(tmp_path)
+    for manifest in glob.glob(str(tmp_path / "*" / "*" / checksums.MANIFEST)):
+        os.remove(manifest)
+    with ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5) as checkpoints:
+        state, meta = checkpoints.restore(abstract(random_state(0)))
+        assert checkpoints.best_meta() == {"valid_bleu": 1.5, "step": 20}
+    assert meta["step"] == 30
+    assert_trees_equal(state, random_state(30))
+    params, meta = ckpt_lib.load_params(str(tmp_path), "best")
+    assert meta["step"] == 20
+    assert_trees_equal(params, random_state(20)["params"])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_manifest_makes_its_checkpoint_unreadable(tmp_path, capsys):
+    write_random_run(tmp_path)
+    (tmp_path / "checkpoints" / "30" / checksums.MANIFEST).write_text('{"files": {"state/_METAD', encoding="utf-8")
+    _, meta = ckpt_lib.load_params(str(tmp_path), "latest")
+    assert meta["step"] == 20
+    assert f"ChecksumMismatch: {checksums.MANIFEST} is damaged" in capsys.readouterr().err
+
+
+def test_verify_names_the_file_that_changed(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"0123456789")
+    (tmp_path / "y.txt").write_text("hello", encoding="utf-8")
+    (tmp_path / "skipped").write_text("rewritten later", encoding="utf-8")
+    checksums.write_manifest(str(tmp_path), exclude=("skipped",))
+    assert checksums.verify(str(tmp_path)) is True
+    (tmp_path / "skipped").write_text("changed", encoding="utf-8")
+    (tmp_path / "extra").write_text("not listed", encoding="utf-8")
+    assert checksums.verify(str(tmp_path)) is True
+    (tmp_path / "a" / "x.bin").write_bytes(b"0123456780")
+    with pytest.raises(checksums.ChecksumMismatch, match=r"^a/x.bin differs from what the save wrote \(sha256 mismatch\)$"):
+        checksums.verify(str(tmp_path))
+    (tmp_path / "a" / "x.bin").write_bytes(b"012345")
+    with pytest.raises(checksums.ChecksumMismatch, match=r"^a/x.bin has 6 bytes, the save wrote 10$"):
+        checksums.verify(str(tmp_path))
+    (tmp_path / "a" / "x.bin").unlink()
+    with pytest.raises(checksums.ChecksumMismatch, match=r"^a/x.bin is missing \(the save wrote 10 bytes\)$"):
+        checksums.verify(str(tmp_path))
+    os.remove(tmp_path / checksums.MANIFEST)
+    assert checksums.verify(str(tmp_path)) is False
+
+
+# ---------------------------------------------------------------------------
+# a full disk (a small tmpfs): one CheckpointError naming the directory, nothing lost
+# ---------------------------------------------------------------------------
+
+
+def test_a_save_on_a_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, caplog, capfd, monkeypatch):
+    unraisable = []  # 'Event loop is closed' from writes that completed after orbax gave up
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(repr(info.exc_value)))
+    with tmpfs(tmp_path / "disk", 8 << 20) as disk:
+        checkpoints = ckpt_lib.Checkpoints(disk, max_to_keep=5)
+        checkpoints.save(10, random_state(10), {"step": 10})
+        checkpoints.wait()
+        filler = fill_disk(disk, leave=8 << 10)  # less than one checkpoint needs
+        checkpoints.save(20, random_state(20), {"step": 20})  # fails in orbax's background thread
+        deadline = time.monotonic() + 60
+        with pytest.raises(ckpt_lib.CheckpointError) as raised:
+            while time.monotonic() < deadline:  # check() reports it once the save has ended, never waiting
+                checkpoints.check()
+                time.sleep(0.01)
+        assert str(raised.value).startswith(
+            f"no space left on the device of {disk}/checkpoints: saving checkpoint 20 failed and the run stopped. "
+            "The checkpoints saved before it are intact: free space there, then run the same command"
+        )
+        checkpoints.close()  # the error was reported once; closing does not raise it again
+        time.sleep(0.2)  # time for stray completions to report
+        assert not unraisable, unraisable[:3]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records[:3]
+        assert "Traceback" not in capfd.readouterr().err
+        assert ckpt_lib.load_params(disk, "latest")[1]["step"] == 10
+
+        os.remove(filler)  # space freed: the next run removes the half-written step and saves it again
+        with ckpt_lib.Checkpoints(disk, max_to_keep=5) as checkpoints:
+            state, meta = checkpoints.restore(abstract(random_state(0)))
+            assert meta["step"] == 10
+            checkpoints.save(20, random_state(20), {"step": 20})
+        assert sorted(os.listdir(os.path.join(disk, "checkpoints"))) == ["10", "20"]
+        params, meta = ckpt_lib.load_params(disk, "latest")
+        assert meta["step"] == 20
+        assert_trees_equal(params, random_state(20)["params"])

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import decode_cli
 from s2s_jax.train_log import read_metrics
-from tests.helpers import write_tiny_corpus
+from tests.helpers import fill_disk, tmpfs, write_tiny_corpus
 
 pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
 
@@ -70,14 +70,32 @@ def env(tmp_path_factory):
     return types.SimpleNamespace(base=base, flags=FLAGS + data_flags, env=process_env)
 
 
-def train(env, workdir, *extra, slow=False, background=False):
-    head = ["-c", SLOW_TRAIN] if slow else ["train.py"]
+# train.py on a disk that fills up just before the checkpoint of step FILL_AT_STEP: what is
+# left free on FILL_DIR's file system (FILL_LEAVE bytes) is too little for a checkpoint.
+FULL_DISK_TRAIN = (
+    "import os, runpy, sys\n"
+    "from s2s_jax import checkpoints\n"
+    "from tests.helpers import fill_disk\n"
+    "_save = checkpoints.Checkpoints.save\n"
+    "def _save_on_a_full_disk(self, step, state, meta):\n"
+    "    if step == int(os.environ['FILL_AT_STEP']):\n"
+    "        fill_disk(os.environ['FILL_DIR'], int(os.environ['FILL_LEAVE']))\n"
+    "    return _save(self, step, state, meta)\n"
+    "checkpoints.Checkpoints.save = _save_on_a_full_disk\n"
+    "sys.argv = ['train.py', *sys.argv[1:]]\n"
+    "runpy.run_path('train.py', run_name='__main__')\n"
+)
+
+
+def train(env, workdir, *extra, slow=False, background=False, script=None, more_env=None):
+    head = ["-c", script or SLOW_TRAIN] if slow or script else ["train.py"]
     args = [sys.executable, *head, *env.flags, f"--workdir={workdir}", *extra]
+    process_env = dict(env.env, **(more_env or {}))
     if background:
         return subprocess.Popen(
-            args, cwd=ROOT, env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            args, cwd=ROOT, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-    return subprocess.run(args, cwd=ROOT, env=env.env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=ROOT, env=process_env, capture_output=True, text=True, timeout=600)
 
 
 def wait_for(path, process, timeout=300.0, containing=None):
@@ -261,6 +279,97 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(env, referenc
     assert re.search(r"error: no readable checkpoint in .*checkpoints \(step 30: ", result.stderr)
     clean_stderr(result.stderr)
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
+
+
+def _flip_bytes(step_dir, item):
+    """Inverts bytes at several offsets of the item's largest array file, keeping its size."""
+    path = max(glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for offset in (size // 4, size // 2, 3 * size // 4):
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0xFF]))
+    return os.path.relpath(path, step_dir)
+
+
+def test_a_checkpoint_changed_on_disk_is_never_used_and_training_resumes_before_it(env, reference, capsys):
+    workdir = env.base / "storage_lies"
+    shutil.copytree(reference, workdir)
+    flipped = _flip_bytes(workdir / "checkpoints" / "30", "state")
+    (best,) = glob.glob(str(workdir / "best" / "*"))
+    flipped_best = _flip_bytes(workdir / "best" / os.path.basename(best), "params")
+
+    text = env.base / "lies_in.txt"
+    text.write_text("the red cat\na dog\n", encoding="utf-8")
+    assert decode_cli.run(decode_flags(workdir, checkpoint="best", input=str(text))) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 2
+    assert f"(ChecksumMismatch: {flipped_best} differs from what the save wrote" in err
+    assert f"warning: checkpoint 30 in {workdir / 'checkpoints'} is unreadable (ChecksumMismatch: {flipped} " in err
+    assert "using step 20" in err
+
+    result = train(env, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    clean_stderr(result.stderr)
+    assert "Resumed from step 20 " in result.stdout
+    assert re.search(rf"warning: checkpoint 30 is unreadable \(ChecksumMismatch: {re.escape(flipped)} .*moved it to "
+                     r".*unreadable_checkpoints", result.stderr), result.stderr[-3000:]
+    assert "warning: best checkpoint " in result.stderr  # moved aside too; step 30's evaluation wrote a new one
+    assert_same_params(reference, workdir)
+    assert without_speed(workdir) == without_speed(reference)
+
+
+def _disk_full_error(stderr, directory):
+    """The run's one `error:` line, which names `directory`; nothing else went wrong loudly."""
+    clean_stderr(stderr)
+    assert "ERROR" not in stderr and "warning:" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: "), stderr[-3000:]
+    assert str(directory) in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_full_disk_stops_training_with_one_line_and_a_rerun_resumes_exactly(env, reference):
+    with tmpfs(env.base / "small_disk", 32 << 20) as disk:
+        workdir = os.path.join(disk, "run")
+        leave = 16 << 10  # room for the log lines, not for a checkpoint
+        needs = sum(os.path.getsize(p) for p in glob.glob(str(reference / "checkpoints" / "10" / "**"), recursive=True)
+                    if os.path.isfile(p))
+        assert needs > 4 * leave
+        result = train(env, workdir, script=FULL_DISK_TRAIN,
+                       more_env={"FILL_AT_STEP": "20", "FILL_DIR": disk, "FILL_LEAVE": str(leave)})
+        assert result.returncode == 1, result.stderr[-3000:]
+        line = _disk_full_error(result.stderr, os.path.join(workdir, "checkpoints"))
+        assert "no space left on the device of" in line and "saving checkpoint 20 failed" in line
+        assert "free space there, then run the same command" in line
+        assert ckpt_lib.load_params(workdir, "latest")[1]["step"] == 10  # the previous checkpoint is intact
+
+        os.remove(os.path.join(disk, "filler"))
+        result = train(env, workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        clean_stderr(result.stderr)
+        assert "Resumed from step 10 " in result.stdout
+        assert_same_params(reference, workdir)
+        assert without_speed(workdir) == without_speed(reference)
+
+
+def test_a_disk_full_before_training_starts_is_one_line_and_a_rerun_trains(env, reference):
+    with tmpfs(env.base / "full_disk", 4 << 20) as disk:
+        workdir = os.path.join(disk, "run")
+        filler = fill_disk(disk)
+        result = train(env, workdir)
+        assert result.returncode == 1, result.stderr[-3000:]
+        line = _disk_full_error(result.stderr, workdir)
+        assert "No space left on device" in line and "free space there, then run the same command" in line
+
+        os.remove(filler)
+        result = train(env, workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        clean_stderr(result.stderr)
+        assert_same_params(reference, workdir)
+        assert without_speed(workdir) == without_speed(reference)
 
 
 def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
