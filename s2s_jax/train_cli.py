@@ -19,7 +19,6 @@ import sys
 import time
 
 from s2s_jax import config_utils
-from s2s_jax.checkpoints import CheckpointError
 from s2s_jax.text import DataError
 from s2s_jax.workdir_lock import WorkdirLocked
 
@@ -57,6 +56,10 @@ def run(config, workdir: str) -> int:
 
 
 def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
+    # Imported here, not at the top: the corpus preparation's worker processes import this
+    # module (as the main script's) and need none of jax/orbax.
+    from s2s_jax.checkpoints import CheckpointError
+
     # metrics.jsonl records NaN losses; tensorboardX would also warn twice per logged step.
     logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     try:

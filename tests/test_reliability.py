@@ -144,8 +144,11 @@ def reference(env):
     return workdir
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(env, reference):
-    workdir = env.base / "killed"
+@pytest.mark.parametrize("rerun_cache", ["same", "new"], ids=["same-prepared-corpus", "corpus-prepared-again"])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(env, reference, rerun_cache):
+    """Also when the rerun finds no prepared corpus (another machine, a cleared cache): it prepares the
+    same ids again (with the workdir's tokenizer) and resumes the same batch stream."""
+    workdir = env.base / f"killed-{rerun_cache}"
     process = train(env, workdir, slow=True, background=True)
     # Kill after step 15 was logged (and evaluated) but before the step-20 checkpoint, so the
     # rerun resumes from step 10 and must recompute, not duplicate, steps 11..15.
@@ -156,9 +159,11 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(env, reference):
     assert not (workdir / "checkpoints" / "20").exists(), "the kill came too late to test anything"
     assert 15 in [r["step"] for r in read_metrics(str(workdir))]
 
-    result = train(env, workdir)
+    fresh = {"S2S_JAX_CORPUS_CACHE": str(env.base / "rerun-corpora")} if rerun_cache == "new" else None
+    result = train(env, workdir, more_env=fresh)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resumed from step 10 " in result.stdout
+    assert ("prepare: cleaning" in result.stdout) == (rerun_cache == "new")
     clean_stderr(result.stderr)
     assert_same_params(reference, workdir)
     assert without_speed(workdir) == without_speed(reference)
