@@ -311,8 +311,8 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     members: set[int] = set()
     holdout, seed = settings["holdout"], int(config.seed)
     workers = _workers(cfg)
-    with open(os.path.join(tmp, "train.src"), "w", encoding="utf-8") as fs, \
-            open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8") as ft, _pool(workers) as run:
+    with open(os.path.join(tmp, "train.src"), "w", encoding="utf-8", newline="\n") as fs, \
+            open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8", newline="\n") as ft, _pool(workers) as run:
         for chunk_total, (src, tgt, chunk_empty) in _counted(
             run(_clean_chunk, _chunks(stream_split(cfg, "train"), CHUNK_PAIRS), bool(cfg.lowercase),
                 bool(cfg.d2l_preprocess))
@@ -346,8 +346,8 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     np.save(os.path.join(tmp, "heldout.npy"), held)
     valid = _read_lines_at(tmp, held)
     unique = list(dict.fromkeys(valid))  # duplicated pairs validated once, first occurrence order
-    with open(os.path.join(tmp, "valid.src"), "w", encoding="utf-8") as fs, \
-            open(os.path.join(tmp, "valid.tgt"), "w", encoding="utf-8") as ft:
+    with open(os.path.join(tmp, "valid.src"), "w", encoding="utf-8", newline="\n") as fs, \
+            open(os.path.join(tmp, "valid.tgt"), "w", encoding="utf-8", newline="\n") as ft:
         fs.write("".join(s + "\n" for s, _ in unique))
         ft.write("".join(t + "\n" for _, t in unique))
     meta = {"settings": settings, "files": identity, "total": total, "empty": empty, "pairs": kept,
@@ -368,8 +368,8 @@ def _read_lines_at(directory: str, indices: np.ndarray) -> list[Pair]:
     wanted, out = set(map(int, indices)), []
     if not wanted:
         return out
-    with open(os.path.join(directory, "train.src"), encoding="utf-8") as fs, \
-            open(os.path.join(directory, "train.tgt"), encoding="utf-8") as ft:
+    with open(os.path.join(directory, "train.src"), encoding="utf-8", newline="\n") as fs, \
+            open(os.path.join(directory, "train.tgt"), encoding="utf-8", newline="\n") as ft:
         for i, (s, t) in enumerate(zip(fs, ft)):
             if i in wanted:
                 out.append((s[:-1], t[:-1]))
@@ -404,7 +404,7 @@ class PreparedText:
 
     def lines(self, side: str, indices: np.ndarray | None = None) -> list[str]:
         """Cleaned sentences of one side ('src' | 'tgt'), all or at `indices` (in index order)."""
-        with open(os.path.join(self.directory, f"train.{side}"), encoding="utf-8") as f:
+        with open(os.path.join(self.directory, f"train.{side}"), encoding="utf-8", newline="\n") as f:
             if indices is None:
                 return [line[:-1] for line in f]
             wanted = np.zeros(self.num_pairs, bool)
@@ -412,8 +412,8 @@ class PreparedText:
             return [line[:-1] for line, w in zip(f, wanted) if w]
 
     def valid_pairs(self) -> list[Pair]:
-        with open(os.path.join(self.directory, "valid.src"), encoding="utf-8") as fs, \
-                open(os.path.join(self.directory, "valid.tgt"), encoding="utf-8") as ft:
+        with open(os.path.join(self.directory, "valid.src"), encoding="utf-8", newline="\n") as fs, \
+                open(os.path.join(self.directory, "valid.tgt"), encoding="utf-8", newline="\n") as ft:
             return [(s[:-1], t[:-1]) for s, t in zip(fs, ft)]
 
     def sample(self, indices: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -508,7 +508,7 @@ def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[
             tmp = _fresh_tmp(directory)
             started = time.perf_counter()
             for side, model in models.items():
-                with open(os.path.join(text.directory, f"train.{side}"), encoding="utf-8") as f, \
+                with open(os.path.join(text.directory, f"train.{side}"), encoding="utf-8", newline="\n") as f, \
                         open(os.path.join(tmp, f"{side}.ids"), "wb") as out_ids, \
                         open(os.path.join(tmp, f"{side}.len"), "wb") as out_len:
                     batch: list[str] = []
