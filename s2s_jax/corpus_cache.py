@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -301,7 +300,7 @@ def _pool(workers: int) -> Iterator[Callable]:
 
 def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     cfg, settings = config.data, text_settings(config)
-    kind, paths = split_files(cfg, "train")
+    _, paths = split_files(cfg, "train")
     identity = _identity(paths)
     tmp = _fresh_tmp(directory)
     started = time.perf_counter()
@@ -313,11 +312,9 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     workers = _workers(cfg)
     with open(os.path.join(tmp, "train.src"), "w", encoding="utf-8", newline="\n") as fs, \
             open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8", newline="\n") as ft, _pool(workers) as run:
-        for chunk_total, (src, tgt, chunk_empty) in _counted(
-            run(_clean_chunk, _chunks(stream_split(cfg, "train"), CHUNK_PAIRS), bool(cfg.lowercase),
-                bool(cfg.d2l_preprocess))
-        ):
-            total, empty, kept = total + chunk_total, empty + chunk_empty, kept + len(src)
+        chunks = _chunks(stream_split(cfg, "train"), CHUNK_PAIRS)
+        for src, tgt, chunk_empty in run(_clean_chunk, chunks, bool(cfg.lowercase), bool(cfg.d2l_preprocess)):
+            total, empty, kept = total + len(src) + chunk_empty, empty + chunk_empty, kept + len(src)
             fs.write("".join(s + "\n" for s in src))
             ft.write("".join(t + "\n" for t in tgt))
             if holdout:
@@ -339,7 +336,7 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     held = np.zeros(0, np.int64)
     if holdout and hashes:
         all_hashes = np.concatenate(hashes)
-        # At most half of the distinct sources are held out (as text.holdout_split did).
+        # At most half of the distinct sources are held out: training keeps the other half.
         distinct = len(np.unique(all_hashes))
         chosen = np.array(sorted(members), dtype=np.uint64)[: min(holdout, distinct // 2)]
         held = np.flatnonzero(np.isin(all_hashes, chosen))
@@ -356,11 +353,6 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     _commit(tmp, directory)
     log(f"prepare: {kept:,} of {total:,} pairs cleaned ({empty} empty), {len(held)} held out for validation "
         f"({len(unique)} distinct), in {meta['seconds']} s")
-
-
-def _counted(results: Iterator[tuple[list[str], list[str], int]]) -> Iterator[tuple[int, tuple]]:
-    for src, tgt, empty in results:
-        yield len(src) + empty, (src, tgt, empty)
 
 
 def _read_lines_at(directory: str, indices: np.ndarray) -> list[Pair]:
@@ -538,7 +530,3 @@ def _write_encoded(model: str, lines: list[str], out_ids, out_len) -> None:
     flat, lengths = _encode_chunk(model, lines)
     out_ids.write(flat.tobytes())
     out_len.write(lengths.tobytes())
-
-
-def log_to_stdout(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)
