@@ -98,6 +98,7 @@ def test_cli_modules_limit_openblas_threads_before_numpy_and_jax_load(module):
         "            seen.setdefault(name, os.environ.get('OPENBLAS_NUM_THREADS'))\n"
         "sys.meta_path.insert(0, Finder())\n"
         f"import {module}\n"
+        "import numpy, jax\n"  # whether the module loads them itself or later code does
         "print(sorted(seen.items()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
