@@ -3,11 +3,13 @@ on loopback, the tiny trained workdir behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import signal
 import threading
 import time
+import types
 
 import httpx
 import pytest
@@ -225,3 +227,44 @@ def test_a_failing_load_is_reported_and_the_server_stays_up():
             time.sleep(0.05)
         assert client.get("/health").status_code == 503
         assert "no checkpoint" in client.post("/translate", json={"text": "a"}).text
+
+
+class _SlowTranslator:
+    """Stands in for a Translator in the batcher: each search takes `seconds` and is recorded."""
+
+    members = [types.SimpleNamespace(config=types.SimpleNamespace(model=types.SimpleNamespace(attention="none")))]
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, []
+
+    def translate(self, texts, opts, batch_size, sample_keys, warn):
+        self.calls.append(list(texts))
+        time.sleep(self.seconds)
+        return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[])] for t in texts]
+
+
+@pytest.mark.parametrize("rejoin", [True, False])
+def test_answered_clients_that_send_again_share_one_batch(monkeypatch, rejoin):
+    """After a search of 4 texts, the 4 answered clients send again 0 and 30 ms later: with the wait
+    for them (a quarter of the 0.4-s search) they make one batch; without it, two half batches."""
+    if not rejoin:
+        monkeypatch.setattr(serving, "REJOIN_FRACTION", 0.0)
+    translator = _SlowTranslator(0.4)
+    opts = SearchOptions(beam_size=1, with_scores=True)
+
+    async def clients() -> list:
+        batcher = serving.Batcher(translator, serving.ServeSettings(max_batch=8, max_wait_ms=5))
+        task = asyncio.create_task(batcher.run())
+        try:
+            await asyncio.gather(*batcher.submit(["a", "b", "c", "d"], opts, 0, False))
+            again = batcher.submit(["a", "b"], opts, 0, False)
+            await asyncio.sleep(0.03)
+            again += batcher.submit(["c", "d"], opts, 0, False)
+            return [t.text for t in await asyncio.gather(*again)]
+        finally:
+            task.cancel()
+            batcher.close()
+
+    assert asyncio.run(clients()) == ["A", "B", "C", "D"]
+    expected = [["a", "b", "c", "d"]] * 2 if rejoin else [["a", "b", "c", "d"], ["a", "b"], ["c", "d"]]
+    assert translator.calls == expected
