@@ -191,6 +191,7 @@ def test_a_deleted_cache_is_rebuilt_to_the_same_batches(corpus, tmp_path, monkey
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_prepare_cli_prepares_once_and_train_reuses_it(tmp_path, monkeypatch):
     paths = write_tiny_corpus(str(tmp_path))
     monkeypatch.setenv("S2S_JAX_CORPUS_CACHE", str(tmp_path / "cache"))
