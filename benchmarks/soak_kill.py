@@ -110,7 +110,7 @@ def soak(args: argparse.Namespace, env: dict, base: str) -> dict:
         resumed.append(resumed_from(log))
         for line in read(f"{log}.err").splitlines():  # counted by kind: numbers (pids, times) as N
             if line.startswith("warning: "):
-                kind = re.sub(r"\d+", "N", line)
+                kind = re.sub(r"\b\d+\b", "N", line)
                 warnings[kind] = warnings.get(kind, 0) + 1
         if proc.returncode == -signal.SIGKILL:
             kills.append(round(delay, 1))

@@ -53,6 +53,8 @@ _TASK_TIMED_OUT = re.compile(r"Task (\d+) heartbeat timeout")
 _UNHEALTHY_TASKS = re.compile(r"unhealthy \(stopped sending heartbeats\):\s*((?:\d+\s*)+)")
 _COORDINATOR_GONE = re.compile(r"leader task|Failed to send RPC to coordination service|CoordinationService/Heartbeat")
 
+_relays: list[subprocess.Popen] = []  # relay_stderr's helper
+
 
 def newest_checkpoint(workdir: str) -> int | None:
     """The newest committed step in WORKDIR/checkpoints (orbax renames a step's directory to its
@@ -137,6 +139,7 @@ def relay_stderr(process_id: int, num_processes: int, workdir: str) -> subproces
     sys.stderr.flush()
     os.dup2(write_end, 2)
     os.close(write_end)
+    _relays.append(helper)  # held for the life of the process (a collected Popen warns while it runs)
     return helper
 
 
