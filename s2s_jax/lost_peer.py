@@ -14,11 +14,13 @@ What jax 0.10.2 does on CPU (gloo collectives), measured with two processes on o
 - a process that hangs or whose host vanishes (no socket closes): collectives wait; after the
   heartbeat timeout (``jax.distributed.initialize(heartbeat_timeout_seconds=...)``, train.py's
   ``--heartbeat_timeout``) the coordination service declares it dead and the runtime aborts every
-  other process the same way (``Task 1 heartbeat timeout``).
+  other process the same way (``The following tasks are unhealthy (stopped sending heartbeats): 1``;
+  a stopped coordinator: ``DEADLINE_EXCEEDED`` on its heartbeat RPC). With the default 60 s, a
+  SIGSTOPped process 1 or 0 ended the other after 47-48 s; a killed one, after 0.2-0.5 s.
 
 The runtime's abort gives Python no hook: the distributed client's ``missed_heartbeat_callback``
 cannot be used from Python in jaxlib 0.10.2 (its ``absl::Status`` argument has no Python conversion;
-the process dies of ``std::bad_cast``), and a SIGABRT handler never runs. So `relay_stderr` sends the
+the process dies of ``std::bad_cast``), and a Python SIGABRT handler never runs. So `relay_stderr` sends the
 process's stderr through a small helper process (this file run as a script, standard library only)
 that copies it unchanged and, when the runtime's abort message went by, adds the same `error:` line
 after it once the process is gone. Either way the heartbeat timeout bounds how long a survivor waits.
