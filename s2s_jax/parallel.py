@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from s2s_jax.config_utils import ConfigError
+from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.tokenizer import PAD_ID
 
 DATA = "data"
@@ -59,19 +60,22 @@ def distributed_reason(multihost: bool = False, env: Mapping[str, str] | None = 
     return None
 
 
-def maybe_initialize_distributed(multihost: bool = False, env: Mapping[str, str] | None = None) -> bool:
+def maybe_initialize_distributed(
+    multihost: bool = False, env: Mapping[str, str] | None = None, heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+) -> bool:
     """Calls jax.distributed.initialize() when asked (--multihost) or when the environment
     says this is one process of several; does nothing on a single process.
 
     Must run before anything touches a JAX backend. Cloud TPU pods, Slurm and Open MPI
     are detected by JAX itself; elsewhere set JAX_COORDINATOR_ADDRESS=host:port plus
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process. `heartbeat_timeout` (seconds)
+    bounds how long the others wait for a process that died or hangs.
     """
     env = os.environ if env is None else env
     reason = distributed_reason(multihost, env)
     if reason is None:
         return False
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"heartbeat_timeout_seconds": heartbeat_timeout}
     if env.get("JAX_NUM_PROCESSES"):
         kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
     if env.get("JAX_PROCESS_ID"):

@@ -1,7 +1,8 @@
 """The `s2s-train` command (also `python train.py`): its flags, then validate, record the config, train, report.
 
 Every problem a user can cause (config, data, workdir, NaN loss) ends as one
-`error: ...` line on stderr and exit status 1, never a traceback.
+`error: ...` line on stderr and exit status 1, never a traceback. In a run of several
+processes, so does the loss of another process (s2s_jax/lost_peer.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 
 from s2s_jax import config_utils
+from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.text import DataError
 from s2s_jax.workdir_lock import WorkdirLocked
 
@@ -47,6 +49,20 @@ def _os_error(err: OSError, workdir: str) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         text += "; free space there, then run the same command (it resumes from the last checkpoint, if any)"
     return text
+
+
+def _exit_if_a_process_is_lost(err: Exception, workdir: str) -> None:
+    """In a run of several processes, ends this one with the `error:` line of s2s_jax/lost_peer.py
+    when `err` says another process is gone; returns otherwise (the error is a bug: traceback)."""
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return
+    from s2s_jax import lost_peer
+
+    lost = lost_peer.describe(err, jax.process_index(), jax.process_count())
+    if lost is not None:
+        lost_peer.exit_lost(err, lost, jax.process_count(), workdir)
 
 
 def run(config, workdir: str) -> int:
@@ -94,6 +110,9 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
     except OSError as err:  # an unwritable workdir, a full disk
         print(f"error: {_os_error(err, workdir)}", file=sys.stderr)
         return 1
+    except Exception as err:  # several processes: a collective that failed because a process is gone
+        _exit_if_a_process_is_lost(err, workdir)
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         print(
             "interrupted: training stopped without a final checkpoint; run the same command to "
@@ -154,6 +173,12 @@ def _define_flags() -> None:
         "Call jax.distributed.initialize() (one process per host; also done automatically when "
         "JAX_COORDINATOR_ADDRESS, a multi-task Slurm/Open MPI launch or a multi-host TPU slice is detected).",
     )
+    flags.DEFINE_integer(
+        "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT,
+        "Several processes: seconds without a heartbeat after which JAX declares a process dead; the "
+        "others then exit with an error naming it (a killed process is usually noticed at once).",
+        lower_bound=1,
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -165,7 +190,13 @@ def _main(argv: list[str]) -> int:
     runtime.setup()
     from s2s_jax import parallel
 
-    parallel.maybe_initialize_distributed(flags.FLAGS.multihost)  # before anything touches a device
+    # Before anything touches a device.
+    if parallel.maybe_initialize_distributed(flags.FLAGS.multihost, heartbeat_timeout=flags.FLAGS.heartbeat_timeout):
+        import jax
+
+        from s2s_jax import lost_peer
+
+        lost_peer.relay_stderr(jax.process_index(), jax.process_count(), flags.FLAGS.workdir)
     return run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
