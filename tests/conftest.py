@@ -1,7 +1,9 @@
 """Test settings (CPU, float32 matmuls at full precision, a persistent compile cache) and
 the one trained workdir that the end-to-end tests share."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -9,6 +11,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_ja
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 # Prepared corpora (s2s_jax/corpus_cache.py) of this test session, never the user's cache.
 os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
+atexit.register(shutil.rmtree, os.environ["S2S_JAX_CORPUS_CACHE"], ignore_errors=True)
 
 import types  # noqa: E402
 
