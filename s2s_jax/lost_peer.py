@@ -55,6 +55,7 @@ _TASK_TIMED_OUT = re.compile(r"Task (\d+) heartbeat timeout")
 _UNHEALTHY_TASKS = re.compile(r"unhealthy \(stopped sending heartbeats\):\s*((?:\d+\s*)+)")
 _COORDINATOR_GONE = re.compile(r"leader task|Failed to send RPC to coordination service|CoordinationService/Heartbeat")
 
+_OWN_LINE = b"error: lost "  # how `message` starts: one such line per process is enough
 _relays: list[subprocess.Popen] = []  # relay_stderr's helper
 
 
@@ -164,6 +165,7 @@ def _relay_main(process_id: int, num_processes: int, workdir: str) -> None:
         signal.signal(sig, signal.SIG_IGN)
     tail = b""  # the runtime's abort message, from its start, for naming the lost process
     seen = False
+    reported, recent = False, b""  # whether train.py printed its own `error: lost` line (a race with the abort)
     out = sys.stdout.buffer
     while chunk := os.read(0, 65536):
         try:
@@ -171,13 +173,15 @@ def _relay_main(process_id: int, num_processes: int, workdir: str) -> None:
             out.flush()
         except OSError:  # the real stderr is gone: keep draining, so the process never blocks on it
             pass
+        recent = (recent + chunk)[-(len(_OWN_LINE) + 65536):]
+        reported = reported or _OWN_LINE in recent
         if seen:
             tail = (tail + chunk)[:16384]
             continue
         tail = (tail + chunk)[-(len(_RUNTIME_ABORT) + 65536):]
         if (at := tail.find(_RUNTIME_ABORT)) >= 0:
             seen, tail = True, tail[at:]
-    if seen:
+    if seen and not reported:
         lost = lost_in_runtime_abort(tail.decode("utf-8", "replace"), process_id)
         cause = "JAX's distributed runtime ended this process, see its message above"
         out.write((message(lost, num_processes, workdir, cause) + "\n").encode())
