@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import random
 import shutil
@@ -135,3 +136,23 @@ def fill_disk(directory, leave: int = 0) -> str:
 def free_bytes(directory) -> int:
     stat = os.statvfs(str(directory))
     return stat.f_bavail * stat.f_frsize
+
+
+def largest_array_file(step_dir, item: str) -> str:
+    files = glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True)
+    assert files, f"no array files under {step_dir / item}: has orbax's layout changed?"
+    return max(files, key=os.path.getsize)
+
+
+def flip_bytes(step_dir, item: str) -> str:
+    """Inverts one byte at each of several offsets of the largest array file, keeping its size
+    (a bad disk or cable); returns its path relative to `step_dir`."""
+    path = largest_array_file(step_dir, item)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for offset in (size // 4, size // 2, 3 * size // 4):
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0xFF]))
+    return os.path.relpath(path, step_dir)

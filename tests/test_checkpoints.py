@@ -24,7 +24,7 @@ import pytest
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import checksums
-from tests.helpers import fill_disk, tmpfs
+from tests.helpers import fill_disk, flip_bytes, largest_array_file, tmpfs
 
 
 def make_state(seed: int, leaves: int = 3) -> dict[str, Any]:
@@ -235,26 +235,6 @@ def write_random_run(workdir: Path) -> None:
             checkpoints.save(step, random_state(step), {"data_state": {"index": step}, "step": step})
             if step == 20:
                 checkpoints.save_best(step, random_state(step)["params"], {"valid_bleu": 1.5, "step": step})
-
-
-def largest_array_file(step_dir: Path, item: str) -> str:
-    files = glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True)
-    assert files, f"no array files under {step_dir / item}: has orbax's layout changed?"
-    return max(files, key=os.path.getsize)
-
-
-def flip_bytes(step_dir: Path, item: str) -> str:
-    """Inverts one byte at each of several offsets of the largest array file, keeping its size
-    (a bad disk or cable); returns its path relative to `step_dir`."""
-    path = largest_array_file(step_dir, item)
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        for offset in (size // 4, size // 2, 3 * size // 4):
-            f.seek(offset)
-            byte = f.read(1)[0]
-            f.seek(offset)
-            f.write(bytes([byte ^ 0xFF]))
-    return os.path.relpath(path, step_dir)
 
 
 def truncate(step_dir: Path, item: str) -> str:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import decode_cli
 from s2s_jax.train_log import read_metrics
-from tests.helpers import fill_disk, tmpfs, write_tiny_corpus
+from tests.helpers import fill_disk, flip_bytes, tmpfs, write_tiny_corpus
 
 pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
 
@@ -286,25 +286,12 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(env, referenc
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
 
 
-def _flip_bytes(step_dir, item):
-    """Inverts bytes at several offsets of the item's largest array file, keeping its size."""
-    path = max(glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        for offset in (size // 4, size // 2, 3 * size // 4):
-            f.seek(offset)
-            byte = f.read(1)[0]
-            f.seek(offset)
-            f.write(bytes([byte ^ 0xFF]))
-    return os.path.relpath(path, step_dir)
-
-
 def test_a_checkpoint_changed_on_disk_is_never_used_and_training_resumes_before_it(env, reference, capsys):
     workdir = env.base / "storage_lies"
     shutil.copytree(reference, workdir)
-    flipped = _flip_bytes(workdir / "checkpoints" / "30", "state")
+    flipped = flip_bytes(workdir / "checkpoints" / "30", "state")
     (best,) = glob.glob(str(workdir / "best" / "*"))
-    flipped_best = _flip_bytes(workdir / "best" / os.path.basename(best), "params")
+    flipped_best = flip_bytes(workdir / "best" / os.path.basename(best), "params")
 
     text = env.base / "lies_in.txt"
     text.write_text("the red cat\na dog\n", encoding="utf-8")
