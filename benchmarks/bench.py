@@ -99,6 +99,8 @@ def parse_args(argv=None):
     # ours
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
+    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
+                    help="run the encoder over every padded step (model.skip_padding=False)")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="matmul peak for the *_peak_fraction keys (default: measure a jitted float32 "
                          "2048^3 matmul in this process for ~1 s; 0 = skip)")
@@ -117,7 +119,7 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import search, training
+    from s2s_jax import search, time_segments, training
     from s2s_jax.model import Seq2Seq
 
     attention = ("luong_general" if args.score == "general" else "luong_dot") if args.attention else "none"
@@ -151,6 +153,9 @@ def main(argv=None):
         {"src": jax.device_put(s), "tgt_in": jax.device_put(ti), "tgt_out": jax.device_put(to)}
         for s, _, ti, to, _ in host_batches
     ]
+    # the source's time-segment profile per batch, as train.py computes it (None = padded encoder)
+    segments = [time_segments.for_sources(s) if args.skip_padding else None for s, *_ in host_batches]
+    res["segment_profiles"] = sorted({repr(p) for p in segments})
     src_lens = [b[1].tolist() for b in host_batches]
     tgt_lens = [b[4].tolist() for b in host_batches]
     ntoks = [int(b[4].sum()) for b in host_batches]
@@ -168,12 +173,18 @@ def main(argv=None):
     metrics = []
     for w in range(max(args.warmup, 1)):  # at least one: the compile is never timed
         t0 = time.perf_counter()
-        state, m = train_step(state, batches[i % len(batches)], base_key)
+        state, m = train_step(state, batches[i % len(batches)], base_key, segments=segments[i % len(batches)])
         if w == 0:
             jax.block_until_ready((state, m))
             res["compile_s"] = round(time.perf_counter() - t0, 3)
         metrics.append(m)
         i += 1
+    compiled = {segments[k % len(batches)] for k in range(i)}
+    for k, profile in enumerate(segments):  # every other profile compiles before the timing too
+        if profile not in compiled:
+            state, m = train_step(state, batches[k], base_key, segments=profile)
+            metrics.append(m)
+            compiled.add(profile)
     jax.block_until_ready(state)
     tps, step_ms, gf_model, gf_padded = [], [], [], []
     for _ in range(args.repeats):
@@ -181,7 +192,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         for _ in range(args.steps):
             k = i % len(batches)
-            state, m = train_step(state, batches[k], base_key)
+            state, m = train_step(state, batches[k], base_key, segments=segments[k])
             metrics.append(m)
             ntok += ntoks[k]
             i += 1
@@ -211,7 +222,7 @@ def main(argv=None):
         def two_steps():
             nonlocal state
             for k in range(2):
-                state, _ = train_step(state, batches[k], base_key)
+                state, _ = train_step(state, batches[k], base_key, segments=segments[k])
             jax.block_until_ready(state)
 
         res["profile_top_ops"] = _common.profile_top_ops(two_steps, args.profile)
@@ -225,39 +236,47 @@ def main(argv=None):
         # search does not mask them, which does not change the work done.)
         min_length = max(args.min_len - 1, 0)
 
-        def encode_and_step(params, src):
-            memory, dec_state = model.apply({"params": params}, src, method=Seq2Seq.encode)
+        def encode_and_step(params, src, segments):
+            memory, dec_state = model.apply({"params": params}, src, segments=segments, method=Seq2Seq.encode)
             step_fn = functools.partial(model.apply, {"params": params}, method=Seq2Seq.decode_step)
             return step_fn, memory, dec_state
 
-        @jax.jit
-        def greedy(params, src):
-            step_fn, memory, dec_state = encode_and_step(params, src)
+        @functools.partial(jax.jit, static_argnames="segments")
+        def greedy(params, src, segments=None):
+            step_fn, memory, dec_state = encode_and_step(params, src, segments)
             return search.greedy_search(step_fn, memory, dec_state, max_steps=args.maxlen, min_length=min_length)
 
-        @jax.jit
-        def beam(params, src):
-            step_fn, memory, dec_state = encode_and_step(params, src)
+        @functools.partial(jax.jit, static_argnames="segments")
+        def beam(params, src, segments=None):
+            step_fn, memory, dec_state = encode_and_step(params, src, segments)
             _, _, lengths = search.batch_beam_search(
                 step_fn, memory, dec_state, beam_size=args.beam, max_steps=args.maxlen,
                 alpha=args.alpha, nbest=1, min_length=min_length,
             )
             return lengths[:, 0]
 
+        def warm_profiles(fn, compiled: set) -> None:
+            """Runs `fn` once, untimed, on a batch of each profile not compiled yet."""
+            for k, profile in enumerate(segments):
+                if profile not in compiled:
+                    jax.block_until_ready(fn(params, batches[k]["src"], profile))
+                    compiled.add(profile)
+
         # ---- greedy
         j = 0
         for w in range(max(args.decode_warmup, 1)):
             t0 = time.perf_counter()
-            jax.block_until_ready(greedy(params, batches[w % len(batches)]["src"]))
+            jax.block_until_ready(greedy(params, batches[w % len(batches)]["src"], segments[w % len(batches)]))
             if w == 0:
                 res["greedy_compile_s"] = round(time.perf_counter() - t0, 3)
+        warm_profiles(greedy, {segments[w % len(batches)] for w in range(max(args.decode_warmup, 1))})
         sps, gfl, steps_run = [], [], []
         for _ in range(args.repeats):
             nsent, outs = 0, []
             t0 = time.perf_counter()
             for _ in range(args.decode_batches):
                 k = j % len(batches)
-                outs.append((k, greedy(params, batches[k]["src"])[1]))
+                outs.append((k, greedy(params, batches[k]["src"], segments[k])[1]))
                 nsent += args.batch
                 j += 1
             jax.block_until_ready([o for _, o in outs])
@@ -276,15 +295,16 @@ def main(argv=None):
         # ---- beam
         if args.beam > 0:
             t0 = time.perf_counter()
-            jax.block_until_ready(beam(params, batches[0]["src"]))
+            jax.block_until_ready(beam(params, batches[0]["src"], segments[0]))
             res["beam_compile_s"] = round(time.perf_counter() - t0, 3)
+            warm_profiles(beam, {segments[0]})
             sps, gfl, steps_run = [], [], []
             for _ in range(args.repeats):
                 nsent, outs = 0, []
                 t0 = time.perf_counter()
                 for _ in range(args.beam_batches):
                     k = j % len(batches)
-                    outs.append((k, beam(params, batches[k]["src"])))
+                    outs.append((k, beam(params, batches[k]["src"], segments[k])))
                     nsent += args.batch
                     j += 1
                 jax.block_until_ready([o for _, o in outs])

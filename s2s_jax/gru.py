@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.lstm import run_recurrence
+from s2s_jax.time_segments import Segments
 
 
 def gru_update(x_proj: jax.Array, h_proj: jax.Array, bias_n: jax.Array, h: jax.Array) -> jax.Array:
@@ -66,8 +67,10 @@ class GRULayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, mask: jax.Array, initial_carry: jax.Array | None = None):
+    def __call__(self, inputs: jax.Array, mask: jax.Array, initial_carry: jax.Array | None = None,
+                 segments: Segments | None = None):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)
         x_proj = nn.Dense(3 * self.hidden_size, dtype=self.dtype, name="input")(inputs)
-        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask)
+        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask,
+                              segments)

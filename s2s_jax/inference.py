@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2s_jax import parallel, search
+from s2s_jax import parallel, search, time_segments
 from s2s_jax.model import Seq2Seq
+from s2s_jax.time_segments import Segments
 from s2s_jax.tokenizer import EOS_ID, PAD_ID
 
 SOURCE_LENGTH_MULTIPLE = 8  # batch source lengths are rounded up to this
@@ -157,14 +158,17 @@ def _cut(row: np.ndarray) -> list[int]:
     return out
 
 
-def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tuple, srcs: tuple):
+def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tuple, srcs: tuple,
+             segments: tuple[Segments | None, ...] | None = None):
     """(memory, decoder state, step_fn) for a batch of sources: what every search starts from.
 
     One model's own step function, or for an ensemble (`params` and `srcs` hold one entry per
     member) one over tuples of the members' memories and states whose logits are the weighted
-    mean of their log-probabilities.
+    mean of their log-probabilities. `segments`: each member source's time-segment profile.
     """
-    encoded = [model.apply({"params": p}, src, method=Seq2Seq.encode) for model, p, src in zip(models, params, srcs)]
+    segments = segments or (None,) * len(models)
+    encoded = [model.apply({"params": p}, src, segments=seg, method=Seq2Seq.encode)
+               for model, p, src, seg in zip(models, params, srcs, segments)]
     step_fns = [functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step)
                 for model, p in zip(models, params)]
     if len(models) == 1:
@@ -179,15 +183,16 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
 
 
 def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, caps, rows: dict, prefix=None,
-            prefix_len=None):
+            prefix_len=None, segments=None):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
     (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation.
+    `segments` (static) skips the sources' padded encoder steps.
 
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
     settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index): row r draws
     from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
     """
-    memory, state, step_fn = _encoded(models, weights, params, srcs)
+    memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
@@ -247,7 +252,7 @@ class Inference:
 
     def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
                  mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
-                 max_compiled: int = 16):
+                 max_compiled: int = 16, skip_padding: bool = False):
         self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
         self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
@@ -257,6 +262,9 @@ class Inference:
         self.max_compiled = max_compiled
         self._lock = threading.Lock()
         self._score_fn: Callable | None = None
+        # Each batch's source time-segment profile is compiled for (s2s_jax/time_segments.py): worth it
+        # for decode.py's length-sorted batches, not for a server that compiles its shapes ahead.
+        self.skip_padding = skip_padding and parallel.num_devices(self.mesh) == 1
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
         """(params, sources) as one entry per member."""
@@ -276,7 +284,8 @@ class Inference:
         with self._lock:  # threads (a server's warm-up) must not build two functions for one key
             fn = self._compiled.pop(key, None)
             if fn is None:
-                fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps))
+                fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps),
+                             static_argnames="segments")
             self._compiled[key] = fn
             while len(self._compiled) > self.max_compiled:
                 self._compiled.pop(next(iter(self._compiled)))
@@ -355,9 +364,10 @@ class Inference:
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
+            segments = tuple(time_segments.for_sources(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
             out = search_fn(params, placed["srcs"], placed["caps"], placed["rows"], placed.get("prefix"),
-                            placed.get("prefix_len"))
+                            placed.get("prefix_len"), segments=segments)
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []

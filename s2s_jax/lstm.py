@@ -19,6 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax import time_segments
+from s2s_jax.time_segments import Segments
+
 Carry = tuple[jax.Array, jax.Array]  # (c, h), each [B, H]
 
 
@@ -66,7 +69,8 @@ class LSTMLayer(nn.Module):
     """One LSTM layer over a [B, T, D] batch with a [B, T] mask of real positions.
 
     Returns the outputs [B, T, H] (zero at padding) and the final carry (c, h),
-    taken at each row's last real position.
+    taken at each row's last real position. With `segments` (rows sorted longest
+    first, see s2s_jax.time_segments) the padded steps past each segment are skipped.
     """
 
     hidden_size: int
@@ -75,7 +79,8 @@ class LSTMLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, mask: jax.Array, initial_carry: Carry | None = None
+        self, inputs: jax.Array, mask: jax.Array, initial_carry: Carry | None = None,
+        segments: Segments | None = None,
     ) -> tuple[jax.Array, Carry]:
         batch = inputs.shape[0]
         if initial_carry is None:
@@ -87,24 +92,30 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
-        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask)
+        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask,
+                              segments)
 
 
 def run_recurrence(
-    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array, mask: jax.Array
+    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array, mask: jax.Array,
+    segments: Segments | None = None,
 ) -> tuple[jax.Array, Any]:
     """`step` (a cell's one-step module over precomputed input projections) over time, as the
     submodule "recurrent" of the calling layer -> (outputs [B, T, H], final carry).
 
     A single time step (decoding) calls the step directly, with the same parameters, instead of
-    a loop around it; longer inputs go through `nn.scan`. Call it from a layer's compact method.
+    a loop around it; longer inputs go through `nn.scan`, once per time segment with `segments`
+    (the same scanned module, so the same parameters). Call it from a layer's compact method.
     """
     if x_proj.shape[1] == 1:
         carry, output = step(hidden_size, dtype, name="recurrent")(carry, (x_proj[:, 0], mask[:, 0]))
         return output[:, None], carry
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
                    unroll=unroll)
-    carry, outputs = scan(hidden_size, dtype, name="recurrent")(carry, (x_proj, mask))
+    recurrent = scan(hidden_size, dtype, name="recurrent")
+    if segments is not None:
+        return time_segments.run_segments(recurrent, carry, x_proj, mask, segments, hidden_size, dtype)
+    carry, outputs = recurrent(carry, (x_proj, mask))
     return outputs, carry
 
 

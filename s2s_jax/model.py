@@ -21,7 +21,9 @@ import jax.numpy as jnp
 
 from s2s_jax.attention import Attention
 from s2s_jax.gru import GRULayer
+from s2s_jax import time_segments
 from s2s_jax.lstm import LSTMLayer, reverse_padded
+from s2s_jax.time_segments import Segments
 from s2s_jax.tokenizer import BOS_ID, PAD_ID
 
 State = dict[str, Any]  # {"carries": one carry per decoder layer, "feed": previous attentional vector}
@@ -93,8 +95,16 @@ class Encoder(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, src: jax.Array, *, train: bool) -> tuple[jax.Array, list, jax.Array]:
+    def __call__(
+        self, src: jax.Array, *, train: bool, segments: Segments | None = None
+    ) -> tuple[jax.Array, list, jax.Array]:
+        """-> (outputs [B, S, H or 2H], final carry per layer, source mask). With `segments` (the
+        batch's time-segment profile), rows run longest first and skip their padded steps."""
         cfg = self.config
+        original_mask = src != PAD_ID
+        if segments is not None:
+            order, inverse = time_segments.sort_order(original_mask.sum(axis=1))
+            src = src[order]
         mask = src != PAD_ID
         lengths = mask.sum(axis=1)
         x = nn.Embed(cfg.src_vocab_size, cfg.emb_dim, name="embed")(src).astype(cfg.dtype)
@@ -106,17 +116,20 @@ class Encoder(nn.Module):
                 x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
             fwd_out, fwd_carry = layer_type(
                 cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}"
-            )(x, mask)
+            )(x, mask, segments=segments)
             if cfg.bidirectional:
                 bwd_out, bwd_carry = layer_type(
                     cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd"
-                )(reverse_padded(x, lengths), mask)
+                )(reverse_padded(x, lengths), mask, segments=segments)
                 x = jnp.concatenate([fwd_out, reverse_padded(bwd_out, lengths)], axis=-1)
                 carries.append((fwd_carry, bwd_carry))
             else:
                 x = fwd_out
                 carries.append(fwd_carry)
-        return x, carries, mask
+        if segments is not None:
+            x = x[inverse]
+            carries = jax.tree.map(lambda a: a[inverse], carries)
+        return x, carries, original_mask
 
 
 class Bridge(nn.Module):
@@ -258,8 +271,10 @@ class Seq2Seq(nn.Module):
         self.bridge = Bridge(self.config, name="bridge")
         self.decoder = Decoder(self.config, name="decoder")
 
-    def encode(self, src: jax.Array, *, train: bool = False) -> tuple[Memory, State]:
-        outputs, carries, mask = self.encoder(src, train=train)
+    def encode(self, src: jax.Array, *, train: bool = False, segments: Segments | None = None) -> tuple[Memory, State]:
+        """The decoder's memory and initial state; `segments`: the source's time-segment profile
+        (s2s_jax.time_segments), which skips padded encoder steps without changing the result."""
+        outputs, carries, mask = self.encoder(src, train=train, segments=segments)
         carries = self.bridge(carries)
         memory = {"context": CELLS[self.config.cell].hidden(carries[-1]), "src_mask": mask}
         state: State = {"carries": carries}
@@ -282,9 +297,11 @@ class Seq2Seq(nn.Module):
         logits = logits[:, 0].at[:, jnp.array([PAD_ID, BOS_ID])].set(-1e9)
         return logits, state
 
-    def features(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
+    def features(
+        self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False, segments: Segments | None = None
+    ) -> jax.Array:
         """Teacher-forced output-layer inputs [B, T, H]; `project` turns them into logits."""
-        memory, state = self.encode(src, train=train)
+        memory, state = self.encode(src, train=train, segments=segments)
         h, _, _ = self.decoder(tgt_in, memory, state, train=train, features=True)
         return h
 
@@ -305,6 +322,7 @@ class Seq2Seq(nn.Module):
         *,
         train: bool = False,
         teacher_forcing_ratio: float = 1.0,
+        segments: Segments | None = None,
     ) -> jax.Array:
         """Logits [B, T, V] for the target given its shifted-right input `tgt_in`.
 
@@ -313,7 +331,7 @@ class Seq2Seq(nn.Module):
         greedy prediction from the previous step (scheduled sampling, drawn
         from the 'sampling' PRNG stream).
         """
-        memory, state = self.encode(src, train=train)
+        memory, state = self.encode(src, train=train, segments=segments)
         if teacher_forcing_ratio >= 1.0 or not train:
             logits, _, _ = self.decoder(tgt_in, memory, state, train=train)
             return logits

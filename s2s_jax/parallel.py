@@ -255,13 +255,14 @@ def to_host(x) -> np.ndarray:
 
 
 def data_parallel_train_step(train_step: Callable, mesh: Mesh) -> Callable:
-    """`train_step` (state, batch, key) -> (state, metrics) with the new state kept replicated.
+    """`train_step` (state, batch, key, segments=None) -> (state, metrics) with the new state kept
+    replicated; `segments` (the source's time-segment profile) is static.
 
     jit propagates the input shardings (replicated state, row-split batch) through the
     step, so the step itself needs no change; pinning the outputs to replicated makes
     the next step's inputs (and the checkpoints) the same on every run.
     """
-    return jax.jit(train_step, out_shardings=replicated(mesh), donate_argnums=0)
+    return jax.jit(train_step, out_shardings=replicated(mesh), donate_argnums=0, static_argnames="segments")
 
 
 def data_parallel_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:

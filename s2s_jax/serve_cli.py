@@ -60,7 +60,8 @@ def run(flags) -> int:
 
     def load() -> Translator:
         try:
-            return Translator(flags.workdir, flags.checkpoint, weights=weights)
+            # batches of mixed lengths would compile a profile each: the server runs its ahead-compiled shapes
+            return Translator(flags.workdir, flags.checkpoint, weights=weights, skip_padding=False)
         except (DataError, CheckpointError, ValueError) as err:
             raise RuntimeError(str(err)) from None
 

@@ -16,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from s2s_jax import bleu, init_from, parallel, training_data
+from s2s_jax import bleu, init_from, parallel, time_segments, training_data
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import Seq2Seq, make_model
+from s2s_jax.time_segments import Segments
 from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
@@ -93,18 +94,19 @@ def _loss_sums(model: Seq2Seq, label_smoothing: float, teacher_forcing_ratio: fl
     """(params, batch, key) -> {'loss_sum', 'nll_sum', 'tokens'} of one batch, summed over real target tokens."""
     project = output_layer(model)
 
-    def sums(params, batch, key):
+    def sums(params, batch, key, segments=None):
         dropout_key, sampling_key = jax.random.split(key)
         rngs = {"dropout": dropout_key, "sampling": sampling_key}
         if teacher_forcing_ratio >= 1.0:  # output layer only at real target positions
             features = model.apply(
-                {"params": params}, batch["src"], batch["tgt_in"], train=True, rngs=rngs, method=Seq2Seq.features
+                {"params": params}, batch["src"], batch["tgt_in"], train=True, segments=segments, rngs=rngs,
+                method=Seq2Seq.features,
             )
             return compact_cross_entropy(features, batch["tgt_out"], project(params), label_smoothing)
         # scheduled sampling needs every step's logits anyway
         logits = model.apply(
             {"params": params}, batch["src"], batch["tgt_in"], train=True,
-            teacher_forcing_ratio=teacher_forcing_ratio, rngs=rngs,
+            teacher_forcing_ratio=teacher_forcing_ratio, segments=segments, rngs=rngs,
         )
         return masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
 
@@ -143,7 +145,9 @@ def make_train_step(
     teacher_forcing_ratio: float = 1.0,
     ema_decay: float = 0.0,
 ) -> Callable:
-    """One jit-compiled update: (state, batch, base_key) -> (state, metrics); `state` is donated.
+    """One jit-compiled update: (state, batch, base_key, segments=None) -> (state, metrics); `state`
+    is donated. `segments` is the source's static time-segment profile
+    (`time_segments.for_sources(batch["src"])`, compiled for), or None for the padded encoder.
 
     The gradient is that of the mean loss per real target token. A step whose loss or
     gradient is not finite leaves the state untouched and reports `nonfinite = 1`, so
@@ -151,14 +155,14 @@ def make_train_step(
     """
     sums = _loss_sums(model, label_smoothing, teacher_forcing_ratio)
 
-    def loss_fn(params, batch, key):
-        out = sums(params, batch, key)
+    def loss_fn(params, batch, key, segments):
+        out = sums(params, batch, key, segments)
         return out["loss_sum"] / jnp.maximum(out["tokens"], 1.0), out
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def train_step(state: TrainState, batch: dict, base_key: jax.Array):
+    @functools.partial(jax.jit, donate_argnums=0, static_argnames="segments")
+    def train_step(state: TrainState, batch: dict, base_key: jax.Array, segments: Segments | None = None):
         key = jax.random.fold_in(base_key, state["step"])
-        grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key)
+        grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key, segments)
         return _apply_update(optimizer, state, grads, out, ema_decay)
 
     return train_step
@@ -185,11 +189,11 @@ def make_accumulating_train_step(
     """
     sums = _loss_sums(model, label_smoothing, teacher_forcing_ratio)
 
-    def total_loss(params, batch, key):
-        out = sums(params, batch, key)
+    def total_loss(params, batch, key, segments):
+        out = sums(params, batch, key, segments)
         return out["loss_sum"], out
 
-    micro = jax.jit(jax.grad(total_loss, has_aux=True))
+    micro = jax.jit(jax.grad(total_loss, has_aux=True), static_argnums=3)
 
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
 
@@ -198,11 +202,12 @@ def make_accumulating_train_step(
         grads = jax.tree.map(lambda g: g / jnp.maximum(out["tokens"], 1.0), grad_sums)
         return _apply_update(optimizer, state, grads, out, ema_decay)
 
-    def train_step(state: TrainState, batches: list[dict], base_key: jax.Array):
+    def train_step(state: TrainState, batches: list[dict], base_key: jax.Array,
+                   segments: Sequence[Segments | None] | None = None):
         key = jax.random.fold_in(base_key, state["step"])
         total = None
         for i, batch in enumerate(batches):
-            grads, out = micro(state["params"], batch, jax.random.fold_in(key, i))
+            grads, out = micro(state["params"], batch, jax.random.fold_in(key, i), segments[i] if segments else None)
             total = (grads, out) if total is None else add(total, (grads, out))
         return update(state, *total)
 
@@ -384,6 +389,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         local_rows = lambda rows: parallel.process_rows(sharding, rows)  # noqa: E731
     iterator = corpus.train_iterator(local_rows)
     num_steps, train_cfg = config.train.num_steps, config.train
+    # Sorting rows across devices would move them between devices: one device only.
+    skip_padding = config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1
 
     with contextlib.ExitStack() as cleanup:
         stop = cleanup.enter_context(StopRequest())
@@ -417,7 +424,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                 model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
             ), mesh)
         eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
-        inference = Inference(model, config.decode, config.data.max_len, mesh)
+        inference = Inference(model, config.decode, config.data.max_len, mesh, skip_padding=skip_padding)
         log = cleanup.enter_context(
             contextlib.closing(TrainLog(workdir, resume_step=start_step) if main else NullTrainLog())
         )
@@ -433,12 +440,15 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             for _ in range(train_cfg.accum_steps):
                 batches.append(next(iterator))
                 tokens += iterator.last_tokens
+            segments = [time_segments.for_sources(b["src"]) if skip_padding else None for b in batches]
             if train_cfg.accum_steps > 1:
                 placed = [parallel.shard_batch(mesh, b) for b in batches]
+                segments = tuple(segments)
             else:
                 placed = parallel.shard_batch(mesh, batches[0])
+                segments = segments[0]
             scale_used = lr_scale  # this step's factor, before an evaluation lowers it
-            state, step_metrics = train_step(state, placed, base_key)
+            state, step_metrics = train_step(state, placed, base_key, segments=segments)
             window.add(step_metrics, tokens)
             bar.update(1)
             record: dict = {}

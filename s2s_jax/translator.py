@@ -117,7 +117,7 @@ class Translator:
     """
 
     def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, skip_padding: bool = True):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
@@ -129,6 +129,7 @@ class Translator:
         self.inference = inference.Inference(
             [m.model for m in self.members], first.config.decode,
             max(m.config.data.max_len for m in self.members), mesh, weights=weights,
+            skip_padding=skip_padding and first.config.model.get("skip_padding", True),
         )
 
     # The single model's parts (the first member's in an ensemble).

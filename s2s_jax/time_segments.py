@@ -1,0 +1,90 @@
+"""Skipping the source padding in the encoder: rows sorted by length, run as a few time segments.
+
+PyTorch's packed sequences skip padded time steps; XLA needs static shapes. So the
+host describes a batch's lengths with a `Segments` (static: a jit argument that is
+compiled for, not traced): with its rows sorted longest first, segment k runs the
+`rows[k]` longest rows from time `ends[k-1]` to `ends[k]`, and every shorter row has
+ended by then. The encoder sorts its rows on device, runs each recurrence as one
+`nn.scan` per segment over the shrinking row block (`run_segments`) and puts the
+rows back, so its outputs and final states equal the padded computation's.
+
+A batch gets at most `GROUPS` segments, their ends rounded up to a multiple of
+`GRID` steps, so batches of one bucket share a handful of profiles (compiles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2s_jax.tokenizer import PAD_ID
+
+GROUPS = 4  # row blocks: all rows, the longest 3/4, 1/2, 1/4
+GRID = 4  # segment ends are multiples of this many steps (fewer distinct profiles)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """Static time-segment profile of a batch whose rows are sorted longest first."""
+
+    rows: tuple[int, ...]  # live rows per segment, non-increasing
+    ends: tuple[int, ...]  # exclusive end step per segment, increasing; the last may be < width
+
+
+def for_lengths(lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int = GRID) -> Segments | None:
+    """The profile for rows of these lengths padded to `width` steps, or None when it
+    would skip nothing (then the plain padded scan runs)."""
+    batch = len(lengths)
+    ordered = np.sort(np.asarray(lengths))[::-1]
+    rows: list[int] = []
+    ends: list[int] = []
+    for q in range(groups):
+        live = batch - (q * batch) // groups
+        after = batch - ((q + 1) * batch) // groups  # rows [after, batch) end within this segment
+        bound = int(ordered[after]) if after < batch else 0  # the longest of them
+        end = min(width, -(-bound // grid) * grid)
+        if end > (ends[-1] if ends else 0):
+            rows.append(live)
+            ends.append(end)
+    if not ends or (rows == [batch] and ends == [width]):
+        return None
+    return Segments(tuple(rows), tuple(ends))
+
+
+def for_sources(src: np.ndarray) -> Segments | None:
+    """The profile of a padded [B, S] source batch (PAD = padding)."""
+    src = np.asarray(src)
+    return for_lengths((src != PAD_ID).sum(axis=1), src.shape[1])
+
+
+def sort_order(lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(order, inverse): rows longest first, and the permutation that puts them back."""
+    order = jnp.argsort(-lengths, stable=True)
+    return order, jnp.argsort(order)
+
+
+def run_segments(
+    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array, segments: Segments, hidden_size: int, dtype: Any
+) -> tuple[jax.Array, Any]:
+    """`scan` (a recurrence over [rows, T] inputs: (carry, (x_proj, mask)) -> (carry, outputs))
+    over rows sorted longest first, one call per segment -> (outputs [B, T, H], final carry).
+
+    Rows past a segment's `rows` keep their carry and emit zeros, as the masked
+    padded scan would for steps past their length.
+    """
+    batch, width = mask.shape
+    pieces = []
+    start = 0
+    for rows, end in zip(segments.rows, segments.ends):
+        live = jax.tree.map(lambda a: a[:rows], carry)
+        live, out = scan(live, (x_proj[:rows, start:end], mask[:rows, start:end]))
+        carry = jax.tree.map(lambda full, part: jnp.concatenate([part, full[rows:]]), carry, live)
+        pieces.append(jnp.pad(out, ((0, batch - rows), (0, 0), (0, 0))))
+        start = end
+    if start < width:
+        pieces.append(jnp.zeros((batch, width - start, hidden_size), dtype))
+    return jnp.concatenate(pieces, axis=1), carry
