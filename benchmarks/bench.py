@@ -153,8 +153,11 @@ def main(argv=None):
         {"src": jax.device_put(s), "tgt_in": jax.device_put(ti), "tgt_out": jax.device_put(to)}
         for s, _, ti, to, _ in host_batches
     ]
-    # the source's time-segment profile per batch, as train.py computes it (None = padded encoder)
-    segments = [time_segments.for_sources(s) if args.skip_padding else None for s, *_ in host_batches]
+    # each batch's (source, decoder input) time-segment profiles, as train.py computes them (None = padded
+    # recurrences), and the source's alone for decoding, as decode.py computes it
+    segments = [time_segments.for_batch({"src": s, "tgt_in": ti}) if args.skip_padding else None
+                for s, _, ti, _, _ in host_batches]
+    src_segments = [time_segments.for_tokens(s) if args.skip_padding else None for s, *_ in host_batches]
     res["segment_profiles"] = sorted({repr(p) for p in segments})
     src_lens = [b[1].tolist() for b in host_batches]
     tgt_lens = [b[4].tolist() for b in host_batches]
@@ -257,7 +260,7 @@ def main(argv=None):
 
         def warm_profiles(fn, compiled: set) -> None:
             """Runs `fn` once, untimed, on a batch of each profile not compiled yet."""
-            for k, profile in enumerate(segments):
+            for k, profile in enumerate(src_segments):
                 if profile not in compiled:
                     jax.block_until_ready(fn(params, batches[k]["src"], profile))
                     compiled.add(profile)
@@ -266,17 +269,17 @@ def main(argv=None):
         j = 0
         for w in range(max(args.decode_warmup, 1)):
             t0 = time.perf_counter()
-            jax.block_until_ready(greedy(params, batches[w % len(batches)]["src"], segments[w % len(batches)]))
+            jax.block_until_ready(greedy(params, batches[w % len(batches)]["src"], src_segments[w % len(batches)]))
             if w == 0:
                 res["greedy_compile_s"] = round(time.perf_counter() - t0, 3)
-        warm_profiles(greedy, {segments[w % len(batches)] for w in range(max(args.decode_warmup, 1))})
+        warm_profiles(greedy, {src_segments[w % len(batches)] for w in range(max(args.decode_warmup, 1))})
         sps, gfl, steps_run = [], [], []
         for _ in range(args.repeats):
             nsent, outs = 0, []
             t0 = time.perf_counter()
             for _ in range(args.decode_batches):
                 k = j % len(batches)
-                outs.append((k, greedy(params, batches[k]["src"], segments[k])[1]))
+                outs.append((k, greedy(params, batches[k]["src"], src_segments[k])[1]))
                 nsent += args.batch
                 j += 1
             jax.block_until_ready([o for _, o in outs])
@@ -295,16 +298,16 @@ def main(argv=None):
         # ---- beam
         if args.beam > 0:
             t0 = time.perf_counter()
-            jax.block_until_ready(beam(params, batches[0]["src"], segments[0]))
+            jax.block_until_ready(beam(params, batches[0]["src"], src_segments[0]))
             res["beam_compile_s"] = round(time.perf_counter() - t0, 3)
-            warm_profiles(beam, {segments[0]})
+            warm_profiles(beam, {src_segments[0]})
             sps, gfl, steps_run = [], [], []
             for _ in range(args.repeats):
                 nsent, outs = 0, []
                 t0 = time.perf_counter()
                 for _ in range(args.beam_batches):
                     k = j % len(batches)
-                    outs.append((k, beam(params, batches[k]["src"], segments[k])))
+                    outs.append((k, beam(params, batches[k]["src"], src_segments[k])))
                     nsent += args.batch
                     j += 1
                 jax.block_until_ready([o for _, o in outs])

@@ -364,7 +364,7 @@ class Inference:
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
-            segments = tuple(time_segments.for_sources(src) for src in arrays["srcs"]) if self.skip_padding else None
+            segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
             out = search_fn(params, placed["srcs"], placed["caps"], placed["rows"], placed.get("prefix"),
                             placed.get("prefix_len"), segments=segments)

@@ -23,7 +23,7 @@ from s2s_jax.attention import Attention
 from s2s_jax.gru import GRULayer
 from s2s_jax import time_segments
 from s2s_jax.lstm import LSTMLayer, reverse_padded
-from s2s_jax.time_segments import Segments
+from s2s_jax.time_segments import BatchSegments, Segments
 from s2s_jax.tokenizer import BOS_ID, PAD_ID
 
 State = dict[str, Any]  # {"carries": one carry per decoder layer, "feed": previous attentional vector}
@@ -211,8 +211,10 @@ class Decoder(nn.Module):
     def _logits(self, h: jax.Array, train: bool) -> jax.Array:
         return self.project(self.dropout(h, deterministic=not train))
 
-    def _run(self, x: jax.Array, memory: Memory, state: State, train: bool):
-        """Recurrent layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights)."""
+    def _run(self, x: jax.Array, memory: Memory, state: State, train: bool, segments: Segments | None = None):
+        """Recurrent layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights).
+
+        With `segments` the rows are sorted longest first and the layers skip the steps past them."""
         if self.uses_feed:
             x = jnp.concatenate([x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1)
         x = self.dropout(x, deterministic=not train)
@@ -221,7 +223,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x, deterministic=not train)
-            x, carry = layer(x, mask, state["carries"][i])
+            x, carry = layer(x, mask, state["carries"][i], segments=segments)
             carries.append(carry)
         new_state = {"carries": tuple(carries)}
         weights = None
@@ -233,17 +235,27 @@ class Decoder(nn.Module):
         return x, new_state, weights
 
     def __call__(
-        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool, features: bool = False
+        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool, features: bool = False,
+        segments: Segments | None = None,
     ) -> tuple[jax.Array, State, jax.Array | None]:
         """Runs over [B, T] input tokens -> (float32 logits [B, T, V], new state, attention [B, T, S] or None).
 
         With `features`, returns the (dropped-out) vectors the output layer
         would read instead of logits, for losses that project only real positions.
+        With `segments` (the tokens' time-segment profile; not with input feeding, whose loop
+        runs step by step) the recurrences skip the padded steps: the outputs at real positions
+        are unchanged, the state returned is then each row's state after its last real token.
         """
         finish = (lambda h: self.dropout(h, deterministic=not train)) if features else (lambda h: self._logits(h, train))
         x = self._inputs(tokens, memory)
         if not self.uses_feed or tokens.shape[1] == 1:
-            h, state, weights = self._run(x, memory, state, train)
+            if segments is None or tokens.shape[1] == 1:
+                h, state, weights = self._run(x, memory, state, train)
+            else:
+                order, inverse = time_segments.sort_order((tokens != PAD_ID).sum(axis=1))
+                take = lambda tree, rows: jax.tree.map(lambda a: a[rows], tree)  # noqa: E731
+                h, state, weights = self._run(x[order], take(memory, order), take(state, order), train, segments)
+                h, state, weights = h[inverse], take(state, inverse), take(weights, inverse)
             return finish(h), state, weights
 
         def step(decoder, carry, x_t):
@@ -298,11 +310,13 @@ class Seq2Seq(nn.Module):
         return logits, state
 
     def features(
-        self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False, segments: Segments | None = None
+        self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False, segments: BatchSegments | None = None
     ) -> jax.Array:
-        """Teacher-forced output-layer inputs [B, T, H]; `project` turns them into logits."""
-        memory, state = self.encode(src, train=train, segments=segments)
-        h, _, _ = self.decoder(tgt_in, memory, state, train=train, features=True)
+        """Teacher-forced output-layer inputs [B, T, H]; `project` turns them into logits. `segments`:
+        the (source, target) time-segment profiles (time_segments.for_batch), skipping padded steps."""
+        src_segments, tgt_segments = segments or (None, None)
+        memory, state = self.encode(src, train=train, segments=src_segments)
+        h, _, _ = self.decoder(tgt_in, memory, state, train=train, features=True, segments=tgt_segments)
         return h
 
     def project(self, h: jax.Array) -> jax.Array:
@@ -322,7 +336,7 @@ class Seq2Seq(nn.Module):
         *,
         train: bool = False,
         teacher_forcing_ratio: float = 1.0,
-        segments: Segments | None = None,
+        segments: BatchSegments | None = None,
     ) -> jax.Array:
         """Logits [B, T, V] for the target given its shifted-right input `tgt_in`.
 
@@ -331,9 +345,10 @@ class Seq2Seq(nn.Module):
         greedy prediction from the previous step (scheduled sampling, drawn
         from the 'sampling' PRNG stream).
         """
-        memory, state = self.encode(src, train=train, segments=segments)
+        src_segments, tgt_segments = segments or (None, None)
+        memory, state = self.encode(src, train=train, segments=src_segments)
         if teacher_forcing_ratio >= 1.0 or not train:
-            logits, _, _ = self.decoder(tgt_in, memory, state, train=train)
+            logits, _, _ = self.decoder(tgt_in, memory, state, train=train, segments=tgt_segments)
             return logits
         use_gold = jax.random.bernoulli(self.make_rng("sampling"), teacher_forcing_ratio, tgt_in.shape)
         use_gold = use_gold.at[:, 0].set(True)  # the first input is always <bos>

@@ -1,15 +1,17 @@
-"""Skipping the source padding in the encoder: rows sorted by length, run as a few time segments.
+"""Skipping padded time steps in the recurrences: rows sorted by length, run as a few time segments.
 
 PyTorch's packed sequences skip padded time steps; XLA needs static shapes. So the
 host describes a batch's lengths with a `Segments` (static: a jit argument that is
 compiled for, not traced): with its rows sorted longest first, segment k runs the
 `rows[k]` longest rows from time `ends[k-1]` to `ends[k]`, and every shorter row has
-ended by then. The encoder sorts its rows on device, runs each recurrence as one
-`nn.scan` per segment over the shrinking row block (`run_segments`) and puts the
-rows back, so its outputs and final states equal the padded computation's.
+ended by then. The encoder (by source length) and the teacher-forced decoder (by target
+length) sort their rows on device, run each recurrence as one `nn.scan` per segment over
+the shrinking row block (`run_segments`) and put the rows back, so the outputs at real
+positions and the encoder's final states equal the padded computation's.
 
 A batch gets at most `GROUPS` segments, their ends rounded up to a multiple of
-`GRID` steps, so batches of one bucket share a handful of profiles (compiles).
+`GRID` steps, so batches of one bucket share a handful of profiles (compiles), and
+none when it would skip less than `MIN_SAVING` of its row-steps.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from s2s_jax.tokenizer import PAD_ID
 
 GROUPS = 4  # row blocks: all rows, the longest 3/4, 1/2, 1/4
 GRID = 4  # segment ends are multiples of this many steps (fewer distinct profiles)
+# A profile is used only when it skips at least this fraction of the row-steps: each new profile
+# is a compile, and length-bucketed batches (mostly real tokens already) would gain little from it.
+MIN_SAVING = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +40,11 @@ class Segments:
     ends: tuple[int, ...]  # exclusive end step per segment, increasing; the last may be < width
 
 
-def for_lengths(lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int = GRID) -> Segments | None:
-    """The profile for rows of these lengths padded to `width` steps, or None when it
-    would skip nothing (then the plain padded scan runs)."""
+def for_lengths(
+    lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int = GRID, min_saving: float = MIN_SAVING
+) -> Segments | None:
+    """The profile for rows of these lengths padded to `width` steps, or None when it would
+    skip less than `min_saving` of the batch's steps (then the plain padded scan runs)."""
     batch = len(lengths)
     ordered = np.sort(np.asarray(lengths))[::-1]
     rows: list[int] = []
@@ -50,15 +57,27 @@ def for_lengths(lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int
         if end > (ends[-1] if ends else 0):
             rows.append(live)
             ends.append(end)
-    if not ends or (rows == [batch] and ends == [width]):
+    if not ends:
+        return None
+    run = sum(r * (end - start) for r, start, end in zip(rows, [0] + ends[:-1], ends))
+    if run > (1.0 - min_saving) * batch * width:
         return None
     return Segments(tuple(rows), tuple(ends))
 
 
-def for_sources(src: np.ndarray) -> Segments | None:
-    """The profile of a padded [B, S] source batch (PAD = padding)."""
-    src = np.asarray(src)
-    return for_lengths((src != PAD_ID).sum(axis=1), src.shape[1])
+def for_tokens(tokens: np.ndarray) -> Segments | None:
+    """The profile of a padded [B, T] token batch (PAD = padding)."""
+    tokens = np.asarray(tokens)
+    return for_lengths((tokens != PAD_ID).sum(axis=1), tokens.shape[1])
+
+
+BatchSegments = tuple[Segments | None, Segments | None]  # (source, decoder input)
+
+
+def for_batch(batch: dict) -> BatchSegments | None:
+    """The (source, decoder input) profiles of a training batch, or None when neither skips a step."""
+    profiles = (for_tokens(batch["src"]), for_tokens(batch["tgt_in"]))
+    return None if profiles == (None, None) else profiles
 
 
 def sort_order(lengths: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -29,7 +29,7 @@ from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import Seq2Seq, make_model
-from s2s_jax.time_segments import Segments
+from s2s_jax.time_segments import BatchSegments
 from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
@@ -147,7 +147,8 @@ def make_train_step(
 ) -> Callable:
     """One jit-compiled update: (state, batch, base_key, segments=None) -> (state, metrics); `state`
     is donated. `segments` is the source's static time-segment profile
-    (`time_segments.for_sources(batch["src"])`, compiled for), or None for the padded encoder.
+    source's and decoder input's static time-segment profiles (`time_segments.for_batch(batch)`,
+    compiled for), or None for the padded recurrences.
 
     The gradient is that of the mean loss per real target token. A step whose loss or
     gradient is not finite leaves the state untouched and reports `nonfinite = 1`, so
@@ -160,7 +161,7 @@ def make_train_step(
         return out["loss_sum"] / jnp.maximum(out["tokens"], 1.0), out
 
     @functools.partial(jax.jit, donate_argnums=0, static_argnames="segments")
-    def train_step(state: TrainState, batch: dict, base_key: jax.Array, segments: Segments | None = None):
+    def train_step(state: TrainState, batch: dict, base_key: jax.Array, segments: BatchSegments | None = None):
         key = jax.random.fold_in(base_key, state["step"])
         grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key, segments)
         return _apply_update(optimizer, state, grads, out, ema_decay)
@@ -203,7 +204,7 @@ def make_accumulating_train_step(
         return _apply_update(optimizer, state, grads, out, ema_decay)
 
     def train_step(state: TrainState, batches: list[dict], base_key: jax.Array,
-                   segments: Sequence[Segments | None] | None = None):
+                   segments: Sequence[BatchSegments | None] | None = None):
         key = jax.random.fold_in(base_key, state["step"])
         total = None
         for i, batch in enumerate(batches):
@@ -440,7 +441,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             for _ in range(train_cfg.accum_steps):
                 batches.append(next(iterator))
                 tokens += iterator.last_tokens
-            segments = [time_segments.for_sources(b["src"]) if skip_padding else None for b in batches]
+            segments = [time_segments.for_batch(b) if skip_padding else None for b in batches]
             if train_cfg.accum_steps > 1:
                 placed = [parallel.shard_batch(mesh, b) for b in batches]
                 segments = tuple(segments)

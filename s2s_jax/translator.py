@@ -113,7 +113,9 @@ class Translator:
     log-probabilities (s2s_jax/inference.py). Members may differ in architecture and in
     source tokenizer and normalisation (each reads the source its own way) but must share
     the target vocabulary. The first member's config supplies the decode defaults and the
-    target-side normalisation.
+    target-side normalisation. `skip_padding` (with the config's `model.skip_padding`) compiles
+    each batch's source time-segment profile (s2s_jax/time_segments.py); a server, whose
+    batches mix lengths, turns it off and keeps to the shapes it compiled ahead.
     """
 
     def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",

@@ -1,8 +1,9 @@
-"""Skipping the source padding (s2s_jax/time_segments.py) computes what the padded encoder computes.
+"""Skipping padded time steps (s2s_jax/time_segments.py) computes what the padded recurrences compute.
 
 Oracles: the profile bounds every row's length (property over random batches, plus hand-picked
-profiles), and the segmented encoder gives the padded one's memory, state, loss, gradients, a
-training step's parameters and decoded outputs, for LSTM/GRU, uni-/bidirectional, with attention.
+profiles), and the segmented recurrences give the padded ones' encoder memory and state, loss,
+gradients, a training step's parameters and decoded outputs, for LSTM/GRU, uni-/bidirectional,
+with attention and input feeding (whose decoder runs step by step and ignores its profile).
 """
 
 import jax
@@ -16,7 +17,7 @@ from s2s_jax import time_segments
 from s2s_jax.losses import compact_cross_entropy
 from s2s_jax.model import ModelConfig, Seq2Seq
 from s2s_jax.optimizers import make_optimizer
-from s2s_jax.time_segments import Segments, for_lengths, for_sources
+from s2s_jax.time_segments import Segments, for_batch, for_lengths, for_tokens
 from s2s_jax.training import init_train_state, make_accumulating_train_step, make_train_step
 
 V = 40
@@ -34,7 +35,7 @@ def test_profile_of_hand_picked_lengths():
     assert for_lengths(np.array([16, 13, 14, 15]), 16) is None
     # filler rows (length 0) end at once
     assert for_lengths(np.array([0, 0, 0, 12]), 12) == Segments((1,), (12,))
-    assert for_sources(np.array([[4, 5, 2, 0], [6, 2, 0, 0]])) is None  # width 4 is one grid step
+    assert for_tokens(np.array([[4, 5, 2, 0], [6, 2, 0, 0]])) is None  # width 4 is one grid step
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,17 +61,17 @@ def make(**overrides):
     return model, params
 
 
-def batch(rows=9, width=17, seed=0):
+def batch(rows=9, width=17, seed=3):
     """Random pairs, lengths 1..width (EOS included), in no order; one all-PAD filler row."""
     rng = np.random.default_rng(seed)
     src = np.zeros((rows, width), np.int32)
-    tgt_in = np.zeros((rows, 7), np.int32)
-    tgt_out = np.zeros((rows, 7), np.int32)
+    tgt_in = np.zeros((rows, 13), np.int32)
+    tgt_out = np.zeros((rows, 13), np.int32)
     for r in range(rows - 1):
         n = int(rng.integers(1, width + 1))
         src[r, : n - 1] = rng.integers(3, V, n - 1)
         src[r, n - 1] = 2
-        m = int(rng.integers(1, 8))
+        m = int(rng.integers(1, 14))
         tokens = rng.integers(3, V, m - 1)
         tgt_in[r, :m] = np.concatenate([[1], tokens])
         tgt_out[r, :m] = np.concatenate([tokens, [2]])
@@ -86,13 +87,13 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)
-def test_segmented_encoder_equals_the_padded_one(overrides):
+def test_segmented_recurrences_equal_the_padded_ones(overrides):
     model, params = make(**overrides)
     b = batch()
-    profile = for_sources(b["src"])
-    assert profile is not None and len(profile.rows) > 2  # the test runs several segments
+    profile = for_batch(b)
+    assert all(p is not None and len(p.rows) > 2 for p in profile)  # both sides run several segments
     padded = model.apply({"params": params}, b["src"], method=Seq2Seq.encode)
-    segmented = model.apply({"params": params}, b["src"], segments=profile, method=Seq2Seq.encode)
+    segmented = model.apply({"params": params}, b["src"], segments=profile[0], method=Seq2Seq.encode)
     for a, s in zip(jax.tree.leaves(padded), jax.tree.leaves(segmented)):
         np.testing.assert_allclose(a, s, rtol=1e-5, atol=1e-6)
 
@@ -112,12 +113,12 @@ def test_a_training_step_with_segments_equals_the_padded_step():
     model, _ = make(attention="luong_general")
     optimizer = make_optimizer_for_test()
     b = batch(seed=3)
-    profile = for_sources(b["src"])
+    profile = for_batch(b)
     step = make_train_step(model, optimizer)
     results = []
     for segments in (None, profile):
         state = init_train_state(model, optimizer, 0)
-        state, metrics = step(state, b, jax.random.key(1), segments)
+        state, metrics = step(state, b, jax.random.key(1), segments=segments)
         results.append((state["params"], float(metrics["loss_sum"])))
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-6)
     for a, s in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
@@ -126,7 +127,7 @@ def test_a_training_step_with_segments_equals_the_padded_step():
     accum = make_accumulating_train_step(model, optimizer)
     state = init_train_state(model, optimizer, 0)
     halves = [{k: v[:4] for k, v in b.items()}, {k: v[4:] for k, v in b.items()}]
-    state, _ = accum(state, halves, jax.random.key(1), tuple(for_sources(h["src"]) for h in halves))
+    state, _ = accum(state, halves, jax.random.key(1), segments=tuple(for_batch(h) for h in halves))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
@@ -159,7 +160,7 @@ def test_decoding_with_segments_equals_the_padded_search(opts):
     padded = Inference(model, decode, max_src_len=24).run(params, sources, options, batch_size=32)
     skipping = Inference(model, decode, max_src_len=24, skip_padding=True)
     arrays = skipping._arrays((sources,), list(range(21)), 32, [options] * 21, [(0, i) for i in range(21)])
-    assert for_sources(arrays["srcs"][0]) is not None  # this batch does skip steps
+    assert for_tokens(arrays["srcs"][0]) is not None  # this batch does skip steps
     segmented = skipping.run(params, sources, options, batch_size=32)
     assert [[c.tokens for c in r] for r in segmented] == [[c.tokens for c in r] for r in padded]
     np.testing.assert_allclose([[c.score for c in r] for r in segmented], [[c.score for c in r] for r in padded],
