@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax import time_segments
 from s2s_jax.attention import Attention
 from s2s_jax.gru import GRULayer
-from s2s_jax import time_segments
 from s2s_jax.lstm import LSTMLayer, reverse_padded
 from s2s_jax.time_segments import BatchSegments, Segments
 from s2s_jax.tokenizer import BOS_ID, PAD_ID

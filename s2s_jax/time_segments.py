@@ -11,7 +11,7 @@ positions and the encoder's final states equal the padded computation's.
 
 A batch gets at most `GROUPS` segments, their ends rounded up to a multiple of
 `GRID` steps, so batches of one bucket share a handful of profiles (compiles), and
-none when it would skip less than `MIN_SAVING` of its row-steps.
+none when it would skip less than `MIN_SAVING` of its real rows' steps.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from s2s_jax.tokenizer import PAD_ID
 
 GROUPS = 4  # row blocks: all rows, the longest 3/4, 1/2, 1/4
 GRID = 4  # segment ends are multiples of this many steps (fewer distinct profiles)
-# A profile is used only when it skips at least this fraction of the row-steps: each new profile
-# is a compile, and length-bucketed batches (mostly real tokens already) would gain little from it.
+# A profile is used only when it skips at least this fraction of the real rows' steps: each new
+# profile is a compile, and length-bucketed batches (mostly real tokens already) gain little from it.
 MIN_SAVING = 0.15
 
 
@@ -40,13 +40,9 @@ class Segments:
     ends: tuple[int, ...]  # exclusive end step per segment, increasing; the last may be < width
 
 
-def for_lengths(
-    lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int = GRID, min_saving: float = MIN_SAVING
-) -> Segments | None:
-    """The profile for rows of these lengths padded to `width` steps, or None when it would
-    skip less than `min_saving` of the batch's steps (then the plain padded scan runs)."""
-    batch = len(lengths)
-    ordered = np.sort(np.asarray(lengths))[::-1]
+def _blocks(ordered: np.ndarray, width: int, groups: int, grid: int) -> tuple[list[int], list[int]]:
+    """(rows, ends) for lengths sorted longest first; see `Segments`."""
+    batch = len(ordered)
     rows: list[int] = []
     ends: list[int] = []
     for q in range(groups):
@@ -57,12 +53,27 @@ def for_lengths(
         if end > (ends[-1] if ends else 0):
             rows.append(live)
             ends.append(end)
-    if not ends:
+    return rows, ends
+
+
+def _row_steps(rows: list[int], ends: list[int]) -> int:
+    return sum(r * (end - start) for r, start, end in zip(rows, [0] + ends[:-1], ends))
+
+
+def for_lengths(
+    lengths: np.ndarray, width: int, groups: int = GROUPS, grid: int = GRID, min_saving: float = MIN_SAVING
+) -> Segments | None:
+    """The profile for rows of these lengths padded to `width` steps, or None when it would
+    skip less than `min_saving` of the real rows' steps (then the plain padded scan runs).
+
+    The decision leaves out filler rows (length 0): they fill only a bucket's last batch of an
+    epoch, which is not worth a compile of its own; where a profile is used, they are skipped too.
+    """
+    ordered = np.sort(np.asarray(lengths))[::-1]
+    real = ordered[ordered > 0]
+    if not len(real) or _row_steps(*_blocks(real, width, groups, grid)) > (1.0 - min_saving) * len(real) * width:
         return None
-    run = sum(r * (end - start) for r, start, end in zip(rows, [0] + ends[:-1], ends))
-    if run > (1.0 - min_saving) * batch * width:
-        return None
-    return Segments(tuple(rows), tuple(ends))
+    return Segments(*map(tuple, _blocks(ordered, width, groups, grid)))
 
 
 def for_tokens(tokens: np.ndarray) -> Segments | None:
@@ -99,9 +110,9 @@ def run_segments(
     pieces = []
     start = 0
     for rows, end in zip(segments.rows, segments.ends):
-        live = jax.tree.map(lambda a: a[:rows], carry)
+        live = jax.tree.map(lambda a, r=rows: a[:r], carry)
         live, out = scan(live, (x_proj[:rows, start:end], mask[:rows, start:end]))
-        carry = jax.tree.map(lambda full, part: jnp.concatenate([part, full[rows:]]), carry, live)
+        carry = jax.tree.map(lambda full, part, r=rows: jnp.concatenate([part, full[r:]]), carry, live)
         pieces.append(jnp.pad(out, ((0, batch - rows), (0, 0), (0, 0))))
         start = end
     if start < width:

@@ -29,8 +29,8 @@ from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.inference import Inference, SearchOptions
 from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
 from s2s_jax.model import Seq2Seq, make_model
-from s2s_jax.time_segments import BatchSegments
 from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
+from s2s_jax.time_segments import BatchSegments
 from s2s_jax.train_log import NullTrainLog, TrainLog
 
 TrainState = dict[str, Any]  # {"step", "params", "opt_state"[, "ema"]}: plain pytree, checkpointed as is

@@ -33,8 +33,12 @@ def test_profile_of_hand_picked_lengths():
     assert for_lengths(np.array([5, 6, 7, 6]), 16) == Segments((4,), (8,))
     # nothing to skip: the plain padded scan
     assert for_lengths(np.array([16, 13, 14, 15]), 16) is None
-    # filler rows (length 0) end at once
-    assert for_lengths(np.array([0, 0, 0, 12]), 12) == Segments((1,), (12,))
+    # filler rows (length 0) do not count towards the decision (a bucket's last batch is not worth a
+    # compile of its own), but where the real rows earn a profile the filler rows are skipped too
+    assert for_lengths(np.array([0, 0, 0, 12]), 12) is None
+    assert for_lengths(np.array([0, 6, 0, 5]), 16) == Segments((2,), (8,))
+    # too little to skip: 1 step in 16 of the real rows' steps
+    assert for_lengths(np.array([16, 15, 16, 16]), 16, grid=1) is None
     assert for_tokens(np.array([[4, 5, 2, 0], [6, 2, 0, 0]])) is None  # width 4 is one grid step
 
 
