@@ -50,13 +50,15 @@ class _Recurrence(nn.Module):
         bias_n = self.param("bias_n", nn.initializers.zeros_init(), (self.hidden_size,))
         h_proj = jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
         new_h = gru_update(x_proj.astype(jnp.float32), h_proj, bias_n, h)
+        if mask is None:  # every position real
+            return new_h, new_h.astype(self.dtype)
         keep = mask[:, None]
         new_h = jnp.where(keep, new_h, h)
         return new_h, jnp.where(keep, new_h, 0.0).astype(self.dtype)
 
 
 class GRULayer(nn.Module):
-    """One GRU layer over a [B, T, D] batch with a [B, T] mask of real positions.
+    """One GRU layer over a [B, T, D] batch with a [B, T] mask of real positions (None: all real).
 
     Returns the outputs [B, T, H] (zero at padding) and the final carry h [B, H],
     taken at each row's last real position. Same interface as `LSTMLayer`.
@@ -67,7 +69,7 @@ class GRULayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, mask: jax.Array, initial_carry: jax.Array | None = None,
+    def __call__(self, inputs: jax.Array, mask: jax.Array | None, initial_carry: jax.Array | None = None,
                  segments: Segments | None = None):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)

@@ -8,7 +8,9 @@ The maths is exactly flax's `nn.LSTMCell` (gate order i, f, g, o; carry
 `(c, h)`), which `tests/test_lstm.py` checks parameter for parameter.
 
 Padding: positions where `mask` is False leave the carry unchanged and emit
-zeros, so the final carry is the state at each sentence's last real token.
+zeros, so the final carry is the state at each sentence's last real token. A mask of
+None means every position is real (the teacher-forced decoder): no per-step select then,
+and none saved for the backward pass.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class _Recurrence(nn.Module):
         )
         gates = x_proj + jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)).astype(x_proj.dtype)
         new_c, new_h = lstm_gates(gates.astype(jnp.float32), c)
+        if mask is None:
+            return (new_c, new_h), new_h.astype(self.dtype)
         keep = mask[:, None]
         new_c = jnp.where(keep, new_c, c)
         new_h = jnp.where(keep, new_h, h)
@@ -66,7 +70,7 @@ class _Recurrence(nn.Module):
 
 
 class LSTMLayer(nn.Module):
-    """One LSTM layer over a [B, T, D] batch with a [B, T] mask of real positions.
+    """One LSTM layer over a [B, T, D] batch with a [B, T] mask of real positions (None: all real).
 
     Returns the outputs [B, T, H] (zero at padding) and the final carry (c, h),
     taken at each row's last real position. With `segments` (rows sorted longest
@@ -79,7 +83,7 @@ class LSTMLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, mask: jax.Array, initial_carry: Carry | None = None,
+        self, inputs: jax.Array, mask: jax.Array | None, initial_carry: Carry | None = None,
         segments: Segments | None = None,
     ) -> tuple[jax.Array, Carry]:
         batch = inputs.shape[0]
@@ -97,7 +101,8 @@ class LSTMLayer(nn.Module):
 
 
 def run_recurrence(
-    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array, mask: jax.Array,
+    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array,
+    mask: jax.Array | None,
     segments: Segments | None = None,
 ) -> tuple[jax.Array, Any]:
     """`step` (a cell's one-step module over precomputed input projections) over time, as the
@@ -108,7 +113,8 @@ def run_recurrence(
     (the same scanned module, so the same parameters). Call it from a layer's compact method.
     """
     if x_proj.shape[1] == 1:
-        carry, output = step(hidden_size, dtype, name="recurrent")(carry, (x_proj[:, 0], mask[:, 0]))
+        step_mask = None if mask is None else mask[:, 0]
+        carry, output = step(hidden_size, dtype, name="recurrent")(carry, (x_proj[:, 0], step_mask))
         return output[:, None], carry
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
                    unroll=unroll)

@@ -101,6 +101,7 @@ class Encoder(nn.Module):
         """-> (outputs [B, S, H or 2H], final carry per layer, source mask). With `segments` (the
         batch's time-segment profile), rows run longest first and skip their padded steps."""
         cfg = self.config
+        src = jnp.asarray(src)
         original_mask = src != PAD_ID
         if segments is not None:
             order, inverse = time_segments.sort_order(original_mask.sum(axis=1))
@@ -218,7 +219,7 @@ class Decoder(nn.Module):
         if self.uses_feed:
             x = jnp.concatenate([x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1)
         x = self.dropout(x, deterministic=not train)
-        mask = jnp.ones(x.shape[:2], bool)
+        mask = None  # every input position is real to the decoder: no per-step masking
         carries = []
         for i, layer in enumerate(self.layers):
             if i > 0:
@@ -252,7 +253,7 @@ class Decoder(nn.Module):
             if segments is None or tokens.shape[1] == 1:
                 h, state, weights = self._run(x, memory, state, train)
             else:
-                order, inverse = time_segments.sort_order((tokens != PAD_ID).sum(axis=1))
+                order, inverse = time_segments.sort_order((jnp.asarray(tokens) != PAD_ID).sum(axis=1))
                 take = lambda tree, rows: jax.tree.map(lambda a: a[rows], tree)  # noqa: E731
                 h, state, weights = self._run(x[order], take(memory, order), take(state, order), train, segments)
                 h, state, weights = h[inverse], take(state, inverse), take(weights, inverse)

@@ -29,6 +29,7 @@ from jax import lax
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NEG_INF = -jnp.inf
+COMPACT_MIN_ROWS = 8  # greedy search compacts its live rows down to batches of this size
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 
@@ -96,12 +97,15 @@ def _decode_loop(
     eos_id: int,
     pad_id: int,
     return_log_prob: bool = False,
+    compact: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Left-to-right decoding where `choose(logits [N, V], step) -> tokens [N]` picks each token.
 
     Returns (tokens, lengths), and with `return_log_prob` also each row's summed model
     log-probability of its tokens (EOS included), accumulated as it decodes: what
     `sequence_log_prob` gives for the output, without a second pass over max_steps.
+    With `compact` (only for a `choose` that treats rows alike: argmax) finished rows
+    stop being computed once half the rows have finished, and so on by halves.
     """
     n = _batch_size(memory, state)
     caps = _length_caps(max_lengths, n, max_steps)
@@ -138,8 +142,36 @@ def _decode_loop(
             log_prob=log_prob,
         )
 
-    out = lax.while_loop(cond, body, init)
-    return (out.tokens, out.lengths, out.log_prob) if return_log_prob else (out.tokens, out.lengths)
+    if not compact or n <= COMPACT_MIN_ROWS:
+        out = lax.while_loop(cond, body, init)
+        return (out.tokens, out.lengths, out.log_prob) if return_log_prob else (out.tokens, out.lengths)
+
+    # Compacting: each stage runs until at most half its rows are still decoding, then the live rows
+    # move to the front and the next stage continues with half as many rows (static shapes, one
+    # while loop each); the rows' results are written back to their places after every stage.
+    tokens, lengths, log_prob = init.tokens, init.lengths, init.log_prob
+    where = jnp.arange(n)  # the original row of each stage row
+    s, rows = init, n
+    while True:
+        next_rows = max((rows + 1) // 2, COMPACT_MIN_ROWS) if rows > COMPACT_MIN_ROWS else 0
+
+        def stage_cond(st: _LoopState, next_rows=next_rows) -> jax.Array:
+            return cond(st) & (jnp.sum(~st.finished) > next_rows)
+
+        s = lax.while_loop(stage_cond, body, s)
+        tokens = tokens.at[where].set(s.tokens)
+        lengths = lengths.at[where].set(s.lengths)
+        log_prob = log_prob.at[where].set(s.log_prob)
+        if next_rows == 0:
+            break
+        keep = jnp.argsort(s.finished, stable=True)[:next_rows]  # live rows first
+        take = lambda tree, keep=keep: jax.tree.map(lambda a: a[keep], tree)  # noqa: E731
+        # `body` reads memory and caps from this scope: the next stage is traced with the kept rows'.
+        memory, caps, where = take(memory), caps[keep], where[keep]
+        s = _LoopState(step=s.step, tokens=s.tokens[keep], last=s.last[keep], lengths=s.lengths[keep],
+                       finished=s.finished[keep], state=take(s.state), log_prob=s.log_prob[keep])
+        rows = next_rows
+    return (tokens, lengths, log_prob) if return_log_prob else (tokens, lengths)
 
 
 def greedy_search(
@@ -154,9 +186,13 @@ def greedy_search(
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
     return_log_prob: bool = False,
+    compact: bool = True,
 ) -> tuple[jax.Array, ...]:
     """Argmax decoding of a batch -> (tokens int32 [N, max_steps], lengths int32 [N]), and with
     `return_log_prob` the outputs' log-probabilities [N].
+
+    `compact`: once half the rows have finished, the others continue as a batch of half the
+    size (and so on, down to COMPACT_MIN_ROWS rows), so finished sentences stop costing steps.
 
     `max_lengths` (int32 [N], clipped to `max_steps`) caps each row separately,
     e.g. a * src_len + b; `min_length` forbids EOS among the first `min_length`
@@ -174,6 +210,7 @@ def greedy_search(
         eos_id=eos_id,
         pad_id=pad_id,
         return_log_prob=return_log_prob,
+        compact=compact,
     )
 
 

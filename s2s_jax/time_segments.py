@@ -98,7 +98,8 @@ def sort_order(lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def run_segments(
-    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array, segments: Segments, hidden_size: int, dtype: Any
+    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array | None, segments: Segments, hidden_size: int,
+    dtype: Any,
 ) -> tuple[jax.Array, Any]:
     """`scan` (a recurrence over [rows, T] inputs: (carry, (x_proj, mask)) -> (carry, outputs))
     over rows sorted longest first, one call per segment -> (outputs [B, T, H], final carry).
@@ -106,12 +107,13 @@ def run_segments(
     Rows past a segment's `rows` keep their carry and emit zeros, as the masked
     padded scan would for steps past their length.
     """
-    batch, width = mask.shape
+    batch, width = x_proj.shape[:2]
     pieces = []
     start = 0
     for rows, end in zip(segments.rows, segments.ends):
         live = jax.tree.map(lambda a, r=rows: a[:r], carry)
-        live, out = scan(live, (x_proj[:rows, start:end], mask[:rows, start:end]))
+        live_mask = None if mask is None else mask[:rows, start:end]
+        live, out = scan(live, (x_proj[:rows, start:end], live_mask))
         carry = jax.tree.map(lambda full, part, r=rows: jnp.concatenate([part, full[r:]]), carry, live)
         pieces.append(jnp.pad(out, ((0, batch - rows), (0, 0), (0, 0))))
         start = end

@@ -483,3 +483,31 @@ def test_log_probs_accumulated_while_decoding_equal_teacher_forcing():
     tokens, lengths, logp = sampler(MEMORY, STATE, jax.random.key(8), max_steps=T, max_lengths=CAPS,
                                     temperature=1.7, return_log_prob=True)
     np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_compacting_greedy_search_equals_the_plain_loop():
+    """Rows that finish at very different steps (a per-row EOS bias, per-row caps, zero caps): the
+    search that compacts its live rows by halves gives the plain loop's tokens, lengths and scores."""
+    V, H, N = 12, 16, 37
+    k = jax.random.split(jax.random.key(0), 4)
+    W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
+    U = jax.random.normal(k[2], (H, H)) * 0.5
+
+    def step_fn(memory, state, tokens):
+        h = jnp.tanh(state["h"] @ U + E[tokens] + memory["m"])
+        return (h @ W).at[:, search.EOS_ID].add(memory["eos_bias"]), {"h": h}
+
+    memory = {"m": jax.random.normal(k[3], (N, H)), "eos_bias": jnp.linspace(-3, 3, N)}
+    state = {"h": jnp.zeros((N, H))}
+    caps = jnp.array(np.random.default_rng(0).integers(0, 30, N), jnp.int32)
+
+    def run(compact):
+        return jax.jit(lambda m, s, c: search.greedy_search(
+            step_fn, m, s, max_steps=30, max_lengths=c, return_log_prob=True, compact=compact))(memory, state, caps)
+
+    plain, compacted = run(False), run(True)
+    lengths = np.asarray(plain[1])
+    assert lengths.min() == 0 and lengths.max() >= 20 and len(set(lengths.tolist())) > 8  # stages do compact
+    np.testing.assert_array_equal(compacted[0], plain[0])
+    np.testing.assert_array_equal(compacted[1], plain[1])
+    np.testing.assert_array_equal(compacted[2], plain[2])
