@@ -60,8 +60,7 @@ def run(flags) -> int:
 
     def load() -> Translator:
         try:
-            # batches of mixed lengths would compile a profile each: the server runs its ahead-compiled shapes
-            return Translator(flags.workdir, flags.checkpoint, weights=weights, skip_padding=False)
+            return Translator(flags.workdir, flags.checkpoint, weights=weights)
         except (DataError, CheckpointError, ValueError) as err:
             raise RuntimeError(str(err)) from None
 

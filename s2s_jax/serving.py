@@ -324,6 +324,9 @@ def create_app(load: Callable[[], Any], settings: ServeSettings = ServeSettings(
             try:
                 started = time.perf_counter()
                 translator = load()
+                # Batches of mixed lengths would each compile a time-segment profile: the server runs
+                # the padded shapes it compiles ahead (s2s_jax/time_segments.py).
+                translator.inference.skip_padding = False
                 shapes = warm_up(translator, settings, log)
                 log(f"ready: {shapes} batch shapes compiled in {time.perf_counter() - started:.1f} s")
                 loop.call_soon_threadsafe(ready.set_result, translator)
