@@ -100,7 +100,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
     ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
-                    help="run the encoder over every padded step (model.skip_padding=False)")
+                    help="run the recurrences over every padded step (model.skip_padding=False)")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="matmul peak for the *_peak_fraction keys (default: measure a jitted float32 "
                          "2048^3 matmul in this process for ~1 s; 0 = skip)")

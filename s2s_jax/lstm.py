@@ -120,7 +120,7 @@ def run_recurrence(
                    unroll=unroll)
     recurrent = scan(hidden_size, dtype, name="recurrent")
     if segments is not None:
-        return time_segments.run_segments(recurrent, carry, x_proj, mask, segments, hidden_size, dtype)
+        return time_segments.run_segments(recurrent, carry, x_proj, mask, segments)
     carry, outputs = recurrent(carry, (x_proj, mask))
     return outputs, carry
 

@@ -256,7 +256,7 @@ def to_host(x) -> np.ndarray:
 
 def data_parallel_train_step(train_step: Callable, mesh: Mesh) -> Callable:
     """`train_step` (state, batch, key, segments=None) -> (state, metrics) with the new state kept
-    replicated; `segments` (the source's time-segment profile) is static.
+    replicated; `segments` (the batch's time-segment profiles) is static.
 
     jit propagates the input shardings (replicated state, row-split batch) through the
     step, so the step itself needs no change; pinning the outputs to replicated makes

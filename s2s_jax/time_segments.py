@@ -98,8 +98,7 @@ def sort_order(lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def run_segments(
-    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array | None, segments: Segments, hidden_size: int,
-    dtype: Any,
+    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array | None, segments: Segments
 ) -> tuple[jax.Array, Any]:
     """`scan` (a recurrence over [rows, T] inputs: (carry, (x_proj, mask)) -> (carry, outputs))
     over rows sorted longest first, one call per segment -> (outputs [B, T, H], final carry).
@@ -118,5 +117,5 @@ def run_segments(
         pieces.append(jnp.pad(out, ((0, batch - rows), (0, 0), (0, 0))))
         start = end
     if start < width:
-        pieces.append(jnp.zeros((batch, width - start, hidden_size), dtype))
+        pieces.append(jnp.zeros((batch, width - start, out.shape[-1]), out.dtype))
     return jnp.concatenate(pieces, axis=1), carry

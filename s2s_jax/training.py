@@ -146,9 +146,8 @@ def make_train_step(
     ema_decay: float = 0.0,
 ) -> Callable:
     """One jit-compiled update: (state, batch, base_key, segments=None) -> (state, metrics); `state`
-    is donated. `segments` is the source's static time-segment profile
-    source's and decoder input's static time-segment profiles (`time_segments.for_batch(batch)`,
-    compiled for), or None for the padded recurrences.
+    is donated. `segments` is the batch's source and decoder input static time-segment profiles
+    (`time_segments.for_batch(batch)`, compiled for), or None for the padded recurrences.
 
     The gradient is that of the mean loss per real target token. A step whose loss or
     gradient is not finite leaves the state untouched and reports `nonfinite = 1`, so

@@ -113,13 +113,12 @@ class Translator:
     log-probabilities (s2s_jax/inference.py). Members may differ in architecture and in
     source tokenizer and normalisation (each reads the source its own way) but must share
     the target vocabulary. The first member's config supplies the decode defaults and the
-    target-side normalisation. `skip_padding` (with the config's `model.skip_padding`) compiles
-    each batch's source time-segment profile (s2s_jax/time_segments.py); a server, whose
-    batches mix lengths, turns it off and keeps to the shapes it compiled ahead.
+    target-side normalisation, including `model.skip_padding` (each batch's source time-segment
+    profile is compiled for, s2s_jax/time_segments.py; the server turns it off on its translator).
     """
 
     def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",
-                 weights: Sequence[float] | None = None, skip_padding: bool = True):
+                 weights: Sequence[float] | None = None):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
@@ -131,7 +130,7 @@ class Translator:
         self.inference = inference.Inference(
             [m.model for m in self.members], first.config.decode,
             max(m.config.data.max_len for m in self.members), mesh, weights=weights,
-            skip_padding=skip_padding and first.config.model.get("skip_padding", True),
+            skip_padding=first.config.model.get("skip_padding", True),  # workdirs from before it: on
         )
 
     # The single model's parts (the first member's in an ensemble).

@@ -61,8 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     model.attention = "none"  # none | bahdanau | luong_dot | luong_general (global attention over encoder states)
     model.input_feeding = False  # with attention: previous attentional vector joins the next input (Luong)
     model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
-    # Skip the source's padded steps in the encoder (rows sorted by length, a few time segments
-    # per batch: s2s_jax/time_segments.py). Same results; one device only.
+    # Skip padded steps in the encoder and the teacher-forced decoder (rows sorted by length, a few
+    # time segments per batch: s2s_jax/time_segments.py). Same results; one device only.
     model.skip_padding = True
 
     config.train = train = ml_collections.ConfigDict()
