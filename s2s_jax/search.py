@@ -20,6 +20,7 @@ counted in its length) or when it reaches its length cap.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ from jax import lax
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NEG_INF = -jnp.inf
-COMPACT_MIN_ROWS = 8  # greedy search compacts its live rows down to batches of this size
+COMPACT_MIN_ROWS = 8  # greedy and beam search compact their live decoder rows down to about this many
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 
@@ -322,6 +323,80 @@ class _BeamState(NamedTuple):
     fin_lengths: jax.Array  # int32 [K]
 
 
+def _beam_init(state: Any, *, k: int, max_steps: int, bos_id: jax.Array | int, pad_id: int) -> _BeamState:
+    """One sentence's search state before its first step (`state` without a batch dim)."""
+    empty_tokens = jnp.full((k, max_steps), pad_id, jnp.int32)
+    return _BeamState(
+        step=jnp.int32(0),
+        live_tokens=empty_tokens,
+        live_last=jnp.full((k,), bos_id, jnp.int32),
+        # Only beam 0 is real at first, so the K copies do not yield duplicates.
+        live_logp=jnp.full((k,), NEG_INF, jnp.float32).at[0].set(0.0),
+        live_state=jax.tree.map(lambda x: _expand(x, k), state),
+        fin_tokens=empty_tokens,
+        fin_scores=jnp.full((k,), NEG_INF, jnp.float32),
+        fin_lengths=jnp.zeros((k,), jnp.int32),
+    )
+
+
+def _expand(x: Any, k: int) -> jax.Array:
+    x = jnp.asarray(x)
+    return jnp.broadcast_to(x[None], (k,) + x.shape)
+
+
+def _beam_cap(max_length: jax.Array | int | None, max_steps: int) -> jax.Array:
+    cap = max_steps if max_length is None else max_length
+    return jnp.clip(jnp.asarray(cap, jnp.int32), 1, max_steps)
+
+
+def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_steps: int) -> jax.Array:
+    """Whether a live beam can still beat the worst of the K finished hypotheses.
+
+    Log-probs only decrease, so a live beam's best final score is
+    logp / max(lp(t + 1), lp(cap)), which is logp when alpha = 0.
+    """
+    penalty = jnp.maximum(length_penalty(s.step + 1, alpha), length_penalty(cap, alpha))
+    best_possible = jnp.max(s.live_logp) / penalty
+    # -inf vs -inf (no live beam left) also stops.
+    return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
+
+
+def _beam_step(step_fn: StepFn, memory: Any, s: _BeamState, cap: jax.Array, alpha: float | jax.Array, *,
+               k: int, min_length: int, eos_id: int) -> _BeamState:
+    """One step of one sentence's search; `memory` has the leading dim K."""
+    logits, new_state = step_fn(memory, s.live_state, s.live_last)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logp = _forbid_eos(logp, s.step, min_length, eos_id)
+    vocab = logp.shape[-1]
+    cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
+    cand_beam, cand_token = flat // vocab, flat % vocab
+    cand_tokens = s.live_tokens[cand_beam].at[:, s.step].set(cand_token)  # [2K, T]
+    length = s.step + 1
+    ended = (cand_token == eos_id) | (length >= cap)
+
+    # Live: the K best that go on (at most K of the 2K end with EOS).
+    live_logp, live_idx = lax.top_k(jnp.where(ended, NEG_INF, cand_logp), k)
+    live_beam = cand_beam[live_idx]
+
+    # Finished: merge ended candidates from this step's top K into the K kept.
+    new_scores = jnp.where(ended & (jnp.arange(2 * k) < k), cand_logp / length_penalty(length, alpha), NEG_INF)
+    fin_scores, fin_idx = lax.top_k(jnp.concatenate([s.fin_scores, new_scores]), k)
+    fin_tokens = jnp.concatenate([s.fin_tokens, cand_tokens])[fin_idx]
+    new_lengths = jnp.full((2 * k,), length, jnp.int32)
+    fin_lengths = jnp.concatenate([s.fin_lengths, new_lengths])[fin_idx]
+
+    return _BeamState(
+        step=length,
+        live_tokens=cand_tokens[live_idx],
+        live_last=cand_token[live_idx],
+        live_logp=live_logp,
+        live_state=jax.tree.map(lambda x: x[live_beam], new_state),
+        fin_tokens=fin_tokens,
+        fin_scores=fin_scores,
+        fin_lengths=fin_lengths,
+    )
+
+
 def beam_search(
     step_fn: StepFn,
     memory: Any,
@@ -351,76 +426,18 @@ def beam_search(
     which makes beam_size=1 exactly greedy search. Hypotheses hitting
     `max_length` (clipped to [1, max_steps]) without EOS count as finished.
     The search stops once no live beam can beat the worst of the K finished
-    hypotheses: log-probs only decrease, so a live beam's best final score is
-    logp / max(lp(t + 1), lp(max_length)), which is logp when alpha = 0.
+    hypotheses (`_beam_running`).
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
     k = beam_size
-    cap = max_steps if max_length is None else max_length
-    cap = jnp.clip(jnp.asarray(cap, jnp.int32), 1, max_steps)
-    best_lp = length_penalty(cap, alpha)
-
-    def expand(x: Any) -> jax.Array:
-        x = jnp.asarray(x)
-        return jnp.broadcast_to(x[None], (k,) + x.shape)
-
-    memory = jax.tree.map(expand, memory)
-    empty_tokens = jnp.full((k, max_steps), pad_id, jnp.int32)
-    init = _BeamState(
-        step=jnp.int32(0),
-        live_tokens=empty_tokens,
-        live_last=jnp.full((k,), bos_id, jnp.int32),
-        # Only beam 0 is real at first, so the K copies do not yield duplicates.
-        live_logp=jnp.full((k,), NEG_INF, jnp.float32).at[0].set(0.0),
-        live_state=jax.tree.map(expand, state),
-        fin_tokens=empty_tokens,
-        fin_scores=jnp.full((k,), NEG_INF, jnp.float32),
-        fin_lengths=jnp.zeros((k,), jnp.int32),
+    cap = _beam_cap(max_length, max_steps)
+    memory = jax.tree.map(lambda x: _expand(x, k), memory)
+    out = lax.while_loop(
+        lambda s: _beam_running(s, cap, alpha, max_steps),
+        lambda s: _beam_step(step_fn, memory, s, cap, alpha, k=k, min_length=min_length, eos_id=eos_id),
+        _beam_init(state, k=k, max_steps=max_steps, bos_id=bos_id, pad_id=pad_id),
     )
-
-    def cond(s: _BeamState) -> jax.Array:
-        penalty = jnp.maximum(length_penalty(s.step + 1, alpha), best_lp)
-        best_possible = jnp.max(s.live_logp) / penalty
-        # -inf vs -inf (no live beam left) also stops.
-        return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
-
-    def body(s: _BeamState) -> _BeamState:
-        logits, new_state = step_fn(memory, s.live_state, s.live_last)
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        logp = _forbid_eos(logp, s.step, min_length, eos_id)
-        vocab = logp.shape[-1]
-        cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
-        cand_beam, cand_token = flat // vocab, flat % vocab
-        cand_tokens = s.live_tokens[cand_beam].at[:, s.step].set(cand_token)  # [2K, T]
-        length = s.step + 1
-        ended = (cand_token == eos_id) | (length >= cap)
-
-        # Live: the K best that go on (at most K of the 2K end with EOS).
-        live_logp, live_idx = lax.top_k(jnp.where(ended, NEG_INF, cand_logp), k)
-        live_beam = cand_beam[live_idx]
-
-        # Finished: merge ended candidates from this step's top K into the K kept.
-        new_scores = jnp.where(
-            ended & (jnp.arange(2 * k) < k), cand_logp / length_penalty(length, alpha), NEG_INF
-        )
-        fin_scores, fin_idx = lax.top_k(jnp.concatenate([s.fin_scores, new_scores]), k)
-        fin_tokens = jnp.concatenate([s.fin_tokens, cand_tokens])[fin_idx]
-        new_lengths = jnp.full((2 * k,), length, jnp.int32)
-        fin_lengths = jnp.concatenate([s.fin_lengths, new_lengths])[fin_idx]
-
-        return _BeamState(
-            step=length,
-            live_tokens=cand_tokens[live_idx],
-            live_last=cand_token[live_idx],
-            live_logp=live_logp,
-            live_state=jax.tree.map(lambda x: x[live_beam], new_state),
-            fin_tokens=fin_tokens,
-            fin_scores=fin_scores,
-            fin_lengths=fin_lengths,
-        )
-
-    out = lax.while_loop(cond, body, init)
     return out.fin_tokens[:nbest], out.fin_scores[:nbest], out.fin_lengths[:nbest]
 
 
@@ -429,29 +446,69 @@ def batch_beam_search(
     memory: Any,
     state: Any,
     *,
+    beam_size: int,
     max_steps: int,
     max_length: jax.Array | int | None = None,
-    bos_id: jax.Array | int = BOS_ID,
     alpha: float | jax.Array = 0.0,
-    **kwargs: Any,
+    nbest: int = 1,
+    min_length: int = 0,
+    bos_id: jax.Array | int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+    compact: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`beam_search` vmapped over a leading batch dim of memory/state (and max_length [N]).
+    """`beam_search` over a leading batch dim of memory/state (and max_length [N]).
 
     `bos_id` may be an int32 [N] array: each row's first input token (the last token
     of a forced prefix, with `state` advanced through the rest of it); `alpha` may be
     a float32 [N] array, each row's length penalty (a traced value: no compile per value).
-    Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest].
-    Inside the vmap `step_fn` sees arrays of leading dim beam_size.
+    Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest], the same
+    as `jax.vmap(beam_search)`. `step_fn` sees arrays of leading dim beam_size, vmapped.
+
+    `compact`: once half the sentences have finished, the others continue as a batch of
+    half the size (and so on, down to COMPACT_MIN_ROWS decoder rows), so finished
+    sentences stop costing steps; without it every sentence steps until the last ends.
     """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
+    k = beam_size
     n = _batch_size(memory, state)
-    caps = _length_caps(max_length, n, max_steps)
+    caps = jnp.maximum(_length_caps(max_length, n, max_steps), 1)
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
     alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
+    memory = jax.tree.map(jax.vmap(lambda x: _expand(x, k)), memory)
+    s = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))(state, starts)
 
-    def one(mem: Any, st: Any, cap: jax.Array, start: jax.Array, a: jax.Array):
-        return beam_search(step_fn, mem, st, max_steps=max_steps, max_length=cap, bos_id=start, alpha=a, **kwargs)
+    running = jax.vmap(lambda s, cap, a: _beam_running(s, cap, a, max_steps))
+    step = jax.vmap(functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
 
-    return jax.vmap(one)(memory, state, caps, starts, alphas)
+    def body(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array) -> _BeamState:
+        """Every sentence steps; those that have stopped keep their state (as a vmapped while_loop does)."""
+        go = running(s, caps, alphas)
+        new = step(memory, s, caps, alphas)
+        keep = lambda a, b: jnp.where(go.reshape(go.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+        return jax.tree.map(keep, new, s)
+
+    def stage(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array, stop_at: int) -> _BeamState:
+        """Steps until at most `stop_at` sentences are still running."""
+        return lax.while_loop(lambda s: jnp.sum(running(s, caps, alphas)) > stop_at,
+                              lambda s: body(s, memory, caps, alphas), s)
+
+    min_rows = max(-(-COMPACT_MIN_ROWS // k), 1)  # sentences
+    fin = (s.fin_tokens, s.fin_scores, s.fin_lengths)
+    where, rows = jnp.arange(n), n
+    while True:
+        next_rows = max((rows + 1) // 2, min_rows) if compact and rows > min_rows else 0
+        s = stage(s, memory, caps, alphas, next_rows)
+        fin = tuple(f.at[where].set(x) for f, x in zip(fin, (s.fin_tokens, s.fin_scores, s.fin_lengths)))
+        if next_rows == 0:
+            break
+        # Running sentences first; the next stage is traced with the kept rows only.
+        keep = jnp.argsort(~running(s, caps, alphas), stable=True)[:next_rows]
+        s, memory, caps, alphas, where = jax.tree.map(lambda a: a[keep], (s, memory, caps, alphas, where))
+        rows = next_rows
+    tokens, scores, lengths = fin
+    return tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest]
 
 
 def advance(step_fn: StepFn, memory: Any, state: Any, prefix: jax.Array, lengths: jax.Array, *,

@@ -511,3 +511,37 @@ def test_compacting_greedy_search_equals_the_plain_loop():
     np.testing.assert_array_equal(compacted[0], plain[0])
     np.testing.assert_array_equal(compacted[1], plain[1])
     np.testing.assert_array_equal(compacted[2], plain[2])
+
+
+def test_compacting_beam_search_equals_the_vmapped_sentence_search():
+    """Sentences that finish at very different steps (a per-sentence EOS bias, caps, alphas and
+    first tokens): the batch search that compacts its running sentences by halves gives exactly
+    what `beam_search` gives each sentence alone, n-best tokens, scores and lengths."""
+    V, H, N, K = 12, 16, 29, 3
+    k = jax.random.split(jax.random.key(1), 4)
+    W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
+    U = jax.random.normal(k[2], (H, H)) * 0.5
+
+    def step_fn(memory, state, tokens):
+        h = jnp.tanh(state["h"] @ U + E[tokens] + memory["m"])
+        return (h @ W).at[:, search.EOS_ID].add(memory["eos_bias"]), {"h": h}
+
+    rng = np.random.default_rng(1)
+    memory = {"m": jax.random.normal(k[3], (N, H)), "eos_bias": jnp.linspace(-4, 3, N)}
+    state = {"h": jnp.zeros((N, H))}
+    caps = jnp.array(rng.integers(1, 30, N), jnp.int32)
+    alphas = jnp.array(rng.uniform(0, 1.5, N), jnp.float32)
+    starts = jnp.array(rng.integers(1, V, N), jnp.int32)
+    opts = dict(beam_size=K, max_steps=30, nbest=2)
+
+    def batch(compact):
+        return jax.jit(lambda m, s, c, a, b: search.batch_beam_search(
+            step_fn, m, s, max_length=c, alpha=a, bos_id=b, compact=compact, **opts))(memory, state, caps, alphas, starts)
+
+    alone = jax.jit(jax.vmap(lambda m, s, c, a, b: search.beam_search(
+        step_fn, m, s, max_length=c, alpha=a, bos_id=b, **opts)))(memory, state, caps, alphas, starts)
+    lengths = np.asarray(alone[2][:, 0])
+    assert lengths.min() <= 2 and lengths.max() >= 20 and len(set(lengths.tolist())) > 8  # stages do compact
+    for got in (batch(True), batch(False)):
+        for g, want in zip(got, alone):
+            np.testing.assert_array_equal(g, want)
