@@ -100,6 +100,12 @@ class LSTMLayer(nn.Module):
                               segments)
 
 
+def _emit_carry(step: nn.Module, carry: Any, x_proj: jax.Array) -> tuple[Any, tuple[jax.Array, Any]]:
+    """One unmasked step that also emits its carry, so the final state can be read at any length."""
+    carry, output = step(carry, (x_proj, None))
+    return carry, (output, carry)
+
+
 def run_recurrence(
     step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array,
     mask: jax.Array | None,
@@ -111,18 +117,40 @@ def run_recurrence(
     A single time step (decoding) calls the step directly, with the same parameters, instead of
     a loop around it; longer inputs go through `nn.scan`, once per time segment with `segments`
     (the same scanned module, so the same parameters). Call it from a layer's compact method.
+
+    With a mask (the encoder) the loop body has no select either: every row steps through every
+    position, emitting its carry; the final carry is read at each row's last real position and
+    the outputs are zeroed at padding once, after the loop.
     """
+    cell = step(hidden_size, dtype, name="recurrent")
     if x_proj.shape[1] == 1:
         step_mask = None if mask is None else mask[:, 0]
-        carry, output = step(hidden_size, dtype, name="recurrent")(carry, (x_proj[:, 0], step_mask))
+        carry, output = cell(carry, (x_proj[:, 0], step_mask))
         return output[:, None], carry
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
+    if mask is None:
+        scan = nn.scan(lambda cell, c, xs: cell(c, (xs, None)), variable_broadcast="params",
+                       split_rngs={"params": False}, in_axes=1, out_axes=1, unroll=unroll)
+        run = lambda c, xs: scan(cell, c, xs)  # noqa: E731
+        if segments is not None:
+            return time_segments.run_segments(run, carry, x_proj, segments)
+        carry, outputs = run(carry, x_proj)
+        return outputs, carry
+    scan = nn.scan(_emit_carry, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
                    unroll=unroll)
-    recurrent = scan(hidden_size, dtype, name="recurrent")
+    run = lambda c, xs: scan(cell, c, xs)  # noqa: E731
     if segments is not None:
-        return time_segments.run_segments(recurrent, carry, x_proj, mask, segments)
-    carry, outputs = recurrent(carry, (x_proj, mask))
-    return outputs, carry
+        (outputs, carries), _ = time_segments.run_segments(run, carry, x_proj, segments)
+    else:
+        outputs, carries = run(carry, x_proj)[1]
+    lengths = mask.sum(axis=1)
+    last = jnp.maximum(lengths - 1, 0)[:, None, None]
+
+    def final(seq: jax.Array, initial: jax.Array) -> jax.Array:
+        at_last = jnp.take_along_axis(seq, last, axis=1)[:, 0]
+        return jnp.where((lengths > 0)[:, None], at_last, initial)
+
+    outputs = jnp.where(mask[:, :, None], outputs, 0).astype(outputs.dtype)
+    return outputs, jax.tree.map(final, carries, carry)
 
 
 def reverse_padded(x: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -97,25 +97,22 @@ def sort_order(lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     return order, jnp.argsort(order)
 
 
-def run_segments(
-    scan: Callable, carry: Any, x_proj: jax.Array, mask: jax.Array | None, segments: Segments
-) -> tuple[jax.Array, Any]:
-    """`scan` (a recurrence over [rows, T] inputs: (carry, (x_proj, mask)) -> (carry, outputs))
-    over rows sorted longest first, one call per segment -> (outputs [B, T, H], final carry).
+def run_segments(scan: Callable, carry: Any, x_proj: jax.Array, segments: Segments) -> tuple[Any, Any]:
+    """`scan` (a recurrence over [rows, T] inputs: (carry, x_proj) -> (carry, outputs), outputs a
+    pytree of [rows, T, ...] arrays) over rows sorted longest first, one call per segment
+    -> (outputs [B, T, ...], final carry).
 
-    Rows past a segment's `rows` keep their carry and emit zeros, as the masked
-    padded scan would for steps past their length.
+    Rows past a segment's `rows` keep their carry and emit zeros from there on.
     """
     batch, width = x_proj.shape[:2]
     pieces = []
     start = 0
     for rows, end in zip(segments.rows, segments.ends):
         live = jax.tree.map(lambda a, r=rows: a[:r], carry)
-        live_mask = None if mask is None else mask[:rows, start:end]
-        live, out = scan(live, (x_proj[:rows, start:end], live_mask))
+        live, out = scan(live, x_proj[:rows, start:end])
         carry = jax.tree.map(lambda full, part, r=rows: jnp.concatenate([part, full[r:]]), carry, live)
-        pieces.append(jnp.pad(out, ((0, batch - rows), (0, 0), (0, 0))))
+        pieces.append(jax.tree.map(lambda a, r=rows: jnp.pad(a, ((0, batch - r),) + ((0, 0),) * (a.ndim - 1)), out))
         start = end
     if start < width:
-        pieces.append(jnp.zeros((batch, width - start, out.shape[-1]), out.dtype))
-    return jnp.concatenate(pieces, axis=1), carry
+        pieces.append(jax.tree.map(lambda a: jnp.zeros((batch, width - start) + a.shape[2:], a.dtype), out))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *pieces), carry

@@ -75,6 +75,21 @@ def test_final_carry_is_taken_at_last_real_token(layer_and_params):
     assert np.all(np.asarray(out[:, 3:]) == 0.0)
 
 
+def test_an_empty_row_keeps_its_initial_carry(layer_and_params):
+    """A row with no real position (a filler row of a bucket's last batch) emits zeros and
+    returns the carry it was given."""
+    layer, params = layer_and_params
+    x = jax.random.normal(jax.random.key(6), (2, T, D))
+    mask = jnp.arange(T)[None, :] < jnp.array([[0], [4]])
+    init = (jax.random.normal(jax.random.key(7), (2, H)), jax.random.normal(jax.random.key(8), (2, H)))
+    out, carry = layer.apply({"params": params}, x, mask, init)
+    np.testing.assert_array_equal(carry[0][0], init[0][0])
+    np.testing.assert_array_equal(carry[1][0], init[1][0])
+    assert np.all(np.asarray(out[0]) == 0.0)
+    _, short = layer.apply({"params": params}, x[1:, :4], jnp.ones((1, 4), bool), (init[0][1:], init[1][1:]))
+    np.testing.assert_allclose(carry[1][1:], short[1], rtol=1e-6)
+
+
 def test_reverse_padded_reverses_only_real_tokens():
     x = jnp.array([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]])
     lengths = jnp.array([3, 5, 1])
