@@ -7,10 +7,10 @@ projection for every time step is one large matmul *before* the loop, and only
 The maths is exactly flax's `nn.LSTMCell` (gate order i, f, g, o; carry
 `(c, h)`), which `tests/test_lstm.py` checks parameter for parameter.
 
-Padding: positions where `mask` is False leave the carry unchanged and emit
-zeros, so the final carry is the state at each sentence's last real token. A mask of
-None means every position is real (the teacher-forced decoder): no per-step select then,
-and none saved for the backward pass.
+Padding: positions where `mask` is False emit zeros and the final carry is the
+state at each sentence's last real token, read there after the loop (`run_recurrence`),
+so the loop body has no per-step select and saves none for the backward pass. A mask
+of None means every position is real (the teacher-forced decoder).
 """
 
 from __future__ import annotations
