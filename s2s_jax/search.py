@@ -30,7 +30,10 @@ from jax import lax
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NEG_INF = -jnp.inf
-COMPACT_MIN_ROWS = 8  # greedy and beam search compact their live decoder rows down to about this many
+# Greedy and beam search compact their live decoder rows down to about this many. Each stage is
+# one more copy of the step in the compiled program: below ~64 rows a stage saves little time
+# (a step's cost is mostly reading the weights) and costs seconds of compile (benchmarks/README.md).
+COMPACT_MIN_ROWS = 64
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 

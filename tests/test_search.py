@@ -485,9 +485,10 @@ def test_log_probs_accumulated_while_decoding_equal_teacher_forcing():
     np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
 
 
-def test_compacting_greedy_search_equals_the_plain_loop():
+def test_compacting_greedy_search_equals_the_plain_loop(monkeypatch):
     """Rows that finish at very different steps (a per-row EOS bias, per-row caps, zero caps): the
     search that compacts its live rows by halves gives the plain loop's tokens, lengths and scores."""
+    monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 37, 19, 10 and 8 rows
     V, H, N = 12, 16, 37
     k = jax.random.split(jax.random.key(0), 4)
     W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
@@ -513,10 +514,11 @@ def test_compacting_greedy_search_equals_the_plain_loop():
     np.testing.assert_array_equal(compacted[2], plain[2])
 
 
-def test_compacting_beam_search_equals_the_vmapped_sentence_search():
+def test_compacting_beam_search_equals_the_vmapped_sentence_search(monkeypatch):
     """Sentences that finish at very different steps (a per-sentence EOS bias, caps, alphas and
     first tokens): the batch search that compacts its running sentences by halves gives exactly
     what `beam_search` gives each sentence alone, n-best tokens, scores and lengths."""
+    monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 29, 15, 8, 4 and 3 sentences
     V, H, N, K = 12, 16, 29, 3
     k = jax.random.split(jax.random.key(1), 4)
     W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
