@@ -508,7 +508,7 @@ def batch_beam_search(
             break
         # Running sentences first; the next stage is traced with the kept rows only.
         keep = jnp.argsort(~running(s, caps, alphas), stable=True)[:next_rows]
-        s, memory, caps, alphas, where = jax.tree.map(lambda a: a[keep], (s, memory, caps, alphas, where))
+        s, memory, caps, alphas, where = jax.tree.map(lambda a, keep=keep: a[keep], (s, memory, caps, alphas, where))
         rows = next_rows
     tokens, scores, lengths = fin
     return tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest]
