@@ -80,6 +80,7 @@ def member_log_probs(model, params, src, tokens) -> np.ndarray:
     return np.asarray(jax.nn.log_softmax(search.teacher_forced_logits(step, memory, state, jnp.asarray(tokens))))
 
 
+@pytest.mark.slow
 def test_beam_search_over_an_ensemble_equals_exhaustive_search():
     """Two members of different architecture, each reading its own source ids, weights 0.7 / 0.3:
     the n best outputs of beam search are the n best of all 156 outputs under the ensemble's

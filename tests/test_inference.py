@@ -98,6 +98,7 @@ def test_loading_a_translator_imports_no_training_code(trained_workdir):
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_row(tiny):
     engine, params, sources = tiny
     beams = engine.run(params, sources, SearchOptions(beam_size=3, nbest=2, alpha=0.0), batch_size=16)
@@ -134,6 +135,7 @@ def test_score_handles_empty_sources_and_targets(tiny):
         engine.score(params, [[5], [6]], [[4]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", [SearchOptions(), SearchOptions(beam_size=3, nbest=2)], ids=["greedy", "beam"])
 def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
     from s2s_jax import search

@@ -92,6 +92,7 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     assert int(got["step"]) == 1
 
 
+@pytest.mark.slow
 def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_back(setup, tmp_path):
     model, optimizer, _, batch = setup
     key = jax.random.key(0)
@@ -123,7 +124,8 @@ def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_b
         ckpt_lib.load_params(str(tmp_path), "avg:0")
 
 
-@pytest.mark.parametrize("metric", [pytest.param("loss", marks=pytest.mark.slow), "bleu"])
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["loss", "bleu"])
 def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path, metric):
     """best/ holds the evaluation with the best train.early_stop_metric; with lr_schedule=plateau
     every evaluation that does not improve it halves the learning rate of the steps after it."""
