@@ -476,7 +476,7 @@ def batch_beam_search(
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
     k = beam_size
     n = _batch_size(memory, state)
-    caps = jnp.maximum(_length_caps(max_length, n, max_steps), 1)
+    caps = _beam_cap(_length_caps(max_length, n, max_steps), max_steps)
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
     alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
     memory = jax.tree.map(jax.vmap(lambda x: _expand(x, k)), memory)

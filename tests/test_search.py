@@ -485,21 +485,27 @@ def test_log_probs_accumulated_while_decoding_equal_teacher_forcing():
     np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
 
 
-def test_compacting_greedy_search_equals_the_plain_loop(monkeypatch):
-    """Rows that finish at very different steps (a per-row EOS bias, per-row caps, zero caps): the
-    search that compacts its live rows by halves gives the plain loop's tokens, lengths and scores."""
-    monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 37, 19, 10 and 8 rows
-    V, H, N = 12, 16, 37
-    k = jax.random.split(jax.random.key(0), 4)
-    W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
-    U = jax.random.normal(k[2], (H, H)) * 0.5
+def eos_biased_rnn(seed: int, n: int, lowest_bias: float, vocab: int = 12, hidden: int = 16):
+    """A small random RNN step over n rows whose EOS logit is biased from `lowest_bias` (row 0) to +3
+    (the last row), so the rows end at very different steps -> (step_fn, memory, state)."""
+    k = jax.random.split(jax.random.key(seed), 4)
+    W, E = jax.random.normal(k[0], (hidden, vocab)), jax.random.normal(k[1], (vocab, hidden))
+    U = jax.random.normal(k[2], (hidden, hidden)) * 0.5
 
     def step_fn(memory, state, tokens):
         h = jnp.tanh(state["h"] @ U + E[tokens] + memory["m"])
         return (h @ W).at[:, search.EOS_ID].add(memory["eos_bias"]), {"h": h}
 
-    memory = {"m": jax.random.normal(k[3], (N, H)), "eos_bias": jnp.linspace(-3, 3, N)}
-    state = {"h": jnp.zeros((N, H))}
+    memory = {"m": jax.random.normal(k[3], (n, hidden)), "eos_bias": jnp.linspace(lowest_bias, 3, n)}
+    return step_fn, memory, {"h": jnp.zeros((n, hidden))}
+
+
+def test_compacting_greedy_search_equals_the_plain_loop(monkeypatch):
+    """Rows that finish at very different steps (a per-row EOS bias, per-row caps, zero caps): the
+    search that compacts its live rows by halves gives the plain loop's tokens, lengths and scores."""
+    monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 37, 19, 10 and 8 rows
+    N = 37
+    step_fn, memory, state = eos_biased_rnn(0, N, -3)
     caps = jnp.array(np.random.default_rng(0).integers(0, 30, N), jnp.int32)
 
     def run(compact):
@@ -519,18 +525,9 @@ def test_compacting_beam_search_equals_the_vmapped_sentence_search(monkeypatch):
     first tokens): the batch search that compacts its running sentences by halves gives exactly
     what `beam_search` gives each sentence alone, n-best tokens, scores and lengths."""
     monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 29, 15, 8, 4 and 3 sentences
-    V, H, N, K = 12, 16, 29, 3
-    k = jax.random.split(jax.random.key(1), 4)
-    W, E = jax.random.normal(k[0], (H, V)), jax.random.normal(k[1], (V, H))
-    U = jax.random.normal(k[2], (H, H)) * 0.5
-
-    def step_fn(memory, state, tokens):
-        h = jnp.tanh(state["h"] @ U + E[tokens] + memory["m"])
-        return (h @ W).at[:, search.EOS_ID].add(memory["eos_bias"]), {"h": h}
-
+    V, N, K = 12, 29, 3
+    step_fn, memory, state = eos_biased_rnn(1, N, -4)
     rng = np.random.default_rng(1)
-    memory = {"m": jax.random.normal(k[3], (N, H)), "eos_bias": jnp.linspace(-4, 3, N)}
-    state = {"h": jnp.zeros((N, H))}
     caps = jnp.array(rng.integers(1, 30, N), jnp.int32)
     alphas = jnp.array(rng.uniform(0, 1.5, N), jnp.float32)
     starts = jnp.array(rng.integers(1, V, N), jnp.int32)
