@@ -5,7 +5,7 @@
 
 Running the same command again resumes from the workdir's latest checkpoint. The
 flags live in s2s_jax/train_cli.py, whose main() runs absl's app.run with
-flags_parser=config_utils.parse_flags (flag mistakes: one line, exit status 1).
+flags_parser=config_flags.parse_flags (flag mistakes: one line, exit status 1).
 """
 
 from s2s_jax import train_cli  # sets OPENBLAS_NUM_THREADS before numpy/jax load

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from s2s_jax.text import DataError
+from s2s_jax.errors import DataError
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 Batch = dict[str, np.ndarray]

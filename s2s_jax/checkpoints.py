@@ -47,10 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from s2s_jax import checksums
-
-
-class CheckpointError(RuntimeError):
-    """A workdir without a usable checkpoint, said in words a user can act on."""
+from s2s_jax.errors import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from s2s_jax import text as text_lib
-from s2s_jax.text import DataError, Pair
+from s2s_jax.errors import DataError
+from s2s_jax.text import Pair
 
 FORMAT = 1  # bump when the layout or the cleaning changes: old entries are then never matched
 CHUNK_PAIRS = 50_000  # pairs per normalising / encoding chunk

@@ -13,10 +13,10 @@ import sys
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu
-from s2s_jax.checkpoints import CheckpointError
+from s2s_jax.errors import CheckpointError, DataError
 from s2s_jax.inference import SearchOptions
 from s2s_jax.search import length_penalty
-from s2s_jax.text import DataError, lines_from_bytes, read_lines
+from s2s_jax.text import lines_from_bytes, read_lines
 from s2s_jax.translator import Hypothesis, Translator
 
 

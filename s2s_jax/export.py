@@ -32,9 +32,8 @@ import jax
 import numpy as np
 
 from s2s_jax import export_loader, inference
-from s2s_jax.checkpoints import CheckpointError
+from s2s_jax.errors import CheckpointError, DataError
 from s2s_jax.inference import SearchOptions
-from s2s_jax.text import DataError
 from s2s_jax.translator import Translator
 
 LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_loader.py")

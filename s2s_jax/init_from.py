@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax.config_utils import ConfigError
+from s2s_jax.errors import ConfigError
 from s2s_jax.tokenizer import workdir_model_paths
 
 RECORD = "init_from.json"

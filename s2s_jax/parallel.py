@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from s2s_jax.config_utils import ConfigError
+from s2s_jax.errors import ConfigError
 from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.tokenizer import PAD_ID
 

@@ -13,8 +13,8 @@ runtime.limit_openblas_threads()
 
 import sys
 
-from s2s_jax import config_utils
-from s2s_jax.text import DataError
+from s2s_jax import config_checks, config_flags
+from s2s_jax.errors import ConfigError, DataError
 
 
 def run(config) -> int:
@@ -22,15 +22,15 @@ def run(config) -> int:
     from s2s_jax import corpus_cache, training_data
 
     try:
-        config_utils.check_loaded(config)
-        config_utils.validate(config)
+        config_flags.check_loaded(config)
+        config_checks.validate(config)
         if config.data.quickstart_corpus and not config.data.train_src:
-            raise config_utils.ConfigError(
+            raise ConfigError(
                 "this config generates its corpus into the workdir (data.quickstart_corpus): train.py prepares it")
         text = corpus_cache.open_text(config)
         models = training_data.tokenizer_models(config, text)
         ids = corpus_cache.open_ids(text, models[0], models[-1])
-    except (DataError, config_utils.ConfigError) as err:
+    except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an unwritable cache directory, a full disk
@@ -43,7 +43,7 @@ def run(config) -> int:
 
 
 def _define_flags() -> None:
-    config_utils.define_config_flag("config", lock_config=True)
+    config_flags.define_config_flag("config", lock_config=True)
     from absl import flags
 
     flags.mark_flags_as_required(["config"])
@@ -59,4 +59,4 @@ def main(argv: list[str] | None = None) -> None:
         return run(flags.FLAGS.config)
 
     runtime.define_command_flags("prepare", _define_flags)
-    app.run(_main, argv=argv, flags_parser=config_utils.parse_flags)
+    app.run(_main, argv=argv, flags_parser=config_flags.parse_flags)

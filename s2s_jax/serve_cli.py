@@ -39,10 +39,9 @@ def settings_from_flags(flags) -> ServeSettings:
 def run(flags) -> int:
     import uvicorn
 
-    from s2s_jax.checkpoints import CheckpointError
     from s2s_jax.decode_cli import _ensemble_weights
+    from s2s_jax.errors import CheckpointError, DataError
     from s2s_jax.serving import create_app
-    from s2s_jax.text import DataError
     from s2s_jax.translator import Translator
 
     try:

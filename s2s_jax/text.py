@@ -15,11 +15,9 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from s2s_jax.errors import DataError
+
 Pair = tuple[str, str]
-
-
-class DataError(ValueError):
-    """A problem with the user's input files, phrased for the user (names file and line)."""
 
 
 # ---------------------------------------------------------------------------

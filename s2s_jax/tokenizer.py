@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-from s2s_jax.text import DataError
+from s2s_jax.errors import DataError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 

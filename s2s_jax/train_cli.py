@@ -19,9 +19,9 @@ import os
 import sys
 import time
 
-from s2s_jax import config_utils
+from s2s_jax import config_checks, config_flags, run_config
+from s2s_jax.errors import CheckpointError, ConfigError, DataError
 from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
-from s2s_jax.text import DataError
 from s2s_jax.workdir_lock import WorkdirLocked
 
 
@@ -72,18 +72,14 @@ def run(config, workdir: str) -> int:
 
 
 def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
-    # Imported here, not at the top: the corpus preparation's worker processes import this
-    # module (as the main script's) and need none of jax/orbax.
-    from s2s_jax.checkpoints import CheckpointError
-
     # metrics.jsonl records NaN losses; tensorboardX would also warn twice per logged step.
     logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     try:
-        config_utils.check_loaded(config)
-        config_utils.validate(config)
+        config_flags.check_loaded(config)
+        config_checks.validate(config)
         if os.path.exists(workdir) and not os.path.isdir(workdir):
-            raise config_utils.ConfigError(f"--workdir {workdir} is a file, not a directory")
-        if config.train.init_from and not config_utils.has_trained_state(workdir):
+            raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+        if config.train.init_from and not run_config.has_trained_state(workdir):
             from s2s_jax import init_from
 
             init_from.check(config.train.init_from)
@@ -99,12 +95,12 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
                 from s2s_jax.training_data import use_quickstart_corpus
 
                 use_quickstart_corpus(config, workdir)
-            config_utils.check_and_save(config, workdir)
+            run_config.check_and_save(config, workdir)
         from s2s_jax import training
 
         start = time.perf_counter()
         result = training.train_and_evaluate(config, workdir)
-    except (DataError, CheckpointError, config_utils.ConfigError, WorkdirLocked) as err:
+    except (DataError, CheckpointError, ConfigError, WorkdirLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # an unwritable workdir, a full disk
@@ -166,7 +162,7 @@ def _define_flags() -> None:
     """train's absl flags (see runtime.define_command_flags)."""
     from absl import flags
 
-    config_utils.define_config_flag("config", lock_config=True)
+    config_flags.define_config_flag("config", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
     flags.DEFINE_bool(
         "multihost", False,
@@ -205,9 +201,9 @@ def main(argv: list[str] | None = None) -> None:
 
     `--config` takes a file (path[:arg]) or a built-in config name (quickstart,
     multi30k_attention, ...); flag mistakes end as one 'FATAL Flags parsing error'
-    line and exit status 1 (`config_utils.parse_flags`).
+    line and exit status 1 (`config_flags.parse_flags`).
     """
     from absl import app
 
     runtime.define_command_flags("train", _define_flags)
-    app.run(_main, argv=argv, flags_parser=config_utils.parse_flags)
+    app.run(_main, argv=argv, flags_parser=config_flags.parse_flags)

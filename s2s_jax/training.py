@@ -32,15 +32,9 @@ from s2s_jax.model import Seq2Seq, make_model
 from s2s_jax.optimizers import ON_PLATEAU, learning_rate_schedule, make_optimizer
 from s2s_jax.time_segments import BatchSegments
 from s2s_jax.train_log import NullTrainLog, TrainLog
+from s2s_jax.training_policies import EARLY_STOP_METRICS
 
 TrainState = dict[str, Any]  # {"step", "params", "opt_state"[, "ema"]}: plain pytree, checkpointed as is
-
-# What `train.on_nonfinite` may say about a step whose loss or gradient is NaN/Inf.
-ON_NONFINITE = {
-    "stop": "end the run (the update is not applied, no checkpoint is written from it)",
-    "skip": "drop the update and carry on; metrics.jsonl counts skipped_steps",
-}
-
 
 class Outcome(enum.Enum):
     """How a call of `train_and_evaluate` ended."""
@@ -268,22 +262,6 @@ class StopRequest(contextlib.AbstractContextManager):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """A validation score that picks the best checkpoint and drives early stopping."""
-
-    key: str  # in evaluate()'s scores
-    higher_is_better: bool
-    label: str
-
-
-EARLY_STOP_METRICS: dict[str, Metric] = {
-    "bleu": Metric("valid_bleu", True, "validation BLEU"),
-    "chrf": Metric("valid_chrf", True, "validation chrF"),
-    "loss": Metric("valid_loss", False, "validation loss"),
-}
 
 
 class BestTracker:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from s2s_jax import checkpoints, config_utils, inference, parallel
+from s2s_jax import checkpoints, inference, parallel, run_config
 from s2s_jax.alignment import MODES, format_alignment, word_weights
 from s2s_jax.inference import SearchOptions
 from s2s_jax.model import Seq2Seq, make_model
@@ -69,7 +69,7 @@ class Member:
 
     @classmethod
     def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh) -> Member:
-        config = config_utils.load(workdir)
+        config = run_config.load(workdir)
         src_tokenizer, tgt_tokenizer = load_workdir_tokenizers(workdir)
         params, meta = checkpoints.load_params(workdir, checkpoint)
         model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import config_utils, parallel, runtime, training, training_data
+from s2s_jax import errors, parallel, run_config, runtime, training, training_data
 from s2s_jax.model import make_model
 from s2s_jax.optimizers import make_optimizer
 from s2s_jax.train_log import read_metrics
@@ -53,7 +53,7 @@ def train(paths, workdir, dtype="float32"):
     config = config_for(paths, dtype)
     with parallel.main_process_first("workdir"):
         os.makedirs(workdir, exist_ok=True)
-        config_utils.check_and_save(config, workdir)
+        run_config.check_and_save(config, workdir)
     start = time.perf_counter()
     final = training.train_and_evaluate(config, workdir).metrics
     seconds = time.perf_counter() - start
@@ -104,7 +104,7 @@ def main():
         try:
             training.train_and_evaluate(bad, os.path.join(args.base, "bad"))
             result["batch_error"] = ""
-        except config_utils.ConfigError as err:
+        except errors.ConfigError as err:
             result["batch_error"] = str(err)
 
     if args.resume_from:  # continue another device count's run from its step-20 checkpoint

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from s2s_jax import config_utils, decode_cli, train_cli, training_data
+from s2s_jax import decode_cli, run_config, train_cli, training_data
 from s2s_jax.tokenizer import train_tokenizer
 from tests.helpers import tiny_config, write_tiny_corpus
 
@@ -138,13 +138,13 @@ def test_every_pair_longer_than_max_len_is_an_error(paths, tmp_path, capsys):
 
 def run_train_py(args, parse_flags=False):
     """train.py in a subprocess; with parse_flags=True as if it passed
-    `flags_parser=config_utils.parse_flags` to app.run."""
+    `flags_parser=config_flags.parse_flags` to app.run."""
     env = dict(os.environ, S2S_JAX_CACHE="off", JAX_PLATFORMS="cpu")
     if parse_flags:
         code = (
             "import sys\n"
             "source = open('train.py').read().replace('app.run(main)', "
-            "'from s2s_jax import config_utils; app.run(main, flags_parser=config_utils.parse_flags)')\n"
+            "'from s2s_jax import config_flags; app.run(main, flags_parser=config_flags.parse_flags)')\n"
             "assert 'flags_parser' in source\n"
             "sys.argv = ['train.py', *sys.argv[1:]]\n"
             "exec(compile(source, 'train.py', 'exec'), {'__name__': '__main__'})\n"
@@ -178,6 +178,14 @@ def test_unknown_config_key_in_train_py(tmp_path):
 def test_config_value_of_the_wrong_type(tmp_path):
     result = run_train_py(["--config=configs/default.py", f"--workdir={tmp_path}", "--config.train.batch_size=abc"])
     assert_flag_error(result, "--config.train.batch_size=abc", "invalid literal for int()")
+
+
+def test_an_exception_inside_the_config_file_points_at_its_line(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("from s2s_jax.configs import default\n\n\ndef get_config():\n"
+                    "    config = default.get_config()\n    config.model.hidden_size = 1 // 0\n    return config\n")
+    result = run_train_py([f"--config={path}", f"--workdir={tmp_path / 'run'}"])
+    assert_flag_error(result, f"{path}:6: ZeroDivisionError")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ml_collections uses load_module
@@ -228,7 +236,7 @@ def test_workdir_that_is_a_file(paths, tmp_path, capsys):
 def test_resuming_with_a_different_model_names_the_setting(paths, tmp_path, capsys):
     workdir = tmp_path / "run"
     os.makedirs(workdir)
-    config_utils.check_and_save(tiny_config(paths), str(workdir))
+    run_config.check_and_save(tiny_config(paths), str(workdir))
     write(workdir / "spm.model", "")  # a previous run trained a tokenizer (contents not read here)
     changed = tiny_config(paths)
     changed.model.hidden_size = 32
@@ -237,11 +245,11 @@ def test_resuming_with_a_different_model_names_the_setting(paths, tmp_path, caps
 
 
 def test_a_workdir_whose_first_run_failed_takes_a_new_config(paths, tmp_path):
-    config_utils.check_and_save(tiny_config(paths), str(tmp_path))  # then it failed on, say, a data error
+    run_config.check_and_save(tiny_config(paths), str(tmp_path))  # then it failed on, say, a data error
     changed = tiny_config(paths)
     changed.model.hidden_size = 32
-    config_utils.check_and_save(changed, str(tmp_path))
-    assert config_utils.load(str(tmp_path)).model.hidden_size == 32
+    run_config.check_and_save(changed, str(tmp_path))
+    assert run_config.load(str(tmp_path)).model.hidden_size == 32
 
 
 def test_a_damaged_config_json_is_named(paths, tmp_path, capsys):
@@ -293,13 +301,13 @@ def test_decode_without_a_workdir(tmp_path, capsys):
 
 
 def test_decode_without_a_tokenizer(paths, tmp_path, capsys):
-    config_utils.check_and_save(tiny_config(paths), str(tmp_path))  # a first run that failed early
+    run_config.check_and_save(tiny_config(paths), str(tmp_path))  # a first run that failed early
     status, _, err = decode(tmp_path, capsys)
     assert_clean_error(status, err, f"{tmp_path} has no tokenizer", "train first")
 
 
 def test_decode_without_a_checkpoint(paths, tmp_path, capsys):
-    config_utils.check_and_save(tiny_config(paths), str(tmp_path))
+    run_config.check_and_save(tiny_config(paths), str(tmp_path))
     with open(paths["train_src"], encoding="utf-8") as f:
         train_tokenizer(f.read().splitlines(), str(tmp_path / "spm"), 40)
     os.makedirs(tmp_path / "checkpoints")  # created by a run interrupted before its first save

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from s2s_jax.batching import BucketedBatches, TrainIterator, bucket_shapes
-from s2s_jax.text import DataError
+from s2s_jax.errors import DataError
 from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from s2s_jax import batching, corpus_cache, training_data
-from s2s_jax.text import DataError, normalize
+from s2s_jax.errors import DataError
+from s2s_jax.text import normalize
 from s2s_jax.tokenizer import Tokenizer
 from tests.helpers import TINY_TRAIN_FLAGS, run_cli, tiny_config, write_tiny_corpus
 

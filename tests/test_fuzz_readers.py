@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s2s_jax import corpus_cache, text
-from s2s_jax.text import DataError
+from s2s_jax.errors import DataError
 from tests.helpers import tiny_config
 
 # Bytes that stress the readers: newlines of every kind, tabs, a BOM, invalid UTF-8, controls.

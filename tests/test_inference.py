@@ -64,11 +64,11 @@ def test_batches_come_from_few_shapes(tiny):
 @pytest.mark.slow
 def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_workdir):
     """Validation (training.evaluate) and the Translator share one path: same outputs, same BLEU."""
-    from s2s_jax import bleu, checkpoints, config_utils, parallel, training, training_data
+    from s2s_jax import bleu, checkpoints, parallel, run_config, training, training_data
     from s2s_jax.translator import Translator
 
     translator = Translator(trained_workdir.workdir, "best")
-    config = config_utils.load(trained_workdir.workdir)
+    config = run_config.load(trained_workdir.workdir)
     corpus = training_data.prepare(config, trained_workdir.workdir, verbose=False)
     hyps = [h[0].text for h in translator.translate(corpus.valid_src_text, SearchOptions.from_config(config.decode))]
     params, meta = checkpoints.load_params(trained_workdir.workdir, "best")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from s2s_jax import checkpoints, config_utils, init_from, train_cli, training
+from s2s_jax import checkpoints, init_from, run_config, train_cli, training
 from tests.helpers import write_tiny_corpus
 
 
@@ -25,7 +25,7 @@ def second_corpus(tmp_path_factory):
 
 def fine_tune_config(source: str, paths: dict, **train):
     """The source run's config on new data, starting from the source."""
-    config = config_utils.load(source)
+    config = run_config.load(source)
     for key, value in paths.items():
         setattr(config.data, key, value)
     config.train.init_from = source
@@ -47,7 +47,7 @@ def test_spec_parsing():
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_the_initial_state_is_the_source_exactly(trained_workdir):
     source = trained_workdir.workdir
-    config = config_utils.load(source)
+    config = run_config.load(source)
     from s2s_jax.model import make_model
     from s2s_jax.optimizers import make_optimizer
     from s2s_jax.tokenizer import load_workdir_tokenizers
@@ -107,7 +107,7 @@ def test_a_different_model_shape_is_one_error_naming_the_keys(trained_workdir, s
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_an_existing_sentencepiece_model_is_copied_not_trained(trained_workdir, second_corpus, tmp_path, capsys):
-    config = config_utils.load(trained_workdir.workdir)
+    config = run_config.load(trained_workdir.workdir)
     for key, value in second_corpus.items():
         setattr(config.data, key, value)
     config.data.spm_model = os.path.join(trained_workdir.workdir, "spm.model")

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 from absl import flags
 
-from s2s_jax import config_utils
+from s2s_jax import config_flags
 from s2s_jax import text as text_lib
 from s2s_jax.configs import default
 
@@ -25,7 +25,7 @@ def parse_config(*args: str):
     """--config as train.py's flag parser sees it, on a private FlagValues."""
     argv = ["train.py", *args]
     values = flags.FlagValues()
-    config_utils.define_config_flag("config", flag_values=values, sys_argv=argv)
+    config_flags.define_config_flag("config", flag_values=values, sys_argv=argv)
     values(argv)
     return values.config
 
@@ -35,7 +35,7 @@ def parse_config(*args: str):
 
 def test_builtin_names_are_the_files_of_the_configs_package():
     files = sorted(n[:-3] for n in os.listdir(SHIPPED) if n.endswith(".py") and n != "__init__.py")
-    assert config_utils.builtin_configs() == files
+    assert config_flags.builtin_configs() == files
     assert {"quickstart", "default", "multi30k", "multi30k_attention", "fra_eng", "cmn_eng"} <= set(files)
     for name in files:  # every one loads through the package import its siblings use
         assert importlib.import_module(f"s2s_jax.configs.{name}").get_config().data.vocab_size > 0
@@ -54,9 +54,9 @@ def test_a_builtin_name_loads_the_same_config_as_its_file_and_takes_overrides(mo
 
 
 def test_name_resolution_rules(tmp_path, monkeypatch):
-    resolve = config_utils.resolve_config_arg
-    assert resolve("quickstart") == os.path.join(config_utils.CONFIG_DIR, "quickstart.py")
-    assert resolve("quickstart:small") == os.path.join(config_utils.CONFIG_DIR, "quickstart.py") + ":small"
+    resolve = config_flags.resolve_config_arg
+    assert resolve("quickstart") == os.path.join(config_flags.CONFIG_DIR, "quickstart.py")
+    assert resolve("quickstart:small") == os.path.join(config_flags.CONFIG_DIR, "quickstart.py") + ":small"
     assert resolve("configs/quickstart.py") == "configs/quickstart.py"  # paths are left alone
     assert resolve("missing/nope.py") == "missing/nope.py"  # ... even missing ones: reported on first use
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import parallel
-from s2s_jax.config_utils import ConfigError
+from s2s_jax.errors import ConfigError
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses with 8 simulated devices and 2 processes

@@ -367,12 +367,12 @@ def test_a_disk_full_before_training_starts_is_one_line_and_a_rerun_trains(env, 
 def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
     """Committed arrays compile under other argument shardings: a resumed run would miss the
     persistent compilation cache and recompile every step function (~10 s here)."""
-    from s2s_jax import config_utils
+    from s2s_jax import run_config
     from s2s_jax.optimizers import make_optimizer
 
     params, _ = ckpt_lib.load_params(str(reference), "latest")
     assert not any(leaf.committed for leaf in jax.tree.leaves(params))
-    config = config_utils.load(str(reference))
+    config = run_config.load(str(reference))
     state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
              "opt_state": make_optimizer(config.train).init(params)}
     checkpoints = ckpt_lib.Checkpoints(str(reference), 3)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from s2s_jax import batching, config_utils
+from s2s_jax import batching, config_checks, errors
 from s2s_jax.tokenizer import EOS_ID, train_tokenizer
 from tests.helpers import WORDS_EN, tiny_config, write_tiny_corpus
 
@@ -64,7 +64,7 @@ def test_nbest_that_switches_sampling_off_is_refused():
     config.data.spm_alpha = 0.2
     for nbest in (0, 1, -2):
         config.data.spm_nbest = nbest
-        with pytest.raises(config_utils.ConfigError, match="data.spm_nbest"):
-            config_utils.validate(config)
+        with pytest.raises(errors.ConfigError, match="data.spm_nbest"):
+            config_checks.validate(config)
     config.data.spm_nbest = 16
-    config_utils.validate(config)
+    config_checks.validate(config)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from s2s_jax import text
-from s2s_jax.text import DataError
+from s2s_jax.errors import DataError
 
 
 def write(path, content: bytes | str):

@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from s2s_jax.text import DataError, normalize
+from s2s_jax.errors import DataError
+from s2s_jax.text import normalize
 from s2s_jax.tokenizer import BOS_ID, BYTE_FALLBACK_MIN_VOCAB, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 WORDS = (
