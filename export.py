@@ -6,7 +6,7 @@
 The artefact needs only jax, numpy and sentencepiece; s2s_jax/export.py says what it holds.
 """
 
-from s2s_jax import export  # sets OPENBLAS_NUM_THREADS before numpy/jax load
+from s2s_jax import export_cli  # sets OPENBLAS_NUM_THREADS before numpy/jax load
 
 if __name__ == "__main__":
-    export.main()
+    export_cli.main()

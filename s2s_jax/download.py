@@ -1,6 +1,6 @@
 """Fetch the real corpora the configs train on, from their canonical sources, into a data dir.
 
-    python download.py multi30k --data_dir data        # or: python -m s2s_jax.download ...
+    python download.py multi30k --data_dir data        # or: s2s-download multi30k ...
     python download.py fra-eng cmn-eng --data_dir data
     python download.py iwslt16-de-en --data_dir data     # TED talks: the fine-tuning recipe's data
     python download.py multi30k --mirror http://my.mirror/files/   # same file names, another host
@@ -23,13 +23,11 @@ Tatoeba English-Chinese cmn.txt (github.com/qi-dian-b/seq2seq2_machine-translati
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -277,29 +275,3 @@ def train_command(name: str, data_dir: str = DEFAULT_DATA_DIR) -> str:
     if os.path.normpath(data_dir) != DEFAULT_DATA_DIR:
         command += f" --config.data.dir={data_dir}"
     return f"{command} {CORPORA[name].extra}".rstrip()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="download.py", description="Download the corpora the configs train on.",
-        epilog="Then train with the command it prints.",
-    )
-    parser.add_argument("corpora", nargs="+", choices=[*CORPORA, "all"], help="which corpora")
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="where to put them (default: data, the configs' data.dir)")
-    parser.add_argument("--mirror", default=None, help="fetch every file as MIRROR/<its file name> instead")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connection attempt")
-    parser.add_argument("--no_verify", action="store_true", help="keep files whose checksum differs")
-    args = parser.parse_args(argv)
-    names = list(CORPORA) if "all" in args.corpora else list(dict.fromkeys(args.corpora))
-    try:
-        for name in names:
-            download(name, args.data_dir, args.mirror, args.timeout, not args.no_verify)
-            print(f"{name}: {train_command(name, args.data_dir)}")
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from s2s_jax import download
+from s2s_jax import download, download_cli
 from tests.helpers import free_port
 
 
@@ -110,12 +110,12 @@ def test_zip_member_and_sha1_of_the_archive_with_a_fallback_url(server, tmp_path
 def test_printed_command_names_the_config_and_only_a_non_default_data_dir(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(download, "fetch_files", lambda *args, **kwargs: [])
     monkeypatch.chdir(tmp_path)
-    assert download.main(["multi30k", "fra-eng"]) == 0
+    assert download_cli.main(["multi30k", "fra-eng"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "multi30k: python train.py --config multi30k --workdir runs/multi30k",
         "fra-eng: python train.py --config fra_eng --workdir runs/fra_eng",
     ]
-    assert download.main(["cmn-eng", "--data_dir", "/srv/corpora"]) == 0
+    assert download_cli.main(["cmn-eng", "--data_dir", "/srv/corpora"]) == 0
     assert capsys.readouterr().out.strip() == (
         "cmn-eng: python train.py --config cmn_eng --workdir runs/cmn_eng --config.data.dir=/srv/corpora"
     )
@@ -123,7 +123,7 @@ def test_printed_command_names_the_config_and_only_a_non_default_data_dir(tmp_pa
 
 def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
-    rc = download.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{free_port()}", "--timeout", "5"])
+    rc = download_cli.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{free_port()}", "--timeout", "5"])
     assert rc == 1
     err = capsys.readouterr().err
     assert err.startswith("error: could not download 6 file(s)")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2s_jax import export, text
+from s2s_jax import export, export_cli, text
 from s2s_jax.inference import SearchOptions
 from tests.helpers import ROOT
 
@@ -97,7 +97,7 @@ def test_export_errors_are_one_line(trained_workdir, exported, tmp_path, capsys)
         flags = dict(workdir=trained_workdir.workdir, output=str(tmp_path / "x"), checkpoint="best", rows=None,
                      widths=None, beam_size=None, alpha=None)
         flags.update(overrides)
-        status = export.run(types.SimpleNamespace(**flags))
+        status = export_cli.run(types.SimpleNamespace(**flags))
         return status, capsys.readouterr().err
 
     status, err = run(output=exported[0])
