@@ -13,10 +13,11 @@ multi30k-sized model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Collection
+
+from s2s_jax.files import file_digest
 
 MANIFEST = "s2s_checksums.json"
 _VERSION = 1
@@ -24,11 +25,6 @@ _VERSION = 1
 
 class ChecksumMismatch(Exception):
     """A file differs from what the manifest recorded at save time; the message names it."""
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files(directory: str, exclude: Collection[str]) -> list[str]:
@@ -52,7 +48,7 @@ def write_manifest(directory: str, exclude: Collection[str] = ()) -> None:
     and the manifest together.
     """
     files = {
-        name: {"size": os.path.getsize(os.path.join(directory, name)), "sha256": _sha256(os.path.join(directory, name))}
+        name: {"size": os.path.getsize(os.path.join(directory, name)), "sha256": file_digest(os.path.join(directory, name))}
         for name in _files(directory, exclude)
     }
     with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
@@ -91,6 +87,6 @@ def verify(directory: str) -> bool:
             raise ChecksumMismatch(f"{name} is missing (the save wrote {size} bytes)") from None
         if actual != size:
             raise ChecksumMismatch(f"{name} has {actual} bytes, the save wrote {size}")
-        if _sha256(file) != digest:
+        if file_digest(file) != digest:
             raise ChecksumMismatch(f"{name} differs from what the save wrote (sha256 mismatch)")
     return True

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+
+from s2s_jax.files import file_digest
 
 _MULTI30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw"
 _IWSLT = "https://raw.githubusercontent.com/maroxtn/IWSLT-BACKUP/73a09324ed3cb15d60f489b322ea9df4b431ea43/iwslt/de-en"
@@ -150,17 +151,9 @@ class DownloadError(RuntimeError):
     """A corpus could not be fetched; the message says which files to place where."""
 
 
-def _digest(path: str, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check(path: str, checksum: str, what: str) -> None:
     algorithm, expected = checksum.split(":", 1)
-    actual = _digest(path, algorithm)
+    actual = file_digest(path, algorithm)
     if actual != expected:
         raise DownloadError(f"{what}: {algorithm} {actual}, expected {expected} (a different or damaged file)")
 

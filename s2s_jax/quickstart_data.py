@@ -35,6 +35,8 @@ import babel
 import babel.dates
 from num2words import num2words
 
+from s2s_jax.files import write_atomic
+
 # Bump whenever the generated text could change (kinds, weights, ranges, normalisation).
 GENERATOR_VERSION = 1
 
@@ -222,13 +224,6 @@ def write_corpus(
     for split, split_pairs in splits.items():
         for side, column in (("src", 0), ("tgt", 1)):
             path = paths[f"{split}_{side}"]
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(pair[column] + "\n" for pair in split_pairs)
-            os.replace(tmp, path)
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, manifest_path)
+            write_atomic(path, "".join(pair[column] + "\n" for pair in split_pairs))
+    write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return paths

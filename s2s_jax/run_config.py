@@ -9,6 +9,7 @@ import os
 import ml_collections
 
 from s2s_jax.errors import CheckpointError, ConfigError
+from s2s_jax.files import write_atomic
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
 _FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.spm_alpha", "data.spm_nbest", "data.lowercase", "data.d2l_preprocess") + tuple(
@@ -65,10 +66,7 @@ def check_and_save(config, workdir: str) -> None:
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "
                     "use a new --workdir or the original setting"
                 )
-    tmp = f"{path}.tmp{os.getpid()}"  # atomic: a kill mid-write never leaves half a config
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, config.to_json(indent=2))  # a kill mid-write never leaves half a config
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

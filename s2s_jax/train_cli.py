@@ -21,6 +21,7 @@ import time
 
 from s2s_jax import config_checks, config_flags, run_config
 from s2s_jax.errors import CheckpointError, ConfigError, DataError
+from s2s_jax.files import write_atomic
 from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.workdir_lock import WorkdirLocked
 
@@ -144,9 +145,7 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
     record = dict(final, best_valid_bleu=result.best_valid_bleu, outcome=result.outcome.value, minutes=minutes)
     path = os.path.join(workdir, "final_metrics.json")
     try:
-        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-        os.replace(f"{path}.tmp", path)
+        write_atomic(path, json.dumps(record, indent=2))
     except OSError as err:
         print(f"error: {_os_error(err, workdir)}", file=sys.stderr)
         return 1
