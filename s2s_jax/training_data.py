@@ -90,10 +90,6 @@ def _files(cfg, split: str) -> str:
     return tsv or f"{getattr(cfg, f'{split}_src')} / {getattr(cfg, f'{split}_tgt')}"
 
 
-def _has_split(cfg, split: str) -> bool:
-    return bool(getattr(cfg, f"{split}_tsv") or getattr(cfg, f"{split}_src"))
-
-
 def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
     return src_tok.tokenize([s for s, _ in pairs]), tgt_tok.tokenize([t for _, t in pairs])
 
@@ -147,7 +143,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple, resample,
     )
 
-    if cfg.holdout_valid and not _has_split(cfg, "valid"):
+    if cfg.holdout_valid and not text_lib.has_split(cfg, "valid"):
         valid_pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
         valid_stats = text_lib.FilterStats(meta["heldout_pairs"], len(valid_pairs), 0, 0)
     else:
