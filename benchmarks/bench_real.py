@@ -5,7 +5,7 @@
         --src ../shared/data/multi30k/train.de --tgt ../shared/data/multi30k/train.en
     .venv/bin/python benchmarks/bench_real.py --src A --tgt B --epochs 1      # time a whole epoch
 
-Pipeline (what `train.py` does, minus validation): s2s_jax.text.read_parallel ->
+Pipeline (what `train.py` does, minus validation): s2s_jax.text.stream_parallel ->
 clean_pairs (NFKC, counted empty pairs) -> a joint sentencepiece model trained by
 s2s_jax.tokenizer.train_tokenizer in a temporary directory -> encode -> filter_by_length
 (--max-len) -> s2s_jax.batching.BucketedBatches (2-D length buckets) ->
@@ -117,7 +117,7 @@ def main(argv=None):
 
     # ---- text -> ids -> buckets, the way s2s_jax.training_data.prepare does it
     t0 = time.perf_counter()
-    pairs = text_lib.read_parallel(args.src, args.tgt)
+    pairs = list(text_lib.stream_parallel(args.src, args.tgt))
     if args.max_pairs:
         pairs = pairs[: args.max_pairs]
     pairs, stats = text_lib.clean_pairs(pairs, args.lowercase)

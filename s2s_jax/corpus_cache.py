@@ -1,8 +1,8 @@
 """The prepared corpus: a training split cleaned, tokenized and stored on disk once, reused by every run.
 
 A run's training text goes through three levels, each a directory committed with one
-`os.replace` (an interrupted preparation leaves only a `*.tmp-*` directory, which nothing
-trusts and the next preparation removes):
+`os.replace` (`_building`: a failed preparation leaves nothing, a killed one only a `*.tmp-*`
+directory, which nothing trusts and the next preparation removes):
 
     CACHE/<text key>/                      cleaned pairs, keyed by the files and the text settings
         text.json                          the files' identity (size, mtime), counts, held-out pairs
@@ -18,9 +18,10 @@ file paths and everything that changes the cleaned text; each file's size and mt
 checked on every use, and a changed file is prepared again with a message. The cache lives
 in `data.cache_dir`, else $S2S_JAX_CORPUS_CACHE, else ~/.cache/s2s_jax/corpora.
 
-Reading streams the files line by line, so a bad line deep in a large file is reported
-(file and line) without first reading the whole file. Text is normalised in worker
-processes (`data.prepare_workers`); sentencepiece encodes with its own threads.
+Reading streams the files line by line (s2s_jax/text.py's readers), so a bad line deep in a
+large file is reported (file and line) without first reading the whole file. Text is
+normalised in worker processes (`data.prepare_workers`); sentencepiece encodes with its own
+threads.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import numpy as np
 
 from s2s_jax import text as text_lib
 from s2s_jax.errors import DataError
-from s2s_jax.text import Pair
+from s2s_jax.text import Pair, split_files, stream_split
 
 FORMAT = 1  # bump when the layout or the cleaning changes: old entries are then never matched
 CHUNK_PAIRS = 50_000  # pairs per normalising / encoding chunk
@@ -57,104 +58,6 @@ def default_cache_dir() -> str:
 
 def cache_dir(cfg_data) -> str:
     return os.path.expanduser(cfg_data.get("cache_dir", "") or default_cache_dir())
-
-
-# ---------------------------------------------------------------------------
-# Streaming readers (file and line in every error)
-# ---------------------------------------------------------------------------
-
-
-def stream_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a strict UTF-8 file, one line at a time; the rules of `text.read_lines`
-    (split on '\\n' only, '\\r\\n' endings and a leading byte-order mark dropped)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a text file") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    with f:
-        number = 0
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad = raw[err.start : err.end].hex(" ")
-                raise DataError(
-                    f"{path}:{number}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
-                    f"e.g. `iconv -f latin1 -t utf-8`"
-                ) from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-                if not line:  # only a byte-order mark
-                    number = 0
-                    break
-            line = line[:-1] if line.endswith("\n") else line
-            yield number, line[:-1] if line.endswith("\r") else line
-        if number == 0:
-            raise DataError(f"{path}: file is empty")
-
-
-def stream_parallel(src_path: str, tgt_path: str) -> Iterator[Pair]:
-    """Pairs from two line-aligned files, streamed; unequal line counts are an error naming both counts."""
-    n_src = n_tgt = 0
-    for s, t in itertools.zip_longest(stream_lines(src_path), stream_lines(tgt_path)):
-        n_src, n_tgt = n_src + (s is not None), n_tgt + (t is not None)
-        if s is not None and t is not None:
-            yield s[1], t[1]
-    if n_src != n_tgt:
-        raise DataError(
-            f"line counts differ: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}; aligned files "
-            "need one sentence a line, line i of one translating line i of the other"
-        )
-
-
-def stream_tsv(path: str, src_col: int, tgt_col: int) -> Iterator[Pair]:
-    """Pairs from two columns of a tab-separated file (the rules of `text.read_tsv`), streamed."""
-    if src_col < 0 or tgt_col < 0:
-        raise DataError(f"{path}: TSV column numbers must be >= 0, got {src_col} and {tgt_col}")
-    needed, found = max(src_col, tgt_col) + 1, False
-    for number, line in stream_lines(path):
-        if not line:
-            continue
-        columns = line.split("\t")
-        if len(columns) < needed:
-            raise DataError(
-                f"{path}:{number}: expected at least {needed} tab-separated columns (source in column "
-                f"{src_col}, target in column {tgt_col}, counting from 0), found {len(columns)}"
-            )
-        found = True
-        yield columns[src_col], columns[tgt_col]
-    if not found:
-        raise DataError(f"{path}: no sentence pairs found")
-
-
-def split_files(cfg_data, split: str) -> tuple[str, list[str]]:
-    """('tsv' | 'parallel', the resolved paths) of a split, with `text.load_corpus`'s errors."""
-
-    def paths(key: str) -> list[str]:
-        value = cfg_data.get(f"{split}_{key}", "") or ""
-        return [text_lib.data_path(cfg_data, p.strip()) for p in value.split(",") if p.strip()]
-
-    tsv, src, tgt = paths("tsv"), paths("src"), paths("tgt")
-    if tsv:
-        return "tsv", tsv
-    if src and tgt and len(src) == len(tgt):
-        return "parallel", [p for pair in zip(src, tgt) for p in pair]
-    text_lib.load_corpus(cfg_data, split)  # raises the matching DataError
-    raise AssertionError("unreachable")
-
-
-def stream_split(cfg_data, split: str) -> Iterator[Pair]:
-    kind, paths = split_files(cfg_data, split)
-    if kind == "tsv":
-        for path in paths:
-            yield from stream_tsv(path, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))
-    else:
-        for src, tgt in zip(paths[::2], paths[1::2]):
-            yield from stream_parallel(src, tgt)
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +85,7 @@ def text_settings(config) -> dict:
     """Everything the cleaned training text depends on (its cache key, with the file paths)."""
     cfg = config.data
     kind, paths = split_files(cfg, "train")
-    holdout = int(cfg.holdout_valid) if not (cfg.get("valid_tsv") or cfg.get("valid_src")) else 0
+    holdout = int(cfg.holdout_valid) if not text_lib.has_split(cfg, "valid") else 0
     return {
         "format": FORMAT, "kind": kind, "paths": [os.path.realpath(p) for p in paths],
         "columns": [int(cfg.tsv_src_col), int(cfg.tsv_tgt_col)] if kind == "tsv" else None,
@@ -213,21 +116,28 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _commit(tmp: str, final: str) -> None:
-    """Makes a finished temporary directory the entry (replacing an outdated one)."""
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def _fresh_tmp(final: str) -> str:
-    parent = os.path.dirname(final)
+def _remove_leftovers(final: str) -> None:
+    """Removes the `final.tmp-*` directories of preparations that failed or were killed (called under the lock)."""
+    parent, prefix = os.path.dirname(final), os.path.basename(final) + ".tmp-"
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        if name.startswith(os.path.basename(final) + ".tmp-"):  # a killed preparation's leftovers
+        if name.startswith(prefix):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _building(final: str) -> Iterator[str]:
+    """A fresh temporary directory that becomes the entry `final` (replacing an outdated one) when the
+    block ends; a block that raises leaves no temporary directory behind."""
+    _remove_leftovers(final)
     tmp = f"{final}.tmp-{os.getpid()}"
     os.makedirs(tmp)
-    return tmp
+    try:
+        yield tmp
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        _remove_leftovers(final)
 
 
 # ---------------------------------------------------------------------------
@@ -299,11 +209,11 @@ def _pool(workers: int) -> Iterator[Callable]:
             pool.shutdown(cancel_futures=True)
 
 
-def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
+def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
+    """Writes level 1 of `config`'s training text into the directory `tmp`; its text.json."""
     cfg, settings = config.data, text_settings(config)
     _, paths = split_files(cfg, "train")
     identity = _identity(paths)
-    tmp = _fresh_tmp(directory)
     started = time.perf_counter()
     total = empty = kept = 0
     hashes: list[np.ndarray] = []
@@ -351,9 +261,7 @@ def _prepare_text(config, directory: str, log: Callable[[str], None]) -> None:
     meta = {"settings": settings, "files": identity, "total": total, "empty": empty, "pairs": kept,
             "heldout_pairs": len(held), "valid_pairs": len(unique), "seconds": round(time.perf_counter() - started, 1)}
     _write_json(os.path.join(tmp, "text.json"), meta)
-    _commit(tmp, directory)
-    log(f"prepare: {kept:,} of {total:,} pairs cleaned ({empty} empty), {len(held)} held out for validation "
-        f"({len(unique)} distinct), in {meta['seconds']} s")
+    return meta
 
 
 def _read_lines_at(directory: str, indices: np.ndarray) -> list[Pair]:
@@ -419,8 +327,7 @@ class PreparedText:
 def open_text(config, log: Callable[[str], None] = print) -> PreparedText:
     """The cleaned training text of `config`, prepared first when missing or when a file changed."""
     settings = text_settings(config)
-    root = cache_dir(config.data)
-    directory = os.path.join(root, _digest(settings))
+    directory = os.path.join(cache_dir(config.data), _digest(settings))
     with _locked(directory + ".lock"):
         meta_path = os.path.join(directory, "text.json")
         if os.path.exists(meta_path):
@@ -432,14 +339,10 @@ def open_text(config, log: Callable[[str], None] = print) -> PreparedText:
             changed = [now["path"] for old, now in zip(meta["files"], current) if old != now]
             log(f"prepare: {', '.join(changed)} changed since it was prepared ({directory}); preparing again")
         log(f"prepare: cleaning {', '.join(settings['paths'])} into {directory}")
-        try:
-            _prepare_text(config, directory, log)
-        finally:  # a failed preparation leaves nothing behind
-            for name in os.listdir(root):
-                if name.startswith(os.path.basename(directory) + ".tmp-"):
-                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        with _building(directory) as tmp:
+            meta = _prepare_text(config, tmp, log)
+        log(f"prepare: {meta['pairs']:,} of {meta['total']:,} pairs cleaned ({meta['empty']} empty), "
+            f"{meta['heldout_pairs']} held out for validation ({meta['valid_pairs']} distinct), in {meta['seconds']} s")
         return PreparedText(directory, meta, np.load(os.path.join(directory, "heldout.npy")))
 
 
@@ -454,15 +357,14 @@ def train_tokenizers(config, text: PreparedText, log: Callable[[str], None] = pr
     with _locked(directory + ".lock"):
         if all(os.path.exists(p) for p in paths):
             return paths
-        tmp = _fresh_tmp(directory)
         started = time.perf_counter()
         limit = settings["sentences"] // (2 if cfg.joint_vocab else 1)
         chosen = text.sample(text.train_indices(settings["max_train_pairs"]), limit, int(config.seed))
         src, tgt = text.lines("src", chosen), text.lines("tgt", chosen)
         sides = [src + tgt] if cfg.joint_vocab else [src, tgt]
-        for name, texts in zip(names, sides):
-            train_tokenizer(texts, os.path.join(tmp, name), int(cfg.vocab_size), cfg.spm_model_type)
-        _commit(tmp, directory)
+        with _building(directory) as tmp:
+            for name, texts in zip(names, sides):
+                train_tokenizer(texts, os.path.join(tmp, name), int(cfg.vocab_size), cfg.spm_model_type)
         log(f"prepare: tokenizer trained on {len(chosen):,} pairs in {time.perf_counter() - started:.1f} s")
         return paths
 
@@ -498,23 +400,12 @@ def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[
     directory = os.path.join(text.directory, "ids-" + _digest([_file_digest(src_model), _file_digest(tgt_model)]))
     with _locked(directory + ".lock"):
         if not os.path.exists(os.path.join(directory, "meta.json")):
-            tmp = _fresh_tmp(directory)
             started = time.perf_counter()
-            for side, model in models.items():
-                with open(os.path.join(text.directory, f"train.{side}"), encoding="utf-8", newline="\n") as f, \
-                        open(os.path.join(tmp, f"{side}.ids"), "wb") as out_ids, \
-                        open(os.path.join(tmp, f"{side}.len"), "wb") as out_len:
-                    batch: list[str] = []
-                    for line in f:
-                        batch.append(line[:-1])
-                        if len(batch) == CHUNK_PAIRS:
-                            _write_encoded(model, batch, out_ids, out_len)
-                            batch = []
-                    if batch:
-                        _write_encoded(model, batch, out_ids, out_len)
-            _write_json(os.path.join(tmp, "meta.json"), {"src_model": src_model, "tgt_model": tgt_model,
-                                                         "pairs": text.num_pairs})
-            _commit(tmp, directory)
+            with _building(directory) as tmp:
+                for side, model in models.items():
+                    _encode_file(model, os.path.join(text.directory, f"train.{side}"), os.path.join(tmp, side))
+                _write_json(os.path.join(tmp, "meta.json"), {"src_model": src_model, "tgt_model": tgt_model,
+                                                             "pairs": text.num_pairs})
             log(f"prepare: {text.num_pairs:,} pairs tokenized in {time.perf_counter() - started:.1f} s")
 
     def mapped(name: str) -> np.ndarray:
@@ -525,6 +416,20 @@ def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[
     if len(src_len) != text.num_pairs or len(tgt_len) != text.num_pairs:
         raise DataError(f"{directory}: the prepared ids do not match {text.directory}; delete both and rerun")
     return PreparedIds(directory, mapped("src.ids"), src_len, mapped("tgt.ids"), tgt_len)
+
+
+def _encode_file(model: str, path: str, prefix: str) -> None:
+    """The ids of each line of `path` into PREFIX.ids (back to back) and PREFIX.len, a chunk at a time."""
+    with open(path, encoding="utf-8", newline="\n") as f, open(f"{prefix}.ids", "wb") as out_ids, \
+            open(f"{prefix}.len", "wb") as out_len:
+        batch: list[str] = []
+        for line in f:
+            batch.append(line[:-1])
+            if len(batch) == CHUNK_PAIRS:
+                _write_encoded(model, batch, out_ids, out_len)
+                batch = []
+        if batch:
+            _write_encoded(model, batch, out_ids, out_len)
 
 
 def _write_encoded(model: str, lines: list[str], out_ids, out_len) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 import jax
@@ -22,34 +21,16 @@ import numpy as np
 
 from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax.errors import ConfigError
-from s2s_jax.tokenizer import workdir_model_paths
+from s2s_jax.training_data import parse_init_from
 
 RECORD = "init_from.json"
 
 
-def parse(spec: str) -> tuple[str, str]:
-    """'W', 'W:best', 'W:latest', 'W:1500' or 'W:avg:5' -> (W, which); a colon not followed by
-    one of those belongs to the path."""
-    match = re.fullmatch(r"(.+?):(best|latest|\d+|avg:\d+)", spec)
-    return (match.group(1), match.group(2)) if match else (spec, "best")
-
-
 def check(spec: str) -> None:
     """The source must be a training workdir: a clear error before anything is written."""
-    workdir, _ = parse(spec)
+    workdir, _ = parse_init_from(spec)
     if not os.path.isfile(os.path.join(workdir, "config.json")):
         raise ConfigError(f"train.init_from={spec}: {workdir} is not a training workdir (no config.json)")
-
-
-def tokenizer_models(spec: str, joint: bool) -> list[str]:
-    """The source run's sentencepiece model(s), which training_data copies into the new workdir:
-    [joint model], or [source model, target model]; their layout must match data.joint_vocab."""
-    source, _ = parse(spec)
-    src_joint, _ = workdir_model_paths(source, joint=True)
-    if os.path.exists(src_joint) != joint:
-        theirs = "one joint model" if os.path.exists(src_joint) else "one model per side"
-        raise ConfigError(f"train.init_from={spec}: that run has {theirs}; set data.joint_vocab={not joint} to match")
-    return [src_joint] if joint else list(workdir_model_paths(source, joint=False))
 
 
 def _shape_differences(source: Any, target: Any) -> list[str]:
@@ -67,7 +48,7 @@ def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | N
     """`state` (a freshly initialised train state) with the source's parameters, and with
     `keep_optimizer` its optimizer state too; the step counter stays 0. Records the source
     in WORKDIR/init_from.json (`workdir` None: another process does)."""
-    source, which = parse(spec)
+    source, which = parse_init_from(spec)
     params, meta = ckpt_lib.load_params(source, which)
     differ = _shape_differences(params, state["params"])
     if differ:

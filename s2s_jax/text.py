@@ -1,18 +1,23 @@
 """Corpus readers, text normalisation and counted filtering.
 
-Everything here works on plain strings and lists: text files -> (source, target)
-pairs -> cleaned pairs. Errors about the user's files are `DataError`s that
-name the file and line, because "UnicodeDecodeError at byte 81234" does not
-tell anyone which of their files is broken.
+Everything here works on plain strings: text files -> (source, target) pairs ->
+cleaned pairs. Each format has one reader, a generator, so a corpus larger than
+memory streams through it (the prepared corpus, s2s_jax/corpus_cache.py, reads
+this way); `read_lines` and `load_corpus` are those readers listed. Errors
+about the user's files are `DataError`s that name the file and line, because
+"UnicodeDecodeError at byte 81234" does not tell anyone which of their files
+is broken.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import itertools
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from s2s_jax.errors import DataError
@@ -21,68 +26,83 @@ Pair = tuple[str, str]
 
 
 # ---------------------------------------------------------------------------
-# Readers
+# Readers: one per format, streaming (file and line in every error)
 # ---------------------------------------------------------------------------
 
 
-def read_lines(path: str, allow_empty: bool = False) -> list[str]:
-    """The lines of a strict UTF-8 file, without their '\\n' / '\\r\\n' endings.
+def stream_lines(path: str, allow_empty: bool = False) -> Iterator[str]:
+    """The lines of a strict UTF-8 file, one at a time, without their '\\n' / '\\r\\n' endings.
 
     An empty file is an error for corpora (`allow_empty=False`), not for text to translate.
 
     Splits on '\\n' only: `str.splitlines` would also split on U+2028, form
     feeds and other separators that can occur inside a sentence, which would
     silently misalign parallel files. A leading byte-order mark is dropped.
+    A bad line deep in a large file is reported without reading the file whole.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    return lines_from_bytes(raw, path, allow_empty)
+    with f:
+        yield from _decoded_lines(f, path, allow_empty)
+
+
+def _decoded_lines(raw_lines: Iterable[bytes], name: str, allow_empty: bool) -> Iterator[str]:
+    """The rules of `stream_lines` over lines of bytes split after '\\n'; `name` is used in error messages."""
+    number = 0
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad = raw[err.start : err.end].hex(" ")
+            raise DataError(
+                f"{name}:{number}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
+                f"e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+            if not line:  # only a byte-order mark
+                number = 0
+                break
+        line = line[:-1] if line.endswith("\n") else line
+        yield line[:-1] if line.endswith("\r") else line
+    if number == 0 and not allow_empty:
+        raise DataError(f"{name}: file is empty")
+
+
+def read_lines(path: str, allow_empty: bool = False) -> list[str]:
+    """All the lines of a file (`stream_lines`)."""
+    return list(stream_lines(path, allow_empty))
 
 
 def lines_from_bytes(raw: bytes, name: str, allow_empty: bool = False) -> list[str]:
     """`read_lines` for bytes already read (e.g. stdin); `name` is used in error messages."""
-    if not raw:
-        if allow_empty:
-            return []
-        raise DataError(f"{name}: file is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        bad = raw[err.start : err.end].hex(" ")
-        raise DataError(
-            f"{name}:{line}: not valid UTF-8 (byte(s) {bad}); re-encode the file as UTF-8, "
-            f"e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-    text = text.removeprefix("\ufeff")
-    lines = text.split("\n")
-    if lines[-1] == "":  # the usual final newline ends the last line, it does not start one
-        lines.pop()
-    if not lines and not allow_empty:  # e.g. only a byte-order mark
-        raise DataError(f"{name}: file is empty")
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return list(_decoded_lines(io.BytesIO(raw), name, allow_empty))
 
 
-def read_parallel(src_path: str, tgt_path: str) -> list[Pair]:
-    """Pairs from two line-aligned files (line i of one translates line i of the other)."""
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
+def stream_parallel(src_path: str, tgt_path: str) -> Iterator[Pair]:
+    """Pairs from two line-aligned files (line i of one translates line i of the other).
+
+    Unequal line counts are an error naming both counts, found once the shorter file ends.
+    """
+    n_src = n_tgt = 0
+    for s, t in itertools.zip_longest(stream_lines(src_path), stream_lines(tgt_path)):
+        n_src, n_tgt = n_src + (s is not None), n_tgt + (t is not None)
+        if s is not None and t is not None:
+            yield s, t
+    if n_src != n_tgt:
         raise DataError(
-            f"line counts differ: {src_path} has {len(src)} lines but {tgt_path} has "
-            f"{len(tgt)}; aligned files need one sentence a line, line i of one "
-            "translating line i of the other"
+            f"line counts differ: {src_path} has {n_src} lines but {tgt_path} has {n_tgt}; aligned files "
+            "need one sentence a line, line i of one translating line i of the other"
         )
-    return list(zip(src, tgt))
 
 
-def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[Pair]:
+def stream_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> Iterator[Pair]:
     """Pairs from the two given columns of a tab-separated file.
 
     Extra columns (Tatoeba's attribution) are ignored. No quoting is applied:
@@ -91,22 +111,25 @@ def read_tsv(path: str, src_col: int = 0, tgt_col: int = 1) -> list[Pair]:
     """
     if src_col < 0 or tgt_col < 0:
         raise DataError(f"{path}: TSV column numbers must be >= 0, got {src_col} and {tgt_col}")
-    needed = max(src_col, tgt_col) + 1
-    pairs = []
-    for number, line in enumerate(read_lines(path), start=1):
+    needed, found = max(src_col, tgt_col) + 1, False
+    for number, line in enumerate(stream_lines(path), start=1):
         if not line:
             continue
         columns = line.split("\t")
         if len(columns) < needed:
             raise DataError(
-                f"{path}:{number}: expected at least {needed} tab-separated columns "
-                f"(source in column {src_col}, target in column {tgt_col}, counting from 0), "
-                f"found {len(columns)}"
+                f"{path}:{number}: expected at least {needed} tab-separated columns (source in column "
+                f"{src_col}, target in column {tgt_col}, counting from 0), found {len(columns)}"
             )
-        pairs.append((columns[src_col], columns[tgt_col]))
-    if not pairs:
+        found = True
+        yield columns[src_col], columns[tgt_col]
+    if not found:
         raise DataError(f"{path}: no sentence pairs found")
-    return pairs
+
+
+# ---------------------------------------------------------------------------
+# The data config's splits
+# ---------------------------------------------------------------------------
 
 
 def data_path(cfg_data: Any, path: str) -> str:
@@ -124,14 +147,19 @@ def data_path(cfg_data: Any, path: str) -> str:
     return path
 
 
-def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
-    """The raw pairs of one split ('train', 'valid', 'test') as the data config names them.
+def has_split(cfg_data: Any, split: str) -> bool:
+    """Whether the data config names files for `split` ('train', 'valid', 'test')."""
+    return bool(getattr(cfg_data, f"{split}_tsv", "") or getattr(cfg_data, f"{split}_src", ""))
+
+
+def split_files(cfg_data: Any, split: str) -> tuple[str, list[str]]:
+    """Which files make a split, as the data config names them: ('tsv', the TSV files) or
+    ('parallel', [source, target, source, target, ...]); a clear DataError when it names none or half.
 
     `{split}_tsv` wins when set; otherwise `{split}_src` and `{split}_tgt` are
-    read as aligned files. Each may list several files, comma-separated (the i-th
-    source file aligned with the i-th target file), read one after another.
-    Relative paths are resolved against `data.dir` (`data_path`), so error
-    messages name the file actually read.
+    aligned files. Each may list several files, comma-separated (the i-th
+    source file aligned with the i-th target file). Relative paths are resolved
+    against `data.dir` (`data_path`), so error messages name the file actually read.
     """
 
     def paths(key: str) -> list[str]:
@@ -140,12 +168,12 @@ def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
 
     tsv, src, tgt = paths("tsv"), paths("src"), paths("tgt")
     if tsv:
-        return [pair for path in tsv for pair in read_tsv(path, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))]
+        return "tsv", tsv
     if src and tgt:
         if len(src) != len(tgt):
             raise DataError(f"data.{split}_src lists {len(src)} files but data.{split}_tgt {len(tgt)}; "
                             "give one target file per source file")
-        return [pair for s, t in zip(src, tgt) for pair in read_parallel(s, t)]
+        return "parallel", [p for pair in zip(src, tgt) for p in pair]
     if src or tgt:
         given, missing = ("src", "tgt") if src else ("tgt", "src")
         raise DataError(
@@ -156,6 +184,22 @@ def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
         f"no {split} data: set data.{split}_src and data.{split}_tgt (line-aligned files) "
         f"or data.{split}_tsv (one tab-separated file)"
     )
+
+
+def stream_split(cfg_data: Any, split: str) -> Iterator[Pair]:
+    """The raw pairs of one split, file after file (`split_files`), streamed."""
+    kind, paths = split_files(cfg_data, split)
+    if kind == "tsv":
+        for path in paths:
+            yield from stream_tsv(path, int(cfg_data.tsv_src_col), int(cfg_data.tsv_tgt_col))
+    else:
+        for src, tgt in zip(paths[::2], paths[1::2]):
+            yield from stream_parallel(src, tgt)
+
+
+def load_corpus(cfg_data: Any, split: str) -> list[Pair]:
+    """All the raw pairs of one split (`stream_split`)."""
+    return list(stream_split(cfg_data, split))
 
 
 # ---------------------------------------------------------------------------

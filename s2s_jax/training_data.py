@@ -1,19 +1,22 @@
 """Everything a run needs from text: cleaned pairs, tokenizers in the workdir, buckets.
 
 Flow: files -> normalise/filter (counted) -> sentencepiece ids -> length filter
-(counted) -> bucketed numpy batches. Tokenizers trained on the first run are
-reused when the run resumes, so ids never change under a checkpoint.
+(counted) -> bucketed numpy batches. Where a run's tokenizers come from is decided
+here alone (`tokenizer_models`); the ones a run starts with are copied into its
+workdir and reused when it resumes, so ids never change under a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import zlib
 
 from s2s_jax import batching, corpus_cache
 from s2s_jax import text as text_lib
+from s2s_jax.errors import DataError
 from s2s_jax.tokenizer import Tokenizer, workdir_model_paths
 
 
@@ -47,7 +50,7 @@ def use_quickstart_corpus(config, workdir: str) -> None:
 
 
 def _copy_tokenizer(model: str, path: str) -> None:
-    """An existing sentencepiece model (data.spm_model*, or train.init_from's run's) into the workdir, checked first."""
+    """A sentencepiece model from `tokenizer_models` into the workdir, checked first."""
     listing = Tokenizer(model).vocab_listing()  # a missing file or other special ids: a clear error
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -57,15 +60,34 @@ def _copy_tokenizer(model: str, path: str) -> None:
         f.write(listing)
 
 
-def tokenizer_models(config, text: corpus_cache.PreparedText, log=print) -> list[str]:
-    """Where a new run's sentencepiece model(s) come from, [joint] or [src, tgt]: train.init_from's
-    run, else data.spm_model(_src/_tgt), else the prepared corpus's own (trained once, cached)."""
-    cfg = config.data
-    if config.train.init_from:
-        from s2s_jax import init_from
+def parse_init_from(spec: str) -> tuple[str, str]:
+    """`train.init_from`: 'W', 'W:best', 'W:latest', 'W:1500' or 'W:avg:5' -> (W, which); a colon
+    not followed by one of those belongs to the path."""
+    match = re.fullmatch(r"(.+?):(best|latest|\d+|avg:\d+)", spec)
+    return (match.group(1), match.group(2)) if match else (spec, "best")
 
-        return list(init_from.tokenizer_models(config.train.init_from, cfg.joint_vocab))
-    given = [cfg.spm_model] if cfg.joint_vocab else [cfg.spm_model_src, cfg.spm_model_tgt]
+
+def tokenizer_models(config, text: corpus_cache.PreparedText, log=print, workdir: str | None = None) -> list[str]:
+    """The sentencepiece model(s) a run tokenizes with, [joint] or [src, tgt]; the one place that decides.
+
+    In order: the copies in `workdir` once it has them (a resumed run), else train.init_from's
+    run's, else data.spm_model(_src/_tgt), else trained on the prepared corpus (once, cached).
+    """
+    cfg = config.data
+    joint = bool(cfg.joint_vocab)
+    if workdir is not None:
+        own = workdir_model_paths(workdir, joint)
+        if all(os.path.exists(p) for p in own):
+            return list(own[:1] if joint else own)
+    if config.train.init_from:
+        source, _ = parse_init_from(config.train.init_from)
+        source_joint, _ = workdir_model_paths(source, joint=True)
+        if os.path.exists(source_joint) != joint:
+            theirs = "one joint model" if os.path.exists(source_joint) else "one model per side"
+            raise DataError(f"train.init_from={config.train.init_from}: that run has {theirs}; "
+                                     f"set data.joint_vocab={not joint} to match")
+        return [source_joint] if joint else list(workdir_model_paths(source, joint=False))
+    given = [cfg.spm_model] if joint else [cfg.spm_model_src, cfg.spm_model_tgt]
     if all(given):
         return given
     trained = corpus_cache.train_tokenizers(config, text, log)
@@ -73,14 +95,14 @@ def tokenizer_models(config, text: corpus_cache.PreparedText, log=print) -> list
 
 
 def tokenizers(config, workdir: str, text: corpus_cache.PreparedText, log=print) -> tuple[Tokenizer, Tokenizer]:
-    """The workdir's sentencepiece model(s), copied in from `tokenizer_models` on a run's first start
-    (and kept after, so ids never change under a checkpoint)."""
+    """The run's tokenizers, from the workdir's copies of `tokenizer_models` (copied in on a run's
+    first start, and kept after)."""
     cfg = config.data
     paths = workdir_model_paths(workdir, cfg.joint_vocab)
-    if not all(os.path.exists(p) for p in paths):
-        for path, model in zip(paths, tokenizer_models(config, text, log) * (2 if cfg.joint_vocab else 1)):
-            if not os.path.exists(path):
-                _copy_tokenizer(model, path)
+    models = tokenizer_models(config, text, log, workdir)
+    for path, model in zip(paths, models * (2 if cfg.joint_vocab else 1)):
+        if not os.path.exists(path):
+            _copy_tokenizer(model, path)
     src = Tokenizer(paths[0])
     return src, (src if cfg.joint_vocab else Tokenizer(paths[1]))
 
@@ -88,10 +110,6 @@ def tokenizers(config, workdir: str, text: corpus_cache.PreparedText, log=print)
 def _files(cfg, split: str) -> str:
     tsv = getattr(cfg, f"{split}_tsv")
     return tsv or f"{getattr(cfg, f'{split}_src')} / {getattr(cfg, f'{split}_tgt')}"
-
-
-def _has_split(cfg, split: str) -> bool:
-    return bool(getattr(cfg, f"{split}_tsv") or getattr(cfg, f"{split}_src"))
 
 
 def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
@@ -128,7 +146,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
     keep = train[(ids.src_len[train] <= cfg.max_len) & (ids.tgt_len[train] <= cfg.max_len)]
     stats.too_long, stats.kept, stats.max_len = len(train) - len(keep), len(keep), cfg.max_len
     if not len(keep):
-        raise text_lib.DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
+        raise DataError(f"no training pair is at most data.max_len={cfg.max_len} tokens long")
     src_all = batching.Packed(ids.src_ids, ids.src_len)
     tgt_all = batching.Packed(ids.tgt_ids, ids.tgt_len)
     resample = None
@@ -147,7 +165,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple, resample,
     )
 
-    if cfg.holdout_valid and not _has_split(cfg, "valid"):
+    if cfg.holdout_valid and not text_lib.has_split(cfg, "valid"):
         valid_pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
         valid_stats = text_lib.FilterStats(meta["heldout_pairs"], len(valid_pairs), 0, 0)
     else:
@@ -157,7 +175,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         valid_stats.kept = len(valid_pairs)
         log(f"valid: capped at data.valid_max_pairs={cfg.valid_max_pairs} pairs")
     if not valid_pairs:
-        raise text_lib.DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
+        raise DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
     v_src = [ids[: cfg.max_len] for ids in v_src]

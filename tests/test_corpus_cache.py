@@ -11,7 +11,7 @@ import pytest
 
 from s2s_jax import batching, corpus_cache, training_data
 from s2s_jax.errors import DataError
-from s2s_jax.text import normalize
+from s2s_jax.text import normalize, stream_parallel, stream_tsv
 from s2s_jax.tokenizer import Tokenizer
 from tests.helpers import TINY_TRAIN_FLAGS, run_cli, tiny_config, write_tiny_corpus
 
@@ -119,7 +119,7 @@ def test_a_bad_line_deep_in_a_large_file_is_found_without_reading_it_whole(tmp_p
     tracemalloc.start()
     try:
         with pytest.raises(DataError, match=r"big\.tsv:150001: not valid UTF-8"):
-            for _ in corpus_cache.stream_tsv(str(path), 0, 1):
+            for _ in stream_tsv(str(path), 0, 1):
                 pass
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -131,9 +131,9 @@ def test_unequal_parallel_files_name_both_line_counts(tmp_path):
     (tmp_path / "a.src").write_text("one\ntwo\nthree\n", encoding="utf-8")
     (tmp_path / "a.tgt").write_text("un\ndeux\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"a\.src has 3 lines but .*a\.tgt has 2"):
-        list(corpus_cache.stream_parallel(str(tmp_path / "a.src"), str(tmp_path / "a.tgt")))
+        list(stream_parallel(str(tmp_path / "a.src"), str(tmp_path / "a.tgt")))
     with pytest.raises(DataError, match=r"a\.tgt has 2 lines but .*a\.src has 3"):
-        list(corpus_cache.stream_parallel(str(tmp_path / "a.tgt"), str(tmp_path / "a.src")))
+        list(stream_parallel(str(tmp_path / "a.tgt"), str(tmp_path / "a.src")))
 
 
 def test_holdout_is_by_source_sentence_deduplicated_and_capped(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
-"""Property tests over arbitrary bytes for the corpus readers: every input either loads, with each
-source line paired with its own target line, or is one DataError naming the file (and the line
-where there is one); never another exception."""
+"""Property tests over arbitrary bytes for the corpus readers (s2s_jax/text.py): every input either
+loads, with each source line paired with its own target line, or is one DataError naming the file
+(and the line where there is one); never another exception."""
 
 import os
 import re
@@ -54,7 +54,8 @@ def test_a_file_of_any_bytes_reads_as_its_lines_or_one_error(data):
     with tempfile.TemporaryDirectory() as directory:
         path = _write(directory, "f.txt", data)
         expected = _reference_lines(data)
-        for reader in (lambda: text.read_lines(path), lambda: [line for _, line in corpus_cache.stream_lines(path)]):
+        # A file, and the same bytes as decode.py reads them from stdin.
+        for reader in (lambda: text.read_lines(path), lambda: text.lines_from_bytes(data, path)):
             try:
                 got = reader()
             except DataError as err:
@@ -70,16 +71,14 @@ def test_parallel_files_pair_line_i_with_line_i_or_refuse(src, tgt):
     with tempfile.TemporaryDirectory() as directory:
         src_path, tgt_path = _write(directory, "a.src", src), _write(directory, "a.tgt", tgt)
         want_src, want_tgt = _reference_lines(src), _reference_lines(tgt)
-        for reader in (lambda: text.read_parallel(src_path, tgt_path),
-                       lambda: list(corpus_cache.stream_parallel(src_path, tgt_path))):
-            try:
-                pairs = reader()
-            except DataError as err:
-                assert str(err).count("\n") == 0
-                assert src_path in str(err) or tgt_path in str(err)
-                assert want_src is None or want_tgt is None or len(want_src) != len(want_tgt)
-                continue
-            assert pairs == list(zip(want_src, want_tgt))
+        try:
+            pairs = list(text.stream_parallel(src_path, tgt_path))
+        except DataError as err:
+            assert str(err).count("\n") == 0
+            assert src_path in str(err) or tgt_path in str(err)
+            assert want_src is None or want_tgt is None or len(want_src) != len(want_tgt)
+            return
+        assert pairs == list(zip(want_src, want_tgt))
 
 
 @FUZZ
@@ -88,16 +87,14 @@ def test_tsv_columns_come_from_their_own_line_or_refuse(data, src_col, tgt_col):
     with tempfile.TemporaryDirectory() as directory:
         path = _write(directory, "c.tsv", data)
         lines = _reference_lines(data)
-        for reader in (lambda: text.read_tsv(path, src_col, tgt_col),
-                       lambda: list(corpus_cache.stream_tsv(path, src_col, tgt_col))):
-            try:
-                pairs = reader()
-            except DataError as err:
-                _assert_names(err, path)
-                continue
-            assert lines is not None
-            rows = [line.split("\t") for line in lines if line]
-            assert pairs == [(row[src_col], row[tgt_col]) for row in rows]
+        try:
+            pairs = list(text.stream_tsv(path, src_col, tgt_col))
+        except DataError as err:
+            _assert_names(err, path)
+            return
+        assert lines is not None
+        rows = [line.split("\t") for line in lines if line]
+        assert pairs == [(row[src_col], row[tgt_col]) for row in rows]
 
 
 @FUZZ
@@ -115,7 +112,7 @@ def test_preparing_any_bytes_counts_every_pair_or_is_one_error(tmp_path, monkeyp
             cache = os.path.join(directory, "cache")
             assert all(name.endswith(".lock") for name in os.listdir(cache)) if os.path.isdir(cache) else True
             return
-        pairs = [(text.normalize(s), text.normalize(t)) for s, t in text.read_parallel(src_path, tgt_path)]
+        pairs = [(text.normalize(s), text.normalize(t)) for s, t in text.stream_parallel(src_path, tgt_path)]
         kept = [(s, t) for s, t in pairs if s and t]
         assert prepared.meta["total"] == len(pairs) and prepared.meta["empty"] == len(pairs) - len(kept)
         assert list(zip(prepared.lines("src"), prepared.lines("tgt"))) == kept
@@ -125,8 +122,8 @@ def test_preparing_any_bytes_counts_every_pair_or_is_one_error(tmp_path, monkeyp
 def test_known_hard_cases(tmp_path, data):
     path = _write(str(tmp_path), "k.tsv", data)
     try:
-        pairs = list(corpus_cache.stream_tsv(path, 0, 1))
+        pairs = list(text.stream_tsv(path, 0, 1))
     except DataError as err:
         _assert_names(err, path)
     else:
-        assert pairs == text.read_tsv(path)
+        assert pairs == [tuple(line.split("\t")[:2]) for line in _reference_lines(data) if line]

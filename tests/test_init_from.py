@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from s2s_jax import checkpoints, init_from, run_config, train_cli, training
-from tests.helpers import write_tiny_corpus
+from s2s_jax import checkpoints, init_from, run_config, train_cli, training, training_data
+from s2s_jax.errors import DataError
+from tests.helpers import tiny_config, write_tiny_corpus
 
 
 def equal_trees(a, b) -> bool:
@@ -37,11 +38,32 @@ def fine_tune_config(source: str, paths: dict, **train):
 
 
 def test_spec_parsing():
-    assert init_from.parse("runs/a") == ("runs/a", "best")
-    assert init_from.parse("runs/a:latest") == ("runs/a", "latest")
-    assert init_from.parse("runs/a:1500") == ("runs/a", "1500")
-    assert init_from.parse("runs/a:avg:3") == ("runs/a", "avg:3")
-    assert init_from.parse("C:/runs/a") == ("C:/runs/a", "best")  # a colon in the path stays in the path
+    parse = training_data.parse_init_from
+    assert parse("runs/a") == ("runs/a", "best")
+    assert parse("runs/a:latest") == ("runs/a", "latest")
+    assert parse("runs/a:1500") == ("runs/a", "1500")
+    assert parse("runs/a:avg:3") == ("runs/a", "avg:3")
+    assert parse("C:/runs/a") == ("C:/runs/a", "best")  # a colon in the path stays in the path
+
+
+def test_a_runs_tokenizers_come_from_one_source_in_order(tmp_path):
+    """The workdir's own copies, else train.init_from's run's, else data.spm_model (none trained here)."""
+    source, run = tmp_path / "source", tmp_path / "run"
+    source.mkdir()
+    (source / "spm.model").write_bytes(b"")
+    config = tiny_config({}, init_from=f"{source}:latest")
+    assert training_data.tokenizer_models(config, None, workdir=str(run)) == [str(source / "spm.model")]
+    config.data.joint_vocab = False
+    with pytest.raises(DataError, match="that run has one joint model; set data.joint_vocab=True"):
+        training_data.tokenizer_models(config, None)
+    run.mkdir()
+    (run / "spm_src.model").write_bytes(b"")
+    (run / "spm_tgt.model").write_bytes(b"")
+    assert training_data.tokenizer_models(config, None, workdir=str(run)) == [str(run / "spm_src.model"),
+                                                                             str(run / "spm_tgt.model")]
+    config = tiny_config({})
+    config.data.spm_model = str(source / "spm.model")
+    assert training_data.tokenizer_models(config, None, workdir=str(tmp_path / "new")) == [config.data.spm_model]
 
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)

@@ -20,17 +20,17 @@ def test_read_lines_strips_only_line_endings(tmp_path):
     assert text.read_lines(path) == ["one ", " two", "", "three\u2028still three\x0cfour"]
 
 
-def test_read_parallel_pairs_aligned_lines(tmp_path):
+def test_parallel_files_pair_aligned_lines(tmp_path):
     src = write(tmp_path / "train.de", "Ein Hund.\nZwei Katzen.\n")
     tgt = write(tmp_path / "train.en", "A dog.\nTwo cats.")  # no final newline: same 2 lines
-    assert text.read_parallel(src, tgt) == [("Ein Hund.", "A dog."), ("Zwei Katzen.", "Two cats.")]
+    assert list(text.stream_parallel(src, tgt)) == [("Ein Hund.", "A dog."), ("Zwei Katzen.", "Two cats.")]
 
 
 def test_misaligned_files_error_names_both_files_and_counts(tmp_path):
     src = write(tmp_path / "a.src", "1\n2\n3\n")
     tgt = write(tmp_path / "a.tgt", "1\n2\n")
     with pytest.raises(DataError) as err:
-        text.read_parallel(src, tgt)
+        list(text.stream_parallel(src, tgt))
     message = str(err.value)
     assert src in message and tgt in message and "3" in message and "2" in message
 
@@ -48,20 +48,20 @@ def test_missing_and_empty_files_are_data_errors(tmp_path):
         text.read_lines(write(tmp_path / "empty.txt", b""))
 
 
-def test_read_tsv_ignores_extra_attribution_column(tmp_path):
+def test_tsv_ignores_extra_attribution_column(tmp_path):
     path = write(
         tmp_path / "cmn.txt",
         "Hi.\t嗨。\tCC-BY 2.0 (France) Attribution: tatoeba.org #538123 (CM) & #891077 (Martha)\n"
         "Run!\t你用跑的。\tCC-BY 2.0 (France) Attribution: tatoeba.org #4008918 (JSakuragi)\n\n",
     )
-    assert text.read_tsv(path) == [("Hi.", "嗨。"), ("Run!", "你用跑的。")]
-    assert text.read_tsv(path, src_col=1, tgt_col=0)[0] == ("嗨。", "Hi.")
+    assert list(text.stream_tsv(path)) == [("Hi.", "嗨。"), ("Run!", "你用跑的。")]
+    assert next(text.stream_tsv(path, src_col=1, tgt_col=0)) == ("嗨。", "Hi.")
 
 
 def test_tsv_line_without_tab_error_names_file_and_line(tmp_path):
     path = write(tmp_path / "fra.txt", "Go.\tVa !\nHi. Salut !\n")
     with pytest.raises(DataError, match=r"fra\.txt:2: expected at least 2 tab-separated columns"):
-        text.read_tsv(path)
+        list(text.stream_tsv(path))
 
 
 def test_load_corpus_prefers_tsv_and_explains_missing_files(tmp_path):
