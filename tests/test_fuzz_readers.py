@@ -81,19 +81,41 @@ def test_parallel_files_pair_line_i_with_line_i_or_refuse(src, tgt):
         assert pairs == list(zip(want_src, want_tgt))
 
 
+def _tsv_refusal_is_warranted(data: bytes, message: str, needed: int) -> bool:
+    """Whether the TSV refusal `message` is true of `data`: the line it names has a bad byte or too
+    few columns, or the file is empty or has no non-empty line. (A streaming reader may stop at a
+    short line before reaching a bad byte further on, so each cause is checked on its own line.)"""
+    located = re.search(r":(\d+): (not valid UTF-8|expected at least)", message)
+    if located:
+        raw = data.split(b"\n")[int(located.group(1)) - 1]
+        raw = raw.removeprefix(b"\xef\xbb\xbf") if located.group(1) == "1" else raw
+        try:
+            line = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError:
+            return located.group(2) == "not valid UTF-8"
+        return located.group(2) == "expected at least" and line != "" and len(line.split("\t")) < needed
+    if "file is empty" in message:
+        return data.removeprefix(b"\xef\xbb\xbf") == b""
+    lines = _reference_lines(data)
+    return "no sentence pairs found" in message and lines is not None and not any(lines)
+
+
 @FUZZ
 @given(data=raw_files, src_col=st.integers(0, 2), tgt_col=st.integers(0, 2))
 def test_tsv_columns_come_from_their_own_line_or_refuse(data, src_col, tgt_col):
     with tempfile.TemporaryDirectory() as directory:
         path = _write(directory, "c.tsv", data)
         lines = _reference_lines(data)
+        needed = max(src_col, tgt_col) + 1
         try:
             pairs = list(text.stream_tsv(path, src_col, tgt_col))
         except DataError as err:
             _assert_names(err, path)
+            assert _tsv_refusal_is_warranted(data, str(err), needed), (data, src_col, tgt_col, str(err))
             return
         assert lines is not None
-        rows = [line.split("\t") for line in lines if line]
+        rows = [line.split("	") for line in lines if line]
+        assert rows and all(len(row) >= needed for row in rows)
         assert pairs == [(row[src_col], row[tgt_col]) for row in rows]
 
 
@@ -109,6 +131,12 @@ def test_preparing_any_bytes_counts_every_pair_or_is_one_error(tmp_path, monkeyp
             prepared = corpus_cache.open_text(config, lambda message: None)
         except DataError as err:
             assert str(err).count("\n") == 0 and (src_path in str(err) or tgt_path in str(err)), str(err)
+            want_src, want_tgt = _reference_lines(src), _reference_lines(tgt)
+            readable = want_src is not None and want_tgt is not None and len(want_src) == len(want_tgt)
+            # readable files are refused only when no pair keeps both sides after cleaning
+            assert str(err).startswith("no training pairs left") == readable, (src, tgt, str(err))
+            clean = lambda line: text.normalize(line, config.data.lowercase, config.data.d2l_preprocess)  # noqa: E731
+            assert not readable or not any(clean(s) and clean(t) for s, t in zip(want_src, want_tgt))
             cache = os.path.join(directory, "cache")
             assert all(name.endswith(".lock") for name in os.listdir(cache)) if os.path.isdir(cache) else True
             return

@@ -81,6 +81,8 @@ def test_concurrent_requests_are_served_by_one_search(server):
 
 
 def test_a_seeded_sample_does_not_depend_on_its_batch(server):
+    """Sent alone, and sent with two other requests (other seeds and per-row settings) that share
+    its search: the same samples."""
     request = {"text": LINES[0], "sample": True, "seed": 11, "nbest": 3, "temperature": 1.5, "top_p": 0.95}
     alone = server.post(request).json()["translations"][0]
     barrier = threading.Barrier(3)
@@ -89,10 +91,12 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         barrier.wait()
         return server.post(payload).json()["translations"][0]
 
-    others = [{"text": LINES[1], "sample": True, "seed": 2, "temperature": 0.7},
+    others = [{"text": LINES[1], "sample": True, "seed": 2, "nbest": 3, "temperature": 0.7},
               {"text": [LINES[2], LINES[0]], "sample": True, "seed": 5, "nbest": 3, "top_k": 3}]
+    before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         shared = list(pool.map(send, [request, *others]))[0]
+    assert httpx.get(f"{server.url}/info").json()["batches"]["search_calls"] - before == 1  # one batch of 4 texts
     assert [c["text"] for c in shared["nbest"]] == [c["text"] for c in alone["nbest"]]
     another_seed = server.post(dict(request, seed=12)).json()["translations"][0]
     assert [c["text"] for c in another_seed["nbest"]] != [c["text"] for c in alone["nbest"]]

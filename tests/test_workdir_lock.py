@@ -40,9 +40,16 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(tmp_path):
 
 
 def test_other_processes_of_a_multihost_run_do_not_take_it(tmp_path):
-    with hold(str(tmp_path), print):
-        with hold(str(tmp_path), print, enabled=False):  # process 1 of the run that process 0 locked for
-            pass
+    warnings = []
+    with hold(str(tmp_path), warnings.append):
+        held = (tmp_path / LOCK_NAME).read_text()
+        with hold(str(tmp_path), warnings.append, enabled=False):  # process 1 of the run that process 0 locked for
+            assert (tmp_path / LOCK_NAME).read_text() == held
+        assert (tmp_path / LOCK_NAME).read_text() == held  # process 0's record is intact...
+        with pytest.raises(WorkdirLocked, match=f"pid {os.getpid()} on host"):  # ...and so is its lock
+            with hold(str(tmp_path), warnings.append):
+                pass
+    assert warnings == []
 
 
 @pytest.mark.slow
