@@ -255,6 +255,21 @@ def ensemble_weights(weights: Sequence[float] | None, members: int) -> tuple[flo
     return tuple(w / sum(weights) for w in weights)
 
 
+def ensemble_weights_flag(values: Sequence[str] | None, members: int) -> list[float] | None:
+    """decode.py's and serve.py's `--ensemble_weights` (strings, one per --workdir) as numbers,
+    checked by `ensemble_weights` before any model loads; None when the flag is not given."""
+    if not values:
+        return None
+    try:
+        weights = [float(w) for w in values]
+    except ValueError:
+        raise ValueError(f"--ensemble_weights must be numbers, got {','.join(values)}") from None
+    if len(weights) != members:
+        raise ValueError(f"--ensemble_weights has {len(weights)} weights for {members} --workdir")
+    ensemble_weights(weights, members)
+    return weights
+
+
 class Inference:
     """Searches a model's (or an ensemble's) outputs for lists of source ids; see the module docstring.
 
