@@ -192,14 +192,16 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
 
 def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: SearchOptions, max_steps: int,
                  params: tuple, srcs: tuple, caps, rows: dict, prefix=None, prefix_len=None,
-                 segments: tuple[Segments | None, ...] | None = None):
+                 segments: tuple[Segments | None, ...] | None = None, compact: bool = True):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
     traceable function `Inference` compiles (and export.py exports) for each compiled key.
 
     `models`, `weights`, `params` and `srcs` hold one entry per ensemble member (one for a single
     model, weight 1.0); `srcs` are `pad_batch` batches, `caps` [B] the rows' output-length caps.
     With a forced prefix (int32 [B, P] and lengths [B]) the tokens and scores are those of the
-    continuation. `segments` (static) skips the sources' padded encoder steps.
+    continuation. `segments` (static) skips the sources' padded encoder steps. `compact`: greedy
+    and beam search continue with fewer rows once half have finished (search.py); the output
+    is the same either way.
 
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
     settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
@@ -227,12 +229,12 @@ def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: 
     if opts.beam_size == 1:
         tokens, scores = scored(search.greedy_search(
             step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start,
-            return_log_prob=opts.with_scores,
+            return_log_prob=opts.with_scores, compact=compact,
         ))
         return tokens[:, None], scores[:, None]
     tokens, scores, _ = search.batch_beam_search(
         step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
-        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start,
+        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start, compact=compact,
     )
     return tokens, scores
 
@@ -275,12 +277,13 @@ class Inference:
 
     With one model, `params` and `sources` are that model's; with an ensemble (a sequence of
     models) they are tuples with one entry per member, and member 0's source lengths order
-    the batches and set the output-length caps.
+    the batches and set the output-length caps. `skip_padding` and `compact` choose how the
+    compiled searches run (time segments, fewer rows as outputs finish), never what they output.
     """
 
     def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
                  mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
-                 max_compiled: int = 16, skip_padding: bool = False):
+                 max_compiled: int = 16, skip_padding: bool = False, compact: bool = True):
         self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
         self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
@@ -293,6 +296,9 @@ class Inference:
         # Each batch's source time-segment profile is compiled for (s2s_jax/time_segments.py): worth it
         # for decode.py's length-sorted batches, not for a server that compiles its shapes ahead.
         self.skip_padding = skip_padding and parallel.num_devices(self.mesh) == 1
+        # Greedy and beam search continue with fewer rows once half have finished (search_batch);
+        # the outputs are the same either way, so only a benchmark of the plain loop turns it off.
+        self.compact = compact
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
         """(params, sources) as one entry per member."""
@@ -312,8 +318,8 @@ class Inference:
         with self._lock:  # threads (a server's warm-up) must not build two functions for one key
             fn = self._compiled.pop(key, None)
             if fn is None:
-                fn = jax.jit(functools.partial(search_batch, self.models, self.weights, key, self.max_steps),
-                             static_argnames="segments")
+                fn = jax.jit(functools.partial(search_batch, self.models, self.weights, key, self.max_steps,
+                                               compact=self.compact), static_argnames="segments")
             self._compiled[key] = fn
             while len(self._compiled) > self.max_compiled:
                 self._compiled.pop(next(iter(self._compiled)))

@@ -63,6 +63,26 @@ def test_batches_come_from_few_shapes(tiny):
     assert {rows for rows, _ in shapes} <= set(inference.row_counts(16))
 
 
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_compaction_switch_reaches_greedy_and_beam_search(tiny, monkeypatch, compact):
+    engine, params, sources = tiny
+    searches = (SearchOptions(), SearchOptions(beam_size=2))
+    expected = [engine.run(params, sources, opts, batch_size=16) for opts in searches]
+    seen = []
+
+    def recording(search_fn):
+        def search_fn_recorded(*args, compact=True, **kwargs):
+            seen.append(compact)
+            return search_fn(*args, compact=compact, **kwargs)
+        return search_fn_recorded
+
+    for name in ("greedy_search", "batch_beam_search"):
+        monkeypatch.setattr(inference.search, name, recording(getattr(inference.search, name)))
+    switched = Inference(engine.models[0], DECODE, max_src_len=10, compact=compact)
+    assert [switched.run(params, sources, opts, batch_size=16) for opts in searches] == expected
+    assert seen == [compact, compact]  # greedy's, then beam's
+
+
 @pytest.mark.slow
 def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_workdir):
     """Validation (training.evaluate) and the Translator share one path: same outputs, same BLEU."""
