@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_decode.py                      # batches 1, 32, 128; beam 5
     .venv/bin/python benchmarks/bench_decode.py --attention --batch-sizes 1,128
     .venv/bin/python benchmarks/bench_decode.py --workdir runs/m30k_att \\
-        --input ../shared/data/multi30k/test2016.de --batch-sizes 32,128 [--no-compact]
+        --input ../shared/data/multi30k/test_2016_flickr.de --batch-sizes 32,128 [--no-compact]
 
 Both modes time the path decode.py runs by default: the encoder skips each batch's padded
 steps (`model.skip_padding`; `--no-skip-padding` runs them all) and greedy and beam search
