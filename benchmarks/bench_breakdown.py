@@ -16,6 +16,11 @@ Times, each jitted on its own and run forward + backward, the parts of
 
 and the float32 rate XLA reaches on each part's dominant matmul shape alone
 (`matmul_gflops`), which bounds what that part can reach. One JSON line on stdout.
+
+The recurrences run as train.py runs them by default: given the batch's time-segment
+profiles (`model.skip_padding`, s2s_jax.time_segments.for_batch) they skip the padded
+steps; `--no-skip-padding` times the padded recurrences. The JSON's `path` key says which.
+The matmul FLOP counts (`gflops`) count every padded position either way.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per part (median reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
+                    help="run the recurrences over every padded step (model.skip_padding=False)")
     return ap.parse_args(argv)
 
 
@@ -65,7 +72,7 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from s2s_jax import training
+    from s2s_jax import time_segments, training
     from s2s_jax.losses import compact_cross_entropy
     from s2s_jax.model import Seq2Seq
 
@@ -76,11 +83,14 @@ def main(argv=None):
     state = training.init_train_state(model, optimizer, args.seed)
     params = state["params"]
     src, _, tgt_in, tgt_out, tgt_len = make_batch(np.random.default_rng(args.seed), args.batch, args.vocab, args.maxlen)
+    # the batch's (source, decoder input) time-segment profiles, as train.py computes them (None = padded)
+    segments = time_segments.for_batch({"src": src, "tgt_in": tgt_in}) if args.skip_padding else None
+    src_segments, tgt_segments = segments or (None, None)
     src, tgt_in, tgt_out = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(tgt_out)
     project = training.output_layer(model)
 
     def encode(p, src):
-        return model.apply({"params": p}, src, method=Seq2Seq.encode)
+        return model.apply({"params": p}, src, segments=src_segments, method=Seq2Seq.encode)
 
     @jax.jit
     def encoder_part(p, src, cotangent):
@@ -89,7 +99,7 @@ def main(argv=None):
 
     def decoder_features(p, memory, dec_state, tgt_in):
         def run(module, memory, dec_state, tgt_in):
-            h, _, _ = module.decoder(tgt_in, memory, dec_state, train=False, features=True)
+            h, _, _ = module.decoder(tgt_in, memory, dec_state, train=False, features=True, segments=tgt_segments)
             return h
         return model.apply({"params": p}, memory, dec_state, tgt_in, method=run)
 
@@ -128,11 +138,11 @@ def main(argv=None):
         "optimizer": time_fn(optimizer_part, state["opt_state"], grads, params, repeats=args.repeats),
     }
     step_times = []
-    state, metrics = train_step(state, batch, key)
+    state, metrics = train_step(state, batch, key, segments=segments)
     jax.block_until_ready(metrics)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        state, metrics = train_step(state, batch, key)
+        state, metrics = train_step(state, batch, key, segments=segments)
         jax.block_until_ready(metrics)
         step_times.append((time.perf_counter() - t0) * 1e3)
 
@@ -155,6 +165,7 @@ def main(argv=None):
     res = {"impl": "s2s_jax", "benchmark": "breakdown"}
     res.update(_common.environment(threads_info))
     res["config"] = vars(args)
+    res["path"] = {"skip_padding": args.skip_padding, "segment_profiles": repr(segments)}
     res["parts_ms"] = parts
     res["sum_of_parts_ms"] = round(sum(p["median"] for p in parts.values()), 1)
     res["train_step_ms"] = _common.summarize(step_times)

@@ -9,9 +9,12 @@ Pipeline (what `train.py` does, minus validation): s2s_jax.text.stream_parallel 
 clean_pairs (NFKC, counted empty pairs) -> a joint sentencepiece model trained by
 s2s_jax.tokenizer.train_tokenizer in a temporary directory -> encode -> filter_by_length
 (--max-len) -> s2s_jax.batching.BucketedBatches (2-D length buckets) ->
-TrainIterator -> the jit train step of s2s_jax.training.
+TrainIterator -> the jit train step of s2s_jax.training, given each batch's time-segment
+profile (s2s_jax.time_segments.for_batch) as train.py does by default (`model.skip_padding`;
+`--no-skip-padding` times the padded recurrences). The JSON's `path` key says which.
 
-Timing: one untimed step per distinct batch shape compiles everything first; then
+Timing: one untimed step per distinct (batch shape, time-segment profile) of the timed
+batches compiles everything first; then
 --steps steps from the start of epoch 0 are timed (host-side batch assembly included,
 as in real training), and seconds per epoch = measured seconds per step x batches per
 epoch (EXTRAPOLATED; `epoch_s_extrapolated: true`). With --epochs N, N whole epochs are
@@ -28,10 +31,12 @@ Keys:
                                   batch: its real rows only) -- a typical dynamic-shape loader
   padding_efficiency.fixed        every batch padded to the corpus's longest src/tgt (one shape)
   padding_efficiency.timed        real/slots over the batches actually timed
-  distinct_shapes                 our (S, T) batch shapes = train-step compiles; plain_distinct_shapes
-                                  is how many shapes the plain loader would compile under jit
+  distinct_shapes                 our (S, T) batch shapes; plain_distinct_shapes is how many shapes
+                                  the plain loader would compile under jit
+  compiled_programs               distinct (shape, time-segment profile) pairs of the timed batches
+                                  = train-step compiles (= distinct_shapes with --no-skip-padding)
   train_step_cache_size           compiled variants the jitted train step holds (cross-check)
-  compile_s                       per shape, the first (compiling) step's seconds; compile_s_total
+  compile_s                       per shape, the compiling steps' seconds (all its profiles); compile_s_total
   train_gflops_model              achieved GFLOP/s on peak.py's FLOP model at the real lengths
   prep_s                          seconds spent reading, training sentencepiece, encoding, bucketing
 """
@@ -71,6 +76,8 @@ def parse_args(argv=None):
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
+    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
+                    help="run the recurrences over every padded step (model.skip_padding=False)")
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -106,13 +113,14 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import batching, training
+    from s2s_jax import batching, time_segments, training
     from s2s_jax import text as text_lib
     from s2s_jax.tokenizer import PAD_ID, train_tokenizer
 
     res = {"impl": "s2s_jax", "benchmark": "real"}
     res.update(_common.environment(threads_info))
     res["config"] = vars(args)
+    res["path"] = {"skip_padding": args.skip_padding}
     prep = {}
 
     # ---- text -> ids -> buckets, the way s2s_jax.training_data.prepare does it
@@ -175,24 +183,31 @@ def main(argv=None):
     train_step = training.make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
     base_key = jax.random.key(args.seed)
 
-    # ---- compile every shape first (one real batch of each bucket), untimed
-    plan = batches.plan(0)
-    first_of = {}
-    for bucket, rows in plan:
-        first_of.setdefault(bucket, rows)
-    compile_s = {}
-    for bucket in sorted(first_of):
-        batch = batches.make_batch(bucket, first_of[bucket])
+    def profile(batch):  # the batch's time-segment profiles, as train.py computes them (None = padded)
+        return time_segments.for_batch(batch) if args.skip_padding else None
+
+    # ---- compile every program the timed steps run first (one step per distinct shape and profile), untimed
+    n_steps = args.epochs * batches.num_batches if args.epochs else args.steps
+    epochs = math.ceil(n_steps / batches.num_batches)
+    timed = [(epoch, bucket, rows) for epoch in range(epochs) for bucket, rows in batches.plan(epoch)][:n_steps]
+    compiled, compile_s = set(), {}
+    for epoch, bucket, rows in timed:
+        batch = batches.make_batch(bucket, rows, epoch)
+        program = (bucket, profile(batch))
+        if program in compiled:
+            continue
+        compiled.add(program)
         t0 = time.perf_counter()
-        state, m = train_step(state, batch, base_key)
+        state, m = train_step(state, batch, base_key, segments=program[1])
         jax.block_until_ready((state, m))
-        compile_s["%dx%d" % batches.shapes[bucket]] = round(time.perf_counter() - t0, 3)
+        shape = "%dx%d" % batches.shapes[bucket]
+        compile_s[shape] = round(compile_s.get(shape, 0.0) + time.perf_counter() - t0, 3)
     res["compile_s"] = compile_s
     res["compile_s_total"] = round(sum(compile_s.values()), 3)
+    res["compiled_programs"] = len(compiled)
 
     # ---- timed steps from the start of epoch 0
     iterator = batching.TrainIterator(batches)
-    n_steps = args.epochs * batches.num_batches if args.epochs else args.steps
     ntok = real_s = real_t = slots_s = slots_t = 0
     metrics, epoch_times, lengths = [], [], []
     t_start = t_epoch = time.perf_counter()
@@ -200,7 +215,7 @@ def main(argv=None):
         batch = next(iterator)
         tgt_mask = batch["tgt_out"] != PAD_ID
         ntok += int(tgt_mask.sum())
-        state, m = train_step(state, batch, base_key)
+        state, m = train_step(state, batch, base_key, segments=profile(batch))
         metrics.append(m)
         src_mask = batch["src"] != PAD_ID
         real_s += int(src_mask.sum())

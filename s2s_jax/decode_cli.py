@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from s2s_jax import bleu
 from s2s_jax.errors import CheckpointError, DataError
-from s2s_jax.inference import SearchOptions
+from s2s_jax.inference import SearchOptions, ensemble_weights_flag
 from s2s_jax.search import length_penalty
 from s2s_jax.text import lines_from_bytes, read_lines
 from s2s_jax.translator import Hypothesis, Translator
@@ -84,16 +84,8 @@ def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesi
 
 
 def _ensemble_weights(flags) -> list[float] | None:
-    """--ensemble_weights as floats, one per --workdir (None: equal weights)."""
-    if not getattr(flags, "ensemble_weights", None):
-        return None
-    try:
-        weights = [float(w) for w in flags.ensemble_weights]
-    except ValueError:
-        raise ValueError(f"--ensemble_weights must be numbers, got {','.join(flags.ensemble_weights)}") from None
-    if len(weights) != len(flags.workdir):
-        raise ValueError(f"--ensemble_weights has {len(weights)} weights for {len(flags.workdir)} --workdir")
-    return weights
+    """--ensemble_weights as checked floats, one per --workdir (None: equal weights)."""
+    return ensemble_weights_flag(getattr(flags, "ensemble_weights", None), len(flags.workdir))
 
 
 def _check_flags(flags) -> None:

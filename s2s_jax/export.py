@@ -48,8 +48,8 @@ def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
 
     def search(params, src, caps):
         per_row = inference.row_settings([opts] * src.shape[0], [(0, 0)] * src.shape[0])  # constants in the export
-        tokens, scores = inference._search((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps,
-                                           per_row)
+        tokens, scores = inference.search_batch((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,),
+                                                caps, per_row)
         return tokens[:, 0], scores[:, 0]
 
     return jax.jit(search)

@@ -92,7 +92,7 @@ class SearchOptions:
 
 
 @dataclasses.dataclass
-class Candidate:
+class ScoredTokens:
     """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
 
     tokens: list[int]
@@ -110,9 +110,16 @@ def length_caps(src_lengths: np.ndarray, decode_cfg, max_steps: int) -> np.ndarr
     return np.minimum(np.maximum(cap, 1), max_steps)
 
 
-def _rows(n: int, batch_size: int) -> int:
-    """The smallest power of two >= n, at most batch_size: few distinct batch shapes."""
+def batch_rows(n: int, batch_size: int) -> int:
+    """The rows of a batch that holds n inputs: the smallest power of two >= n, at most
+    batch_size, so a caller compiles for few distinct batch shapes."""
     return min(1 << max(n - 1, 0).bit_length(), batch_size)
+
+
+def row_counts(batch_size: int) -> list[int]:
+    """Every row count `batch_rows` gives for batches of up to batch_size inputs, ascending:
+    the batch shapes a caller that compiles ahead (the server's warm-up) has to cover."""
+    return sorted({batch_rows(n, batch_size) for n in range(1, batch_size + 1)})
 
 
 def source_width(tokens: int) -> int:
@@ -122,7 +129,7 @@ def source_width(tokens: int) -> int:
 
 
 def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[int, int]]) -> dict:
-    """The per-row arrays a compiled search reads (`_search`'s `rows`): each row's alpha,
+    """The per-row arrays a compiled search reads (`search_batch`'s `rows`): each row's alpha,
     temperature, top_k, top_p and sampling key (seed, index)."""
     alpha, temperature, top_k, top_p = zip(*(one.row_values() for one in settings))
     seed, index = zip(*sample_keys)
@@ -133,9 +140,10 @@ def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[
     }
 
 
-def _padded(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The chunk's sequences (+ EOS) as int32 [rows, W], PAD-padded to a multiple of 8 (at least 8),
-    and their lengths (EOS counted); rows past the chunk are all PAD with length 0."""
+def pad_batch(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences `seqs[i]` for i in chunk (+ EOS when `eos`) as one batch, int32 [rows, W]
+    PAD-padded to `source_width` (a multiple of 8), and their lengths (EOS counted); rows past
+    the chunk are all PAD with length 0. The shapes every batch of the inference path has."""
     lengths = np.zeros((rows,), np.int32)
     lengths[: len(chunk)] = [len(seqs[i]) + eos for i in chunk]
     width = source_width(int(lengths.max()))
@@ -182,15 +190,22 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
     return tuple(m for m, _ in encoded), tuple(s for _, s in encoded), step_fn
 
 
-def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, caps, rows: dict, prefix=None,
-            prefix_len=None, segments=None):
-    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch; with a forced prefix
-    (int32 [B, P] and lengths [B]) the tokens and scores are those of the continuation.
-    `segments` (static) skips the sources' padded encoder steps.
+def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: SearchOptions, max_steps: int,
+                 params: tuple, srcs: tuple, caps, rows: dict, prefix=None, prefix_len=None,
+                 segments: tuple[Segments | None, ...] | None = None, compact: bool = True):
+    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
+    traceable function `Inference` compiles (and export.py exports) for each compiled key.
+
+    `models`, `weights`, `params` and `srcs` hold one entry per ensemble member (one for a single
+    model, weight 1.0); `srcs` are `pad_batch` batches, `caps` [B] the rows' output-length caps.
+    With a forced prefix (int32 [B, P] and lengths [B]) the tokens and scores are those of the
+    continuation. `segments` (static) skips the sources' padded encoder steps. `compact`: greedy
+    and beam search continue with fewer rows once half have finished (search.py); the output
+    is the same either way.
 
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
-    settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index): row r draws
-    from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
+    settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
+    row r draws from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
     """
     memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
@@ -214,12 +229,12 @@ def _search(models, weights, opts: SearchOptions, max_steps: int, params, srcs, 
     if opts.beam_size == 1:
         tokens, scores = scored(search.greedy_search(
             step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start,
-            return_log_prob=opts.with_scores,
+            return_log_prob=opts.with_scores, compact=compact,
         ))
         return tokens[:, None], scores[:, None]
     tokens, scores, _ = search.batch_beam_search(
         step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
-        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start,
+        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start, compact=compact,
     )
     return tokens, scores
 
@@ -242,17 +257,33 @@ def ensemble_weights(weights: Sequence[float] | None, members: int) -> tuple[flo
     return tuple(w / sum(weights) for w in weights)
 
 
+def ensemble_weights_flag(values: Sequence[str] | None, members: int) -> list[float] | None:
+    """decode.py's and serve.py's `--ensemble_weights` (strings, one per --workdir) as numbers,
+    checked by `ensemble_weights` before any model loads; None when the flag is not given."""
+    if not values:
+        return None
+    try:
+        weights = [float(w) for w in values]
+    except ValueError:
+        raise ValueError(f"--ensemble_weights must be numbers, got {','.join(values)}") from None
+    if len(weights) != members:
+        raise ValueError(f"--ensemble_weights has {len(weights)} weights for {members} --workdir")
+    ensemble_weights(weights, members)
+    return weights
+
+
 class Inference:
     """Searches a model's (or an ensemble's) outputs for lists of source ids; see the module docstring.
 
     With one model, `params` and `sources` are that model's; with an ensemble (a sequence of
     models) they are tuples with one entry per member, and member 0's source lengths order
-    the batches and set the output-length caps.
+    the batches and set the output-length caps. `skip_padding` and `compact` choose how the
+    compiled searches run (time segments, fewer rows as outputs finish), never what they output.
     """
 
     def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
                  mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
-                 max_compiled: int = 16, skip_padding: bool = False):
+                 max_compiled: int = 16, skip_padding: bool = False, compact: bool = True):
         self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
         self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
@@ -265,6 +296,9 @@ class Inference:
         # Each batch's source time-segment profile is compiled for (s2s_jax/time_segments.py): worth it
         # for decode.py's length-sorted batches, not for a server that compiles its shapes ahead.
         self.skip_padding = skip_padding and parallel.num_devices(self.mesh) == 1
+        # Greedy and beam search continue with fewer rows once half have finished (search_batch);
+        # the outputs are the same either way, so only a benchmark of the plain loop turns it off.
+        self.compact = compact
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
         """(params, sources) as one entry per member."""
@@ -284,8 +318,8 @@ class Inference:
         with self._lock:  # threads (a server's warm-up) must not build two functions for one key
             fn = self._compiled.pop(key, None)
             if fn is None:
-                fn = jax.jit(functools.partial(_search, self.models, self.weights, key, self.max_steps),
-                             static_argnames="segments")
+                fn = jax.jit(functools.partial(search_batch, self.models, self.weights, key, self.max_steps,
+                                               compact=self.compact), static_argnames="segments")
             self._compiled[key] = fn
             while len(self._compiled) > self.max_compiled:
                 self._compiled.pop(next(iter(self._compiled)))
@@ -300,8 +334,8 @@ class Inference:
                 sample_keys: Sequence[tuple[int, int]]) -> dict:
         """srcs (one [rows, S_m] per member), caps [rows] and the per-row settings and sampling
         keys; filler rows are all PAD with cap 0."""
-        rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
-        padded = [_padded(member, chunk, rows, eos=True) for member in sources]
+        rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
+        padded = [pad_batch(member, chunk, rows, eos=True) for member in sources]
         caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
         filler = rows - len(chunk)
@@ -311,7 +345,7 @@ class Inference:
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
         """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
-        prefix, lengths = _padded(prefixes, chunk, caps.shape[0], eos=False)
+        prefix, lengths = pad_batch(prefixes, chunk, caps.shape[0], eos=False)
         caps[: len(chunk)] = np.maximum(caps[: len(chunk)] - lengths[: len(chunk)], 1)
         return {"prefix": prefix, "prefix_len": lengths}
 
@@ -325,7 +359,7 @@ class Inference:
         progress: Callable[[Iterable], Iterable] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
-    ) -> list[list[Candidate]]:
+    ) -> list[list[ScoredTokens]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
         `opts` is one setting for every source, or one per source; those must share one
@@ -357,7 +391,7 @@ class Inference:
         # One search for all rows: a filter is switched on when any row uses it (the others pass through it).
         union = dataclasses.replace(first, top_k=max(s.top_k for s in settings) if settings else 0,
                                     top_p=min(s.top_p for s in settings) if settings else 1.0)
-        results = [[Candidate([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
+        results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
         chunks = self.batches(sources[0], batch_size)
         search_fn = self.search_fn(union)
         for chunk in progress(chunks) if progress else chunks:
@@ -372,13 +406,13 @@ class Inference:
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
                 results[i] = [
-                    Candidate(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])
+                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])
                 ]
         return results
 
     def score(
         self, params, sources: Sequence[Sequence[int]] | tuple, targets: Sequence[Sequence[int]], batch_size: int = 64
-    ) -> list[Candidate]:
+    ) -> list[ScoredTokens]:
         """The model's log-probability of each given target (ids without EOS) after its source.
 
         The score sums log p over the target's tokens and the EOS after them, under the
@@ -392,16 +426,16 @@ class Inference:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         order = sorted(range(len(targets)), key=lambda i: (len(sources[0][i]), len(targets[i])))
-        results: list[Candidate] = [Candidate([], 0.0) for _ in targets]
+        results: list[ScoredTokens] = [ScoredTokens([], 0.0) for _ in targets]
         if self._score_fn is None:
             self._score_fn = jax.jit(functools.partial(_teacher_forced_log_prob, self.models, self.weights))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            rows = parallel.round_up_rows(_rows(len(chunk), batch_size), self.mesh)
-            tgt, lengths = _padded(targets, chunk, rows, eos=True)
-            srcs = tuple(_padded(member, chunk, rows, eos=True)[0] for member in sources)
+            rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
+            tgt, lengths = pad_batch(targets, chunk, rows, eos=True)
+            srcs = tuple(pad_batch(member, chunk, rows, eos=True)[0] for member in sources)
             placed = parallel.shard_batch(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
             logp = parallel.to_host(self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"]))
             for row, i in enumerate(chunk):
-                results[i] = Candidate(list(targets[i]), float(logp[row]))
+                results[i] = ScoredTokens(list(targets[i]), float(logp[row]))
         return results

@@ -39,14 +39,14 @@ def settings_from_flags(flags) -> ServeSettings:
 def run(flags) -> int:
     import uvicorn
 
-    from s2s_jax.decode_cli import _ensemble_weights
     from s2s_jax.errors import CheckpointError, DataError
+    from s2s_jax.inference import ensemble_weights_flag
     from s2s_jax.serving import create_app
     from s2s_jax.translator import Translator
 
     try:
         settings = settings_from_flags(flags)
-        weights = _ensemble_weights(flags)
+        weights = ensemble_weights_flag(flags.ensemble_weights, len(flags.workdir))
         for workdir in flags.workdir:  # a wrong path is an error now, not a 503 later
             if not os.path.isfile(os.path.join(workdir, "config.json")):
                 raise DataError(f"{workdir} is not a training workdir (no config.json)")

@@ -251,7 +251,7 @@ def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None]
                             if b != default.beam_size]
     widest = inference.source_width(translator.max_len + 1)
     widths = range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
-    rows = sorted({inference._rows(n, settings.max_batch) for n in range(1, settings.max_batch + 1)})
+    rows = inference.row_counts(settings.max_batch)
     members = len(translator.members)
     params = translator.search_params
 

@@ -285,9 +285,9 @@ def attention_maps(member: Member | Translator, lines: list[str], outputs: list[
     order = sorted((i for i, ids in enumerate(src_ids) if ids), key=lambda i: (len(src_ids[i]), len(tgt_in[i])))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        rows = inference._rows(len(chunk), batch_size)
-        src, _ = inference._padded(src_ids, chunk, rows, eos=True)
-        tgt, _ = inference._padded(tgt_in, chunk, rows, eos=False)
+        rows = inference.batch_rows(len(chunk), batch_size)
+        src, _ = inference.pad_batch(src_ids, chunk, rows, eos=True)
+        tgt, _ = inference.pad_batch(tgt_in, chunk, rows, eos=False)
         weights = np.asarray(member.attention_fn(member.params, src, tgt))
         for row, i in enumerate(chunk):
             maps[i] = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from s2s_jax import decode_cli, search
-from s2s_jax.inference import Inference, SearchOptions, ensemble_weights
+from s2s_jax.inference import Inference, SearchOptions, ensemble_weights, ensemble_weights_flag
 from s2s_jax.model import ModelConfig, Seq2Seq
 from s2s_jax.tokenizer import EOS_ID, PAD_ID
 
@@ -117,6 +117,12 @@ def test_ensemble_weights_are_checked():
     for bad in ([1.0], [1.0, -1.0], [0.0, 0.0], [float("nan"), 1.0]):
         with pytest.raises(ValueError, match="ensemble weights"):
             ensemble_weights(bad, 2)
+    assert ensemble_weights_flag(None, 2) is None and ensemble_weights_flag(["3", "1"], 2) == [3.0, 1.0]
+    for bad, message in ((["1"], "--ensemble_weights has 1 weights for 2 --workdir"),
+                         (["1", "x"], "--ensemble_weights must be numbers, got 1,x"),
+                         (["1", "-1"], "ensemble weights must be finite")):
+        with pytest.raises(ValueError, match=message):
+            ensemble_weights_flag(bad, 2)
 
 
 # ---------------------------------------------------------------------------

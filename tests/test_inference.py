@@ -39,7 +39,7 @@ def test_results_do_not_depend_on_batch_size_or_order(tiny, opts):
     assert [[c.tokens for c in r] for r in batched] == [[c.tokens for c in r] for r in one_by_one]
     np.testing.assert_allclose([[c.score for c in r] for r in batched], [[c.score for c in r] for r in one_by_one],
                                rtol=1e-5, atol=1e-5)
-    assert batched[4] == [inference.Candidate([], 0.0)] * opts.nbest
+    assert batched[4] == [inference.ScoredTokens([], 0.0)] * opts.nbest
     reversed_run = engine.run(params, sources[::-1], opts, batch_size=4)[::-1]
     assert [[c.tokens for c in r] for r in reversed_run] == [[c.tokens for c in r] for r in batched]
 
@@ -59,6 +59,28 @@ def test_batches_come_from_few_shapes(tiny):
     shapes = {engine._arrays((many,), chunk, 16, settings, keys)["srcs"][0].shape for chunk in chunks}
     assert all(rows in (1, 2, 4, 8, 16) and width % inference.SOURCE_LENGTH_MULTIPLE == 0 for rows, width in shapes)
     assert len(shapes) <= 3
+    assert inference.row_counts(16) == [1, 2, 4, 8, 16] and inference.row_counts(12) == [1, 2, 4, 8, 12]
+    assert {rows for rows, _ in shapes} <= set(inference.row_counts(16))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_compaction_switch_reaches_greedy_and_beam_search(tiny, monkeypatch, compact):
+    engine, params, sources = tiny
+    searches = (SearchOptions(), SearchOptions(beam_size=2))
+    expected = [engine.run(params, sources, opts, batch_size=16) for opts in searches]
+    seen = []
+
+    def recording(search_fn):
+        def search_fn_recorded(*args, compact=True, **kwargs):
+            seen.append(compact)
+            return search_fn(*args, compact=compact, **kwargs)
+        return search_fn_recorded
+
+    for name in ("greedy_search", "batch_beam_search"):
+        monkeypatch.setattr(inference.search, name, recording(getattr(inference.search, name)))
+    switched = Inference(engine.models[0], DECODE, max_src_len=10, compact=compact)
+    assert [switched.run(params, sources, opts, batch_size=16) for opts in searches] == expected
+    assert seen == [compact, compact]  # greedy's, then beam's
 
 
 @pytest.mark.slow
