@@ -46,6 +46,7 @@ import numpy as np
 
 from s2s_jax import text as text_lib
 from s2s_jax.errors import DataError
+from s2s_jax.files import TEMPORARY_MARK, temporary_name
 from s2s_jax.text import Pair, split_files, stream_split
 
 FORMAT = 1  # bump when the layout or the cleaning changes: old entries are then never matched
@@ -118,7 +119,7 @@ def _locked(path: str) -> Iterator[None]:
 
 def _remove_leftovers(final: str) -> None:
     """Removes the `final.tmp-*` directories of preparations that failed or were killed (called under the lock)."""
-    parent, prefix = os.path.dirname(final), os.path.basename(final) + ".tmp-"
+    parent, prefix = os.path.dirname(final), os.path.basename(final) + TEMPORARY_MARK
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
         if name.startswith(prefix):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
@@ -129,7 +130,7 @@ def _building(final: str) -> Iterator[str]:
     """A fresh temporary directory that becomes the entry `final` (replacing an outdated one) when the
     block ends; a block that raises leaves no temporary directory behind."""
     _remove_leftovers(final)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp = temporary_name(final)
     os.makedirs(tmp)
     try:
         yield tmp

@@ -7,11 +7,13 @@ import hashlib
 import os
 import shutil
 
+TEMPORARY_MARK = ".tmp-"  # PATH.tmp-PID: what a writer killed mid-write leaves behind
+
 
 def temporary_name(path: str) -> str:
     """Where `path` is written before it is renamed into place: beside it (same file system,
     so `os.replace` is atomic) and per process (two writers never share one)."""
-    return f"{path}.tmp-{os.getpid()}"
+    return f"{path}{TEMPORARY_MARK}{os.getpid()}"
 
 
 def write_atomic(path: str, data: str | bytes) -> None:

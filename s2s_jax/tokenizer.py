@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from s2s_jax.errors import DataError
+from s2s_jax.files import write_atomic
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -179,9 +180,9 @@ def train_tokenizer(
     if directory:
         os.makedirs(directory, exist_ok=True)
     model_path = model_prefix + ".model"
-    _write_atomic(model_path, proto.getvalue())
+    write_atomic(model_path, proto.getvalue())
     tokenizer = Tokenizer(model_path)
-    _write_atomic(model_prefix + ".vocab", tokenizer.vocab_listing().encode("utf-8"))
+    write_atomic(model_prefix + ".vocab", tokenizer.vocab_listing().encode("utf-8"))
     return tokenizer
 
 
@@ -200,9 +201,3 @@ def _explain_training_error(message: str, vocab_size: int, model_type: str, byte
         return f"unknown sentencepiece model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}"
     return f"sentencepiece training failed (vocab_size={vocab_size}, model_type={model_type!r}): {message}"
 
-
-def _write_atomic(path: str, payload: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, path)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import zlib
 
 from s2s_jax import batching, corpus_cache
 from s2s_jax import text as text_lib
 from s2s_jax.errors import DataError
+from s2s_jax.files import copy_atomic, write_atomic
 from s2s_jax.tokenizer import Tokenizer, workdir_model_paths
 
 
@@ -53,11 +53,8 @@ def _copy_tokenizer(model: str, path: str) -> None:
     """A sentencepiece model from `tokenizer_models` into the workdir, checked first."""
     listing = Tokenizer(model).vocab_listing()  # a missing file or other special ids: a clear error
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    shutil.copyfile(model, tmp)
-    os.replace(tmp, path)
-    with open(path[: -len(".model")] + ".vocab", "w", encoding="utf-8") as f:
-        f.write(listing)
+    copy_atomic(model, path)
+    write_atomic(path[: -len(".model")] + ".vocab", listing)
 
 
 def parse_init_from(spec: str) -> tuple[str, str]:
@@ -108,8 +105,7 @@ def tokenizers(config, workdir: str, text: corpus_cache.PreparedText, log=print)
 
 
 def _files(cfg, split: str) -> str:
-    tsv = getattr(cfg, f"{split}_tsv")
-    return tsv or f"{getattr(cfg, f'{split}_src')} / {getattr(cfg, f'{split}_tgt')}"
+    return ", ".join(text_lib.split_files(cfg, split)[1])
 
 
 def _encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer):
