@@ -142,7 +142,7 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
     final = result.metrics
     print(
         f"done in {minutes:.1f} min: valid BLEU {final.get('valid_bleu', float('nan')):.2f}, "
-        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best BLEU {result.best_valid_bleu:.2f}). "
+        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best checkpoint's BLEU {result.best_valid_bleu:.2f}). "
         f"Translate with: python decode.py --workdir {workdir}"
     )
     record = dict(final, best_valid_bleu=result.best_valid_bleu, outcome=result.outcome.value, minutes=minutes)

@@ -46,7 +46,7 @@ class Outcome(enum.Enum):
     """How a call of `train_and_evaluate` ended."""
 
     FINISHED = "finished"  # reached train.num_steps (or was already there)
-    EARLY_STOPPED = "early-stopped"  # validation BLEU stopped improving
+    EARLY_STOPPED = "early-stopped"  # the validation score (train.early_stop_metric) stopped improving
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: checkpointed, resumable
     NON_FINITE = "non-finite"  # NaN/Inf with train.on_nonfinite=stop
 
@@ -56,9 +56,15 @@ class TrainResult:
     outcome: Outcome
     step: int  # the step the run stopped at
     steps_run: int  # optimizer steps taken by this call (0: nothing was left to do)
-    best_valid_bleu: float
+    best_scores: dict  # the best checkpoint's validation scores and step ({} before the first evaluation)
     metrics: dict  # the last logged values (train_loss, valid_bleu, ...)
     message: str = ""  # for the user: why it stopped, how to go on
+
+    @property
+    def best_valid_bleu(self) -> float:
+        """The BLEU of the best checkpoint (-1 before the first evaluation), whichever
+        train.early_stop_metric chose it: final_metrics.json's `best_valid_bleu`."""
+        return self.best_scores.get("valid_bleu", -1.0)
 
 
 def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False,
@@ -287,8 +293,8 @@ EARLY_STOP_METRICS: dict[str, Metric] = {
 
 
 class BestTracker:
-    """The best validation score so far (train.early_stop_metric) and early stopping by
-    `train.early_stop_patience`.
+    """The best validation score so far (train.early_stop_metric: BLEU, chrF or loss), the
+    checkpoint it picks, and early stopping by `train.early_stop_patience`.
 
     Starts from the best checkpoint on disk, so a resumed run stops where an
     uninterrupted one would (and a rerun after an early stop does nothing).
@@ -298,22 +304,17 @@ class BestTracker:
         self.train_cfg = train_cfg
         self.metric = EARLY_STOP_METRICS[train_cfg.early_stop_metric]
         best_meta = best_meta or {}
-        self.step = best_meta.get("step", 0)
-        self.scores = best_meta
+        self.step = best_meta.get("step", 0)  # of the best checkpoint
+        self.scores = best_meta  # all validation scores of the best checkpoint, and its step
         worst = -math.inf if self.metric.higher_is_better else math.inf
-        self.value = best_meta.get(self.metric.key, worst)
-
-    @property
-    def bleu(self) -> float:
-        """The BLEU of the best checkpoint (-1 before the first evaluation)."""
-        return self.scores.get("valid_bleu", -1.0)
+        self.score = best_meta.get(self.metric.key, worst)  # its train.early_stop_metric
 
     def update(self, step: int, scores: dict, params, checkpoints: ckpt_lib.Checkpoints) -> bool:
         """Saves `params` as the new best if `scores` improve on it; says whether they did."""
         value = scores[self.metric.key]
-        improved = value > self.value if self.metric.higher_is_better else value < self.value
+        improved = value > self.score if self.metric.higher_is_better else value < self.score
         if improved:
-            self.step, self.value, self.scores = step, value, dict(scores, step=step)
+            self.step, self.score, self.scores = step, value, dict(scores, step=step)
             checkpoints.save_best(step, params, self.scores)
         return improved
 
@@ -324,7 +325,7 @@ class BestTracker:
     def message(self, step: int) -> str:
         return (
             f"early stop at step {step}: {self.metric.label} has not improved for "
-            f"{self.train_cfg.early_stop_patience} evaluations (best {self.value:.2f} at step {self.step})"
+            f"{self.train_cfg.early_stop_patience} evaluations (best {self.score:.2f} at step {self.step})"
         )
 
 
@@ -410,7 +411,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         best = BestTracker(train_cfg, checkpoints.best_meta())
 
         def result(outcome: Outcome, step: int, metrics: dict, message: str = "") -> TrainResult:
-            return TrainResult(outcome, step, step - start_step, best.bleu, metrics, message)
+            return TrainResult(outcome, step, step - start_step, best.scores, metrics, message)
 
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return result(Outcome.EARLY_STOPPED, start_step, {}, best.message(start_step))

@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.checkpoint_every = 1000
     train.early_stop_metric = "bleu"  # bleu | chrf | loss: what picks best/ and drives early stopping and plateau
     train.early_stop_patience = 0  # stop after this many evaluations without a better validation BLEU (0 = never)
-    train.max_to_keep = 3  # latest checkpoints kept; the best by validation BLEU is kept separately
+    train.max_to_keep = 3  # latest checkpoints kept; the best by train.early_stop_metric is kept separately
     train.num_samples = 3  # sample translations printed at each evaluation
 
     config.decode = decode = ml_collections.ConfigDict()
