@@ -18,11 +18,15 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from s2s_jax import config_utils
 from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.text import DataError
 from s2s_jax.workdir_lock import WorkdirLocked
+
+if TYPE_CHECKING:
+    from s2s_jax.training import TrainResult
 
 
 def _report_skipped_steps(workdir: str) -> None:
@@ -120,7 +124,13 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
             file=sys.stderr,
         )
         return 130
-    minutes = (time.perf_counter() - start) / 60
+    return _report(config, workdir, result, (time.perf_counter() - start) / 60)
+
+
+def _report(config, workdir: str, result: TrainResult, minutes: float) -> int:
+    """Says how training ended (process 0 also writes final_metrics.json); the exit status."""
+    from s2s_jax import parallel, training
+
     if result.outcome is training.Outcome.NON_FINITE:
         print(f"error: {result.message}", file=sys.stderr)
         return 1
