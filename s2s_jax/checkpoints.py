@@ -1,7 +1,8 @@
 """Orbax checkpoints in the workdir: the latest few for resuming, the best for decoding.
 
 WORKDIR/checkpoints/<step>/  state (params, optimizer state, step) + meta (JSON)
-WORKDIR/best/<step>/         params + meta of the step with the best validation BLEU
+WORKDIR/best/<step>/         params + meta of the step with the best validation score
+                             (train.early_stop_metric: BLEU, chrF or loss)
 
 `meta` holds the data iterator's position and the validation scores; the
 PRNG needs no saving because every step's key is `fold_in(seed, step)`.
@@ -25,12 +26,12 @@ the next `save`, `check`, `wait` or `close`. The failed step's temporary
 directory is never renamed, so the checkpoints before it stay as they were.
 
 Every restore goes through `_restore_newest_readable`; every save through
-`Checkpoints._save`.
+`Checkpoints._save`. What this relies on inside orbax (the manifest's commit
+hook, the event-loop runner, its error logging) is in s2s_jax/orbax_workarounds.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -38,15 +39,14 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from s2s_jax import checksums
+from s2s_jax import checksums, orbax_workarounds
 from s2s_jax.errors import CheckpointError
 
 
@@ -72,36 +72,6 @@ _LOCAL_DEVICE = "local device"
 _META_ONLY = None
 
 
-class _ChecksummedRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
-    """Orbax's atomic-rename commit (the default on local and network file systems), with the
-    checksum manifest written just before the rename.
-
-    orbax calls `finalize` on process 0 once every process has written its files
-    and the items are finalized, so the manifest covers the complete checkpoint as
-    process 0 sees it (on storage that several hosts share, all of it). A kill
-    before the rename leaves a temporary directory that the next run deletes; the
-    step is never visible without its manifest. orbax rewrites two of its own
-    files while committing, after the manifest: the step's `_CHECKPOINT_METADATA`
-    (it adds the commit time) and `commit_success.txt`. They hold timestamps, not
-    parameters, and the manifest leaves them out.
-
-    `temporary_path_class` is deprecated in orbax-checkpoint 0.12.8 in favour of
-    `atomicity_options`, which offers no hook; if an upgrade removes it, making a
-    manager fails loudly and every checkpoint test fails.
-    """
-
-    async def finalize(self) -> None:
-        # orbax commits each item's directory (state/, meta/) the same way inside the step's
-        # temporary directory; one manifest per step, written when the step (named by its
-        # number) commits, covers them all.
-        if self.get_final().name.isdigit():
-            await asyncio.to_thread(checksums.write_manifest, str(self.get()), _REWRITTEN_AT_COMMIT)
-        await super().finalize()
-
-
-_REWRITTEN_AT_COMMIT = ("_CHECKPOINT_METADATA", ocp.path.atomicity.COMMIT_SUCCESS_FILE)
-
-
 def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
     """A manager for `kind`; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
@@ -111,7 +81,7 @@ def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -
     multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind.subdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
-        multiprocessing_options=multiprocessing, temporary_path_class=_ChecksummedRename,
+        multiprocessing_options=multiprocessing, temporary_path_class=orbax_workarounds.ChecksummedRename,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
 
@@ -136,74 +106,6 @@ def _uncommitted(tree: Any) -> Any:
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-# The private orbax function that `_drain_pending_io_on_failure` replaces.
-_ORBAX_LOOP_MODULE = "orbax.checkpoint._src.asyncio_utils"
-_ORBAX_LOOP_RUNNER = "_run_sync_via_new_loop"
-
-
-def _run_sync_draining_on_failure(coro: Any) -> Any:
-    """orbax's `_run_sync_via_new_loop`, except that a failure first waits for the other tasks."""
-    loop = asyncio.new_event_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
-    except BaseException:
-        pending = asyncio.all_tasks(loop)
-        if pending:
-            loop.run_until_complete(asyncio.wait(pending, timeout=60))
-        raise
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-class _DrainPatch:
-    """Who uses `_drain_pending_io_on_failure` now, and the orbax function it replaced."""
-
-    lock = threading.Lock()
-    users = 0
-    original: Any = None
-
-
-@contextlib.contextmanager
-def _drain_pending_io_on_failure() -> Iterator[None]:
-    """Lets a failed restore or save finish its other pending reads/writes before orbax closes
-    its event loop.
-
-    When one file of a damaged checkpoint fails to read (or one file of a save
-    fails to write: a full disk), orbax's `asyncio.gather` raises at once and
-    `_run_sync_via_new_loop` closes the event loop while tensorstore still
-    completes the other operations; each completion then prints a 'RuntimeError:
-    Event loop is closed' traceback to stderr (dozens of them). orbax-checkpoint
-    0.12.8 has no public option for this (reads and writes always run through
-    `asyncio_utils.run_sync`), so this swaps in a runner that waits for the
-    leftover tasks first; it behaves identically when nothing fails. Restores hold
-    it while they run; `Checkpoints` for its lifetime, as saves end in orbax's
-    background threads. Blocks may nest and overlap: the original comes back when
-    the last one ends. If an orbax upgrade removes the private function this does
-    nothing, and tests/test_checkpoints.py fails.
-    """
-    try:
-        module = __import__(_ORBAX_LOOP_MODULE, fromlist=[_ORBAX_LOOP_RUNNER])
-    except ImportError:
-        yield
-        return
-    with _DrainPatch.lock:
-        if _DrainPatch.users == 0:
-            _DrainPatch.original = getattr(module, _ORBAX_LOOP_RUNNER, None)
-            if _DrainPatch.original is not None:
-                setattr(module, _ORBAX_LOOP_RUNNER, _run_sync_draining_on_failure)
-        _DrainPatch.users += 1
-    try:
-        yield
-    finally:
-        with _DrainPatch.lock:
-            _DrainPatch.users -= 1
-            if _DrainPatch.users == 0 and _DrainPatch.original is not None:
-                setattr(module, _ORBAX_LOOP_RUNNER, _DrainPatch.original)
-                _DrainPatch.original = None
 
 
 def _local_target(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
@@ -273,7 +175,7 @@ def _restore_newest_readable(
     for step in steps:
         try:
             checksums.verify(os.path.join(str(manager.directory), str(step)))
-            with _drain_pending_io_on_failure():
+            with orbax_workarounds.drain_pending_io_on_failure():
                 restored = manager.restore(step, args=_restore_args(manager, kind, step, target))
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             unreadable.append((step, _short(err)))
@@ -320,26 +222,14 @@ def _save_failed(kind: _Kind, directory: str, step: int | None, err: BaseExcepti
     )
 
 
-def _drop_orbax_errors(record: logging.LogRecord) -> bool:
-    """A filter for the `absl` logger: False for orbax's own ERROR records.
-
-    orbax logs a failed asynchronous save with its traceback from each of its
-    threads (four tracebacks or more for one full disk); the same error is raised
-    again by the next wait, which `Checkpoints` reports as one CheckpointError.
-    Once a training run's `Checkpoints` exist it stays for the rest of the process:
-    orbax's threads may log a failure after the managers have closed.
-    """
-    return record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 class Checkpoints:
     """The two checkpoint managers of one training run; a context manager that closes them.
 
     Saves are asynchronous: the arrays are copied to host memory and written to
     disk in orbax's background thread while training goes on. An error there is
     raised as CheckpointError by the next call that waits for that save; orbax's
-    own logging of it is silenced (`_drop_orbax_errors`), and while the managers
-    are open a failed write waits for its other writes (`_drain_pending_io_on_failure`).
+    own logging of it is silenced, and while the managers are open a failed write
+    waits for its other writes (s2s_jax/orbax_workarounds.py).
     """
 
     def __init__(self, workdir: str, max_to_keep: int):
@@ -350,8 +240,8 @@ class Checkpoints:
         self._failed = False  # a CheckpointError for a failed save was raised
         self._closed = False
         self._patches = contextlib.ExitStack()  # undone by close()
-        self._patches.enter_context(_drain_pending_io_on_failure())
-        logging.getLogger("absl").addFilter(_drop_orbax_errors)  # adding it again does nothing
+        self._patches.enter_context(orbax_workarounds.drain_pending_io_on_failure())
+        logging.getLogger("absl").addFilter(orbax_workarounds.drop_orbax_errors)  # adding it again does nothing
 
     def __enter__(self) -> Checkpoints:
         return self
@@ -376,7 +266,8 @@ class Checkpoints:
         self._save(_LATEST, self.latest, step, state=state, meta=meta)
 
     def save_best(self, step: int, params: Any, meta: dict) -> None:
-        """Starts an async save of the best parameters so far, replacing the previous best."""
+        """Starts an async save of the best parameters so far (by train.early_stop_metric, which
+        the caller applies), replacing the previous best."""
         self._save(_BEST, self.best, step, params=params, meta=meta)
 
     def _save(self, kind: _Kind, manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
@@ -428,8 +319,8 @@ class Checkpoints:
             self._finish(kind, manager)
 
     def best_meta(self) -> dict | None:
-        """The best checkpoint's scores; None if there is none, or if it is unreadable (moved
-        aside with a warning, so that the next evaluation writes a new best)."""
+        """The best checkpoint's validation scores and step; None if there is none, or if it is
+        unreadable (moved aside with a warning, so that the next evaluation writes a new best)."""
         step = self.best.latest_step()
         if step is None:
             return None
@@ -520,11 +411,13 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
                 raise CheckpointError(f"no checkpoint for step {which} in {latest_dir} (available: {available})")
             steps = [int(which)]
         step, restored = _restore_newest_readable(manager, _LATEST, steps, _LOCAL_DEVICE)
-    return _decode_params(restored["state"]), dict(restored["meta"], step=step)
+    return _uncommitted(decode_params(restored["state"])), dict(restored["meta"], step=step)
 
 
-def _decode_params(state: dict) -> Any:
-    return _uncommitted(state.get("ema", state["params"]))
+def decode_params(state: dict) -> Any:
+    """The weights a train state decodes with: the EMA of the parameters if the run keeps one
+    (train.ema_decay > 0), else the parameters."""
+    return state.get("ema", state["params"])
 
 
 def _average(manager: ocp.CheckpointManager, steps: list[int], k: int, directory: str) -> tuple[Any, dict]:
@@ -538,7 +431,7 @@ def _average(manager: ocp.CheckpointManager, steps: list[int], k: int, directory
             _, restored = _restore_newest_readable(manager, _LATEST, [step], _LOCAL_DEVICE)
         except _NoReadableCheckpoint as err:
             raise CheckpointError(f"avg:{k}: {err}") from None
-        params = _decode_params(restored["state"])
+        params = _uncommitted(decode_params(restored["state"]))
         wide = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
         total = wide if total is None else jax.tree.map(np.add, total, wide)
         meta = meta or dict(restored["meta"], step=step)

@@ -96,25 +96,7 @@ def export_model(
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    functions: dict[str, dict[str, str]] = {}
-    platforms: list[str] = []
-    for name, opts in searches.items():
-        fn = _search_function(member.model, opts, engine.max_steps)
-        functions[name] = {}
-        for r in rows:
-            for w in widths:
-                start = time.perf_counter()
-                exported = jax.export.export(fn)(
-                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32)
-                )
-                filename = f"{name}_{r}x{w}.jaxexport"
-                with open(os.path.join(output, filename), "wb") as f:
-                    f.write(exported.serialize())
-                functions[name][f"{r}x{w}"] = filename
-                platforms = list(exported.platforms)
-                log(f"exported {name} (beam {opts.beam_size}) for {r} x {w} in {time.perf_counter() - start:.1f} s")
-        if name == "default" and "greedy" not in searches:
-            functions["greedy"] = functions["default"]
+    functions, platforms = _export_searches(member.model, engine.max_steps, searches, spec, rows, widths, output, log)
     models = {}
     for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
         models[side] = os.path.basename(tokenizer.model_path)
@@ -143,3 +125,30 @@ def export_model(
         f.write("\n")
     shutil.copyfile(LOADER, os.path.join(output, "translate.py"))
     return manifest
+
+
+def _export_searches(model, max_steps: int, searches: dict[str, SearchOptions], spec, rows: Sequence[int],
+                     widths: Sequence[int], output: str, log: Callable[[str], None]) -> tuple[dict, list[str]]:
+    """Writes one serialized function per search and rows x width shape into `output`; returns the
+    manifest's `functions` ({search: {"RxW": file}}, "greedy" the default's when they are the same)
+    and the platforms they run on."""
+    functions: dict[str, dict[str, str]] = {}
+    platforms: list[str] = []
+    for name, opts in searches.items():
+        fn = _search_function(model, opts, max_steps)
+        functions[name] = {}
+        for r in rows:
+            for w in widths:
+                start = time.perf_counter()
+                exported = jax.export.export(fn)(
+                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32)
+                )
+                filename = f"{name}_{r}x{w}.jaxexport"
+                with open(os.path.join(output, filename), "wb") as f:
+                    f.write(exported.serialize())
+                functions[name][f"{r}x{w}"] = filename
+                platforms = list(exported.platforms)
+                log(f"exported {name} (beam {opts.beam_size}) for {r} x {w} in {time.perf_counter() - start:.1f} s")
+        if name == "default" and "greedy" not in searches:
+            functions["greedy"] = functions["default"]
+    return functions, platforms

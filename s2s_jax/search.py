@@ -126,43 +126,60 @@ def _decode_loop(
     def cond(s: _LoopState) -> jax.Array:
         return (s.step < max_steps) & ~jnp.all(s.finished)
 
-    def body(s: _LoopState) -> _LoopState:
-        logits, new_state = step_fn(memory, s.state, s.last)
-        raw = logits.astype(jnp.float32)
-        logits = _forbid_eos(raw, s.step, min_length, eos_id)
-        token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
-        log_prob = s.log_prob
-        if return_log_prob:
-            token_logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), token[:, None], axis=-1)[:, 0]
-            log_prob = log_prob + jnp.where(s.finished, 0.0, token_logp)
-        # Finished rows keep stepping (on PAD) but their outputs are discarded.
-        return _LoopState(
-            step=s.step + 1,
-            tokens=s.tokens.at[:, s.step].set(token),
-            last=token,
-            lengths=jnp.where(s.finished, s.lengths, s.step + 1),
-            finished=s.finished | (token == eos_id) | (s.step + 1 >= caps),
-            state=new_state,
-            log_prob=log_prob,
-        )
+    def body_for(memory: Any, caps: jax.Array) -> Callable[[_LoopState], _LoopState]:
+        """The loop body for these rows' memory and length caps."""
+
+        def body(s: _LoopState) -> _LoopState:
+            logits, new_state = step_fn(memory, s.state, s.last)
+            raw = logits.astype(jnp.float32)
+            logits = _forbid_eos(raw, s.step, min_length, eos_id)
+            token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
+            log_prob = s.log_prob
+            if return_log_prob:
+                token_logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), token[:, None], axis=-1)[:, 0]
+                log_prob = log_prob + jnp.where(s.finished, 0.0, token_logp)
+            # Finished rows keep stepping (on PAD) but their outputs are discarded.
+            return _LoopState(
+                step=s.step + 1,
+                tokens=s.tokens.at[:, s.step].set(token),
+                last=token,
+                lengths=jnp.where(s.finished, s.lengths, s.step + 1),
+                finished=s.finished | (token == eos_id) | (s.step + 1 >= caps),
+                state=new_state,
+                log_prob=log_prob,
+            )
+
+        return body
 
     if not compact or n <= COMPACT_MIN_ROWS:
-        out = lax.while_loop(cond, body, init)
+        out = lax.while_loop(cond, body_for(memory, caps), init)
         return (out.tokens, out.lengths, out.log_prob) if return_log_prob else (out.tokens, out.lengths)
+    tokens, lengths, log_prob = _compacting_while_loop(cond, body_for, init, memory, caps)
+    return (tokens, lengths, log_prob) if return_log_prob else (tokens, lengths)
 
-    # Compacting: each stage runs until at most half its rows are still decoding, then the live rows
-    # move to the front and the next stage continues with half as many rows (static shapes, one
-    # while loop each); the rows' results are written back to their places after every stage.
+
+def _compacting_while_loop(
+    cond: Callable[[_LoopState], jax.Array],
+    body_for: Callable[[Any, jax.Array], Callable[[_LoopState], _LoopState]],
+    init: _LoopState,
+    memory: Any,
+    caps: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`lax.while_loop(cond, body_for(memory, caps), init)`'s (tokens, lengths, log_prob), computed in
+    stages: each stage runs until at most half its rows are still decoding, then the live rows
+    move to the front and the next stage continues with half as many rows (static shapes, one
+    while loop each); the rows' results are written back to their places after every stage."""
     tokens, lengths, log_prob = init.tokens, init.lengths, init.log_prob
-    where = jnp.arange(n)  # the original row of each stage row
-    s, rows = init, n
+    where = jnp.arange(tokens.shape[0])  # the original row of each stage row
+    s, rows = init, tokens.shape[0]
     while True:
         next_rows = max((rows + 1) // 2, COMPACT_MIN_ROWS) if rows > COMPACT_MIN_ROWS else 0
 
         def stage_cond(st: _LoopState, next_rows=next_rows) -> jax.Array:
             return cond(st) & (jnp.sum(~st.finished) > next_rows)
 
-        s = lax.while_loop(stage_cond, body, s)
+        # Each stage is traced with its own rows' memory and caps.
+        s = lax.while_loop(stage_cond, body_for(memory, caps), s)
         tokens = tokens.at[where].set(s.tokens)
         lengths = lengths.at[where].set(s.lengths)
         log_prob = log_prob.at[where].set(s.log_prob)
@@ -170,12 +187,11 @@ def _decode_loop(
             break
         keep = jnp.argsort(s.finished, stable=True)[:next_rows]  # live rows first
         take = lambda tree, keep=keep: jax.tree.map(lambda a: a[keep], tree)  # noqa: E731
-        # `body` reads memory and caps from this scope: the next stage is traced with the kept rows'.
         memory, caps, where = take(memory), caps[keep], where[keep]
         s = _LoopState(step=s.step, tokens=s.tokens[keep], last=s.last[keep], lengths=s.lengths[keep],
                        finished=s.finished[keep], state=take(s.state), log_prob=s.log_prob[keep])
         rows = next_rows
-    return (tokens, lengths, log_prob) if return_log_prob else (tokens, lengths)
+    return tokens, lengths, log_prob
 
 
 def greedy_search(

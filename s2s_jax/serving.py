@@ -314,132 +314,159 @@ def create_app(load: Callable[[], Any], settings: ServeSettings = ServeSettings(
     """The FastAPI app. `load()` returns the Translator; it runs (with the warm-up) in a
     background thread after startup, and /health answers 503 until both are done."""
     settings.check()
-    state: dict[str, Any] = {"ready": False, "error": None, "translator": None, "batcher": None}
+    service = _Service(load, settings, log)
+    app = FastAPI(title="s2s-jax translation server", lifespan=service.lifespan,
+                  description="POST /translate; the page at /; the schema at /openapi.json.")
+    app.add_exception_handler(RequestValidationError, service.invalid)
+    authorized = [Depends(service.authorized)]
+    app.add_api_route("/health", service.health, methods=["GET"])
+    app.add_api_route("/info", service.info, methods=["GET"], dependencies=authorized)
+    app.add_api_route("/translate", service.translate, methods=["POST"], response_model=TranslateResponse,
+                      dependencies=authorized)
+    app.add_api_route("/", service.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    return app
 
-    async def lifespan(app: FastAPI):
+
+class _Service:
+    """The app's route handlers and what they share: the Translator and its Batcher once loaded
+    (`state`, also the app's `state.s2s`)."""
+
+    def __init__(self, load: Callable[[], Any], settings: ServeSettings, log: Callable[[str], None]):
+        self.load, self.settings, self.log = load, settings, log
+        self.state: dict[str, Any] = {"ready": False, "error": None, "translator": None, "batcher": None}
+
+    async def lifespan(self, app: FastAPI):
+        """Starts loading in a background thread and the batcher once it is done; stops the batcher at shutdown."""
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-
-        def prepare() -> None:
-            try:
-                started = time.perf_counter()
-                translator = load()
-                # Batches of mixed lengths would each compile a time-segment profile: the server runs
-                # the padded shapes it compiles ahead (s2s_jax/time_segments.py).
-                translator.inference.skip_padding = False
-                shapes = warm_up(translator, settings, log)
-                log(f"ready: {shapes} batch shapes compiled in {time.perf_counter() - started:.1f} s")
-                loop.call_soon_threadsafe(ready.set_result, translator)
-            except Exception as err:  # noqa: BLE001 - reported by /health and the log, the server stays up
-                log(f"error: {err}")
-                loop.call_soon_threadsafe(ready.set_exception, err)
-
-        async def start() -> None:
-            try:
-                translator = await ready
-            except Exception as err:  # noqa: BLE001
-                state["error"] = str(err)
-                return
-            batcher = Batcher(translator, settings)
-            state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()),
-                         ready=True)
-
-        threading.Thread(target=prepare, name="s2s-load", daemon=True).start()
-        starter = asyncio.create_task(start())
-        app.state.s2s = state
+        threading.Thread(target=self._prepare, args=(loop, ready), name="s2s-load", daemon=True).start()
+        starter = asyncio.create_task(self._start(ready))
+        app.state.s2s = self.state
         yield
         starter.cancel()
-        if state.get("task") is not None:
-            state["task"].cancel()
+        if self.state.get("task") is not None:
+            self.state["task"].cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await state["task"]
-            state["batcher"].close()
+                await self.state["task"]
+            self.state["batcher"].close()
 
-    app = FastAPI(title="s2s-jax translation server", lifespan=lifespan,
-                  description="POST /translate; the page at /; the schema at /openapi.json.")
+    def _prepare(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        """Loads the Translator and compiles its shapes (in the load thread); sets `ready` to it or the error."""
+        try:
+            started = time.perf_counter()
+            translator = self.load()
+            # Batches of mixed lengths would each compile a time-segment profile: the server runs
+            # the padded shapes it compiles ahead (s2s_jax/time_segments.py).
+            translator.inference.skip_padding = False
+            shapes = warm_up(translator, self.settings, self.log)
+            self.log(f"ready: {shapes} batch shapes compiled in {time.perf_counter() - started:.1f} s")
+            loop.call_soon_threadsafe(ready.set_result, translator)
+        except Exception as err:  # noqa: BLE001 - reported by /health and the log, the server stays up
+            self.log(f"error: {err}")
+            loop.call_soon_threadsafe(ready.set_exception, err)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    async def _start(self, ready: asyncio.Future) -> None:
+        try:
+            translator = await ready
+        except Exception as err:  # noqa: BLE001
+            self.state["error"] = str(err)
+            return
+        batcher = Batcher(translator, self.settings)
+        self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()),
+                          ready=True)
+
+    async def invalid(self, request: Request, err: RequestValidationError) -> JSONResponse:
         """422 naming each bad field (`loc`), without echoing the whole input back."""
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in err.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    def authorized(request: Request) -> None:
-        if settings.api_key is None:
+    def authorized(self, request: Request) -> None:
+        """401 unless the request carries the API key (when the server has one)."""
+        api_key = self.settings.api_key
+        if api_key is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    def ready_state() -> dict:
-        if not state["ready"]:
-            raise HTTPException(503, state["error"] or "loading the model and compiling; see /health")
-        return state
+    def ready_state(self) -> dict:
+        if not self.state["ready"]:
+            raise HTTPException(503, self.state["error"] or "loading the model and compiling; see /health")
+        return self.state
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        if state["ready"]:
+    # The route handlers carry no docstrings: FastAPI would publish them in /openapi.json.
+
+    async def health(self) -> JSONResponse:
+        if self.state["ready"]:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "error" if state["error"] else "loading", "detail": state["error"]},
+        return JSONResponse({"status": "error" if self.state["error"] else "loading", "detail": self.state["error"]},
                             status_code=503)
 
-    @app.get("/info", dependencies=[Depends(authorized)])
-    async def info() -> dict:
-        translator = ready_state()["translator"]
-        members = []
-        for member in translator.members:
-            cfg = member.config
-            members.append({
-                "workdir": member.workdir, "step": member.meta.get("step"),
-                "model": {k: cfg.model[k] for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional",
-                                                    "attention") if k in cfg.model},
-                "vocab": {"src": member.src_tokenizer.vocab_size, "tgt": member.tgt_tokenizer.vocab_size},
-                "languages": {"src": _language(cfg.data, "src"), "tgt": _language(cfg.data, "tgt")},
-            })
+    async def info(self) -> dict:
+        current = self.ready_state()
+        translator = current["translator"]
+        members = [_member_info(member) for member in translator.members]
         default = default_options(translator)
         return {
             "members": members, "languages": members[0]["languages"], "step": members[0]["step"],
             "attention": any(m.config.model.attention != "none" for m in translator.members),
             "defaults": {"beam_size": default.beam_size, "alpha": default.alpha},
-            "limits": {k: v for k, v in dataclasses.asdict(settings).items() if k != "api_key"},
-            "batches": {"search_calls": state["batcher"].search_calls,
-                        "mean_texts": float(np.mean(state["batcher"].batch_texts or [0]))},
+            "limits": {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "api_key"},
+            "batches": {"search_calls": current["batcher"].search_calls,
+                        "mean_texts": float(np.mean(current["batcher"].batch_texts or [0]))},
         }
 
-    @app.post("/translate", response_model=TranslateResponse, dependencies=[Depends(authorized)])
-    async def translate(request: TranslateRequest) -> TranslateResponse:
-        current = ready_state()
-        texts = [request.text] if isinstance(request.text, str) else request.text
-        if len(texts) > settings.max_texts:
-            raise HTTPException(413, f"text: {len(texts)} texts, at most {settings.max_texts} per request")
-        for number, text in enumerate(texts):
-            if len(text) > settings.max_chars:
-                raise HTTPException(413, f"text[{number}]: {len(text)} characters, at most {settings.max_chars}")
-        opts = request_options(request, current["translator"], settings)
+    async def translate(self, request: TranslateRequest) -> TranslateResponse:
+        current = self.ready_state()
+        texts = _request_texts(request, self.settings)
+        opts = request_options(request, current["translator"], self.settings)
         seed = secrets.randbits(32) if request.seed is None else request.seed
         try:
             futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
         except QueueFull as err:
             raise HTTPException(429, f"server busy: {err}; retry later") from None
+        return TranslateResponse(translations=await self._answers(futures))
+
+    async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
+        """The jobs' translations; 408 after request_timeout_s (the jobs are cancelled), 500 if their batch failed."""
+        timeout = self.settings.request_timeout_s
         try:
-            results = await asyncio.wait_for(asyncio.gather(*futures), settings.request_timeout_s)
+            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
         except asyncio.TimeoutError:
             for future in futures:
                 future.cancel()
-            raise HTTPException(408, f"not translated within request_timeout_s={settings.request_timeout_s:g}") \
-                from None
+            raise HTTPException(408, f"not translated within request_timeout_s={timeout:g}") from None
         except Exception as err:  # noqa: BLE001 - the batch failed: this request's error, the server goes on
             raise HTTPException(500, f"translation failed: {err}") from None
-        return TranslateResponse(translations=list(results))
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
+    async def page(self) -> HTMLResponse:
         return HTMLResponse(importlib.resources.files("s2s_jax").joinpath("static/index.html").read_text("utf-8"))
 
-    return app
+
+def _request_texts(request: TranslateRequest, settings: ServeSettings) -> list[str]:
+    """The request's texts; 413 for more than max_texts or a text over max_chars."""
+    texts = [request.text] if isinstance(request.text, str) else request.text
+    if len(texts) > settings.max_texts:
+        raise HTTPException(413, f"text: {len(texts)} texts, at most {settings.max_texts} per request")
+    for number, text in enumerate(texts):
+        if len(text) > settings.max_chars:
+            raise HTTPException(413, f"text[{number}]: {len(text)} characters, at most {settings.max_chars}")
+    return texts
+
+
+def _member_info(member) -> dict:
+    """/info's description of one model of the Translator."""
+    cfg = member.config
+    return {
+        "workdir": member.workdir, "step": member.meta.get("step"),
+        "model": {k: cfg.model[k] for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional",
+                                            "attention") if k in cfg.model},
+        "vocab": {"src": member.src_tokenizer.vocab_size, "tgt": member.tgt_tokenizer.vocab_size},
+        "languages": {"src": _language(cfg.data, "src"), "tgt": _language(cfg.data, "tgt")},
+    }
 
 
 def _language(data_cfg, side: str) -> str:

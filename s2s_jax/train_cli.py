@@ -18,12 +18,16 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from s2s_jax import config_checks, config_flags, run_config
 from s2s_jax.errors import CheckpointError, ConfigError, DataError
 from s2s_jax.files import write_atomic
 from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 from s2s_jax.workdir_lock import WorkdirLocked
+
+if TYPE_CHECKING:
+    from s2s_jax.training import TrainResult
 
 
 def _report_skipped_steps(workdir: str) -> None:
@@ -117,7 +121,13 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
             file=sys.stderr,
         )
         return 130
-    minutes = (time.perf_counter() - start) / 60
+    return _report(config, workdir, result, (time.perf_counter() - start) / 60)
+
+
+def _report(config, workdir: str, result: TrainResult, minutes: float) -> int:
+    """Says how training ended (process 0 also writes final_metrics.json); the exit status."""
+    from s2s_jax import parallel, training
+
     if result.outcome is training.Outcome.NON_FINITE:
         print(f"error: {result.message}", file=sys.stderr)
         return 1
@@ -139,7 +149,7 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
     final = result.metrics
     print(
         f"done in {minutes:.1f} min: valid BLEU {final.get('valid_bleu', float('nan')):.2f}, "
-        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best BLEU {result.best_valid_bleu:.2f}). "
+        f"chrF {final.get('valid_chrf', float('nan')):.2f} (best checkpoint's BLEU {result.best_valid_bleu:.2f}). "
         f"Translate with: python decode.py --workdir {workdir}"
     )
     record = dict(final, best_valid_bleu=result.best_valid_bleu, outcome=result.outcome.value, minutes=minutes)

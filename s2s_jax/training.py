@@ -40,7 +40,7 @@ class Outcome(enum.Enum):
     """How a call of `train_and_evaluate` ended."""
 
     FINISHED = "finished"  # reached train.num_steps (or was already there)
-    EARLY_STOPPED = "early-stopped"  # validation BLEU stopped improving
+    EARLY_STOPPED = "early-stopped"  # the validation score (train.early_stop_metric) stopped improving
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: checkpointed, resumable
     NON_FINITE = "non-finite"  # NaN/Inf with train.on_nonfinite=stop
 
@@ -50,9 +50,15 @@ class TrainResult:
     outcome: Outcome
     step: int  # the step the run stopped at
     steps_run: int  # optimizer steps taken by this call (0: nothing was left to do)
-    best_valid_bleu: float
+    best_scores: dict  # the best checkpoint's validation scores and step ({} before the first evaluation)
     metrics: dict  # the last logged values (train_loss, valid_bleu, ...)
     message: str = ""  # for the user: why it stopped, how to go on
+
+    @property
+    def best_valid_bleu(self) -> float:
+        """The BLEU of the best checkpoint (-1 before the first evaluation), whichever
+        train.early_stop_metric chose it: final_metrics.json's `best_valid_bleu`."""
+        return self.best_scores.get("valid_bleu", -1.0)
 
 
 def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False,
@@ -72,11 +78,6 @@ def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, se
         return state
 
     return init(jax.random.key(seed))
-
-
-def decode_params(state: TrainState) -> Any:
-    """The parameters a run validates, keeps as best and decodes with: the EMA when kept, else the raw ones."""
-    return state.get("ema", state["params"])
 
 
 def output_layer(model: Seq2Seq) -> Callable:
@@ -265,8 +266,8 @@ class StopRequest(contextlib.AbstractContextManager):
 
 
 class BestTracker:
-    """The best validation score so far (train.early_stop_metric) and early stopping by
-    `train.early_stop_patience`.
+    """The best validation score so far (train.early_stop_metric: BLEU, chrF or loss), the
+    checkpoint it picks, and early stopping by `train.early_stop_patience`.
 
     Starts from the best checkpoint on disk, so a resumed run stops where an
     uninterrupted one would (and a rerun after an early stop does nothing).
@@ -276,22 +277,17 @@ class BestTracker:
         self.train_cfg = train_cfg
         self.metric = EARLY_STOP_METRICS[train_cfg.early_stop_metric]
         best_meta = best_meta or {}
-        self.step = best_meta.get("step", 0)
-        self.scores = best_meta
+        self.step = best_meta.get("step", 0)  # of the best checkpoint
+        self.scores = best_meta  # all validation scores of the best checkpoint, and its step
         worst = -math.inf if self.metric.higher_is_better else math.inf
-        self.value = best_meta.get(self.metric.key, worst)
-
-    @property
-    def bleu(self) -> float:
-        """The BLEU of the best checkpoint (-1 before the first evaluation)."""
-        return self.scores.get("valid_bleu", -1.0)
+        self.score = best_meta.get(self.metric.key, worst)  # its train.early_stop_metric
 
     def update(self, step: int, scores: dict, params, checkpoints: ckpt_lib.Checkpoints) -> bool:
         """Saves `params` as the new best if `scores` improve on it; says whether they did."""
         value = scores[self.metric.key]
-        improved = value > self.value if self.metric.higher_is_better else value < self.value
+        improved = value > self.score if self.metric.higher_is_better else value < self.score
         if improved:
-            self.step, self.value, self.scores = step, value, dict(scores, step=step)
+            self.step, self.score, self.scores = step, value, dict(scores, step=step)
             checkpoints.save_best(step, params, self.scores)
         return improved
 
@@ -302,7 +298,7 @@ class BestTracker:
     def message(self, step: int) -> str:
         return (
             f"early stop at step {step}: {self.metric.label} has not improved for "
-            f"{self.train_cfg.early_stop_patience} evaluations (best {self.value:.2f} at step {self.step})"
+            f"{self.train_cfg.early_stop_patience} evaluations (best {self.score:.2f} at step {self.step})"
         )
 
 
@@ -350,130 +346,197 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     mesh = parallel.make_mesh()
     if not config.train.max_tokens:
         parallel.check_batch_divides(config.train.batch_size, mesh)
-    main = parallel.is_main_process()
     parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
     with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
         corpus = training_data.prepare(config, workdir, row_multiple=parallel.num_devices(mesh))
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
-    plateau = config.train.lr_schedule in ON_PLATEAU
-    state = parallel.replicate(
-        init_train_state(model, optimizer, config.seed, ema=config.train.ema_decay > 0, lr_scale=plateau), mesh
-    )
-    # Several processes: each reads only the rows its own devices hold (shard_batch places those).
-    local_rows = None
-    if jax.process_count() > 1:
-        sharding = parallel.batch_sharding(mesh)
-        local_rows = lambda rows: parallel.process_rows(sharding, rows)  # noqa: E731
-    iterator = corpus.train_iterator(local_rows)
-    num_steps, train_cfg = config.train.num_steps, config.train
-    # Sorting rows across devices would move them between devices: one device only.
-    skip_padding = config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1
+    state = parallel.replicate(init_train_state(
+        model, optimizer, config.seed, ema=config.train.ema_decay > 0, lr_scale=config.train.lr_schedule in ON_PLATEAU
+    ), mesh)
+    iterator = _train_iterator(corpus, mesh)
+    train_cfg = config.train
 
     with contextlib.ExitStack() as cleanup:
         stop = cleanup.enter_context(StopRequest())
         checkpoints = cleanup.enter_context(ckpt_lib.Checkpoints(workdir, train_cfg.max_to_keep))
-        start_step = 0
-        if checkpoints.latest_step() is not None:
-            state, meta = checkpoints.restore(state)
-            state = parallel.replicate(state, mesh)
-            iterator.set_state(meta["data_state"])
-            start_step = int(state["step"])
-            print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
-        elif train_cfg.init_from:
-            state = init_from.initial_state(train_cfg.init_from, jax.device_get(state), train_cfg.init_keep_optimizer,
-                                            workdir if main else None)
-            state = parallel.replicate(state, mesh)
+        state, start_step = _resume_or_initialize(state, checkpoints, iterator, train_cfg, workdir, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size, train_cfg.max_tokens), flush=True)
         best = BestTracker(train_cfg, checkpoints.best_meta())
-
-        def result(outcome: Outcome, step: int, metrics: dict, message: str = "") -> TrainResult:
-            return TrainResult(outcome, step, step - start_step, best.bleu, metrics, message)
-
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
-            return result(Outcome.EARLY_STOPPED, start_step, {}, best.message(start_step))
+            return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
+        loop = _TrainLoop(config, workdir, mesh, corpus, model, optimizer, iterator, checkpoints, best, stop,
+                          start_step, state, cleanup)
+        return loop.run(state)
 
-        if train_cfg.accum_steps > 1:
-            train_step = make_accumulating_train_step(model, optimizer, train_cfg.label_smoothing,
-                                                      train_cfg.teacher_forcing_ratio, parallel.replicated(mesh),
-                                                      train_cfg.ema_decay)
-        else:
-            train_step = parallel.data_parallel_train_step(make_train_step(
-                model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
-            ), mesh)
-        eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
-        inference = Inference(model, config.decode, config.data.max_len, mesh, skip_padding=skip_padding)
-        log = cleanup.enter_context(
+
+def _train_iterator(corpus: training_data.Corpus, mesh: jax.sharding.Mesh):
+    """The training batches; with several processes each reads only the rows its own devices
+    hold (shard_batch places those)."""
+    local_rows = None
+    if jax.process_count() > 1:
+        sharding = parallel.batch_sharding(mesh)
+        local_rows = lambda rows: parallel.process_rows(sharding, rows)  # noqa: E731
+    return corpus.train_iterator(local_rows)
+
+
+def _resume_or_initialize(state: TrainState, checkpoints: ckpt_lib.Checkpoints, iterator, train_cfg, workdir: str,
+                          mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
+    """(state, start step): the newest checkpoint's state and data position if there is one, else
+    `state` (fresh) or what train.init_from starts from."""
+    if checkpoints.latest_step() is not None:
+        state, meta = checkpoints.restore(state)
+        state = parallel.replicate(state, mesh)
+        iterator.set_state(meta["data_state"])
+        start_step = int(state["step"])
+        print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
+        return state, start_step
+    if train_cfg.init_from:
+        state = init_from.initial_state(train_cfg.init_from, jax.device_get(state), train_cfg.init_keep_optimizer,
+                                        workdir if parallel.is_main_process() else None)
+        state = parallel.replicate(state, mesh)
+    return state, 0
+
+
+def _compiled_train_step(model: Seq2Seq, optimizer: optax.GradientTransformation, train_cfg,
+                         mesh: jax.sharding.Mesh) -> Callable:
+    """The run's update: accumulating over train.accum_steps micro-batches, or data-parallel on one batch."""
+    if train_cfg.accum_steps > 1:
+        return make_accumulating_train_step(model, optimizer, train_cfg.label_smoothing,
+                                            train_cfg.teacher_forcing_ratio, parallel.replicated(mesh),
+                                            train_cfg.ema_decay)
+    return parallel.data_parallel_train_step(make_train_step(
+        model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
+    ), mesh)
+
+
+def _nonfinite_message(first: int, step: int, count: int) -> str:
+    return (
+        f"NaN/Inf loss or gradient in {count} of the steps {first}..{step}; "
+        "those updates were skipped and no checkpoint was written from them. Lower "
+        "train.learning_rate or set train.on_nonfinite=skip."
+    )
+
+
+class _TrainLoop:
+    """The steps of one `train_and_evaluate` call after its start: train, evaluate and keep the
+    best, log, checkpoint, stop. Its log and progress bar close with `cleanup`."""
+
+    def __init__(self, config, workdir: str, mesh: jax.sharding.Mesh, corpus: training_data.Corpus, model: Seq2Seq,
+                 optimizer: optax.GradientTransformation, iterator, checkpoints: ckpt_lib.Checkpoints,
+                 best: BestTracker, stop: StopRequest, start_step: int, state: TrainState,
+                 cleanup: contextlib.ExitStack):
+        self.config, self.train_cfg, self.mesh, self.corpus = config, config.train, mesh, corpus
+        self.iterator, self.checkpoints, self.best, self.stop = iterator, checkpoints, best, stop
+        self.start_step = start_step
+        # Sorting rows across devices would move them between devices: one device only.
+        self.skip_padding = config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1
+        self.plateau = config.train.lr_schedule in ON_PLATEAU
+        main = parallel.is_main_process()
+        self.train_step = _compiled_train_step(model, optimizer, self.train_cfg, mesh)
+        self.eval_step = parallel.data_parallel_eval_step(make_eval_step(model), mesh)
+        self.inference = Inference(model, config.decode, config.data.max_len, mesh, skip_padding=self.skip_padding)
+        self.log = cleanup.enter_context(
             contextlib.closing(TrainLog(workdir, resume_step=start_step) if main else NullTrainLog())
         )
-        base_key = jax.random.wrap_key_data(parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh))
-        window = LogWindow(learning_rate_schedule(train_cfg))
-        bar = cleanup.enter_context(contextlib.closing(tqdm(
-            total=num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not main
+        self.base_key = jax.random.wrap_key_data(
+            parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh)
+        )
+        self.window = LogWindow(learning_rate_schedule(self.train_cfg))
+        self.bar = cleanup.enter_context(contextlib.closing(tqdm(
+            total=self.train_cfg.num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0,
+            disable=not main,
         )))
-        last: dict = {}
-        lr_scale = float(state["lr_scale"]) if plateau else 1.0  # mirrors the state's, read once
-        for step in range(start_step + 1, num_steps + 1):
-            batches, tokens = [], 0
-            for _ in range(train_cfg.accum_steps):
-                batches.append(next(iterator))
-                tokens += iterator.last_tokens
-            segments = [time_segments.for_batch(b) if skip_padding else None for b in batches]
-            if train_cfg.accum_steps > 1:
-                placed = [parallel.shard_batch(mesh, b) for b in batches]
-                segments = tuple(segments)
-            else:
-                placed = parallel.shard_batch(mesh, batches[0])
-                segments = segments[0]
-            scale_used = lr_scale  # this step's factor, before an evaluation lowers it
-            state, step_metrics = train_step(state, placed, base_key, segments=segments)
-            window.add(step_metrics, tokens)
-            bar.update(1)
+        self.last: dict = {}  # the last logged values
+        self.lr_scale = float(state["lr_scale"]) if self.plateau else 1.0  # mirrors the state's, read once
+
+    def result(self, outcome: Outcome, step: int, message: str = "") -> TrainResult:
+        return TrainResult(outcome, step, step - self.start_step, self.best.scores, self.last, message)
+
+    def run(self, state: TrainState) -> TrainResult:
+        """Steps from the start step to train.num_steps, or until a stop, and says how it ended."""
+        cfg = self.train_cfg
+        for step in range(self.start_step + 1, cfg.num_steps + 1):
+            scale_used = self.lr_scale  # this step's factor, before an evaluation lowers it
+            state = self.train_one_step(state)
             record: dict = {}
             early_stop = False
-            if step % train_cfg.eval_every == 0 or step == num_steps:
-                jax.block_until_ready(state)  # the queued train steps count as training time
-                eval_start = time.perf_counter()
-                scores, hyps = evaluate(decode_params(state), eval_step, inference, corpus, config)
-                window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
+            if step % cfg.eval_every == 0 or step == cfg.num_steps:
+                state, scores, early_stop = self.evaluate_and_keep_best(state, step)
                 record.update(scores)
-                improved = best.update(step, scores, decode_params(state), checkpoints)
-                if plateau and not improved:
-                    lr_scale = float(np.float32(lr_scale) * np.float32(train_cfg.plateau_factor))
-                    state = dict(state, lr_scale=parallel.replicate(np.float32(lr_scale), mesh))
-                    bar.write(f"step {step}: no better {best.metric.label}: learning rate x{lr_scale:g}")
-                early_stop = step < num_steps and best.patience_ran_out(step)
-                bar.write(
-                    f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
-                    f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
-                )
-                for src, hyp, ref in list(zip(corpus.valid_src_text, hyps, corpus.valid_refs))[: train_cfg.num_samples]:
-                    bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
-            stopping = parallel.agree_to_stop(stop.requested is not None, step, train_cfg.log_every) or early_stop
-            is_checkpoint = step % train_cfg.checkpoint_every == 0 or step == num_steps or stopping
+            stopping = parallel.agree_to_stop(self.stop.requested is not None, step, cfg.log_every) or early_stop
+            is_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.num_steps or stopping
             # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
-            if step % train_cfg.log_every == 0 or is_checkpoint:
-                sums = window.sums()
-                if sums["nonfinite"] > 0 and train_cfg.on_nonfinite == "stop":
-                    first = step - len(window.pending) + 1
-                    return result(Outcome.NON_FINITE, step, last, (
-                        f"NaN/Inf loss or gradient in {int(sums['nonfinite'])} of the steps {first}..{step}; "
-                        "those updates were skipped and no checkpoint was written from them. Lower "
-                        "train.learning_rate or set train.on_nonfinite=skip."
-                    ))
-                record.update(window.record(step, sums, scale_used))
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+            if step % cfg.log_every == 0 or is_checkpoint:
+                sums = self.window.sums()
+                if sums["nonfinite"] > 0 and cfg.on_nonfinite == "stop":
+                    first = step - len(self.window.pending) + 1
+                    return self.result(Outcome.NON_FINITE, step, _nonfinite_message(first, step, int(sums["nonfinite"])))
+                record.update(self.log_window(step, sums, scale_used))
             if record:
-                checkpoints.check()  # a background save that failed stops the run here
-                log.write(step, record)
-                last.update(record)
+                self.write_log(step, record)
             if is_checkpoint:
-                checkpoints.save(step, state, {"data_state": iterator.get_state(), "step": step})
+                self.checkpoints.save(step, state, {"data_state": self.iterator.get_state(), "step": step})
             if early_stop:
-                return result(Outcome.EARLY_STOPPED, step, last, best.message(step))
+                return self.result(Outcome.EARLY_STOPPED, step, self.best.message(step))
             if stopping:
-                who = stop.requested or "a stop on another process"
-                return result(Outcome.INTERRUPTED, step, last, (
+                who = self.stop.requested or "a stop on another process"
+                return self.result(Outcome.INTERRUPTED, step, (
                     f"{who}: stopped after step {step} with a checkpoint; run the same command to resume."
                 ))
-        return result(Outcome.FINISHED, max(start_step, num_steps), last)
+        return self.result(Outcome.FINISHED, max(self.start_step, cfg.num_steps))
+
+    def next_batches(self) -> tuple[Any, Any, int]:
+        """(placed batch or micro-batches, their time-segment profiles, real target tokens) of the next step."""
+        batches, tokens = [], 0
+        for _ in range(self.train_cfg.accum_steps):
+            batches.append(next(self.iterator))
+            tokens += self.iterator.last_tokens
+        segments = [time_segments.for_batch(b) if self.skip_padding else None for b in batches]
+        if self.train_cfg.accum_steps > 1:
+            return [parallel.shard_batch(self.mesh, b) for b in batches], tuple(segments), tokens
+        return parallel.shard_batch(self.mesh, batches[0]), segments[0], tokens
+
+    def train_one_step(self, state: TrainState) -> TrainState:
+        placed, segments, tokens = self.next_batches()
+        state, step_metrics = self.train_step(state, placed, self.base_key, segments=segments)
+        self.window.add(step_metrics, tokens)
+        self.bar.update(1)
+        return state
+
+    def evaluate_and_keep_best(self, state: TrainState, step: int) -> tuple[TrainState, dict, bool]:
+        """Validates `step`'s decode parameters, saves them as the best checkpoint if they improve on
+        it (train.early_stop_metric), lowers the plateau schedule's rate if not, and prints the scores;
+        (state, scores, whether early stopping stops the run here)."""
+        jax.block_until_ready(state)  # the queued train steps count as training time
+        eval_start = time.perf_counter()
+        scores, hyps = evaluate(ckpt_lib.decode_params(state), self.eval_step, self.inference, self.corpus, self.config)
+        self.window.start += time.perf_counter() - eval_start  # tokens/s counts training time only
+        improved = self.best.update(step, scores, ckpt_lib.decode_params(state), self.checkpoints)
+        if self.plateau and not improved:
+            self.lr_scale = float(np.float32(self.lr_scale) * np.float32(self.train_cfg.plateau_factor))
+            state = dict(state, lr_scale=parallel.replicate(np.float32(self.lr_scale), self.mesh))
+            self.bar.write(f"step {step}: no better {self.best.metric.label}: learning rate x{self.lr_scale:g}")
+        early_stop = step < self.train_cfg.num_steps and self.best.patience_ran_out(step)
+        self.print_scores(step, scores, hyps)
+        return state, scores, early_stop
+
+    def print_scores(self, step: int, scores: dict, hyps: list[str]) -> None:
+        self.bar.write(
+            f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
+            f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
+        )
+        samples = list(zip(self.corpus.valid_src_text, hyps, self.corpus.valid_refs))[: self.train_cfg.num_samples]
+        for src, hyp, ref in samples:
+            self.bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
+
+    def log_window(self, step: int, sums: dict, lr_scale: float) -> dict:
+        """The training metrics of the steps since the last log line; starts a new window."""
+        record = self.window.record(step, sums, lr_scale)
+        self.bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+        return record
+
+    def write_log(self, step: int, record: dict) -> None:
+        self.checkpoints.check()  # a background save that failed stops the run here
+        self.log.write(step, record)
+        self.last.update(record)

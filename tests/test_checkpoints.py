@@ -1,5 +1,5 @@
-"""Checkpoint save/restore, fallbacks past damaged checkpoints, checksums, a full disk, and
-the orbax workaround.
+"""Checkpoint save/restore, fallbacks past damaged checkpoints, checksums and a full disk
+(the orbax workarounds' own tripwires are in test_orbax_workarounds.py).
 
 In-process with tiny pytrees; the end-to-end versions (real training runs) are in
 test_reliability.py.
@@ -8,8 +8,6 @@ test_reliability.py.
 from __future__ import annotations
 
 import glob
-import importlib
-import json
 import logging
 import os
 import sys
@@ -174,48 +172,6 @@ def test_the_context_manager_finishes_async_saves_and_close_is_idempotent(tmp_pa
     checkpoints.close()  # a second close is harmless
 
 
-def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypatch):
-    """Fails when an orbax upgrade makes `_drain_pending_io_on_failure` a silent no-op.
-
-    Then either orbax fixed the 'Event loop is closed' tracebacks after a failed
-    restore (delete the workaround) or moved the private function (update it).
-    """
-    module = importlib.import_module(ckpt_lib._ORBAX_LOOP_MODULE)
-    assert callable(getattr(module, ckpt_lib._ORBAX_LOOP_RUNNER, None)), (
-        f"{ckpt_lib._ORBAX_LOOP_MODULE}.{ckpt_lib._ORBAX_LOOP_RUNNER} is gone: the workaround does nothing"
-    )
-    assert ckpt_lib._ORBAX_LOOP_RUNNER in module.run_sync.__code__.co_names, "orbax's run_sync no longer uses it"
-
-    failures = []
-    original = ckpt_lib._run_sync_draining_on_failure
-
-    def spy(coro):
-        try:
-            return original(coro)
-        except BaseException as err:
-            failures.append(err)
-            raise
-
-    monkeypatch.setattr(ckpt_lib, "_run_sync_draining_on_failure", spy)
-    write_run(tmp_path, steps=(10, 20), best=None, leaves=40)  # many arrays: many reads left pending
-    damage(tmp_path / "checkpoints" / "20", "state")
-    os.remove(tmp_path / "checkpoints" / "20" / checksums.MANIFEST)  # else the checksums stop it before orbax reads
-    # The late read completions report 'Event loop is closed' through sys.unraisablehook
-    # (which prints to stderr outside pytest).
-    unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(repr(info.exc_value)))
-    capfd.readouterr()
-    with ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5) as checkpoints:
-        _, meta = checkpoints.restore(abstract(make_state(0, leaves=40)))
-        time.sleep(0.2)  # time for stray completions to report
-    assert meta["step"] == 10
-    assert failures, "the damaged restore did not go through the replacement runner"
-    assert getattr(module, ckpt_lib._ORBAX_LOOP_RUNNER) is not ckpt_lib._run_sync_draining_on_failure
-    assert not [text for text in unraisable if "Event loop is closed" in text], unraisable[:3]
-    err = capfd.readouterr().err
-    assert "Event loop is closed" not in err, err[-3000:]
-
-
 # ---------------------------------------------------------------------------
 # checksums: files changed after a successful save are never restored
 # ---------------------------------------------------------------------------
@@ -246,24 +202,6 @@ def truncate(step_dir: Path, item: str) -> str:
 
 
 CHANGES = {"flipped bytes": flip_bytes, "truncated": truncate}
-
-
-def test_every_checkpoint_carries_a_manifest_of_its_files(tmp_path):
-    write_random_run(tmp_path)
-    step_dirs = [tmp_path / "checkpoints" / step for step in ("10", "20", "30")] + [tmp_path / "best" / "20"]
-    for step_dir in step_dirs:
-        with open(step_dir / checksums.MANIFEST, encoding="utf-8") as f:
-            listed = json.load(f)["files"]
-        on_disk = {
-            os.path.relpath(path, step_dir) for path in glob.glob(str(step_dir / "**" / "*"), recursive=True)
-            if os.path.isfile(path)
-        }
-        # orbax rewrites its two step-level commit files after the manifest: they are left out.
-        assert set(listed) == on_disk - {checksums.MANIFEST, "_CHECKPOINT_METADATA", "commit_success.txt"}
-        assert any(name.startswith(("state/", "params/")) and "/d/" in name for name in listed)
-        assert all(entry["size"] == os.path.getsize(step_dir / name) for name, entry in listed.items())
-        assert checksums.verify(str(step_dir)) is True
-        assert not glob.glob(str(step_dir / "*" / checksums.MANIFEST))  # one per step, none per item
 
 
 def test_flipped_bytes_restore_silently_wrong_without_the_manifest(tmp_path):

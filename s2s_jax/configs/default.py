@@ -10,8 +10,17 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # decides initialisation, shuffling, dropout and scheduled sampling
+    config.data = data_config()
+    config.model = model_config()
+    config.train = train_config()
+    config.decode = decode_config()
+    config.lock()
+    return config
 
-    config.data = data = ml_collections.ConfigDict()
+
+def data_config() -> ml_collections.ConfigDict:
+    """config.data: the corpus, its tokenizer and its batches."""
+    data = ml_collections.ConfigDict()
     # A corpus is either two line-aligned files per split or one TSV file per split.
     # Relative paths in data.{train,valid,test}_{src,tgt,tsv} are resolved against data.dir
     # when the data is loaded, so `--config.data.dir=/path/to/data` moves them all; an
@@ -48,8 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
     data.num_buckets = 8  # length buckets = distinct batch shapes = jit compiles
     data.pad_multiple = 2  # bucket lengths are rounded up to this multiple
+    return data
 
-    config.model = model = ml_collections.ConfigDict()
+
+def model_config() -> ml_collections.ConfigDict:
+    """config.model: the network."""
+    model = ml_collections.ConfigDict()
     model.cell = "lstm"  # lstm | gru (reset-after, as flax nn.GRUCell and torch nn.GRU)
     model.emb_dim = 256
     model.hidden_size = 512
@@ -64,8 +77,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Skip padded steps in the encoder and the teacher-forced decoder (rows sorted by length, a few
     # time segments per batch: s2s_jax/time_segments.py). Same results; one device only.
     model.skip_padding = True
+    return model
 
-    config.train = train = ml_collections.ConfigDict()
+
+def train_config() -> ml_collections.ConfigDict:
+    """config.train: the optimisation, evaluation and checkpoint schedule."""
+    train = ml_collections.ConfigDict()
     train.batch_size = 64  # sentence pairs per batch (per micro-batch with accum_steps > 1)
     train.max_tokens = 0  # > 0: batches by tokens, rows x max(padded src, tgt length) <= this (replaces batch_size)
     train.accum_steps = 1  # micro-batches per update: the gradient of their summed loss over their total target tokens
@@ -88,17 +105,19 @@ def get_config() -> ml_collections.ConfigDict:
     train.eval_every = 1000
     train.checkpoint_every = 1000
     train.early_stop_metric = "bleu"  # bleu | chrf | loss: what picks best/ and drives early stopping and plateau
-    train.early_stop_patience = 0  # stop after this many evaluations without a better validation BLEU (0 = never)
-    train.max_to_keep = 3  # latest checkpoints kept; the best by validation BLEU is kept separately
+    train.early_stop_patience = 0  # stop after this many evaluations without a better early_stop_metric (0 = never)
+    train.max_to_keep = 3  # latest checkpoints kept; the best by train.early_stop_metric is kept separately
     train.num_samples = 3  # sample translations printed at each evaluation
+    return train
 
-    config.decode = decode = ml_collections.ConfigDict()
+
+def decode_config() -> ml_collections.ConfigDict:
+    """config.decode: the search for validation, decode.py and the server."""
+    decode = ml_collections.ConfigDict()
     decode.beam_size = 1  # 1 = greedy (also used for validation BLEU)
     decode.alpha = 0.6  # GNMT length penalty exponent for beam search
     decode.max_len_a = 1.5  # output length cap: a * source_length + b tokens
     decode.max_len_b = 10
     decode.batch_size = 128
     decode.bleu_tokenize = ""  # sacrebleu tokenizer ('' = 13a; 'zh' for Chinese targets)
-
-    config.lock()
-    return config
+    return decode
