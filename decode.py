@@ -8,10 +8,10 @@
 
 One output line per input line, in order (n-best: N lines per input). With a
 terminal on stdin it translates interactively, line by line. The flags live in
-s2s_jax/decode_cli.py.
+s2s_jax/cli/decode.py.
 """
 
-from s2s_jax import decode_cli  # sets OPENBLAS_NUM_THREADS before numpy/jax load
+from s2s_jax.cli import decode  # sets OPENBLAS_NUM_THREADS before numpy/jax load
 
 if __name__ == "__main__":
-    decode_cli.main()
+    decode.main()

@@ -8,7 +8,7 @@ Prints the train.py command for each corpus (with --config.data.dir=DATA_DIR whe
 
 import sys
 
-from s2s_jax.download_cli import main
+from s2s_jax.cli.download import main
 
 if __name__ == "__main__":
     sys.exit(main())

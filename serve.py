@@ -3,10 +3,10 @@
     python serve.py --workdir runs/quickstart            # then open http://127.0.0.1:8000/
     curl -s localhost:8000/translate -H 'content-type: application/json' -d '{"text": "seventy-seven"}'
 
-The flags live in s2s_jax/serve_cli.py; the API in s2s_jax/serving.py.
+The flags live in s2s_jax/cli/serve.py; the API in s2s_jax/serving/app.py.
 """
 
-from s2s_jax import serve_cli  # sets OPENBLAS_NUM_THREADS before numpy/jax load
+from s2s_jax.cli import serve  # sets OPENBLAS_NUM_THREADS before numpy/jax load
 
 if __name__ == "__main__":
-    serve_cli.main()
+    serve.main()

@@ -4,11 +4,11 @@
     python train.py --config configs/multi30k.py --workdir runs/m30k --config.train.num_steps=20000
 
 Running the same command again resumes from the workdir's latest checkpoint. The
-flags live in s2s_jax/train_cli.py, whose main() runs absl's app.run with
+flags live in s2s_jax/cli/train.py, whose main() runs absl's app.run with
 flags_parser=config_flags.parse_flags (flag mistakes: one line, exit status 1).
 """
 
-from s2s_jax import train_cli  # sets OPENBLAS_NUM_THREADS before numpy/jax load
+from s2s_jax.cli import train  # sets OPENBLAS_NUM_THREADS before numpy/jax load
 
 if __name__ == "__main__":
-    train_cli.main()
+    train.main()

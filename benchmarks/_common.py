@@ -267,7 +267,7 @@ def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: floa
     """(config, model, optimizer) built the way train.py builds them.
 
     configs/default.py's get_config() with the benchmark's sizes, then
-    s2s_jax.model.make_model / s2s_jax.optimizers.make_optimizer. Attention goes through the config keys
+    s2s_jax.models.seq2seq.make_model / s2s_jax.training.optimizers.make_optimizer. Attention goes through the config keys
     `model.attention` / `model.input_feeding` when configs/default.py has them, else
     straight into ModelConfig's fields of the same names; a library without either
     raises a clear error. make_model has no dtype argument, so bfloat16 is applied with
@@ -277,8 +277,8 @@ def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: floa
     import dataclasses
 
     from s2s_jax.configs import default as default_config
-    from s2s_jax.model import DTYPES, ModelConfig, Seq2Seq, make_model
-    from s2s_jax.optimizers import make_optimizer
+    from s2s_jax.models.seq2seq import DTYPES, ModelConfig, Seq2Seq, make_model
+    from s2s_jax.training.optimizers import make_optimizer
 
     config = default_config.get_config()
     with config.unlocked():
@@ -316,7 +316,7 @@ def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: floa
     if missing:
         raise SystemExit(
             f"this s2s_jax has no ModelConfig field(s) {missing}: attention / input feeding "
-            "are not available in the library yet (see s2s_jax/model.py)"
+            "are not available in the library yet (see s2s_jax/models/seq2seq.py)"
         )
     model = make_model(config, vocab, vocab)
     replace = dict(extra)

@@ -8,8 +8,8 @@
 
 Same model sizes, data, optimiser, thread count, warm-up/repeat structure and metrics as
 the PyTorch reference, run through the project's own code: configs/default.py ->
-s2s_jax.model.make_model, s2s_jax.optimizers.make_optimizer, s2s_jax.training.make_train_step for training, and
-s2s_jax.search.greedy_search / batch_beam_search for decoding.
+s2s_jax.models.seq2seq.make_model, s2s_jax.training.optimizers.make_optimizer, s2s_jax.training.loop.make_train_step for training, and
+s2s_jax.decoding.search.greedy_search / batch_beam_search for decoding.
 
 Keys (the reference's names where it has them):
   train_tok_per_s      real (non-pad) target tokens per second over full optimiser steps
@@ -97,7 +97,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
     # ours
-    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
     ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
                     help="run the recurrences over every padded step (model.skip_padding=False)")
@@ -119,8 +119,10 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import search, time_segments, training
-    from s2s_jax.model import Seq2Seq
+    from s2s_jax.decoding import search
+    from s2s_jax.models import time_segments
+    from s2s_jax.models.seq2seq import Seq2Seq
+    from s2s_jax.training import loop
 
     attention = ("luong_general" if args.score == "general" else "luong_dot") if args.attention else "none"
     if args.input_feed and not args.attention:
@@ -164,11 +166,11 @@ def main(argv=None):
     ntoks = [int(b[4].sum()) for b in host_batches]
 
     t0 = time.perf_counter()
-    state = training.init_train_state(model, optimizer, args.seed)
+    state = loop.init_train_state(model, optimizer, args.seed)
     jax.block_until_ready(state)
     res["init_s"] = round(time.perf_counter() - t0, 3)
     res["params"] = int(sum(x.size for x in jax.tree.leaves(state["params"])))
-    train_step = training.make_train_step(model, optimizer)
+    train_step = loop.make_train_step(model, optimizer)
     base_key = jax.random.key(args.seed)
 
     # ---- training

@@ -18,7 +18,7 @@ and the float32 rate XLA reaches on each part's dominant matmul shape alone
 (`matmul_gflops`), which bounds what that part can reach. One JSON line on stdout.
 
 The recurrences run as train.py runs them by default: given the batch's time-segment
-profiles (`model.skip_padding`, s2s_jax.time_segments.for_batch) they skip the padded
+profiles (`model.skip_padding`, s2s_jax.models.time_segments.for_batch) they skip the padded
 steps; `--no-skip-padding` times the padded recurrences. The JSON's `path` key says which.
 The matmul FLOP counts (`gflops`) count every padded position either way.
 """
@@ -72,22 +72,23 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from s2s_jax import time_segments, training
-    from s2s_jax.losses import compact_cross_entropy
-    from s2s_jax.model import Seq2Seq
+    from s2s_jax.models import time_segments
+    from s2s_jax.models.seq2seq import Seq2Seq
+    from s2s_jax.training import loop
+    from s2s_jax.training.losses import compact_cross_entropy
 
     _, model, optimizer = _common.build_model(
         vocab=args.vocab, emb=args.emb, hidden=args.hidden, layers=args.layers,
         attention="luong_general" if args.attention else "none",
     )
-    state = training.init_train_state(model, optimizer, args.seed)
+    state = loop.init_train_state(model, optimizer, args.seed)
     params = state["params"]
     src, _, tgt_in, tgt_out, tgt_len = make_batch(np.random.default_rng(args.seed), args.batch, args.vocab, args.maxlen)
     # the batch's (source, decoder input) time-segment profiles, as train.py computes them (None = padded)
     segments = time_segments.for_batch({"src": src, "tgt_in": tgt_in}) if args.skip_padding else None
     src_segments, tgt_segments = segments or (None, None)
     src, tgt_in, tgt_out = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(tgt_out)
-    project = training.output_layer(model)
+    project = loop.output_layer(model)
 
     def encode(p, src):
         return model.apply({"params": p}, src, segments=src_segments, method=Seq2Seq.encode)
@@ -127,7 +128,7 @@ def main(argv=None):
     enc_cotangent = jax.tree.map(jnp.ones_like, (memory, dec_state))
     features = jax.jit(decoder_features)(params, memory, dec_state, tgt_in)
     grads = jax.tree.map(jnp.ones_like, params)
-    train_step = training.make_train_step(model, optimizer)
+    train_step = loop.make_train_step(model, optimizer)
     batch = {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
     key = jax.random.key(0)
 

@@ -13,7 +13,7 @@ compact their rows once half have finished (`--no-compact`: the plain loop). The
 
 Synthetic (the default): the Multi30k-sized model (emb 256, hidden 512, 2 layers, vocab
 8000) with random, untrained parameters, decoding synthetic sources (torch_ref.py's
-distribution: lengths uniform in [10, 32], padded to 32) through s2s_jax.search.greedy_search
+distribution: lengths uniform in [10, 32], padded to 32) through s2s_jax.decoding.search.greedy_search
 and batch_beam_search inside one jit each. EOS is forbidden for the first `--length` tokens
 and `--length` is also max_steps, so every search runs exactly `--length` steps whatever the
 parameters: the work is fixed, and compaction never triggers (no row finishes early).
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--attention", action="store_true", help="model.attention=luong_general")
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
-    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per (mode, batch)")
     ap.add_argument("--min-sentences", type=int, default=128,
@@ -95,8 +95,9 @@ def synthetic(args, res: dict) -> list[dict]:
     import numpy as np
     from bench import make_batch
 
-    from s2s_jax import search, time_segments
-    from s2s_jax.model import Seq2Seq
+    from s2s_jax.decoding import search
+    from s2s_jax.models import time_segments
+    from s2s_jax.models.seq2seq import Seq2Seq
 
     _, model, _ = _common.build_model(
         vocab=args.vocab, emb=args.emb, hidden=args.hidden, layers=args.layers,
@@ -183,9 +184,9 @@ def _time_synthetic(args, fn, params, srcs, profiles, calls: int) -> dict:
 
 def real(args, res: dict) -> list[dict]:
     """The workdir's trained model over the input's lines through Inference.run, decode.py's path."""
-    from s2s_jax.inference import Inference, SearchOptions
-    from s2s_jax.text import read_lines
-    from s2s_jax.translator import Translator
+    from s2s_jax.data.text import read_lines
+    from s2s_jax.decoding.inference import Inference, SearchOptions
+    from s2s_jax.decoding.translator import Translator
 
     translator = Translator(args.workdir, "best")
     lines = read_lines(args.input)

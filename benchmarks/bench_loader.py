@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from s2s_jax import training_data  # noqa: E402
 from s2s_jax.configs import fra_eng  # noqa: E402
+from s2s_jax.data import training_data  # noqa: E402
 
 
 def main() -> None:

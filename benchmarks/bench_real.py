@@ -5,12 +5,12 @@
         --src ../shared/data/multi30k/train.de --tgt ../shared/data/multi30k/train.en
     .venv/bin/python benchmarks/bench_real.py --src A --tgt B --epochs 1      # time a whole epoch
 
-Pipeline (what `train.py` does, minus validation): s2s_jax.text.stream_parallel ->
+Pipeline (what `train.py` does, minus validation): s2s_jax.data.text.stream_parallel ->
 clean_pairs (NFKC, counted empty pairs) -> a joint sentencepiece model trained by
-s2s_jax.tokenizer.train_tokenizer in a temporary directory -> encode -> filter_by_length
-(--max-len) -> s2s_jax.batching.BucketedBatches (2-D length buckets) ->
-TrainIterator -> the jit train step of s2s_jax.training, given each batch's time-segment
-profile (s2s_jax.time_segments.for_batch) as train.py does by default (`model.skip_padding`;
+s2s_jax.data.tokenizer.train_tokenizer in a temporary directory -> encode -> filter_by_length
+(--max-len) -> s2s_jax.data.batching.BucketedBatches (2-D length buckets) ->
+TrainIterator -> the jit train step of s2s_jax.training.loop, given each batch's time-segment
+profile (s2s_jax.models.time_segments.for_batch) as train.py does by default (`model.skip_padding`;
 `--no-skip-padding` times the padded recurrences). The JSON's `path` key says which.
 
 Timing: one untimed step per distinct (batch shape, time-segment profile) of the timed
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--attention", action="store_true", help="model.attention=luong_general")
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
-    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.model.DTYPES")
+    ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
                     help="run the recurrences over every padded step (model.skip_padding=False)")
@@ -113,9 +113,11 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from s2s_jax import batching, time_segments, training
-    from s2s_jax import text as text_lib
-    from s2s_jax.tokenizer import PAD_ID, train_tokenizer
+    from s2s_jax.data import batching
+    from s2s_jax.data import text as text_lib
+    from s2s_jax.data.tokenizer import PAD_ID, train_tokenizer
+    from s2s_jax.models import time_segments
+    from s2s_jax.training import loop
 
     res = {"impl": "s2s_jax", "benchmark": "real"}
     res.update(_common.environment(threads_info))
@@ -123,7 +125,7 @@ def main(argv=None):
     res["path"] = {"skip_padding": args.skip_padding}
     prep = {}
 
-    # ---- text -> ids -> buckets, the way s2s_jax.training_data.prepare does it
+    # ---- text -> ids -> buckets, the way s2s_jax.data.training_data.prepare does it
     t0 = time.perf_counter()
     pairs = list(text_lib.stream_parallel(args.src, args.tgt))
     if args.max_pairs:
@@ -179,8 +181,8 @@ def main(argv=None):
     res["flop_model"] = flop_source
     fkw = dict(E=args.emb, H=args.hidden, V=vocab, layers=args.layers, attention=args.attention,
                input_feed=args.input_feed, score="general")
-    state = training.init_train_state(model, optimizer, args.seed)
-    train_step = training.make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
+    state = loop.init_train_state(model, optimizer, args.seed)
+    train_step = loop.make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
     base_key = jax.random.key(args.seed)
 
     def profile(batch):  # the batch's time-segment profiles, as train.py computes them (None = padded)

@@ -31,12 +31,12 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from s2s_jax import runtime  # noqa: E402
+from s2s_jax.cli import runtime  # noqa: E402
 
 runtime.limit_openblas_threads()
 
-from s2s_jax.inference import SearchOptions  # noqa: E402
-from s2s_jax.text import read_lines  # noqa: E402
+from s2s_jax.data.text import read_lines  # noqa: E402
+from s2s_jax.decoding.inference import SearchOptions  # noqa: E402
 from tests.serving_helpers import Server  # noqa: E402
 
 
@@ -158,7 +158,7 @@ def main() -> None:
                     print(json.dumps(run), file=sys.stderr, flush=True)
         finally:
             result.setdefault("exit_codes", {})[name] = server.stop()
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     translator = Translator(args.workdir)
     result["offline"] = {mode: offline(translator, sentences, beams[mode], args.batch_size)

@@ -8,7 +8,7 @@ In one process, for greedy and beam (the first workdir's decode.beam_size and al
 --batch-size sentences per batch:
 - decode:   Translator(first workdir).translate, the path decode.py runs;
 - ensemble: Translator(all workdirs), the members' averaged log-probabilities;
-- export:   the first workdir exported by s2s_jax.export (rows 1, 16, batch) and run
+- export:   the first workdir exported by s2s_jax.decoding.export (rows 1, 16, batch) and run
             through the artefact's own loader (ExportedModel, translate.py's class).
 Each is run once to compile (first_s includes compiles), then --repeats timed passes
 over the whole input (sent_per_s: median, min, max). BLEU/chrF are sacreBLEU's on the
@@ -27,14 +27,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from s2s_jax import runtime  # noqa: E402
+from s2s_jax.cli import runtime  # noqa: E402
 
 runtime.limit_openblas_threads()
 
-from s2s_jax import bleu, export, export_loader  # noqa: E402
-from s2s_jax.inference import SearchOptions  # noqa: E402
-from s2s_jax.text import read_lines  # noqa: E402
-from s2s_jax.translator import Translator  # noqa: E402
+from s2s_jax import bleu  # noqa: E402
+from s2s_jax.data.text import read_lines  # noqa: E402
+from s2s_jax.decoding import export, export_loader  # noqa: E402
+from s2s_jax.decoding.inference import SearchOptions  # noqa: E402
+from s2s_jax.decoding.translator import Translator  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[list[str], dict]:

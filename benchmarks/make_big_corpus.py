@@ -4,7 +4,7 @@ shuffled order, cut at --pairs lines; prints one JSON line.
 
     python benchmarks/make_big_corpus.py --input ../shared/data/fra-eng/fra.txt --pairs 5000000 --output /tmp/fra5m.txt
 
-Used to measure the prepared-corpus pipeline (s2s_jax/corpus_cache.py) at 1M and 5M pairs:
+Used to measure the prepared-corpus pipeline (s2s_jax/data/corpus_cache.py) at 1M and 5M pairs:
 copy k is np.random.default_rng((seed, k)).permutation of the input's lines, so the same
 arguments always give the same bytes. The output is written in blocks (memory stays about
 the size of the input).

@@ -128,8 +128,8 @@ def compare(reference: str, soaked: str) -> dict:
     import jax
     import numpy as np
 
-    from s2s_jax import checkpoints as ckpt_lib
-    from s2s_jax.train_log import read_metrics
+    from s2s_jax.training.train_log import read_metrics
+    from s2s_jax.workdir import checkpoints as ckpt_lib
 
     a, meta_a = ckpt_lib.load_params(reference, "latest")
     b, meta_b = ckpt_lib.load_params(soaked, "latest")

@@ -30,9 +30,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from s2s_jax.data.tokenizer import PAD_ID
 from s2s_jax.errors import ConfigError
-from s2s_jax.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
-from s2s_jax.tokenizer import PAD_ID
+from s2s_jax.workdir.lost_peer import DEFAULT_HEARTBEAT_TIMEOUT
 
 DATA = "data"
 

@@ -7,9 +7,9 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/runtime.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/cli/runtime.py)
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
-# Prepared corpora (s2s_jax/corpus_cache.py) of this test session, never the user's cache.
+# Prepared corpora (s2s_jax/data/corpus_cache.py) of this test session, never the user's cache.
 os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
 atexit.register(shutil.rmtree, os.environ["S2S_JAX_CORPUS_CACHE"], ignore_errors=True)
 

@@ -25,12 +25,16 @@ import time
 import jax
 import numpy as np
 
-from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import errors, parallel, run_config, runtime, training, training_data
-from s2s_jax.model import make_model
-from s2s_jax.optimizers import make_optimizer
-from s2s_jax.train_log import read_metrics
-from s2s_jax.translator import SearchOptions, Translator
+from s2s_jax import errors, parallel
+from s2s_jax.cli import runtime
+from s2s_jax.data import training_data
+from s2s_jax.decoding.translator import SearchOptions, Translator
+from s2s_jax.models.seq2seq import make_model
+from s2s_jax.training import loop
+from s2s_jax.training.optimizers import make_optimizer
+from s2s_jax.training.train_log import read_metrics
+from s2s_jax.workdir import checkpoints as ckpt_lib
+from s2s_jax.workdir import run_config
 from tests.helpers import tiny_config, write_tiny_corpus
 
 STEPS = 40
@@ -55,7 +59,7 @@ def train(paths, workdir, dtype="float32"):
         os.makedirs(workdir, exist_ok=True)
         run_config.check_and_save(config, workdir)
     start = time.perf_counter()
-    final = training.train_and_evaluate(config, workdir).metrics
+    final = loop.train_and_evaluate(config, workdir).metrics
     seconds = time.perf_counter() - start
     records = read_metrics(workdir) if parallel.is_main_process() else []  # process 0 writes metrics
     losses = np.array([r["train_loss"] for r in records if "train_loss" in r])
@@ -102,7 +106,7 @@ def main():
         bad = config_for(paths)
         bad.train.batch_size = 12
         try:
-            training.train_and_evaluate(bad, os.path.join(args.base, "bad"))
+            loop.train_and_evaluate(bad, os.path.join(args.base, "bad"))
             result["batch_error"] = ""
         except errors.ConfigError as err:
             result["batch_error"] = str(err)
@@ -131,8 +135,8 @@ def main():
         config = config_for(paths, "bfloat16")
         model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
         optimizer = make_optimizer(config.train)
-        state = training.init_train_state(model, optimizer, config.seed)
-        step = training.make_train_step(model, optimizer, config.train.label_smoothing)
+        state = loop.init_train_state(model, optimizer, config.seed)
+        step = loop.make_train_step(model, optimizer, config.train.label_smoothing)
         iterator, key, bf16_losses = corpus.train_iterator(), jax.random.key(config.seed), []
         for _ in range(STEPS):
             state, metrics = step(state, next(iterator), key)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from s2s_jax.alignment import format_alignment, word_index, word_weights
+from s2s_jax.decoding.alignment import format_alignment, word_index, word_weights
 
 SRC = ["\u2581the", "\u2581ca", "t", "\u2581sees", "."]  # "the cat sees."
 OUT = ["\u2581le", "\u2581ch", "at", "\u2581voit"]  # "le chat voit"
@@ -52,9 +52,9 @@ def test_batched_attention_maps_equal_one_line_at_a_time(trained_workdir):
     """attention_maps pads lines into a few shapes; each line's weights are those of its own pass."""
     import jax
 
-    from s2s_jax.model import Seq2Seq
-    from s2s_jax.tokenizer import BOS_ID, EOS_ID
-    from s2s_jax.translator import Translator, attention_maps
+    from s2s_jax.data.tokenizer import BOS_ID, EOS_ID
+    from s2s_jax.decoding.translator import Translator, attention_maps
+    from s2s_jax.models.seq2seq import Seq2Seq
 
     translator = Translator(trained_workdir.workdir)
     with open(trained_workdir.paths["valid_src"], encoding="utf-8") as f:

@@ -14,8 +14,11 @@ import types
 
 import pytest
 
-from s2s_jax import decode_cli, run_config, train_cli, training_data
-from s2s_jax.tokenizer import train_tokenizer
+from s2s_jax.cli import decode as decode_cli
+from s2s_jax.cli import train as train_cli
+from s2s_jax.data import training_data
+from s2s_jax.data.tokenizer import train_tokenizer
+from s2s_jax.workdir import run_config
 from tests.helpers import tiny_config, write_tiny_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,7 +147,7 @@ def run_train_py(args, parse_flags=False):
         code = (
             "import sys\n"
             "source = open('train.py').read().replace('app.run(main)', "
-            "'from s2s_jax import config_flags; app.run(main, flags_parser=config_flags.parse_flags)')\n"
+            "'from s2s_jax.config import flags as config_flags; app.run(main, flags_parser=config_flags.parse_flags)')\n"
             "assert 'flags_parser' in source\n"
             "sys.argv = ['train.py', *sys.argv[1:]]\n"
             "exec(compile(source, 'train.py', 'exec'), {'__name__': '__main__'})\n"

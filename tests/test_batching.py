@@ -1,4 +1,4 @@
-"""Bucketed batches, deterministic shuffling and the resumable iterator (s2s_jax.batching)."""
+"""Bucketed batches, deterministic shuffling and the resumable iterator (s2s_jax.data.batching)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from s2s_jax.batching import BucketedBatches, TrainIterator, bucket_shapes
+from s2s_jax.data.batching import BucketedBatches, TrainIterator, bucket_shapes
+from s2s_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from s2s_jax.errors import DataError
-from s2s_jax.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def realistic_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import checksums
+from s2s_jax.workdir import checkpoints as ckpt_lib
+from s2s_jax.workdir import checksums
 from tests.helpers import fill_disk, flip_bytes, largest_array_file, tmpfs
 
 

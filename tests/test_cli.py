@@ -80,8 +80,8 @@ def test_decode_nbest_from_stdin(workdir):
 
 
 def test_rescore_reorders_an_nbest_list_by_the_models_score(workdir, tmp_path):
-    from s2s_jax.search import length_penalty
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.search import length_penalty
+    from s2s_jax.decoding.translator import Translator
 
     wd, _, cache = workdir
     sources = ["the red cat", "sees a dog", "a big house has the car"]
@@ -141,7 +141,7 @@ def test_plot_attention_writes_one_png_per_nonempty_line(workdir, tmp_path):
 
 
 def test_score_writes_each_references_log_probability(workdir, tmp_path):
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     wd, paths, cache = workdir
     with open(paths["valid_src"], encoding="utf-8") as f:
@@ -197,7 +197,7 @@ def test_print_alignment_appends_word_alignments(workdir, tmp_path):
 
 
 def test_alignment_needs_an_attention_model(workdir):
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     translator = Translator(workdir[0])
     translator.config.model.attention = "none"
@@ -226,7 +226,7 @@ def test_prefix_forces_the_start_of_each_translation(workdir, tmp_path):
 
 
 def test_python_api_nbest_and_sample(workdir):
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     translator = Translator(workdir[0])
     lines = ["the red cat", "sees a dog"]

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from s2s_jax import config_checks, errors
+from s2s_jax import errors
+from s2s_jax.config import checks
 from s2s_jax.configs import default
 
 
@@ -20,26 +21,26 @@ def documented_choices(key: str) -> list[str]:
     raise AssertionError(f"{key} is not set in {default.__file__}")
 
 
-@pytest.mark.parametrize("key", sorted(config_checks.choices()))
+@pytest.mark.parametrize("key", sorted(checks.choices()))
 def test_default_config_documents_exactly_the_registered_choices(key):
-    assert documented_choices(key) == list(config_checks.choices()[key])
+    assert documented_choices(key) == list(checks.choices()[key])
 
 
-@pytest.mark.parametrize("key", sorted(config_checks.choices()))
+@pytest.mark.parametrize("key", sorted(checks.choices()))
 def test_a_name_outside_the_registry_is_refused_naming_the_choices(key):
     config = default.get_config()
     section, name = key.split(".")
     with config.unlocked():
         setattr(config[section], name, "nonsense")
     with pytest.raises(errors.ConfigError) as err:
-        config_checks.validate(config)
-    assert str(err.value) == f"{key} must be one of {', '.join(config_checks.choices()[key])}, got 'nonsense'"
+        checks.validate(config)
+    assert str(err.value) == f"{key} must be one of {', '.join(checks.choices()[key])}, got 'nonsense'"
 
 
 def test_every_registered_choice_validates():
-    for key, allowed in config_checks.choices().items():
+    for key, allowed in checks.choices().items():
         for value in allowed:
             config = default.get_config()
             section, name = key.split(".")
             setattr(config[section], name, value)
-            config_checks.validate(config)
+            checks.validate(config)

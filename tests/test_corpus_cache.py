@@ -1,4 +1,4 @@
-"""The prepared corpus (s2s_jax/corpus_cache.py): the same ids and batches as tokenizing in memory,
+"""The prepared corpus (s2s_jax/data/corpus_cache.py): the same ids and batches as tokenizing in memory,
 prepared once and reused, re-prepared when a file changes, streamed errors with file and line."""
 
 import itertools
@@ -9,10 +9,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from s2s_jax import batching, corpus_cache, training_data
+from s2s_jax.data import batching, corpus_cache, training_data
+from s2s_jax.data.text import normalize, stream_parallel, stream_tsv
+from s2s_jax.data.tokenizer import Tokenizer
 from s2s_jax.errors import DataError
-from s2s_jax.text import normalize, stream_parallel, stream_tsv
-from s2s_jax.tokenizer import Tokenizer
 from tests.helpers import TINY_TRAIN_FLAGS, run_cli, tiny_config, write_tiny_corpus
 
 

@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 
-from s2s_jax import download, download_cli
+from s2s_jax.cli import download as download_cli
+from s2s_jax.data import download
 from tests.helpers import free_port
 
 
@@ -136,11 +137,11 @@ def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsy
 def test_registry_covers_the_configs_corpora():
     import importlib
 
-    from s2s_jax import config_flags
+    from s2s_jax.config import flags
 
     assert set(download.CORPORA) == {"multi30k", "fra-eng", "cmn-eng", "iwslt16-de-en"}
     for source in download.CORPORA.values():
-        assert source.config in config_flags.builtin_configs()
+        assert source.config in flags.builtin_configs()
         # The config reads, relative to its data.dir ("data", download's default), the files
         # download writes there.
         config = importlib.import_module(f"s2s_jax.configs.{source.config}").get_config()

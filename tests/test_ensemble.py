@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import decode_cli, search
-from s2s_jax.inference import Inference, SearchOptions, ensemble_weights, ensemble_weights_flag
-from s2s_jax.model import ModelConfig, Seq2Seq
-from s2s_jax.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.cli import decode as decode_cli
+from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.decoding import search
+from s2s_jax.decoding.inference import Inference, SearchOptions, ensemble_weights, ensemble_weights_flag
+from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 
 DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
 
@@ -175,7 +176,7 @@ def test_decode_with_the_same_workdir_twice_matches_one(trained_workdir, lines_f
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_members_must_share_the_target_vocabulary(trained_workdir, lines_file, tmp_path, capsys):
-    from s2s_jax.tokenizer import train_tokenizer
+    from s2s_jax.data.tokenizer import train_tokenizer
 
     other = str(tmp_path / "other")
     shutil.copytree(trained_workdir.workdir, other)

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2s_jax import export, export_cli, text
-from s2s_jax.inference import SearchOptions
+from s2s_jax.cli import export as export_cli
+from s2s_jax.data import text
+from s2s_jax.decoding import export
+from s2s_jax.decoding.inference import SearchOptions
 from tests.helpers import ROOT
 
 BLOCKED = ("flax", "s2s_jax", "optax", "orbax", "ml_collections", "tensorboardX")
@@ -34,7 +36,7 @@ def blocking_path(tmp_path) -> str:
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
 def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workdir, exported, tmp_path):
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     directory, manifest = exported
     assert manifest["searches"] == {"default": {"beam_size": 3, "alpha": manifest["searches"]["default"]["alpha"]},

@@ -1,4 +1,4 @@
-"""Property tests over arbitrary bytes for the corpus readers (s2s_jax/text.py): every input either
+"""Property tests over arbitrary bytes for the corpus readers (s2s_jax/data/text.py): every input either
 loads, with each source line paired with its own target line, or is one DataError naming the file
 (and the line where there is one); never another exception."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s2s_jax import corpus_cache, text
+from s2s_jax.data import corpus_cache, text
 from s2s_jax.errors import DataError
 from tests.helpers import tiny_config
 

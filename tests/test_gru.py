@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax.gru import GRULayer
+from s2s_jax.models.gru import GRULayer
 
 B, T, D, H = 3, 6, 5, 4
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import inference
-from s2s_jax.inference import Inference, SearchOptions
-from s2s_jax.model import ModelConfig, Seq2Seq
+from s2s_jax.decoding import inference
+from s2s_jax.decoding.inference import Inference, SearchOptions
+from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 from tests.helpers import ROOT
 
 DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
@@ -86,8 +86,11 @@ def test_the_compaction_switch_reaches_greedy_and_beam_search(tiny, monkeypatch,
 @pytest.mark.slow
 def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_workdir):
     """Validation (training.evaluate) and the Translator share one path: same outputs, same BLEU."""
-    from s2s_jax import bleu, checkpoints, parallel, run_config, training, training_data
-    from s2s_jax.translator import Translator
+    from s2s_jax import bleu, parallel
+    from s2s_jax.data import training_data
+    from s2s_jax.decoding.translator import Translator
+    from s2s_jax.training import loop
+    from s2s_jax.workdir import checkpoints, run_config
 
     translator = Translator(trained_workdir.workdir, "best")
     config = run_config.load(trained_workdir.workdir)
@@ -95,8 +98,8 @@ def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_wo
     hyps = [h[0].text for h in translator.translate(corpus.valid_src_text, SearchOptions.from_config(config.decode))]
     params, meta = checkpoints.load_params(trained_workdir.workdir, "best")
     mesh = parallel.make_mesh()
-    eval_step = parallel.data_parallel_eval_step(training.make_eval_step(translator.model), mesh)
-    scores, valid_hyps = training.evaluate(
+    eval_step = parallel.data_parallel_eval_step(loop.make_eval_step(translator.model), mesh)
+    scores, valid_hyps = loop.evaluate(
         parallel.replicate(params, mesh), eval_step, translator.inference, corpus, config
     )
     assert hyps == valid_hyps
@@ -107,13 +110,13 @@ def test_decode_reproduces_the_validation_bleu_of_the_best_checkpoint(trained_wo
 def test_loading_a_translator_imports_no_training_code(trained_workdir):
     script = (
         "import sys\n"
-        "from s2s_jax.translator import Translator\n"
+        "from s2s_jax.decoding.translator import Translator\n"
         f"t = Translator({trained_workdir.workdir!r})\n"
         "assert t.translate(['the red cat'])[0][0].text\n"
-        "import s2s_jax.decode_cli\n"
-        "banned = ('optax', 'tensorboardX', 's2s_jax.training', 's2s_jax.training_data', 's2s_jax.train_log',\n"
-        "          's2s_jax.optimizers', 's2s_jax.batching', 's2s_jax.train_cli')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in banned or m in banned))\n"
+        "import s2s_jax.cli.decode\n"
+        "banned = ('optax', 'tensorboardX', 's2s_jax.training', 's2s_jax.data.training_data', 's2s_jax.data.batching',\n"
+        "          's2s_jax.cli.train')\n"
+        "print(sorted(m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in banned)))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,8 +136,8 @@ def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_ro
     scored = engine.score(params, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=5)
     np.testing.assert_allclose([c.score for c in scored], [p[2] for p in pairs], rtol=1e-4, atol=1e-4)
     # One unpadded row at a time, straight through search.sequence_log_prob.
-    from s2s_jax import search
-    from s2s_jax.tokenizer import EOS_ID
+    from s2s_jax.data.tokenizer import EOS_ID
+    from s2s_jax.decoding import search
 
     model, = engine.models
     for (src, out, _), got in list(zip(pairs, scored))[:4]:
@@ -160,8 +163,8 @@ def test_score_handles_empty_sources_and_targets(tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("opts", [SearchOptions(), SearchOptions(beam_size=3, nbest=2)], ids=["greedy", "beam"])
 def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
-    from s2s_jax import search
-    from s2s_jax.tokenizer import BOS_ID, EOS_ID
+    from s2s_jax.data.tokenizer import BOS_ID, EOS_ID
+    from s2s_jax.decoding import search
 
     engine, params, sources = tiny
     model, = engine.models

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from s2s_jax import checkpoints, init_from, run_config, train_cli, training, training_data
+from s2s_jax.cli import train as train_cli
+from s2s_jax.data import training_data
 from s2s_jax.errors import DataError
+from s2s_jax.training import init_from, loop
+from s2s_jax.workdir import checkpoints, run_config
 from tests.helpers import tiny_config, write_tiny_corpus
 
 
@@ -70,13 +73,13 @@ def test_a_runs_tokenizers_come_from_one_source_in_order(tmp_path):
 def test_the_initial_state_is_the_source_exactly(trained_workdir):
     source = trained_workdir.workdir
     config = run_config.load(source)
-    from s2s_jax.model import make_model
-    from s2s_jax.optimizers import make_optimizer
-    from s2s_jax.tokenizer import load_workdir_tokenizers
+    from s2s_jax.data.tokenizer import load_workdir_tokenizers
+    from s2s_jax.models.seq2seq import make_model
+    from s2s_jax.training.optimizers import make_optimizer
 
     src_tok, tgt_tok = load_workdir_tokenizers(source)
     model = make_model(config, src_tok.vocab_size, tgt_tok.vocab_size)
-    fresh = jax.device_get(training.init_train_state(model, make_optimizer(config.train), seed=7))
+    fresh = jax.device_get(loop.init_train_state(model, make_optimizer(config.train), seed=7))
     best, meta = checkpoints.load_params(source, "best")
     state = init_from.initial_state(source, fresh, keep_optimizer=False, workdir=None)
     assert equal_trees(state["params"], best) and int(state["step"]) == 0
@@ -92,7 +95,7 @@ def test_fine_tuning_starts_from_the_source_and_lowers_the_loss_on_new_data(trai
     source = trained_workdir.workdir
     # A learning rate too small to move any float32 parameter: the run's parameters are the source's.
     still = str(tmp_path / "still")
-    result = training.train_and_evaluate(fine_tune_config(source, second_corpus, num_steps=10, learning_rate=1e-30), still)
+    result = loop.train_and_evaluate(fine_tune_config(source, second_corpus, num_steps=10, learning_rate=1e-30), still)
     assert equal_trees(checkpoints.load_params(still, "latest")[0], checkpoints.load_params(source, "best")[0])
     before = result.metrics["valid_loss"]
     with open(os.path.join(still, "init_from.json"), encoding="utf-8") as f:
@@ -102,13 +105,13 @@ def test_fine_tuning_starts_from_the_source_and_lowers_the_loss_on_new_data(trai
             assert a.read() == b.read()
     tuned = str(tmp_path / "tuned")
     config = fine_tune_config(source, second_corpus, num_steps=20, learning_rate=0.01)
-    after = training.train_and_evaluate(config, tuned).metrics["valid_loss"]
+    after = loop.train_and_evaluate(config, tuned).metrics["valid_loss"]
     assert after < before - 0.05, (before, after)
     # A rerun resumes the fine-tuning run itself, even once the source is gone.
     os.rename(source, source + ".moved")
     try:
         config.train.num_steps = 30
-        resumed = training.train_and_evaluate(config, tuned)
+        resumed = loop.train_and_evaluate(config, tuned)
     finally:
         os.rename(source + ".moved", source)
     assert resumed.steps_run == 10

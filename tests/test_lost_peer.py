@@ -1,7 +1,7 @@
 """A run of two train.py processes (jax.distributed on loopback) when one of them is killed after
 the first checkpoint: the other exits non-zero within the heartbeat timeout with one `error:` line
 naming the lost process and how to resume, and rerunning both ends bit-identical to an
-uninterrupted two-process run. Plus the pieces of s2s_jax/lost_peer.py on their own.
+uninterrupted two-process run. Plus the pieces of s2s_jax/workdir/lost_peer.py on their own.
 """
 
 import os
@@ -13,7 +13,8 @@ import types
 
 import pytest
 
-from s2s_jax import lost_peer, parallel
+from s2s_jax import parallel
+from s2s_jax.workdir import lost_peer
 from tests.helpers import free_port, write_tiny_corpus
 from tests.test_reliability import FLAGS, SLOW_TRAIN, assert_same_params, wait_for, without_speed
 
@@ -103,7 +104,7 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(env, reference
     """Process 1 killed after checkpoint 10: process 0's next collective fails and it exits 1 with
     the line. Rerun, and process 0 (the coordinator) killed after checkpoint 20: JAX's runtime aborts
     process 1, whose stderr keeps the runtime's message and gets the line after it (relayed, see
-    s2s_jax/lost_peer.py). The last rerun ends bit-identical to the uninterrupted run."""
+    s2s_jax/workdir/lost_peer.py). The last rerun ends bit-identical to the uninterrupted run."""
     workdir = env.base / "killed"
     kill_after_checkpoint(env, workdir, 10, victim=1)
     assert "Resumed from step 10 " in kill_after_checkpoint(env, workdir, 20, victim=0)

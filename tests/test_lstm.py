@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax.lstm import LSTMLayer, reverse_padded
+from s2s_jax.models.lstm import LSTMLayer, reverse_padded
 
 B, T, D, H = 3, 6, 5, 4
 

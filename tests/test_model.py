@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax.losses import compact_cross_entropy, masked_cross_entropy
-from s2s_jax.model import ModelConfig, Seq2Seq
+from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
+from s2s_jax.training.losses import compact_cross_entropy, masked_cross_entropy
 
 V = 11
 
@@ -168,7 +168,7 @@ def test_attention_weights_are_zero_on_padding_and_rows_sum_to_one(kind):
 
 
 def test_bidirectional_backward_direction_equals_reverse_pass_over_unpadded_sentence():
-    from s2s_jax.lstm import LSTMLayer
+    from s2s_jax.models.lstm import LSTMLayer
 
     model, params = make(bidirectional=True, num_layers=1)
     enc = params["encoder"]

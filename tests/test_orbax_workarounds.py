@@ -1,4 +1,4 @@
-"""Tripwires for s2s_jax/orbax_workarounds.py: each fails when an orbax upgrade changes the
+"""Tripwires for s2s_jax/workdir/orbax_workarounds.py: each fails when an orbax upgrade changes the
 internals a workaround relies on (then update the workaround, or delete it if orbax fixed
 the problem itself). In-process with tiny pytrees."""
 
@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import checksums, orbax_workarounds
+from s2s_jax.workdir import checkpoints as ckpt_lib
+from s2s_jax.workdir import checksums, orbax_workarounds
 
 
 def make_state(seed: int, leaves: int = 3) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import zipfile
 import pytest
 from absl import flags
 
-from s2s_jax import config_flags
-from s2s_jax import text as text_lib
+from s2s_jax.config import flags as config_flags
 from s2s_jax.configs import default
+from s2s_jax.data import text as text_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "s2s_jax", "configs")
@@ -87,7 +87,7 @@ def test_train_py_reports_an_unknown_name_in_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-@pytest.mark.parametrize("module", ["s2s_jax.train_cli", "s2s_jax.decode_cli"])
+@pytest.mark.parametrize("module", ["s2s_jax.cli.train", "s2s_jax.cli.decode"])
 def test_cli_modules_limit_openblas_threads_before_numpy_and_jax_load(module):
     code = (
         "import os, sys\n"
@@ -148,7 +148,7 @@ def test_data_dir_override_after_get_config_moves_a_corpus_config(tmp_path):
 
 def test_quickstart_corpus_paths_are_absolute(tmp_path, monkeypatch):
     from s2s_jax.configs import quickstart
-    from s2s_jax.training_data import use_quickstart_corpus
+    from s2s_jax.data.training_data import use_quickstart_corpus
 
     monkeypatch.chdir(tmp_path)
     config = quickstart.get_config()
@@ -206,9 +206,9 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
         ]
         [egg_info] = os.listdir(tmp_path / "meta")
         entry_text = (tmp_path / "meta" / egg_info / "entry_points.txt").read_text()
-    assert "s2s_jax/configs/quickstart.py" in names and "s2s_jax/train_cli.py" in names
+    assert "s2s_jax/configs/quickstart.py" in names and "s2s_jax/cli/train.py" in names
     assert {n.split("/")[0] for n in names if "/" in n and not n.split("/")[0].endswith((".dist-info", ".data"))} == {"s2s_jax"}
     assert not [n for n in names if n.startswith("configs/")]
-    assert "s2s-train = s2s_jax.train_cli:main" in entry_text
-    assert "s2s-decode = s2s_jax.decode_cli:main" in entry_text
-    assert "s2s-prepare = s2s_jax.prepare_cli:main" in entry_text
+    assert "s2s-train = s2s_jax.cli.train:main" in entry_text
+    assert "s2s-decode = s2s_jax.cli.decode:main" in entry_text
+    assert "s2s-prepare = s2s_jax.cli.prepare:main" in entry_text

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from s2s_jax import checkpoints as ckpt_lib
 from s2s_jax import parallel
 from s2s_jax.errors import ConfigError
+from s2s_jax.workdir import checkpoints as ckpt_lib
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow  # subprocesses with 8 simulated devices and 2 processes

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from s2s_jax import quickstart_data as q
+from s2s_jax.data import quickstart_data as q
 
 SMALL = dict(n_train=400, n_valid=50, n_test=50)
 

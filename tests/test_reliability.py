@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax import decode_cli
-from s2s_jax.train_log import read_metrics
+from s2s_jax.cli import decode
+from s2s_jax.training.train_log import read_metrics
+from s2s_jax.workdir import checkpoints as ckpt_lib
 from tests.helpers import fill_disk, flip_bytes, tmpfs, write_tiny_corpus
 
 pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
@@ -48,7 +48,7 @@ FLAGS = [
 # sleep is outside the computation: numerics are those of plain train.py.
 SLOW_TRAIN = (
     "import runpy, sys, time\n"
-    "from s2s_jax import batching\n"
+    "from s2s_jax.data import batching\n"
     "_next = batching.TrainIterator.__next__\n"
     "def _slow_next(self):\n"
     "    time.sleep(0.1)\n"
@@ -74,7 +74,7 @@ def env(tmp_path_factory):
 # left free on FILL_DIR's file system (FILL_LEAVE bytes) is too little for a checkpoint.
 FULL_DISK_TRAIN = (
     "import os, runpy, sys\n"
-    "from s2s_jax import checkpoints\n"
+    "from s2s_jax.workdir import checkpoints\n"
     "from tests.helpers import fill_disk\n"
     "_save = checkpoints.Checkpoints.save\n"
     "def _save_on_a_full_disk(self, step, state, meta):\n"
@@ -237,7 +237,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(env, referen
         ckpt_lib.load_params(str(workdir), "30")
     text = env.base / "decode_in.txt"
     text.write_text("the red cat\n\na dog\n", encoding="utf-8")
-    assert decode_cli.run(decode_flags(workdir, input=str(text))) == 0
+    assert decode.run(decode_flags(workdir, input=str(text))) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 3 and "warning: checkpoint 20" in err and "using step 10" in err
 
@@ -295,7 +295,7 @@ def test_a_checkpoint_changed_on_disk_is_never_used_and_training_resumes_before_
 
     text = env.base / "lies_in.txt"
     text.write_text("the red cat\na dog\n", encoding="utf-8")
-    assert decode_cli.run(decode_flags(workdir, checkpoint="best", input=str(text))) == 0
+    assert decode.run(decode_flags(workdir, checkpoint="best", input=str(text))) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 2
     assert f"(ChecksumMismatch: {flipped_best} differs from what the save wrote" in err
@@ -367,8 +367,8 @@ def test_a_disk_full_before_training_starts_is_one_line_and_a_rerun_trains(env, 
 def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
     """Committed arrays compile under other argument shardings: a resumed run would miss the
     persistent compilation cache and recompile every step function (~10 s here)."""
-    from s2s_jax import run_config
-    from s2s_jax.optimizers import make_optimizer
+    from s2s_jax.training.optimizers import make_optimizer
+    from s2s_jax.workdir import run_config
 
     params, _ = ckpt_lib.load_params(str(reference), "latest")
     assert not any(leaf.committed for leaf in jax.tree.leaves(params))
@@ -423,7 +423,7 @@ def test_nan_loss_stops_naming_the_steps_and_never_checkpoints_nan(env):
 
 @pytest.fixture(scope="module")
 def translator(reference):
-    from s2s_jax.translator import Translator
+    from s2s_jax.decoding.translator import Translator
 
     return Translator(str(reference), "latest")
 
@@ -458,8 +458,8 @@ def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
 
 
 def translator_normalize(translator, line):
-    from s2s_jax.text import normalize
-    from s2s_jax.translator import _encodable
+    from s2s_jax.data.text import normalize
+    from s2s_jax.decoding.translator import _encodable
 
     return normalize(_encodable(line), translator.config.data.lowercase)
 
@@ -491,7 +491,7 @@ def fake_stdin(raw: bytes):
 def test_decode_cli_reads_stdin_as_bytes_split_on_newline_only(reference, monkeypatch, capsys):
     raw = "the cat\rsees\nthe\u2028dog\n\nemoji 🐈\n".encode("utf-8")
     monkeypatch.setattr(sys, "stdin", fake_stdin(raw))
-    assert decode_cli.run(decode_flags(reference)) == 0
+    assert decode.run(decode_flags(reference)) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 4  # '\r' and U+2028 do not start new lines
     assert out.split("\n")[2] == ""
@@ -500,7 +500,7 @@ def test_decode_cli_reads_stdin_as_bytes_split_on_newline_only(reference, monkey
 def test_decode_cli_invalid_utf8_on_stdin_names_the_line(reference, monkeypatch, capsys):
     raw = b"the cat\nthe caf\xe9\n"
     monkeypatch.setattr(sys, "stdin", fake_stdin(raw))
-    assert decode_cli.run(decode_flags(reference)) == 1
+    assert decode.run(decode_flags(reference)) == 1
     err = capsys.readouterr().err
     assert "error: <stdin>:2: not valid UTF-8 (byte(s) e9)" in err
 
@@ -518,7 +518,7 @@ def test_decode_cli_invalid_utf8_on_stdin_names_the_line(reference, monkeypatch,
     (dict(input="/nonexistent/in.txt"), "--input /nonexistent/in.txt: file not found"),
 ])
 def test_decode_cli_flag_mistakes_are_one_line_errors(reference, capsys, overrides, message):
-    assert decode_cli.run(decode_flags(reference, **overrides)) == 1
+    assert decode.run(decode_flags(reference, **overrides)) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
 

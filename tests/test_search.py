@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import search
+from s2s_jax.decoding import search
 
 PAD, BOS, EOS = 0, 1, 2
 V, H, M = 6, 8, 3

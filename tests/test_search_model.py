@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import search
-from s2s_jax.model import ModelConfig, Seq2Seq
+from s2s_jax.decoding import search
+from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 
 V, L = 6, 3  # ids 0..3 are pad/bos/eos/unk; outputs can be 2 (eos), 3, 4, 5
 

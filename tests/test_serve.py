@@ -1,4 +1,4 @@
-"""The translation server (s2s_jax/serving.py) as a client meets it: a real serve.py process
+"""The translation server (s2s_jax/serving/app.py) as a client meets it: a real serve.py process
 on loopback, the tiny trained workdir behind it."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import types
 import httpx
 import pytest
 
-from s2s_jax import serving
-from s2s_jax.inference import SearchOptions
-from s2s_jax.translator import Translator
+from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.translator import Translator
+from s2s_jax.serving import app as serving
 from tests.serving_helpers import Server, in_process
 
 pytestmark = pytest.mark.slow  # each server starts a process and compiles its shapes

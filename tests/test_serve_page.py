@@ -10,8 +10,8 @@ import tempfile
 
 import pytest
 
-from s2s_jax.inference import SearchOptions
-from s2s_jax.translator import Translator
+from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.translator import Translator
 from tests.serving_helpers import Server
 
 pytestmark = pytest.mark.slow

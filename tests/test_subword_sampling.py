@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from s2s_jax import batching, config_checks, errors
-from s2s_jax.tokenizer import EOS_ID, train_tokenizer
+from s2s_jax import errors
+from s2s_jax.config import checks
+from s2s_jax.data import batching
+from s2s_jax.data.tokenizer import EOS_ID, train_tokenizer
 from tests.helpers import WORDS_EN, tiny_config, write_tiny_corpus
 
 
@@ -65,6 +67,6 @@ def test_nbest_that_switches_sampling_off_is_refused():
     for nbest in (0, 1, -2):
         config.data.spm_nbest = nbest
         with pytest.raises(errors.ConfigError, match="data.spm_nbest"):
-            config_checks.validate(config)
+            checks.validate(config)
     config.data.spm_nbest = 16
-    config_checks.validate(config)
+    checks.validate(config)

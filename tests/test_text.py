@@ -1,4 +1,4 @@
-"""Corpus readers, normalisation and counted filtering (s2s_jax.text)."""
+"""Corpus readers, normalisation and counted filtering (s2s_jax.data.text)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from s2s_jax import text
+from s2s_jax.data import text
 from s2s_jax.errors import DataError
 
 

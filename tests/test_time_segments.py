@@ -1,4 +1,4 @@
-"""Skipping padded time steps (s2s_jax/time_segments.py) computes what the padded recurrences compute.
+"""Skipping padded time steps (s2s_jax/models/time_segments.py) computes what the padded recurrences compute.
 
 Oracles: the profile bounds every row's length (property over random batches, plus hand-picked
 profiles), and the segmented recurrences give the padded ones' encoder memory and state, loss,
@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2s_jax import time_segments
-from s2s_jax.losses import compact_cross_entropy
-from s2s_jax.model import ModelConfig, Seq2Seq
-from s2s_jax.optimizers import make_optimizer
-from s2s_jax.time_segments import Segments, for_batch, for_lengths, for_tokens
-from s2s_jax.training import init_train_state, make_accumulating_train_step, make_train_step
+from s2s_jax.models import time_segments
+from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
+from s2s_jax.models.time_segments import Segments, for_batch, for_lengths, for_tokens
+from s2s_jax.training.loop import init_train_state, make_accumulating_train_step, make_train_step
+from s2s_jax.training.losses import compact_cross_entropy
+from s2s_jax.training.optimizers import make_optimizer
 
 V = 40
 
@@ -166,7 +166,7 @@ def test_rows_come_back_in_input_order():
 def test_decoding_with_segments_equals_the_padded_search(opts):
     import types
 
-    from s2s_jax.inference import Inference, SearchOptions
+    from s2s_jax.decoding.inference import Inference, SearchOptions
 
     decode = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
     options = SearchOptions() if opts == "greedy" else SearchOptions(beam_size=3, nbest=2)

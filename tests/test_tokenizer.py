@@ -1,4 +1,4 @@
-"""Sentencepiece training, round trips and special ids (s2s_jax.tokenizer)."""
+"""Sentencepiece training, round trips and special ids (s2s_jax.data.tokenizer)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
+from s2s_jax.data.text import normalize
+from s2s_jax.data.tokenizer import BOS_ID, BYTE_FALLBACK_MIN_VOCAB, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from s2s_jax.errors import DataError
-from s2s_jax.text import normalize
-from s2s_jax.tokenizer import BOS_ID, BYTE_FALLBACK_MIN_VOCAB, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 WORDS = (
     "the cat dog sees a small red house près de la maison où le garçon élève déjà "

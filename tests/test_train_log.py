@@ -1,4 +1,4 @@
-"""metrics.jsonl and the TensorBoard events (s2s_jax/train_log.py): what a resumed run keeps, and a
+"""metrics.jsonl and the TensorBoard events (s2s_jax/training/train_log.py): what a resumed run keeps, and a
 full disk (a small tmpfs), which raises OSError naming the file at the write that hit it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import struct
 import pytest
 from tensorboardX.proto import event_pb2
 
-from s2s_jax.train_log import TrainLog, read_metrics
+from s2s_jax.training.train_log import TrainLog, read_metrics
 from tests.helpers import fill_disk, tmpfs
 
 

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2s_jax import batching, training
-from s2s_jax import checkpoints as ckpt_lib
-from s2s_jax.model import make_model
-from s2s_jax.optimizers import make_optimizer
-from s2s_jax.train_log import read_metrics
+from s2s_jax.data import batching
+from s2s_jax.models.seq2seq import make_model
+from s2s_jax.training import loop
+from s2s_jax.training.optimizers import make_optimizer
+from s2s_jax.training.train_log import read_metrics
+from s2s_jax.workdir import checkpoints as ckpt_lib
 from tests.helpers import tiny_config, write_tiny_corpus
 
 
@@ -22,7 +23,7 @@ def setup():
     config = tiny_config({}, learning_rate=1e-2, num_steps=100, warmup_steps=1)
     model = make_model(config, 20, 20)
     optimizer = make_optimizer(config.train)
-    step = training.make_train_step(model, optimizer, label_smoothing=0.1)
+    step = loop.make_train_step(model, optimizer, label_smoothing=0.1)
     rng = np.random.default_rng(0)
     tgt = rng.integers(3, 20, (8, 6)).astype(np.int32)
     batch = {
@@ -36,7 +37,7 @@ def setup():
 
 def test_training_lowers_the_loss_on_a_fixed_batch(setup):
     model, optimizer, step, batch = setup
-    state = training.init_train_state(model, optimizer, seed=0)
+    state = loop.init_train_state(model, optimizer, seed=0)
     key = jax.random.key(0)
     losses = []
     for _ in range(30):
@@ -49,13 +50,13 @@ def test_training_lowers_the_loss_on_a_fixed_batch(setup):
 def test_checkpoint_round_trip_gives_identical_params_and_next_loss(setup, tmp_path):
     model, optimizer, step, batch = setup
     key = jax.random.key(0)
-    state = training.init_train_state(model, optimizer, seed=1)
+    state = loop.init_train_state(model, optimizer, seed=1)
     for _ in range(3):
         state, _ = step(state, batch, key)
     saver = ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=2)
     saver.save(3, state, {"data_state": {"epoch": 0, "index": 3}, "step": 3})
     saver.wait()
-    fresh = training.init_train_state(model, optimizer, seed=2)
+    fresh = loop.init_train_state(model, optimizer, seed=2)
     restored, meta = ckpt_lib.Checkpoints(str(tmp_path), 2).restore(fresh)
     assert meta["data_state"] == {"epoch": 0, "index": 3}
     jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(state))
@@ -78,9 +79,9 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     batch = {"src": rng.integers(3, 20, (128, 7)).astype(np.int32),
              "tgt_in": np.concatenate([np.ones((128, 1), np.int32), tgt[:, :-1]], axis=1), "tgt_out": tgt}
     key = jax.random.key(0)
-    one = training.make_train_step(model, optimizer)
-    accumulating = training.make_accumulating_train_step(model, optimizer)
-    state = training.init_train_state(model, optimizer, seed=0)
+    one = loop.make_train_step(model, optimizer)
+    accumulating = loop.make_accumulating_train_step(model, optimizer)
+    state = loop.init_train_state(model, optimizer, seed=0)
     copy = jax.tree.map(jnp.array, state)
     want, m1 = one(state, batch, key)
     micro = [{k: v[i * 32 : (i + 1) * 32] for k, v in batch.items()} for i in range(4)]
@@ -96,12 +97,12 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
 def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_back(setup, tmp_path):
     model, optimizer, _, batch = setup
     key = jax.random.key(0)
-    state = training.init_train_state(model, optimizer, seed=1, ema=True)
-    step = training.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.0)
+    state = loop.init_train_state(model, optimizer, seed=1, ema=True)
+    step = loop.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.0)
     for _ in range(3):
         state, _ = step(state, batch, key)
     jax.tree.map(np.testing.assert_array_equal, state["ema"], state["params"])
-    slow = training.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.5)
+    slow = loop.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.5)
     moved, _ = slow(jax.tree.map(jnp.array, state), batch, key)
     jax.tree.map(lambda e, old, new: np.testing.assert_allclose(e, 0.5 * old + 0.5 * new, rtol=1e-6, atol=1e-7),
                  moved["ema"], state["params"], moved["params"])
@@ -133,7 +134,7 @@ def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path
     lr = 1e-2 if metric == "loss" else 1e-6  # 1e-6: BLEU cannot move, so every later evaluation halves
     config = tiny_config(paths, num_steps=8, eval_every=2, checkpoint_every=2, log_every=1, lr_schedule="plateau",
                          early_stop_metric=metric, learning_rate=lr, warmup_steps=0)
-    result = training.train_and_evaluate(config, str(tmp_path / "w"))
+    result = loop.train_and_evaluate(config, str(tmp_path / "w"))
     records = read_metrics(str(tmp_path / "w"))
     key = "valid_loss" if metric == "loss" else "valid_bleu"
     evals = [(r["step"], r[key]) for r in records if key in r]
@@ -158,7 +159,7 @@ def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path
 def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
     model, optimizer, step, batch = setup
     key = jax.random.key(0)
-    a = training.init_train_state(model, optimizer, seed=1)
+    a = loop.init_train_state(model, optimizer, seed=1)
     b, _ = step(jax.tree.map(jnp.array, a), batch, key)
     saver = ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5)
     saver.save(1, a, {"step": 1})
@@ -186,8 +187,8 @@ def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, o
             setattr(config[section], name, value)
     full = str(tmp_path / "full")
     os.makedirs(full)
-    result = training.train_and_evaluate(config, full)
-    assert result.outcome is training.Outcome.FINISHED and result.steps_run == 6
+    result = loop.train_and_evaluate(config, full)
+    assert result.outcome is loop.Outcome.FINISHED and result.steps_run == 6
     final = result.metrics
     assert np.isfinite(final["valid_loss"]) and 0.0 <= final["valid_bleu"] <= 100.0
     for name in ("spm.model", "metrics.jsonl", "checkpoints", "best", "tensorboard"):
@@ -201,7 +202,7 @@ def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, o
     resumed = str(tmp_path / "resumed")
     shutil.copytree(full, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
-    training.train_and_evaluate(config, resumed)
+    loop.train_and_evaluate(config, resumed)
     a, _ = ckpt_lib.load_params(full, "latest")
     b, _ = ckpt_lib.load_params(resumed, "latest")
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -232,7 +233,7 @@ def test_an_exception_inside_the_loop_restores_signal_handlers_and_leaves_the_la
     previous = {sig: signal.signal(sig, caller_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(RuntimeError, match="disk went away"):
-            training.train_and_evaluate(config, workdir)
+            loop.train_and_evaluate(config, workdir)
         assert signal.getsignal(signal.SIGINT) is caller_handler
         assert signal.getsignal(signal.SIGTERM) is caller_handler
     finally:

@@ -1,4 +1,4 @@
-"""One training run per workdir (s2s_jax/workdir_lock.py): a live holder refuses a second run at
+"""One training run per workdir (s2s_jax/workdir/lock.py): a live holder refuses a second run at
 once, naming its pid and host; a dead holder's lock is taken over with a warning."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from s2s_jax.workdir_lock import LOCK_NAME, WorkdirLocked, hold
+from s2s_jax.workdir.lock import LOCK_NAME, WorkdirLocked, hold
 from tests.helpers import ROOT, TINY_TRAIN_FLAGS, write_tiny_corpus
 
 

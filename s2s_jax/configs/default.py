@@ -75,7 +75,7 @@ def model_config() -> ml_collections.ConfigDict:
     model.input_feeding = False  # with attention: previous attentional vector joins the next input (Luong)
     model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
     # Skip padded steps in the encoder and the teacher-forced decoder (rows sorted by length, a few
-    # time segments per batch: s2s_jax/time_segments.py). Same results; one device only.
+    # time segments per batch: s2s_jax/models/time_segments.py). Same results; one device only.
     model.skip_padding = True
     return model
 

@@ -1,0 +1,347 @@
+"""The `s2s-decode` command (also `python decode.py`): its flags, then read lines, translate, write, score."""
+
+from __future__ import annotations
+
+from s2s_jax.cli import runtime  # first: OPENBLAS_NUM_THREADS must be set before numpy/jax load
+
+runtime.limit_openblas_threads()
+
+import json
+import os
+import sys
+
+from tqdm.auto import tqdm
+
+from s2s_jax import bleu
+from s2s_jax.data.text import lines_from_bytes, read_lines
+from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
+from s2s_jax.decoding.search import length_penalty
+from s2s_jax.decoding.translator import Hypothesis, Translator
+from s2s_jax.errors import CheckpointError, DataError
+
+
+def format_hypotheses(hyps: list[Hypothesis], nbest: int, line: int) -> list[str]:
+    """The text alone, or with --nbest > 1 one `line<TAB>rank<TAB>score<TAB>text` row per hypothesis
+    (line: the input line, counted from 0; rank 0 is the best)."""
+    if nbest == 1:
+        return [hyps[0].text]
+    return [f"{line}\t{k}\t{h.score:.4f}\t{h.text}" for k, h in enumerate(hyps)]
+
+
+def read_nbest(path: str, num_lines: int) -> list[tuple[int, str]]:
+    """(input line, text) of each row of an n-best file as --nbest writes it."""
+    rows = []
+    for number, row in enumerate(read_lines(path), 1):
+        fields = row.split("\t", 3)
+        if len(fields) != 4 or not fields[0].isdigit():
+            raise DataError(f"{path}:{number}: expected 'line<TAB>rank<TAB>score<TAB>text' (decode.py --nbest)")
+        if int(fields[0]) >= num_lines:
+            raise DataError(f"{path}:{number}: input line {fields[0]} does not exist (the input has {num_lines} lines)")
+        rows.append((int(fields[0]), fields[3]))
+    return rows
+
+
+def _read_input(path: str) -> list[str]:
+    """Input lines, split on '\\n' only and strictly UTF-8, from a file or stdin.
+
+    Stdin is read as bytes and decoded like a file: text-mode stdin would, under a
+    non-UTF-8 locale, pass undecodable bytes on as surrogates (sentencepiece then
+    fails with a TypeError) and, under a UTF-8 one, raise UnicodeDecodeError
+    without a line number.
+    """
+    if path == "-":
+        return lines_from_bytes(sys.stdin.buffer.read(), "<stdin>", allow_empty=True)
+    return read_lines(path, allow_empty=True)
+
+
+def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
+    print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
+    for raw in sys.stdin.buffer:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
+            print("warning: that line is not valid UTF-8; undecodable bytes became U+FFFD", file=sys.stderr)
+        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed)[0]
+        print("\n".join(format_hypotheses(hyps, opts.nbest, 0)), flush=True)
+
+
+def _positive_or_default(name: str, value, default):
+    if value is None:
+        return default
+    if value < 1:
+        raise ValueError(f"--{name} must be at least 1, got {value}")
+    return value
+
+
+def _plot(translator: Translator, lines: list[str], results: list[list[Hypothesis]], directory: str) -> None:
+    """One heatmap per non-empty input line, named by its 1-based line number."""
+    from s2s_jax.decoding.plotting import plot_attention
+    from s2s_jax.decoding.translator import attention_maps
+
+    maps = attention_maps(translator, lines, [hyps[0].tokens for hyps in results])
+    for number, item in enumerate(maps, 1):
+        if item["src"]:
+            plot_attention(item["weights"], item["src"], item["tgt"], f"{directory}/{number:05d}.png")
+
+
+def _ensemble_weights(flags) -> list[float] | None:
+    """--ensemble_weights as checked floats, one per --workdir (None: equal weights)."""
+    return ensemble_weights_flag(getattr(flags, "ensemble_weights", None), len(flags.workdir))
+
+
+def _check_flags(flags) -> None:
+    """Flag mistakes, found before the model is loaded and the input translated."""
+    for name in ("beam_size", "batch_size"):
+        _positive_or_default(name, getattr(flags, name), 1)
+    if flags.nbest < 1:
+        raise ValueError(f"--nbest must be at least 1, got {flags.nbest}")
+    if flags.top_k < 0:
+        raise ValueError(f"--top_k must be >= 0 (0 = off), got {flags.top_k}")
+    if flags.output != "-":
+        directory = os.path.dirname(os.path.abspath(flags.output))
+        if not os.path.isdir(directory):
+            raise ValueError(f"--output {flags.output}: directory {directory} does not exist")
+    for name in ("score_json", "sentence_bleu", "score"):
+        if getattr(flags, name, None) and not flags.reference:
+            raise ValueError(f"--{name} needs --reference (the scores compare against it)")
+    if getattr(flags, "print_alignment", None) and flags.nbest != 1:
+        raise ValueError("--print_alignment aligns the best translation: use it with --nbest 1")
+    _ensemble_weights(flags)
+    if getattr(flags, "sentence_bleu", 0) < 0:
+        raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
+    for name in ("input", "reference", "rescore", "prefix"):
+        path = getattr(flags, name, None)
+        if path and path != "-" and not os.path.isfile(path):
+            raise DataError(f"--{name} {path}: file not found")
+
+
+def run(flags) -> int:
+    try:
+        _check_flags(flags)
+        translator = Translator(flags.workdir, flags.checkpoint, weights=_ensemble_weights(flags))
+        cfg = translator.config.decode
+        opts = SearchOptions(
+            beam_size=_positive_or_default("beam_size", flags.beam_size, cfg.beam_size),
+            alpha=cfg.alpha if flags.alpha is None else flags.alpha,
+            nbest=flags.nbest,
+            sample=flags.sample,
+            temperature=flags.temperature,
+            top_k=flags.top_k,
+            top_p=flags.top_p,
+            with_scores=flags.nbest > 1,
+        )
+        opts.check()
+        batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
+        if getattr(flags, "score", False):
+            return _score(flags, translator, batch_size)
+        if getattr(flags, "rescore", None):
+            return _rescore(flags, translator, opts.alpha, batch_size)
+        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None):
+            _interactive(translator, opts, flags)
+            return 0
+        lines = _read_input(flags.input)
+        prefixes = None
+        if getattr(flags, "prefix", None):
+            prefixes = read_lines(flags.prefix, allow_empty=True)
+            if len(prefixes) != len(lines):
+                raise DataError(f"--prefix {flags.prefix} has {len(prefixes)} lines, the input has {len(lines)}")
+        show = flags.input != "-" and sys.stderr.isatty()
+        progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
+        results = translator.translate(
+            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress, prefixes=prefixes
+        )
+    except (DataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if flags.plot_attention:
+        try:
+            _plot(translator, lines, results, flags.plot_attention)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    out_lines = [row for number, hyps in enumerate(results) for row in format_hypotheses(hyps, opts.nbest, number)]
+    if getattr(flags, "print_alignment", None):
+        try:
+            alignments = translator.align(lines, [hyps[0].tokens for hyps in results], flags.print_alignment)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        out_lines = [f"{line} ||| {alignment}" for line, alignment in zip(out_lines, alignments)]
+    if _write_lines(flags.output, out_lines):
+        return 1
+    if flags.reference:
+        try:
+            refs = read_lines(flags.reference, allow_empty=True)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        if len(refs) != len(results):
+            print(f"error: {flags.reference} has {len(refs)} lines, the input has {len(results)}", file=sys.stderr)
+            return 1
+        best = [hyps[0].text for hyps in results]
+        report = bleu.score_report(best, refs, tokenize=translator.config.decode.bleu_tokenize or None)
+        print(f"BLEU = {report['bleu']:.2f} ({report['bleu_signature']})", file=sys.stderr)
+        print(f"BLEU (lowercased) = {report['bleu_lc']:.2f}", file=sys.stderr)
+        print(f"chrF = {report['chrf']:.2f} ({report['chrf_signature']})", file=sys.stderr)
+        if getattr(flags, "sentence_bleu", 0):
+            _print_sentence_bleu(lines, best, refs, flags.sentence_bleu)
+        if getattr(flags, "score_json", None):
+            try:
+                _write_scores(flags, translator, opts, report, len(results))
+            except OSError as err:
+                print(f"error: cannot write --score_json {flags.score_json}: {err.strerror}", file=sys.stderr)
+                return 1
+    return 0
+
+
+def _write_lines(path: str, lines: list[str]) -> int:
+    """Writes lines to a file or stdout ('-'); 1 with an error line if the file cannot be written."""
+    text = "".join(line + "\n" for line in lines)
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        print(f"error: cannot write --output {path}: {err.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _score(flags, translator: Translator, batch_size: int) -> int:
+    """--score: each --reference line's log-probability as the translation of its input line."""
+    try:
+        lines, refs = _read_input(flags.input), read_lines(flags.reference, allow_empty=True)
+        if len(refs) != len(lines):
+            raise DataError(f"{flags.reference} has {len(refs)} lines, the input has {len(lines)}")
+        scores = translator.score(lines, refs, batch_size=batch_size)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return _write_lines(flags.output, [f"{s.total:.4f}\t{s.per_token:.4f}" for s in scores])
+
+
+def _rescore(flags, translator: Translator, alpha: float, batch_size: int) -> int:
+    """--rescore: the n-best file's hypotheses of each input line, reordered by this model's score.
+
+    The score is beam search's: total log-probability (EOS included) over the GNMT length
+    penalty with --alpha, so rescoring a model's own n-best list keeps its scores.
+    """
+    try:
+        lines = _read_input(flags.input)
+        rows = read_nbest(flags.rescore, len(lines))
+        scores = translator.score([lines[i] for i, _ in rows], [text for _, text in rows], batch_size=batch_size)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    by_line: dict[int, list[tuple[float, str]]] = {}
+    for (line, text), s in zip(rows, scores):
+        by_line.setdefault(line, []).append((s.total / float(length_penalty(s.length, alpha)), text))
+    out = []
+    for line in sorted(by_line):
+        ranked = sorted(by_line[line], key=lambda pair: -pair[0])  # stable: ties keep the file's order
+        out += [f"{line}\t{k}\t{score:.4f}\t{text}" for k, (score, text) in enumerate(ranked)]
+    return _write_lines(flags.output, out)
+
+
+def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k: int) -> None:
+    """d2l's per-sentence report, `go . => va !, bleu 1.000`, and how many are exact."""
+    for src, hyp, ref in zip(sources, hyps, refs):
+        print(f"{src} => {hyp}, bleu {bleu.sentence_bleu_d2l(hyp, ref, k=k):.3f}", file=sys.stderr)
+    exact = sum(hyp == ref for hyp, ref in zip(hyps, refs))
+    print(f"exact: {exact} of {len(refs)}", file=sys.stderr)
+
+
+def _write_scores(flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int) -> None:
+    """The scores and what produced them, so a reported number can be traced to its run."""
+    steps = [m.meta.get("step") for m in translator.members]
+    record = dict(
+        report,
+        workdir=flags.workdir[0] if len(flags.workdir) == 1 else flags.workdir,
+        checkpoint=flags.checkpoint,
+        step=steps[0] if len(steps) == 1 else steps,
+        input=flags.input,
+        reference=flags.reference,
+        sentences=sentences,
+        beam_size=opts.beam_size,
+        alpha=opts.alpha,
+        sample=opts.sample,
+    )
+    if len(steps) > 1:
+        record["ensemble_weights"] = list(translator.inference.weights)
+    with open(flags.score_json, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------
+# The `s2s-decode` command (also `python decode.py`)
+# ---------------------------------------------------------------------------
+
+
+def _define_flags() -> None:
+    """decode's absl flags (see runtime.define_command_flags)."""
+    from absl import flags
+
+    flags.DEFINE_multi_string(
+        "workdir", None,
+        "A training workdir; repeat it to decode with an ensemble (the members' per-step log-probabilities "
+        "averaged; they must share the target vocabulary).", required=True,
+    )
+    flags.DEFINE_list(
+        "ensemble_weights", None,
+        "Comma-separated weights of the ensemble members, one per --workdir in order (default: equal).",
+    )
+    flags.DEFINE_string(
+        "checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest training checkpoints)."
+    )
+    flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
+    flags.DEFINE_string("output", "-", "Output file; - for stdout.")
+    flags.DEFINE_integer("beam_size", None, "Beam size (1 = greedy); default: the config's decode.beam_size.")
+    flags.DEFINE_float("alpha", None, "GNMT length penalty exponent; default: the config's decode.alpha.")
+    flags.DEFINE_integer("nbest", 1, "Hypotheses per input; > 1 writes 'line<TAB>rank<TAB>score<TAB>text' rows (both counted from 0).")
+    flags.DEFINE_bool("sample", False, "Sample instead of searching.")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
+    flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = off).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
+    flags.DEFINE_string(
+        "prefix", None,
+        "A file with one line per input line (empty = none): each translation starts with that line's words, "
+        "forced, and the search continues after them (its score is the continuation's).",
+    )
+    flags.DEFINE_string(
+        "rescore", None,
+        "An n-best file (decode.py --nbest) for --input: write its hypotheses reordered by this model's "
+        "score (beam search's: log-probability over the length penalty with --alpha), same format.",
+    )
+    flags.DEFINE_bool(
+        "score", False,
+        "With --reference: instead of translating, write each reference line's log-probability given its "
+        "input line as 'total<TAB>per_token' (EOS counted as a token); no BLEU.",
+    )
+    flags.DEFINE_string(
+        "score_json", None,
+        "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file.",
+    )
+    flags.DEFINE_integer(
+        "sentence_bleu", 0, "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2)."
+    )
+    flags.DEFINE_enum(
+        "print_alignment", None, ["hard", "soft"],
+        "Append ' ||| ' and the word alignment to each output line: hard = Pharaoh 'i-j' pairs (source word i, "
+        "output word j, counted from 0), soft = one comma-separated row of source-word weights per output word. "
+        "Attention models only.",
+    )
+    flags.DEFINE_string(
+        "plot_attention", None,
+        "Directory: write one attention heatmap PNG per input line (the first --workdir's model's attention).",
+    )
+    flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `s2s-decode` and `python decode.py`: parses the flags, translates, exits."""
+    runtime.run_command("decode", _define_flags, run, argv)

@@ -1,0 +1,100 @@
+"""`s2s-serve` / `python serve.py`: a trained workdir behind HTTP (s2s_jax/serving/app.py) with uvicorn.
+
+    s2s-serve --workdir runs/m30k_att                      # http://127.0.0.1:8000/
+    S2S_API_KEY=secret s2s-serve --workdir W --host 0.0.0.0 --port 8080
+
+SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight and
+exits 0.
+"""
+
+from s2s_jax.cli import runtime  # first: OPENBLAS_NUM_THREADS must be set before numpy/jax load
+
+runtime.limit_openblas_threads()
+
+import os
+import signal
+import sys
+
+from s2s_jax.serving.app import ServeSettings
+
+API_KEY_ENV = "S2S_API_KEY"
+
+
+def settings_from_flags(flags) -> ServeSettings:
+    try:
+        beam_sizes = tuple(sorted({int(b) for b in flags.beam_sizes}))
+        warm = tuple(sorted({int(b) for b in flags.warm_up_beam_sizes or ()}))
+    except ValueError:
+        raise ValueError("--beam_sizes and --warm_up_beam_sizes must be integers") from None
+    settings = ServeSettings(
+        max_wait_ms=flags.max_wait_ms, max_batch=flags.max_batch, max_chars=flags.max_chars,
+        max_texts=flags.max_texts, max_queue=flags.max_queue, request_timeout_s=flags.request_timeout_s,
+        beam_sizes=beam_sizes, max_nbest=flags.max_nbest, warm_up_beam_sizes=warm,
+        api_key=flags.api_key or os.environ.get(API_KEY_ENV) or None,
+    )
+    settings.check()
+    return settings
+
+
+def run(flags) -> int:
+    import uvicorn
+
+    from s2s_jax.decoding.inference import ensemble_weights_flag
+    from s2s_jax.decoding.translator import Translator
+    from s2s_jax.errors import CheckpointError, DataError
+    from s2s_jax.serving.app import create_app
+
+    try:
+        settings = settings_from_flags(flags)
+        weights = ensemble_weights_flag(flags.ensemble_weights, len(flags.workdir))
+        for workdir in flags.workdir:  # a wrong path is an error now, not a 503 later
+            if not os.path.isfile(os.path.join(workdir, "config.json")):
+                raise DataError(f"{workdir} is not a training workdir (no config.json)")
+    except (ValueError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def load() -> Translator:
+        try:
+            return Translator(flags.workdir, flags.checkpoint, weights=weights)
+        except (DataError, CheckpointError, ValueError) as err:
+            raise RuntimeError(str(err)) from None
+
+    app = create_app(load, settings, log)
+    log(f"serving {', '.join(flags.workdir)} on http://{flags.host}:{flags.port}/ (ready once /health answers 200)")
+    # uvicorn re-raises the signal that stopped it once it has drained; ignoring SIGTERM
+    # there makes a requested stop exit 0.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    uvicorn.run(app, host=flags.host, port=flags.port, log_level=flags.log_level, timeout_graceful_shutdown=None)
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    defaults = ServeSettings()
+    flags.DEFINE_multi_string("workdir", None, "A training workdir; repeat it to serve an ensemble.", required=True)
+    flags.DEFINE_list("ensemble_weights", None, "Weights of the ensemble members, one per --workdir (default: equal).")
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number | avg:K.")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 to listen on every interface).")
+    flags.DEFINE_integer("port", 8000, "Port to listen on.")
+    flags.DEFINE_float("max_wait_ms", defaults.max_wait_ms, "How long a text waits for others to share its batch.")
+    flags.DEFINE_integer("max_batch", defaults.max_batch, "Texts per search call (0 < n; 1 switches batching off).")
+    flags.DEFINE_integer("max_chars", defaults.max_chars, "Characters per text (413 above).")
+    flags.DEFINE_integer("max_texts", defaults.max_texts, "Texts per request (413 above).")
+    flags.DEFINE_integer("max_queue", defaults.max_queue, "Texts waiting for a search (429 above).")
+    flags.DEFINE_float("request_timeout_s", defaults.request_timeout_s, "Seconds before a request gets 408.")
+    flags.DEFINE_list("beam_sizes", [str(b) for b in defaults.beam_sizes], "Beam sizes a request may ask for.")
+    flags.DEFINE_integer("max_nbest", defaults.max_nbest, "Most hypotheses per text.")
+    flags.DEFINE_list("warm_up_beam_sizes", None, "Beam sizes compiled at start besides the model's default "
+                      "(e.g. 1 for greedy); requests with others compile on first use.")
+    flags.DEFINE_string("api_key", None, f"Require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV}).")
+    flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"], "uvicorn's log level.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `s2s-serve` and `python serve.py`."""
+    runtime.run_command("serve", _define_flags, run, argv)

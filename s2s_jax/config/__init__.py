@@ -1,0 +1,1 @@
+"""The `--config` flag and the checks a config must pass before a run starts."""

@@ -1,0 +1,154 @@
+"""A trained model as a self-contained artefact (the `s2s-export` command is s2s_jax/cli/export.py).
+
+The directory holds
+- one `jax.export` file (serialised StableHLO) per search and batch shape: the encoder and
+  the search in one function of (params, source ids [rows, width], output-length caps
+  [rows]) -> (tokens, scores). The searches are the config's default (decode.beam_size,
+  decode.alpha) and greedy; the shapes are every pair of `--rows` and `--widths`;
+- params.npz (the parameters, once, '/'-joined paths), the sentencepiece model(s), and
+  manifest.json (shapes, length caps, normalisation, platform);
+- translate.py (s2s_jax/decoding/export_loader.py), which needs only jax, numpy and sentencepiece.
+The functions are those decode.py runs (s2s_jax.decoding.inference), so the loader's output equals
+decode.py's. The artefact runs on the platform it was exported on (`jax.default_backend()`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from s2s_jax.decoding import export_loader, inference
+from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.translator import Translator
+
+LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_loader.py")
+
+
+def default_rows(batch_size: int) -> list[int]:
+    """1, 16 and decode.batch_size: a lone sentence, a short tail, and full batches."""
+    return sorted({1, min(16, batch_size), batch_size})
+
+
+def default_widths(max_len: int) -> list[int]:
+    """Source widths (EOS included) at every multiple of 16 up to the widest, data.max_len + 1
+    rounded up to a multiple of 8 as decode.py pads it."""
+    widest = inference.source_width(max_len + 1)
+    return sorted({*range(16, widest, 16), widest})
+
+
+def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
+    """(params, src [R, W], caps [R]) -> (tokens [R, max_steps], scores [R]): the best output
+    of decode.py's search for these options."""
+
+    def search(params, src, caps):
+        per_row = inference.row_settings([opts] * src.shape[0], [(0, 0)] * src.shape[0])  # constants in the export
+        tokens, scores = inference.search_batch((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,),
+                                                caps, per_row)
+        return tokens[:, 0], scores[:, 0]
+
+    return jax.jit(search)
+
+
+def _flat(params) -> dict[str, np.ndarray]:
+    return {"/".join(k.key for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def export_model(
+    workdir: str,
+    output: str,
+    checkpoint: str = "best",
+    rows: Sequence[int] | None = None,
+    widths: Sequence[int] | None = None,
+    beam_size: int | None = None,
+    alpha: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Writes the artefact for `workdir` into `output` (created; must be empty or absent); returns the manifest.
+
+    The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise.
+    """
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ValueError(f"--output {output} exists and is not an empty directory")
+    translator = Translator(workdir, checkpoint)
+    member = translator.members[0]
+    config, engine = member.config, translator.inference
+    needed = default_widths(config.data.max_len)
+    rows = sorted(set(rows or default_rows(config.decode.batch_size)))
+    widths = sorted(set(widths or needed))
+    if rows[0] < 1 or widths[0] < 1:
+        raise ValueError(f"rows and widths must be positive, got rows={rows} widths={widths}")
+    if widths[-1] < needed[-1]:
+        raise ValueError(f"the widest source shape must hold data.max_len={config.data.max_len} tokens + EOS: "
+                         f"at least {needed[-1]}, got {widths[-1]}")
+    default = SearchOptions.from_config(config.decode)
+    default = SearchOptions(beam_size=beam_size or default.beam_size, alpha=default.alpha if alpha is None else alpha)
+    default.check()
+    searches = {"default": default, "greedy": SearchOptions()}
+    if searches["default"] == searches["greedy"]:
+        del searches["greedy"]
+    os.makedirs(output, exist_ok=True)
+    params = jax.device_get(member.params)
+    np.savez(os.path.join(output, "params.npz"), **_flat(params))
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    functions, platforms = _export_searches(member.model, engine.max_steps, searches, spec, rows, widths, output, log)
+    models = {}
+    for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
+        models[side] = os.path.basename(tokenizer.model_path)
+        shutil.copyfile(tokenizer.model_path, os.path.join(output, models[side]))
+    manifest = {
+        "format": export_loader.FORMAT,
+        "platforms": platforms,
+        "jax_version": jax.__version__,
+        "workdir": os.path.abspath(workdir),
+        "step": member.meta.get("step"),
+        "searches": {name: {"beam_size": o.beam_size, "alpha": o.alpha} for name, o in searches.items()},
+        "functions": functions,
+        "rows": rows,
+        "widths": widths,
+        "max_len": config.data.max_len,
+        "max_steps": engine.max_steps,
+        "max_len_a": config.decode.max_len_a,
+        "max_len_b": config.decode.max_len_b,
+        "lowercase": bool(config.data.lowercase),
+        "d2l_preprocess": bool(config.data.d2l_preprocess),
+        "src_model": models["src"],
+        "tgt_model": models["tgt"],
+    }
+    with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    shutil.copyfile(LOADER, os.path.join(output, "translate.py"))
+    return manifest
+
+
+def _export_searches(model, max_steps: int, searches: dict[str, SearchOptions], spec, rows: Sequence[int],
+                     widths: Sequence[int], output: str, log: Callable[[str], None]) -> tuple[dict, list[str]]:
+    """Writes one serialized function per search and rows x width shape into `output`; returns the
+    manifest's `functions` ({search: {"RxW": file}}, "greedy" the default's when they are the same)
+    and the platforms they run on."""
+    functions: dict[str, dict[str, str]] = {}
+    platforms: list[str] = []
+    for name, opts in searches.items():
+        fn = _search_function(model, opts, max_steps)
+        functions[name] = {}
+        for r in rows:
+            for w in widths:
+                start = time.perf_counter()
+                exported = jax.export.export(fn)(
+                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32)
+                )
+                filename = f"{name}_{r}x{w}.jaxexport"
+                with open(os.path.join(output, filename), "wb") as f:
+                    f.write(exported.serialize())
+                functions[name][f"{r}x{w}"] = filename
+                platforms = list(exported.platforms)
+                log(f"exported {name} (beam {opts.beam_size}) for {r} x {w} in {time.perf_counter() - start:.1f} s")
+        if name == "default" and "greedy" not in searches:
+            functions["greedy"] = functions["default"]
+    return functions, platforms

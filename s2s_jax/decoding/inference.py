@@ -1,0 +1,443 @@
+"""The inference path: source ids -> search -> output ids, for every caller.
+
+Validation during training and `Translator` (decode.py, the Python API) both
+call `Inference.run` (and `Inference.score` for given outputs), which owns
+- output-length caps, `decode.max_len_a * source_length + decode.max_len_b`,
+  inside one static `max_steps` per model;
+- batching by length: inputs are sorted by length and cut into batches whose
+  shapes come from a small set (rows a power of two up to the batch size,
+  source length a multiple of 8), so a long file compiles few search functions
+  and every batch is dense;
+- placement: rows rounded up to a multiple of the device count and split over
+  the mesh's `data` axis (s2s_jax/parallel.py); parameters arrive replicated;
+- the dispatch to greedy, beam or sampling search (s2s_jax/decoding/search.py), one jit
+  per distinct `SearchOptions`, optionally after a forced target prefix;
+- ensembles: several models that share the target vocabulary search as one,
+  through a step function whose logits are the members' weighted mean of
+  log-probabilities, sum_i w_i log p_i (sum_i w_i = 1). Searches normalise
+  logits, so the ensemble's distribution is softmax(sum_i w_i log p_i), the
+  normalised weighted geometric mean; an ensemble of one model with itself is
+  that model. Each member reads the source its own way (its own ids).
+Results come back in input order; an empty input gives n-best empty outputs.
+Nothing here imports the training code or optax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2s_jax import parallel
+from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.decoding import search
+from s2s_jax.models import time_segments
+from s2s_jax.models.seq2seq import Seq2Seq
+from s2s_jax.models.time_segments import Segments
+
+SOURCE_LENGTH_MULTIPLE = 8  # batch source lengths are rounded up to this
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """How to search; hashable, so each distinct setting compiles once."""
+
+    beam_size: int = 1
+    alpha: float = 0.6
+    nbest: int = 1
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    with_scores: bool = False  # greedy/sampling: report the outputs' log-probabilities (else 0)
+
+    @classmethod
+    def from_config(cls, decode_cfg) -> SearchOptions:
+        """The search a run validates with: the config's beam size and length penalty."""
+        return cls(beam_size=decode_cfg.beam_size, alpha=decode_cfg.alpha)
+
+    def check(self) -> None:
+        if self.beam_size < 1 or self.nbest < 1:
+            raise ValueError("beam_size and nbest must be at least 1")
+        if self.nbest > self.beam_size and not self.sample:
+            raise ValueError(f"nbest={self.nbest} needs beam_size >= nbest (got {self.beam_size})")
+        if self.sample and self.temperature <= 0:
+            raise ValueError("sampling needs temperature > 0 (use greedy decoding for temperature 0)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def compiled_key(self) -> SearchOptions:
+        """What a search compiles for: sizes and switches, not float values.
+
+        alpha, temperature, top_k and top_p reach the search as traced per-row values,
+        so settings that differ only in them share one compiled search (and one batch);
+        top_k > 0 and top_p < 1 only switch their filter on.
+        """
+        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=int(self.sample and self.top_k > 0),
+                                   top_p=0.5 if self.sample and self.top_p < 1.0 else 1.0)
+
+    def batch_key(self) -> SearchOptions:
+        """What sources must share to be searched in one batch: all but the per-row values."""
+        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=0, top_p=1.0)
+
+    def row_values(self) -> tuple[float, float, int, float]:
+        """(alpha, temperature, top_k, top_p): the traced per-row settings."""
+        return self.alpha, self.temperature, self.top_k, self.top_p
+
+
+@dataclasses.dataclass
+class ScoredTokens:
+    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
+
+    tokens: list[int]
+    score: float
+
+
+def max_steps_for(max_src_len: int, decode_cfg) -> int:
+    """The static output buffer: the cap of the longest source (max_len tokens + EOS)."""
+    return int(math.ceil(decode_cfg.max_len_a * (max_src_len + 1) + decode_cfg.max_len_b))
+
+
+def length_caps(src_lengths: np.ndarray, decode_cfg, max_steps: int) -> np.ndarray:
+    """Per-row output cap a * source_length + b (EOS counted in both), within max_steps."""
+    cap = np.ceil(decode_cfg.max_len_a * src_lengths + decode_cfg.max_len_b).astype(np.int32)
+    return np.minimum(np.maximum(cap, 1), max_steps)
+
+
+def batch_rows(n: int, batch_size: int) -> int:
+    """The rows of a batch that holds n inputs: the smallest power of two >= n, at most
+    batch_size, so a caller compiles for few distinct batch shapes."""
+    return min(1 << max(n - 1, 0).bit_length(), batch_size)
+
+
+def row_counts(batch_size: int) -> list[int]:
+    """Every row count `batch_rows` gives for batches of up to batch_size inputs, ascending:
+    the batch shapes a caller that compiles ahead (the server's warm-up) has to cover."""
+    return sorted({batch_rows(n, batch_size) for n in range(1, batch_size + 1)})
+
+
+def source_width(tokens: int) -> int:
+    """The batch width that holds `tokens` source positions (EOS included): a multiple of
+    SOURCE_LENGTH_MULTIPLE, at least one."""
+    return -(-max(tokens, 1) // SOURCE_LENGTH_MULTIPLE) * SOURCE_LENGTH_MULTIPLE
+
+
+def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[int, int]]) -> dict:
+    """The per-row arrays a compiled search reads (`search_batch`'s `rows`): each row's alpha,
+    temperature, top_k, top_p and sampling key (seed, index)."""
+    alpha, temperature, top_k, top_p = zip(*(one.row_values() for one in settings))
+    seed, index = zip(*sample_keys)
+    return {
+        "alpha": np.asarray(alpha, np.float32), "temperature": np.asarray(temperature, np.float32),
+        "top_k": np.asarray(top_k, np.int32), "top_p": np.asarray(top_p, np.float32),
+        "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32), "index": np.asarray(index, np.int32),
+    }
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences `seqs[i]` for i in chunk (+ EOS when `eos`) as one batch, int32 [rows, W]
+    PAD-padded to `source_width` (a multiple of 8), and their lengths (EOS counted); rows past
+    the chunk are all PAD with length 0. The shapes every batch of the inference path has."""
+    lengths = np.zeros((rows,), np.int32)
+    lengths[: len(chunk)] = [len(seqs[i]) + eos for i in chunk]
+    width = source_width(int(lengths.max()))
+    out = np.full((rows, width), PAD_ID, np.int32)
+    for row, i in enumerate(chunk):
+        n = len(seqs[i])
+        out[row, :n] = seqs[i]
+        if eos:
+            out[row, n] = EOS_ID
+    return out, lengths
+
+
+def _cut(row: np.ndarray) -> list[int]:
+    """Ids up to the first EOS (or PAD)."""
+    out = []
+    for token in row.tolist():
+        if token in (EOS_ID, PAD_ID):
+            break
+        out.append(token)
+    return out
+
+
+def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tuple, srcs: tuple,
+             segments: tuple[Segments | None, ...] | None = None):
+    """(memory, decoder state, step_fn) for a batch of sources: what every search starts from.
+
+    One model's own step function, or for an ensemble (`params` and `srcs` hold one entry per
+    member) one over tuples of the members' memories and states whose logits are the weighted
+    mean of their log-probabilities. `segments`: each member source's time-segment profile.
+    """
+    segments = segments or (None,) * len(models)
+    encoded = [model.apply({"params": p}, src, segments=seg, method=Seq2Seq.encode)
+               for model, p, src, seg in zip(models, params, srcs, segments)]
+    step_fns = [functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step)
+                for model, p in zip(models, params)]
+    if len(models) == 1:
+        return encoded[0][0], encoded[0][1], step_fns[0]
+
+    def step_fn(memory, state, tokens):
+        outs = [fn(m, s, tokens) for fn, m, s in zip(step_fns, memory, state)]
+        logp = sum(w * jax.nn.log_softmax(logits.astype(jnp.float32)) for w, (logits, _) in zip(weights, outs))
+        return logp, tuple(s for _, s in outs)
+
+    return tuple(m for m, _ in encoded), tuple(s for _, s in encoded), step_fn
+
+
+def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: SearchOptions, max_steps: int,
+                 params: tuple, srcs: tuple, caps, rows: dict, prefix=None, prefix_len=None,
+                 segments: tuple[Segments | None, ...] | None = None, compact: bool = True):
+    """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
+    traceable function `Inference` compiles (and export.py exports) for each compiled key.
+
+    `models`, `weights`, `params` and `srcs` hold one entry per ensemble member (one for a single
+    model, weight 1.0); `srcs` are `pad_batch` batches, `caps` [B] the rows' output-length caps.
+    With a forced prefix (int32 [B, P] and lengths [B]) the tokens and scores are those of the
+    continuation. `segments` (static) skips the sources' padded encoder steps. `compact`: greedy
+    and beam search continue with fewer rows once half have finished (search.py); the output
+    is the same either way.
+
+    `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
+    settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
+    row r draws from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
+    """
+    memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
+    start = search.BOS_ID
+    if prefix is not None:
+        state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
+
+    def scored(out):
+        """(tokens, scores): the log-probabilities accumulated in the loop when with_scores asks, else zeros."""
+        return (out[0], out[2]) if opts.with_scores else (out[0], jnp.zeros(out[0].shape[0]))
+
+    if opts.sample:
+        keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
+        outs = []
+        for k in range(opts.nbest):
+            outs.append(scored(search.sample(
+                step_fn, memory, state, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k), max_steps=max_steps,
+                max_lengths=caps, temperature=rows["temperature"], top_k=rows["top_k"] if opts.top_k else 0,
+                top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0, bos_id=start, return_log_prob=opts.with_scores,
+            )))
+        return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
+    if opts.beam_size == 1:
+        tokens, scores = scored(search.greedy_search(
+            step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start,
+            return_log_prob=opts.with_scores, compact=compact,
+        ))
+        return tokens[:, None], scores[:, None]
+    tokens, scores, _ = search.batch_beam_search(
+        step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
+        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start, compact=compact,
+    )
+    return tokens, scores
+
+
+def _teacher_forced_log_prob(models, weights, params, srcs, tgt, lengths):
+    """Sum of log p(token | source, prefix) over the first `lengths` tokens of each row of tgt."""
+    memory, state, step_fn = _encoded(models, weights, params, srcs)
+    return search.sequence_log_prob(step_fn, memory, state, tgt, lengths)
+
+
+def ensemble_weights(weights: Sequence[float] | None, members: int) -> tuple[float, ...]:
+    """Member weights scaled to sum to 1 (equal when None); each must be >= 0, their sum > 0."""
+    if weights is None:
+        return (1.0 / members,) * members
+    weights = [float(w) for w in weights]
+    if len(weights) != members:
+        raise ValueError(f"{len(weights)} ensemble weights for {members} models")
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"ensemble weights must be finite, >= 0 and not all 0, got {weights}")
+    return tuple(w / sum(weights) for w in weights)
+
+
+def ensemble_weights_flag(values: Sequence[str] | None, members: int) -> list[float] | None:
+    """decode.py's and serve.py's `--ensemble_weights` (strings, one per --workdir) as numbers,
+    checked by `ensemble_weights` before any model loads; None when the flag is not given."""
+    if not values:
+        return None
+    try:
+        weights = [float(w) for w in values]
+    except ValueError:
+        raise ValueError(f"--ensemble_weights must be numbers, got {','.join(values)}") from None
+    if len(weights) != members:
+        raise ValueError(f"--ensemble_weights has {len(weights)} weights for {members} --workdir")
+    ensemble_weights(weights, members)
+    return weights
+
+
+class Inference:
+    """Searches a model's (or an ensemble's) outputs for lists of source ids; see the module docstring.
+
+    With one model, `params` and `sources` are that model's; with an ensemble (a sequence of
+    models) they are tuples with one entry per member, and member 0's source lengths order
+    the batches and set the output-length caps. `skip_padding` and `compact` choose how the
+    compiled searches run (time segments, fewer rows as outputs finish), never what they output.
+    """
+
+    def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
+                 mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
+                 max_compiled: int = 16, skip_padding: bool = False, compact: bool = True):
+        self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
+        self.weights = ensemble_weights(weights, len(self.models))
+        self.decode_cfg = decode_cfg
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        self.max_steps = max_steps_for(max_src_len, decode_cfg)
+        self._compiled: dict[SearchOptions, Callable] = {}  # insertion order = least recently used first
+        self.max_compiled = max_compiled
+        self._lock = threading.Lock()
+        self._score_fn: Callable | None = None
+        # Each batch's source time-segment profile is compiled for (s2s_jax/models/time_segments.py): worth it
+        # for decode.py's length-sorted batches, not for a server that compiles its shapes ahead.
+        self.skip_padding = skip_padding and parallel.num_devices(self.mesh) == 1
+        # Greedy and beam search continue with fewer rows once half have finished (search_batch);
+        # the outputs are the same either way, so only a benchmark of the plain loop turns it off.
+        self.compact = compact
+
+    def _members(self, params, sources) -> tuple[tuple, tuple]:
+        """(params, sources) as one entry per member."""
+        if len(self.models) == 1:
+            return (params,), (sources,)
+        if len(params) != len(self.models) or len(sources) != len(self.models):
+            raise ValueError(f"an ensemble of {len(self.models)} needs params and sources for each member")
+        if len({len(s) for s in sources}) != 1:
+            raise ValueError("ensemble members were given different numbers of sources")
+        return tuple(params), tuple(sources)
+
+    def search_fn(self, opts: SearchOptions) -> Callable:
+        """jit-compiled (params, srcs, caps [B], rows, prefix, prefix_len) -> (tokens, scores), one per
+        compiled key (SearchOptions.compiled_key). The `max_compiled` most recently used are kept, so
+        a long-running caller (the server) holds a bounded number of compiled searches."""
+        key = opts.compiled_key()
+        with self._lock:  # threads (a server's warm-up) must not build two functions for one key
+            fn = self._compiled.pop(key, None)
+            if fn is None:
+                fn = jax.jit(functools.partial(search_batch, self.models, self.weights, key, self.max_steps,
+                                               compact=self.compact), static_argnames="segments")
+            self._compiled[key] = fn
+            while len(self._compiled) > self.max_compiled:
+                self._compiled.pop(next(iter(self._compiled)))
+        return fn
+
+    def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+        """Indices of the non-empty sources, sorted by length and cut into batches."""
+        order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def _arrays(self, sources: tuple, chunk: list[int], batch_size: int, settings: list[SearchOptions],
+                sample_keys: Sequence[tuple[int, int]]) -> dict:
+        """srcs (one [rows, S_m] per member), caps [rows] and the per-row settings and sampling
+        keys; filler rows are all PAD with cap 0."""
+        rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
+        padded = [pad_batch(member, chunk, rows, eos=True) for member in sources]
+        caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
+        caps[len(chunk) :] = 0
+        filler = rows - len(chunk)
+        per_row = row_settings([settings[i] for i in chunk] + [SearchOptions(alpha=0.0)] * filler,
+                               [sample_keys[i] for i in chunk] + [(0, 0)] * filler)
+        return {"srcs": tuple(src for src, _ in padded), "caps": caps, "rows": per_row}
+
+    def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
+        """prefix [rows, P] and prefix_len [rows]; shortens `caps` by each prefix (in place, at least 1)."""
+        prefix, lengths = pad_batch(prefixes, chunk, caps.shape[0], eos=False)
+        caps[: len(chunk)] = np.maximum(caps[: len(chunk)] - lengths[: len(chunk)], 1)
+        return {"prefix": prefix, "prefix_len": lengths}
+
+    def run(
+        self,
+        params,
+        sources: Sequence[Sequence[int]] | tuple,
+        opts: SearchOptions | Sequence[SearchOptions] = SearchOptions(),
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Callable[[Iterable], Iterable] | None = None,
+        prefixes: Sequence[Sequence[int]] | None = None,
+        sample_keys: Sequence[tuple[int, int]] | None = None,
+    ) -> list[list[ScoredTokens]]:
+        """The n-best candidates of every source (ids without EOS), in input order.
+
+        `opts` is one setting for every source, or one per source; those must share one
+        compiled key (they may differ in alpha, temperature, top_k and top_p, which are
+        traced per row). Sampling draws source i from fold_in(key(seed), i), or from
+        fold_in(key(s), j) with `sample_keys[i] = (s, j)`, whatever else shares its batch.
+        With `prefixes` (target ids per source; empty = none) each output is its prefix
+        followed by the search's continuation from the decoder state after the prefix;
+        scores are the continuation's, and its length cap is the row's cap minus the
+        prefix (at least 1).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        params, sources = self._members(params, sources)
+        n = len(sources[0])
+        settings = [opts] * n if isinstance(opts, SearchOptions) else list(opts)
+        if len(settings) != n:
+            raise ValueError(f"{len(settings)} search settings for {n} sources")
+        for one in set(settings):
+            one.check()
+        if len({one.batch_key() for one in settings}) > 1:
+            raise ValueError("per-source search settings may differ only in alpha, temperature, top_k and top_p")
+        if prefixes is not None and len(prefixes) != n:
+            raise ValueError(f"{len(prefixes)} prefixes for {n} sources")
+        if sample_keys is not None and len(sample_keys) != n:
+            raise ValueError(f"{len(sample_keys)} sample keys for {n} sources")
+        sample_keys = [(seed, i) for i in range(n)] if sample_keys is None else sample_keys
+        first = settings[0] if settings else (opts if isinstance(opts, SearchOptions) else SearchOptions())
+        # One search for all rows: a filter is switched on when any row uses it (the others pass through it).
+        union = dataclasses.replace(first, top_k=max(s.top_k for s in settings) if settings else 0,
+                                    top_p=min(s.top_p for s in settings) if settings else 1.0)
+        results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
+        chunks = self.batches(sources[0], batch_size)
+        search_fn = self.search_fn(union)
+        for chunk in progress(chunks) if progress else chunks:
+            arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys)
+            if prefixes is not None:
+                arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
+            segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
+            placed = parallel.shard_batch(self.mesh, arrays)
+            out = search_fn(params, placed["srcs"], placed["caps"], placed["rows"], placed.get("prefix"),
+                            placed.get("prefix_len"), segments=segments)
+            tokens, scores = (parallel.to_host(x) for x in out)
+            for row, i in enumerate(chunk):
+                forced = list(prefixes[i]) if prefixes is not None else []
+                results[i] = [
+                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])
+                ]
+        return results
+
+    def score(
+        self, params, sources: Sequence[Sequence[int]] | tuple, targets: Sequence[Sequence[int]], batch_size: int = 64
+    ) -> list[ScoredTokens]:
+        """The model's log-probability of each given target (ids without EOS) after its source.
+
+        The score sums log p over the target's tokens and the EOS after them, under the
+        distribution the searches use (PAD and BOS excluded; an ensemble's averaged one), so
+        scoring a beam search output with alpha=0 gives its beam score back. An empty source
+        is read as EOS alone.
+        """
+        params, sources = self._members(params, sources)
+        if len(sources[0]) != len(targets):
+            raise ValueError(f"{len(sources[0])} sources but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        order = sorted(range(len(targets)), key=lambda i: (len(sources[0][i]), len(targets[i])))
+        results: list[ScoredTokens] = [ScoredTokens([], 0.0) for _ in targets]
+        if self._score_fn is None:
+            self._score_fn = jax.jit(functools.partial(_teacher_forced_log_prob, self.models, self.weights))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
+            tgt, lengths = pad_batch(targets, chunk, rows, eos=True)
+            srcs = tuple(pad_batch(member, chunk, rows, eos=True)[0] for member in sources)
+            placed = parallel.shard_batch(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
+            logp = parallel.to_host(self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"]))
+            for row, i in enumerate(chunk):
+                results[i] = ScoredTokens(list(targets[i]), float(logp[row]))
+        return results

@@ -1,0 +1,300 @@
+"""Translate text with a trained workdir: text -> ids -> the inference path -> text.
+
+`Translator` loads what finished runs left in their workdirs (config, tokenizers,
+parameters; one model or an ensemble), turns lines into source ids and hands them to
+`s2s_jax.decoding.inference.Inference`, the one path that batches, searches and restores
+the input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from s2s_jax import parallel
+from s2s_jax.data.text import normalize
+from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
+from s2s_jax.decoding import inference
+from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
+from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.models.seq2seq import Seq2Seq, make_model
+from s2s_jax.workdir import checkpoints, run_config
+
+__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    text: str
+    score: float
+    tokens: list[int]
+
+
+@dataclasses.dataclass
+class Score:
+    """A given translation's log-probability: the sum over its tokens and EOS, and per token."""
+
+    total: float
+    length: int  # target tokens + EOS
+
+    @property
+    def per_token(self) -> float:
+        return self.total / self.length
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(line: str) -> str:
+    """Lone surrogates (from undecodable bytes read with errors='surrogateescape') become
+    U+FFFD: sentencepiece only accepts valid Unicode."""
+    return _SURROGATES.sub("\ufffd", line)
+
+
+@dataclasses.dataclass
+class Member:
+    """One trained model as a workdir left it: config, tokenizers, model and (placed) parameters."""
+
+    workdir: str
+    config: Any
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    model: Seq2Seq
+    params: Any
+    meta: dict
+    attention_fn: Callable | None = dataclasses.field(default=None, repr=False)  # jitted once, on first use
+
+    @classmethod
+    def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh) -> Member:
+        config = run_config.load(workdir)
+        src_tokenizer, tgt_tokenizer = load_workdir_tokenizers(workdir)
+        params, meta = checkpoints.load_params(workdir, checkpoint)
+        model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
+        return cls(workdir, config, src_tokenizer, tgt_tokenizer, model, parallel.replicate(params, mesh), meta)
+
+    def normalized(self, texts: list[str]) -> list[str]:
+        """Text as this run's data config normalised its training pairs."""
+        data_cfg = self.config.data
+        return [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
+
+    def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
+        """Source ids of each line (normalised like the training data), at most data.max_len."""
+        max_len = self.config.data.max_len
+        out = []
+        for number, row in enumerate(self.src_tokenizer.tokenize(self.normalized(lines)), 1):
+            if len(row) > max_len:
+                warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={max_len}")
+                row = row[:max_len]
+            out.append(row)
+        return out
+
+
+def _check_target_vocabularies(members: list[Member]) -> None:
+    """Ensemble members must give every target id the same piece: one error naming both workdirs."""
+    first = members[0]
+    pieces = first.tgt_tokenizer.pieces(range(first.tgt_tokenizer.vocab_size))
+    for other in members[1:]:
+        theirs = other.tgt_tokenizer.pieces(range(other.tgt_tokenizer.vocab_size))
+        if theirs != pieces:
+            differ = (f"{len(pieces)} vs {len(theirs)} pieces" if len(theirs) != len(pieces) else
+                      "id {0}: {1!r} vs {2!r}".format(*next((i, a, b) for i, (a, b) in enumerate(zip(pieces, theirs))
+                                                        if a != b)))
+            raise ValueError(f"ensemble members need the same target vocabulary: {first.workdir} and "
+                             f"{other.workdir} differ ({differ})")
+
+
+class Translator:
+    """A trained model, or an ensemble of several, ready to translate; built from workdirs alone.
+
+    An ensemble (several workdirs) searches with the members' weighted mean of per-step
+    log-probabilities (s2s_jax/decoding/inference.py). Members may differ in architecture and in
+    source tokenizer and normalisation (each reads the source its own way) but must share
+    the target vocabulary. The first member's config supplies the decode defaults and the
+    target-side normalisation, including `model.skip_padding` (each batch's source time-segment
+    profile is compiled for, s2s_jax/models/time_segments.py; the server turns it off on its translator).
+    """
+
+    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",
+                 weights: Sequence[float] | None = None):
+        workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+        if not workdirs:
+            raise ValueError("a Translator needs at least one workdir")
+        mesh = parallel.make_mesh()
+        self.members = [Member.load(w, checkpoint, mesh) for w in workdirs]
+        _check_target_vocabularies(self.members)
+        first = self.members[0]
+        self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
+        self.inference = inference.Inference(
+            [m.model for m in self.members], first.config.decode,
+            max(m.config.data.max_len for m in self.members), mesh, weights=weights,
+            skip_padding=first.config.model.get("skip_padding", True),  # workdirs from before it: on
+        )
+
+    # The single model's parts (the first member's in an ensemble).
+    model = property(lambda self: self.members[0].model)
+    params = property(lambda self: self.members[0].params)
+    src_tokenizer = property(lambda self: self.members[0].src_tokenizer)
+    max_len = property(lambda self: self.members[0].config.data.max_len)
+
+    def _inputs(self, lines: list[str], warn: Callable[[str], None]) -> tuple[Any, Any]:
+        """(params, sources) as Inference takes them: one model's, or a tuple per member."""
+        seen: set[str] = set()
+
+        def warn_once(message: str) -> None:
+            if message not in seen:
+                seen.add(message)
+                warn(message)
+
+        sources = [m.encode_lines(lines, warn_once) for m in self.members]
+        return self.search_params, sources[0] if len(self.members) == 1 else tuple(sources)
+
+    @property
+    def search_params(self) -> Any:
+        """The parameters as Inference takes them: one model's, or a tuple with one per member."""
+        if len(self.members) == 1:
+            return self.members[0].params
+        return tuple(m.params for m in self.members)
+
+    def translate(
+        self,
+        lines: list[str],
+        opts: SearchOptions | Sequence[SearchOptions] = SearchOptions(),
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: Callable[[Iterable], Iterable] | None = None,
+        warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+        prefixes: list[str] | None = None,
+        sample_keys: Sequence[tuple[int, int]] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
+
+        A line longer than data.max_len subword tokens is cut to that length, with a warning.
+        `prefixes` (one per line, "" = none) forces the start of each translation: the
+        output is the prefix, normalised and tokenized like the targets, followed by the
+        search's continuation (whose score it reports). `opts` may be one setting per
+        line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+        """
+        if isinstance(lines, str):
+            raise TypeError("translate takes a list of lines, not one string")
+        params, sources = self._inputs(lines, warn)
+        forced = None if prefixes is None else self._target_ids(prefixes)
+        results = self.inference.run(
+            params, sources, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced,
+            sample_keys=sample_keys,
+        )
+        return [
+            [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
+            for candidates in results
+        ]
+
+    def nbest(self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None,
+              **kwargs) -> list[list[Hypothesis]]:
+        """The n best beam-search translations of each line, best first (`--nbest N`)."""
+        cfg = self.config.decode
+        opts = SearchOptions(beam_size=beam_size or max(n, cfg.beam_size), alpha=cfg.alpha if alpha is None else alpha,
+                             nbest=n)
+        return self.translate(lines, opts, **kwargs)
+
+    def sample(self, lines: list[str], n: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0, **kwargs) -> list[list[Hypothesis]]:
+        """n samples per line with their log-probabilities (`--sample`); the same seed gives the same samples."""
+        opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                             with_scores=True)
+        return self.translate(lines, opts, seed=seed, **kwargs)
+
+    def _target_ids(self, texts: list[str]) -> list[list[int]]:
+        """Target-side ids of given text (references, prefixes), normalised like the training targets."""
+        return self.tgt_tokenizer.tokenize(self.members[0].normalized(texts))
+
+    def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
+        """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
+        `i-j` pairs (hard) or rows of weights (soft); s2s_jax/decoding/alignment.py says how pieces merge.
+
+        An ensemble averages the word-level weights of its attention members (with their
+        ensemble weights); members without attention are left out.
+        """
+        return self.align_with_attention(lines, outputs, mode)[0]
+
+    def align_with_attention(self, lines: list[str], outputs: list[list[int]],
+                             mode: str = "hard") -> tuple[list[str], list[dict]]:
+        """`align`'s alignments and the piece-level attention maps (`attention_maps`) of the first
+        member with attention, from the one teacher-forced pass per member that the alignment reads."""
+        if mode not in MODES:
+            raise ValueError(f"alignment mode must be one of {', '.join(MODES)}, got {mode!r}")
+        attending = [(m, w) for m, w in zip(self.members, self.inference.weights) if m.config.model.attention != "none"]
+        if not attending:
+            raise ValueError("this model has no attention (model.attention=none): nothing to align")
+        total = sum(w for _, w in attending)
+        merged: list[np.ndarray] | None = None
+        first_maps: list[dict] = []
+        for member, weight in attending:
+            maps = attention_maps(member, lines, outputs)
+            words = [word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1]) for m in maps]
+            if merged is None:
+                merged, first_maps = [weight / total * w for w in words], maps
+                continue
+            for number, (acc, w) in enumerate(zip(merged, words), 1):
+                if acc.shape != w.shape:
+                    raise ValueError(f"line {number}: ensemble members split the source into different words "
+                                     f"({acc.shape[1]} vs {w.shape[1]}): align with one model")
+            merged = [acc + weight / total * w for acc, w in zip(merged, words)]
+        return [format_alignment(w, mode) for w in merged], first_maps
+
+    def score(
+        self,
+        lines: list[str],
+        targets: list[str],
+        batch_size: int = 64,
+        warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+    ) -> list[Score]:
+        """The model's log-probability of each target line as the translation of its line.
+
+        Targets are normalised and tokenized like the training targets; sources as in
+        `translate` (cut to data.max_len with a warning). An ensemble scores with its
+        averaged distribution.
+        """
+        if isinstance(lines, str) or isinstance(targets, str):
+            raise TypeError("score takes lists of lines, not strings")
+        params, sources = self._inputs(lines, warn)
+        results = self.inference.score(params, sources, self._target_ids(targets), batch_size)
+        return [Score(c.score, len(c.tokens) + 1) for c in results]
+
+
+def attention_maps(member: Member | Translator, lines: list[str], outputs: list[list[int]],
+                   batch_size: int = 64) -> list[dict]:
+    """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
+
+    Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
+    the output includes the final </s>, the source its </s>. A Translator gives its first member's.
+    Lines go through in length-sorted, padded batches (padding gets no attention and the decoder
+    is causal, so each line's weights are its own), compiling for a few shapes only.
+    """
+    if isinstance(member, Translator):
+        member = member.members[0]
+    if member.config.model.attention == "none":
+        raise ValueError("this model has no attention (model.attention=none): nothing to plot")
+    if member.attention_fn is None:
+        member.attention_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
+            {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
+    src_ids = member.encode_lines(lines, warn=lambda msg: None)
+    tgt_in = [[BOS_ID] + list(out) for out in outputs]
+    maps = [{"weights": np.zeros((0, 0)), "src": [], "tgt": []} for _ in lines]
+    order = sorted((i for i, ids in enumerate(src_ids) if ids), key=lambda i: (len(src_ids[i]), len(tgt_in[i])))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = inference.batch_rows(len(chunk), batch_size)
+        src, _ = inference.pad_batch(src_ids, chunk, rows, eos=True)
+        tgt, _ = inference.pad_batch(tgt_in, chunk, rows, eos=False)
+        weights = np.asarray(member.attention_fn(member.params, src, tgt))
+        for row, i in enumerate(chunk):
+            maps[i] = {
+                "weights": weights[row, : len(tgt_in[i]), : len(src_ids[i]) + 1],
+                "src": member.src_tokenizer.pieces(src_ids[i]) + ["</s>"],
+                "tgt": member.tgt_tokenizer.pieces(outputs[i]) + ["</s>"],
+            }
+    return maps

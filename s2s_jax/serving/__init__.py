@@ -1,0 +1,1 @@
+"""The HTTP server: the FastAPI app, its dynamic batcher and its page."""

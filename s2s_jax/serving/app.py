@@ -1,0 +1,477 @@
+"""The translation server: a FastAPI app over one `Translator`, with dynamic batching.
+
+Requests are split into one job per text. A single batcher task gathers the jobs whose
+search settings can share a batch (`SearchOptions.batch_key`: the same beam size, n-best
+and sampling switch; alpha, temperature, top-k and top-p are traced per row) for up to
+`max_wait_ms` after the oldest one arrived, or until `max_batch` texts are waiting, and
+hands them to one worker thread as one `Translator.translate` call. That call goes
+through the one inference path (s2s_jax/decoding/inference.py), so a batch of texts is sorted by
+length and padded to the shapes decode.py uses; the default settings' shapes are all
+compiled before /health turns 200. A job whose request has already timed out is
+dropped before its search; a batch that fails fails its own requests only.
+
+Sampling draws text j of a request from fold_in(key(seed), j), whatever else shares its
+batch; without a seed the server picks one at random.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import hmac
+import importlib.resources
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from s2s_jax.data.tokenizer import EOS_ID
+from s2s_jax.decoding import inference
+from s2s_jax.decoding.inference import SearchOptions
+
+# After a search, the batcher waits up to this fraction of its duration (or max_wait_ms, if longer)
+# for that batch's clients to send their next texts.
+REJOIN_FRACTION = 0.25
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    """Batching, limits and access: the `s2s-serve` flags."""
+
+    max_wait_ms: float = 5.0  # how long the oldest waiting text waits for others to share its batch
+    max_batch: int = 32  # texts per search call (rows of the largest compiled shape)
+    max_chars: int = 2000  # characters per text (413 above)
+    max_texts: int = 64  # texts per request (413 above)
+    max_queue: int = 256  # texts waiting for a search (429 above)
+    request_timeout_s: float = 30.0  # a request not answered by then gets 408
+    beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the beam sizes a request may ask for (each one compiles)
+    max_nbest: int = 5
+    warm_up_beam_sizes: tuple[int, ...] = ()  # compiled at start besides the default beam size (1 = greedy)
+    api_key: str | None = None  # when set, /translate and /info need `Authorization: Bearer <key>`
+
+    def check(self) -> None:
+        if self.max_batch < 1 or self.max_texts < 1 or self.max_queue < 1 or self.max_chars < 1:
+            raise ValueError("max_batch, max_texts, max_queue and max_chars must be at least 1")
+        if self.max_wait_ms < 0 or not self.request_timeout_s > 0:
+            raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
+        if not self.beam_sizes or min(self.beam_sizes) < 1 or self.max_nbest < 1:
+            raise ValueError("beam_sizes must be positive and max_nbest at least 1")
+        if not set(self.warm_up_beam_sizes) <= set(self.beam_sizes):
+            raise ValueError(f"warm_up_beam_sizes {self.warm_up_beam_sizes} must be among beam_sizes {self.beam_sizes}")
+
+
+# ---------------------------------------------------------------------------
+# The API's JSON (part of the OpenAPI document at /openapi.json)
+# ---------------------------------------------------------------------------
+
+
+class TranslateRequest(BaseModel):
+    """One or more texts and how to translate them; omitted settings take the model's decode defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    text: str | list[str]
+    beam_size: int | None = Field(None, ge=1, description="1 = greedy; one of the server's allowed sizes")
+    nbest: int = Field(1, ge=1, description="hypotheses per text (<= beam_size when searching)")
+    alpha: float | None = Field(None, ge=0.0, le=10.0, description="GNMT length penalty exponent")
+    sample: bool = False
+    temperature: float = Field(1.0, gt=0.0, le=100.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="sampling seed; random when omitted")
+    alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+
+
+class Candidate(BaseModel):
+    text: str
+    score: float
+
+
+class Alignment(BaseModel):
+    pairs: str = Field(description="hard word alignment, 'source-target' index pairs")
+    src: list[str] = Field(description="source pieces, </s> last")
+    tgt: list[str] = Field(description="output pieces, </s> last")
+    weights: list[list[float]] = Field(description="attention weights [len(tgt)][len(src)]")
+
+
+class Translation(BaseModel):
+    text: str
+    score: float
+    nbest: list[Candidate]
+    alignment: Alignment | None = None
+
+
+class TranslateResponse(BaseModel):
+    translations: list[Translation]
+
+
+# ---------------------------------------------------------------------------
+# Dynamic batching
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    text: str
+    opts: SearchOptions
+    sample_key: tuple[int, int]
+    alignment: bool
+    arrived: float
+    future: asyncio.Future
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Batcher:
+    """Gathers compatible jobs into one search call, run on one worker thread."""
+
+    def __init__(self, translator, settings: ServeSettings):
+        self.translator = translator
+        self.settings = settings
+        self.pending: list[_Job] = []
+        self.search_calls = 0  # searches run (tests: two concurrent requests share one)
+        self.batch_texts: list[int] = []  # texts per search call, newest last (bounded)
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2s-search")
+        self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
+
+    def submit(self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool) -> list[asyncio.Future]:
+        self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
+        if len(self.pending) + len(texts) > self.settings.max_queue:
+            raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future()) for j, t in enumerate(texts)]
+        self.pending.extend(jobs)
+        self._wake.set()
+        return [job.future for job in jobs]
+
+    async def run(self) -> None:
+        """The batching loop (one task for the server's lifetime)."""
+        loop = asyncio.get_running_loop()
+        wait = self.settings.max_wait_ms / 1000.0
+        previous_texts, previous_done, previous_seconds = 0, -math.inf, 0.0
+        while True:
+            while not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self.pending[0]
+            key = first.opts.batch_key()
+            while True:
+                same = [job for job in self.pending if job.opts.batch_key() == key]
+                deadline = first.arrived + wait
+                if sum(job.arrived >= previous_done for job in same) < previous_texts:
+                    # The previous batch's clients tend to send again at once: waiting for them
+                    # lets them join this batch instead of the next (closed-loop clients otherwise
+                    # settle into two half-size groups that alternate).
+                    deadline = max(deadline, previous_done + max(wait, REJOIN_FRACTION * previous_seconds))
+                remaining = deadline - loop.time()
+                if len(same) >= self.settings.max_batch or remaining <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+            batch = same[: self.settings.max_batch]
+            taken = set(map(id, batch))
+            self.pending = [job for job in self.pending if id(job) not in taken]
+            batch = [job for job in batch if not job.future.done()]  # their requests timed out or went away
+            if not batch:
+                continue
+            started = loop.time()
+            try:
+                results = await loop.run_in_executor(self._executor, self._translate, batch)
+            except Exception as err:  # noqa: BLE001 - a failing batch fails its own requests, not the server
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            finally:
+                previous_texts, previous_done = len(batch), loop.time()
+                previous_seconds = previous_done - started
+            for job, result in zip(batch, results):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def _translate(self, batch: list[_Job]) -> list[Translation]:
+        texts = [job.text for job in batch]
+        hyps = self.translator.translate(
+            texts, [job.opts for job in batch], batch_size=self.settings.max_batch,
+            sample_keys=[job.sample_key for job in batch], warn=lambda message: None,
+        )
+        self.search_calls += 1
+        self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
+        # A slot no hypothesis filled (fewer outputs than nbest exist) has score -inf: left out.
+        hyps = [[x for x in h if math.isfinite(x.score)] or h[:1] for h in hyps]
+        out = [Translation(text=h[0].text, score=_finite(h[0].score),
+                           nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h]) for h in hyps]
+        aligned = [i for i, job in enumerate(batch) if job.alignment and texts[i].strip()]
+        if aligned and self._has_attention:
+            for i, alignment in zip(aligned, self._alignments([texts[i] for i in aligned],
+                                                              [hyps[i][0].tokens for i in aligned])):
+                out[i].alignment = alignment
+        return out
+
+    def _alignments(self, texts: list[str], outputs: list[list[int]]) -> list[Alignment]:
+        pairs, maps = self.translator.align_with_attention(texts, outputs, "hard")
+        return [Alignment(pairs=p, src=m["src"], tgt=m["tgt"],
+                          weights=[[round(float(w), 4) for w in row] for row in m["weights"]])
+                for p, m in zip(pairs, maps)]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _finite(score: float) -> float:
+    return score if math.isfinite(score) else -1e30
+
+
+def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None] = lambda message: None,
+            workers: int | None = None) -> int:
+    """Compiles the default settings' search (and those of `warm_up_beam_sizes`) for every batch
+    shape a request can produce: rows a power of two up to max_batch, source widths the multiples
+    of 8 up to max_len + EOS. Shapes compile on `workers` threads (default: one per CPU; XLA
+    compiles one program per thread). Returns the number of compiled shapes."""
+    default = default_options(translator)
+    searches = [default] + [dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes
+                            if b != default.beam_size]
+    widest = inference.source_width(translator.max_len + 1)
+    widths = range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
+    rows = inference.row_counts(settings.max_batch)
+    members = len(translator.members)
+    params = translator.search_params
+
+    def compile_shape(job: tuple[SearchOptions, int, int]) -> None:
+        opts, width, count = job
+        ids = [[EOS_ID + 2] * (width - 1)] * count  # width - 1 tokens + EOS fill the width
+        sources = ids if members == 1 else tuple([ids] * members)
+        translator.inference.run(params, sources, opts, batch_size=settings.max_batch)
+
+    jobs = [(opts, width, count) for width in widths for count in rows for opts in searches]
+    workers = workers or os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="s2s-warm-up") as pool:
+        for done, _ in enumerate(pool.map(compile_shape, jobs), 1):
+            if done % len(rows) == 0 or done == len(jobs):
+                progress(f"warm-up: {done} of {len(jobs)} batch shapes compiled")
+    return len(jobs)
+
+
+def default_options(translator) -> SearchOptions:
+    """A request without settings: the model's decode.beam_size and alpha, scored."""
+    cfg = translator.config.decode
+    return SearchOptions(beam_size=cfg.beam_size, alpha=cfg.alpha, with_scores=True)
+
+
+def request_options(request: TranslateRequest, translator, settings: ServeSettings) -> SearchOptions:
+    """The request's SearchOptions, or HTTPException 422 naming the setting the server does not allow."""
+    default = default_options(translator)
+    beam = default.beam_size if request.beam_size is None else request.beam_size
+    if request.sample:
+        beam = 1
+    elif beam not in settings.beam_sizes:
+        raise HTTPException(422, f"beam_size: {beam} is not one of this server's beam sizes "
+                                 f"{', '.join(map(str, settings.beam_sizes))}")
+    if request.nbest > settings.max_nbest:
+        raise HTTPException(422, f"nbest: at most {settings.max_nbest}")
+    if not request.sample and request.nbest > beam:
+        raise HTTPException(422, f"nbest: {request.nbest} needs beam_size >= nbest (got {beam})")
+    opts = SearchOptions(beam_size=beam, alpha=default.alpha if request.alpha is None else request.alpha,
+                         nbest=request.nbest, sample=request.sample, temperature=request.temperature,
+                         top_k=request.top_k, top_p=request.top_p, with_scores=True)
+    try:
+        opts.check()
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    return opts
+
+
+def clean_text(text: str) -> str:
+    """Control characters (newlines included) become spaces: one text is one line."""
+    return _CONTROL.sub(" ", text)
+
+
+# ---------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------
+
+
+def create_app(load: Callable[[], Any], settings: ServeSettings = ServeSettings(),
+               log: Callable[[str], None] = print) -> FastAPI:
+    """The FastAPI app. `load()` returns the Translator; it runs (with the warm-up) in a
+    background thread after startup, and /health answers 503 until both are done."""
+    settings.check()
+    service = _Service(load, settings, log)
+    app = FastAPI(title="s2s-jax translation server", lifespan=service.lifespan,
+                  description="POST /translate; the page at /; the schema at /openapi.json.")
+    app.add_exception_handler(RequestValidationError, service.invalid)
+    authorized = [Depends(service.authorized)]
+    app.add_api_route("/health", service.health, methods=["GET"])
+    app.add_api_route("/info", service.info, methods=["GET"], dependencies=authorized)
+    app.add_api_route("/translate", service.translate, methods=["POST"], response_model=TranslateResponse,
+                      dependencies=authorized)
+    app.add_api_route("/", service.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    return app
+
+
+class _Service:
+    """The app's route handlers and what they share: the Translator and its Batcher once loaded
+    (`state`, also the app's `state.s2s`)."""
+
+    def __init__(self, load: Callable[[], Any], settings: ServeSettings, log: Callable[[str], None]):
+        self.load, self.settings, self.log = load, settings, log
+        self.state: dict[str, Any] = {"ready": False, "error": None, "translator": None, "batcher": None}
+
+    async def lifespan(self, app: FastAPI):
+        """Starts loading in a background thread and the batcher once it is done; stops the batcher at shutdown."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        threading.Thread(target=self._prepare, args=(loop, ready), name="s2s-load", daemon=True).start()
+        starter = asyncio.create_task(self._start(ready))
+        app.state.s2s = self.state
+        yield
+        starter.cancel()
+        if self.state.get("task") is not None:
+            self.state["task"].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.state["task"]
+            self.state["batcher"].close()
+
+    def _prepare(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        """Loads the Translator and compiles its shapes (in the load thread); sets `ready` to it or the error."""
+        try:
+            started = time.perf_counter()
+            translator = self.load()
+            # Batches of mixed lengths would each compile a time-segment profile: the server runs
+            # the padded shapes it compiles ahead (s2s_jax/models/time_segments.py).
+            translator.inference.skip_padding = False
+            shapes = warm_up(translator, self.settings, self.log)
+            self.log(f"ready: {shapes} batch shapes compiled in {time.perf_counter() - started:.1f} s")
+            loop.call_soon_threadsafe(ready.set_result, translator)
+        except Exception as err:  # noqa: BLE001 - reported by /health and the log, the server stays up
+            self.log(f"error: {err}")
+            loop.call_soon_threadsafe(ready.set_exception, err)
+
+    async def _start(self, ready: asyncio.Future) -> None:
+        try:
+            translator = await ready
+        except Exception as err:  # noqa: BLE001
+            self.state["error"] = str(err)
+            return
+        batcher = Batcher(translator, self.settings)
+        self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()),
+                          ready=True)
+
+    async def invalid(self, request: Request, err: RequestValidationError) -> JSONResponse:
+        """422 naming each bad field (`loc`), without echoing the whole input back."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in err.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def authorized(self, request: Request) -> None:
+        """401 unless the request carries the API key (when the server has one)."""
+        api_key = self.settings.api_key
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def ready_state(self) -> dict:
+        if not self.state["ready"]:
+            raise HTTPException(503, self.state["error"] or "loading the model and compiling; see /health")
+        return self.state
+
+    # The route handlers carry no docstrings: FastAPI would publish them in /openapi.json.
+
+    async def health(self) -> JSONResponse:
+        if self.state["ready"]:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "error" if self.state["error"] else "loading", "detail": self.state["error"]},
+                            status_code=503)
+
+    async def info(self) -> dict:
+        current = self.ready_state()
+        translator = current["translator"]
+        members = [_member_info(member) for member in translator.members]
+        default = default_options(translator)
+        return {
+            "members": members, "languages": members[0]["languages"], "step": members[0]["step"],
+            "attention": any(m.config.model.attention != "none" for m in translator.members),
+            "defaults": {"beam_size": default.beam_size, "alpha": default.alpha},
+            "limits": {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "api_key"},
+            "batches": {"search_calls": current["batcher"].search_calls,
+                        "mean_texts": float(np.mean(current["batcher"].batch_texts or [0]))},
+        }
+
+    async def translate(self, request: TranslateRequest) -> TranslateResponse:
+        current = self.ready_state()
+        texts = _request_texts(request, self.settings)
+        opts = request_options(request, current["translator"], self.settings)
+        seed = secrets.randbits(32) if request.seed is None else request.seed
+        try:
+            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
+        except QueueFull as err:
+            raise HTTPException(429, f"server busy: {err}; retry later") from None
+        return TranslateResponse(translations=await self._answers(futures))
+
+    async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
+        """The jobs' translations; 408 after request_timeout_s (the jobs are cancelled), 500 if their batch failed."""
+        timeout = self.settings.request_timeout_s
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+        except asyncio.TimeoutError:
+            for future in futures:
+                future.cancel()
+            raise HTTPException(408, f"not translated within request_timeout_s={timeout:g}") from None
+        except Exception as err:  # noqa: BLE001 - the batch failed: this request's error, the server goes on
+            raise HTTPException(500, f"translation failed: {err}") from None
+
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(importlib.resources.files("s2s_jax.serving").joinpath("static/index.html").read_text("utf-8"))
+
+
+def _request_texts(request: TranslateRequest, settings: ServeSettings) -> list[str]:
+    """The request's texts; 413 for more than max_texts or a text over max_chars."""
+    texts = [request.text] if isinstance(request.text, str) else request.text
+    if len(texts) > settings.max_texts:
+        raise HTTPException(413, f"text: {len(texts)} texts, at most {settings.max_texts} per request")
+    for number, text in enumerate(texts):
+        if len(text) > settings.max_chars:
+            raise HTTPException(413, f"text[{number}]: {len(text)} characters, at most {settings.max_chars}")
+    return texts
+
+
+def _member_info(member) -> dict:
+    """/info's description of one model of the Translator."""
+    cfg = member.config
+    return {
+        "workdir": member.workdir, "step": member.meta.get("step"),
+        "model": {k: cfg.model[k] for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional",
+                                            "attention") if k in cfg.model},
+        "vocab": {"src": member.src_tokenizer.vocab_size, "tgt": member.tgt_tokenizer.vocab_size},
+        "languages": {"src": _language(cfg.data, "src"), "tgt": _language(cfg.data, "tgt")},
+    }
+
+
+def _language(data_cfg, side: str) -> str:
+    """A language code guessed from the training file's extension (train.de -> de), else ''."""
+    name = data_cfg.get(f"train_{side}", "") or ""
+    suffix = name.split(",")[0].rsplit(".", 1)[-1] if "." in name else ""
+    return suffix if re.fullmatch(r"[a-z]{2,3}", suffix) and suffix not in ("src", "tgt", "txt", "tsv") else ""
+

@@ -1,0 +1,71 @@
+"""Starting a run from another run: `train.init_from=WORKDIR[:best|latest|STEP|avg:K]` (fine-tuning).
+
+A new workdir (one without checkpoints) takes the source run's tokenizer(s) and the
+parameters that run decodes with (`best` by default), then trains on its own data. By
+default the optimizer state and the learning-rate schedule start afresh, like fairseq's
+`--finetune-from-model`; `train.init_keep_optimizer=True` also takes the source's
+optimizer state (Adam moments and the update count that drives the schedule) from its
+training checkpoint of that step. The step counter of the new run starts at 0 either way:
+`train.num_steps` counts this run's updates. Once the new run has a checkpoint, a rerun
+resumes it and init_from no longer applies. WORKDIR/init_from.json records the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from s2s_jax.data.training_data import parse_init_from
+from s2s_jax.errors import ConfigError
+from s2s_jax.workdir import checkpoints as ckpt_lib
+
+RECORD = "init_from.json"
+
+
+def check(spec: str) -> None:
+    """The source must be a training workdir: a clear error before anything is written."""
+    workdir, _ = parse_init_from(spec)
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise ConfigError(f"train.init_from={spec}: {workdir} is not a training workdir (no config.json)")
+
+
+def _shape_differences(source: Any, target: Any) -> list[str]:
+    flat_source = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(source)}
+    flat_target = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    differ = []
+    for key in sorted(set(flat_source) | set(flat_target)):
+        a, b = flat_source.get(key, "absent"), flat_target.get(key, "absent")
+        if a != b:
+            differ.append(f"{key} {a} in the source vs {b} here")
+    return differ
+
+
+def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | None) -> dict:
+    """`state` (a freshly initialised train state) with the source's parameters, and with
+    `keep_optimizer` its optimizer state too; the step counter stays 0. Records the source
+    in WORKDIR/init_from.json (`workdir` None: another process does)."""
+    source, which = parse_init_from(spec)
+    params, meta = ckpt_lib.load_params(source, which)
+    differ = _shape_differences(params, state["params"])
+    if differ:
+        shown = "; ".join(differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise ConfigError(f"train.init_from={spec}: the model shapes differ ({shown}); use the source's model config")
+    state = dict(state, params=params)
+    if "ema" in state:
+        state["ema"] = params
+    if keep_optimizer:
+        restored, _ = ckpt_lib.load_train_state(source, meta["step"], state)
+        state["opt_state"] = restored["opt_state"]
+    if workdir is None:
+        return state
+    with open(os.path.join(workdir, RECORD), "w", encoding="utf-8") as f:
+        json.dump({"workdir": os.path.abspath(source), "checkpoint": which, "step": meta["step"],
+                   "keep_optimizer": keep_optimizer}, f, indent=2)
+        f.write("\n")
+    print(f"Initialised from {source} ({which}: step {meta['step']}"
+          f"{', with its optimizer state' if keep_optimizer else ''})", flush=True)
+    return state

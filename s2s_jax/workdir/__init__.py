@@ -1,0 +1,1 @@
+"""A run's directory: its saved config, checkpoints and their checksums, the lock, lost peers."""
