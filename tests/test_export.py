@@ -74,7 +74,7 @@ def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workd
 
 
 def load_loader():
-    spec = importlib.util.spec_from_file_location("export_loader_copy", os.path.join(ROOT, "s2s_jax", "export_loader.py"))
+    spec = importlib.util.spec_from_file_location("export_loader_copy", os.path.join(ROOT, "s2s_jax", "decoding", "export_loader.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -540,7 +540,7 @@ UNSAFE = [
 
 
 def python_sources():
-    files = glob.glob(os.path.join(ROOT, "s2s_jax", "*.py")) + [os.path.join(ROOT, f) for f in ("train.py", "decode.py")]
+    files = glob.glob(os.path.join(ROOT, "s2s_jax", "**", "*.py"), recursive=True) + [os.path.join(ROOT, f) for f in ("train.py", "decode.py")]
     files += glob.glob(os.path.join(ROOT, "configs", "*.py"))
     return sorted(files)
 
