@@ -10,36 +10,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from s2s_jax.workdir import checkpoints as ckpt_lib
 from s2s_jax.workdir import checksums, orbax_workarounds
-
-
-def make_state(seed: int, leaves: int = 3) -> dict[str, Any]:
-    params = {f"w{i}": jnp.arange(64, dtype=jnp.float32) * (seed + 1) + i for i in range(leaves)}
-    return {"params": params, "opt": {"mu": jnp.full((4, 4), float(seed))}, "step": jnp.int32(seed)}
-
-
-def write_run(workdir: Path, steps=(10, 20, 30), best: int | None = 20, leaves: int = 3) -> None:
-    with ckpt_lib.Checkpoints(str(workdir), max_to_keep=5) as checkpoints:
-        for step in steps:
-            checkpoints.save(step, make_state(step, leaves), {"data_state": {"index": step}, "step": step})
-            if step == best:
-                checkpoints.save_best(step, make_state(step, leaves)["params"], {"valid_bleu": 1.5, "step": step})
-
-
-def damage(step_dir: Path, item: str) -> None:
-    """Truncates the array files of one item, as a disk error would."""
-    files = glob.glob(str(step_dir / item / "**" / "d" / "*"), recursive=True)
-    assert files, f"no array files under {step_dir / item}: has orbax's layout changed?"
-    for path in files:
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 3)
+from tests.test_checkpoints import damage, make_state, write_run
 
 
 def test_the_orbax_loop_workaround_still_takes_effect(tmp_path, capfd, monkeypatch):
