@@ -18,16 +18,20 @@ import types  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.helpers import TINY_TRAIN_FLAGS, run_cli, write_tiny_corpus  # noqa: E402
+from tests.helpers import TINY_TRAIN_FLAGS, cli_cache, run_cli, write_tiny_corpus  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # In-process compilations are cached across test runs (the edit-test loop recompiles little);
-# S2S_JAX_TEST_CACHE=off disables it. Subprocess runs set their own S2S_JAX_CACHE.
+# S2S_JAX_TEST_CACHE=off disables it.
 _cache = os.environ.get("S2S_JAX_TEST_CACHE", os.path.expanduser("~/.cache/s2s_jax/xla-tests"))
 if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The commands that tests run (train.py, decode.py, serve.py) share one compile cache, new for
+# each test run (tests kill commands, which may leave a cut-off entry): tests/helpers.cli_cache.
+os.environ["S2S_JAX_TEST_CLI_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-xla-")
+atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,7 @@ def trained_workdir(tmp_path_factory):
     only reads a finished workdir: (workdir, corpus paths, compile cache)."""
     base = tmp_path_factory.mktemp("trained")
     paths = write_tiny_corpus(str(base))
-    workdir, cache = str(base / "run"), str(base / "cache")
+    workdir, cache = str(base / "run"), cli_cache()
     args = ["train.py", "--config=configs/default.py", f"--workdir={workdir}", *TINY_TRAIN_FLAGS]
     args += [f"--config.data.{key}={path}" for key, path in paths.items()]
     result = run_cli(args, env_cache=cache)

@@ -35,9 +35,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cli_cache(process: int | None = None) -> str:
+    """The XLA compile cache ($S2S_JAX_CACHE) that the test run's commands share, so each
+    tiny model compiles once per run, not once per command; set up by conftest.
+
+    Separate from the pytest process's own cache: jax writes entries without a lock, so
+    processes that may compile the same function at once get directories of their own
+    (`process`: the process id within a multi-process run).
+    """
+    cache = os.environ.get("S2S_JAX_TEST_CLI_CACHE", "off")
+    return cache if cache == "off" or process is None else os.path.join(cache, f"process{process}")
+
+
 def run_cli(args, stdin=None, env_cache=None) -> subprocess.CompletedProcess:
     """`python ARGS` from the repository root, as a user runs train.py / decode.py."""
-    env = dict(os.environ, S2S_JAX_CACHE=env_cache or "off", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, S2S_JAX_CACHE=env_cache or cli_cache(), JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, input=stdin, capture_output=True, text=True, env=env, timeout=600
     )

@@ -11,16 +11,16 @@ import time
 
 import httpx
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, cli_cache, free_port
 
 
 class Server:
     """`python serve.py --workdir W ARGS` until `stop()`; `url` is its base address."""
 
-    def __init__(self, workdir: str, *args: str, cache: str = "off", env: dict | None = None):
+    def __init__(self, workdir: str, *args: str, cache: str | None = None, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = dict(os.environ, S2S_JAX_CACHE=cache, JAX_PLATFORMS="cpu", **(env or {}))
+        full_env = dict(os.environ, S2S_JAX_CACHE=cache or cli_cache(), JAX_PLATFORMS="cpu", **(env or {}))
         self.process = subprocess.Popen(
             [sys.executable, "serve.py", f"--workdir={workdir}", f"--port={self.port}", *args],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -15,7 +15,7 @@ import pytest
 
 from s2s_jax import parallel
 from s2s_jax.workdir import lost_peer
-from tests.helpers import free_port, write_tiny_corpus
+from tests.helpers import cli_cache, free_port, write_tiny_corpus
 from tests.test_reliability import FLAGS, SLOW_TRAIN, assert_same_params, wait_for, without_speed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def launch(env, workdir, slow=False) -> list[subprocess.Popen]:
     procs = []
     for pid in range(2):
         process_env = dict(
-            os.environ, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1", S2S_JAX_CACHE=str(env.base / f"cache{pid}"),
+            os.environ, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1", S2S_JAX_CACHE=cli_cache(pid),
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
         )
         procs.append(subprocess.Popen(

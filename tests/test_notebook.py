@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from tests.helpers import cli_cache
+
 pytestmark = pytest.mark.slow  # executes the whole notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ def test_colab_notebook_runs_on_cpu(tmp_path, monkeypatch):
     # The kernel and the commands it starts inherit these.
     monkeypatch.setenv("S2S_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("S2S_NOTEBOOK_WORKDIR", str(workdir))
-    monkeypatch.setenv("S2S_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("S2S_JAX_CACHE", cli_cache())
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip())
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))

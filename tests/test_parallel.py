@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec
 from s2s_jax import parallel
 from s2s_jax.errors import ConfigError
 from s2s_jax.workdir import checkpoints as ckpt_lib
-from tests.helpers import free_port
+from tests.helpers import cli_cache, free_port
 
 pytestmark = pytest.mark.slow  # subprocesses with 8 simulated devices and 2 processes
 
@@ -32,7 +32,7 @@ def worker_env(base, devices: int, **extra) -> dict:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, OPENBLAS_NUM_THREADS="1",
-        S2S_JAX_CACHE=str(base / "cache"), **extra,
+        S2S_JAX_CACHE=cli_cache(), **extra,
     )
 
 
@@ -161,7 +161,7 @@ def test_two_processes_train_like_one_device(tmp_path, one_device):
             tmp_path, 4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),
         )
-        env["S2S_JAX_CACHE"] = str(tmp_path / f"cache{pid}")
+        env["S2S_JAX_CACHE"] = cli_cache(pid)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tests.parallel_worker", str(tmp_path / "out.npz"), str(tmp_path), "--skip_decode"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

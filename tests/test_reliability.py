@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from s2s_jax.cli import decode
 from s2s_jax.training.train_log import read_metrics
 from s2s_jax.workdir import checkpoints as ckpt_lib
-from tests.helpers import fill_disk, flip_bytes, tmpfs, write_tiny_corpus
+from tests.helpers import cli_cache, fill_disk, flip_bytes, tmpfs, write_tiny_corpus
 
 pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
 
@@ -65,7 +65,7 @@ def env(tmp_path_factory):
     paths = write_tiny_corpus(str(base))
     data_flags = [f"--config.data.{key}={path}" for key, path in paths.items()]
     process_env = dict(
-        os.environ, S2S_JAX_CACHE=str(base / "cache"), JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1"
+        os.environ, S2S_JAX_CACHE=cli_cache(), JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1"
     )
     return types.SimpleNamespace(base=base, flags=FLAGS + data_flags, env=process_env)
 
