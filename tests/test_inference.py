@@ -202,6 +202,7 @@ def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
         assert [c.tokens[len(prefix):] for c in forced[i]] == continuations, i
 
 
+@pytest.mark.slow
 def test_a_sample_does_not_depend_on_its_batch(tiny):
     """Source i draws from fold_in(key(seed), i): batch size, order and neighbours change nothing."""
     engine, params, sources = tiny
@@ -218,8 +219,8 @@ def test_a_sample_does_not_depend_on_its_batch(tiny):
 
 @pytest.mark.parametrize("mixed", [
     [SearchOptions(beam_size=3, alpha=a) for a in (0.0, 0.6, 1.0, 2.0)],
-    [SearchOptions(sample=True, temperature=t, top_k=k, top_p=p, with_scores=True)
-     for t, k, p in ((0.5, 0, 1.0), (1.0, 3, 1.0), (2.0, 0, 0.8), (1.5, 2, 0.6))],
+    pytest.param([SearchOptions(sample=True, temperature=t, top_k=k, top_p=p, with_scores=True)
+                  for t, k, p in ((0.5, 0, 1.0), (1.0, 3, 1.0), (2.0, 0, 0.8), (1.5, 2, 0.6))], marks=pytest.mark.slow),
 ], ids=["beam-alpha", "sample-temperature-top-k-top-p"])
 def test_per_source_float_settings_share_one_compiled_search(tiny, mixed):
     """Settings that differ only in alpha, temperature, top_k and top_p give each source what its own

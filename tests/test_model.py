@@ -23,14 +23,14 @@ SRC = jnp.array([[5, 6, 7, 2, 0], [8, 2, 0, 0, 0]])
 TGT_IN = jnp.array([[1, 4, 5, 0], [1, 9, 0, 0]])
 TGT_OUT = jnp.array([[4, 5, 2, 0], [9, 2, 0, 0]])
 
-# The quick tier (`-m "not slow"`) checks three variants; CI checks all eight (GRU: test_gru.py and the
+# The quick tier (`-m "not slow"`) checks two variants; CI checks all eight (GRU: test_gru.py and the
 # exhaustive beam test on a GRU model run in the quick tier).
 VARIANTS = [
     {},
     pytest.param({"bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"feed_context": True, "tie_embeddings": True}, marks=pytest.mark.slow),
     {"attention": "luong_general", "bidirectional": True},
-    {"attention": "bahdanau", "input_feeding": True},
+    pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "luong_dot", "input_feeding": True, "feed_context": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "feed_context": True, "input_feeding": True, "attention": "bahdanau"},

@@ -162,7 +162,7 @@ def test_rows_come_back_in_input_order():
     assert list(np.asarray(order[inverse])) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("opts", ["greedy", "beam"])
+@pytest.mark.parametrize("opts", ["greedy", pytest.param("beam", marks=pytest.mark.slow)])
 def test_decoding_with_segments_equals_the_padded_search(opts):
     import types
 

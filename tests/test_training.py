@@ -66,6 +66,7 @@ def test_checkpoint_round_trip_gives_identical_params_and_next_loss(setup, tmp_p
     assert float(m1["loss_sum"]) == float(m2["loss_sum"])
 
 
+@pytest.mark.slow
 def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     """4 x 32 rows, accumulated, make the update one batch of 128 rows makes (dropout 0; the loss
     normalised by all micro-batches' target tokens together, which differ per micro-batch)."""
