@@ -180,7 +180,8 @@ def profile_top_ops(run, directory: str, top: int = 15) -> dict:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     python_threads = {
-        (e.get("pid"), e.get("tid")) for e in events
+        (e.get("pid"), e.get("tid"))
+        for e in events
         if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("args", {}).get("name") == "python"
     }
     ops: dict[str, float] = collections.Counter()
@@ -199,8 +200,13 @@ def profile_top_ops(run, directory: str, top: int = 15) -> dict:
     def ranked(counter):
         return [[n[:100], round(ms, 1), round(ms / max(total, 1e-9), 4)] for n, ms in counter.most_common(top)]
 
-    return {"trace": paths[-1], "wall_ms": round(wall_ms, 1), "op_ms": round(total, 1),
-            "kinds": ranked(kinds), "ops": ranked(ops)}
+    return {
+        "trace": paths[-1],
+        "wall_ms": round(wall_ms, 1),
+        "op_ms": round(total, 1),
+        "kinds": ranked(kinds),
+        "ops": ranked(ops),
+    }
 
 
 def load_flop_model():
@@ -232,8 +238,19 @@ def _dec_flops(E, H, V, layers, attention=False, src_len=32, input_feed=False, s
     return f + 2 * H * V
 
 
-def _train_step_flops(src_lens, tgt_lens, E=256, H=512, V=8000, layers=2, attention=False,
-                      input_feed=False, score="general", padded_len=32, padded=False):
+def _train_step_flops(
+    src_lens,
+    tgt_lens,
+    E=256,
+    H=512,
+    V=8000,
+    layers=2,
+    attention=False,
+    input_feed=False,
+    score="general",
+    padded_len=32,
+    padded=False,
+):
     fwd = 0
     for ls, lt in zip(src_lens, tgt_lens):
         ls_, lt_ = (padded_len, padded_len) if padded else (ls, lt)
@@ -242,8 +259,19 @@ def _train_step_flops(src_lens, tgt_lens, E=256, H=512, V=8000, layers=2, attent
     return 3 * fwd
 
 
-def _greedy_flops(src_lens, steps, E=256, H=512, V=8000, layers=2, attention=False,
-                  input_feed=False, score="general", padded_len=32, padded=False):
+def _greedy_flops(
+    src_lens,
+    steps,
+    E=256,
+    H=512,
+    V=8000,
+    layers=2,
+    attention=False,
+    input_feed=False,
+    score="general",
+    padded_len=32,
+    padded=False,
+):
     f = 0
     for ls in src_lens:
         ls_ = padded_len if padded else ls
@@ -261,9 +289,21 @@ def _beam_flops(src_lens, steps, beam, **kw):
 # Model construction through the project's own config path
 # ---------------------------------------------------------------------------------------
 
-def build_model(*, vocab: int, emb: int, hidden: int, layers: int, dropout: float = 0.0,
-                attention: str = "none", input_feeding: bool = False, unroll: int = 1,
-                dtype: str = "float32", lr: float = 1e-3, clip: float = 1.0):
+
+def build_model(
+    *,
+    vocab: int,
+    emb: int,
+    hidden: int,
+    layers: int,
+    dropout: float = 0.0,
+    attention: str = "none",
+    input_feeding: bool = False,
+    unroll: int = 1,
+    dtype: str = "float32",
+    lr: float = 1e-3,
+    clip: float = 1.0,
+):
     """(config, model, optimizer) built the way train.py builds them.
 
     configs/default.py's get_config() with the benchmark's sizes, then

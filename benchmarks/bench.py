@@ -72,38 +72,64 @@ def parse_args(argv=None):
     # torch_ref.py's flags, same names and defaults
     ap.add_argument("--attention", action="store_true", help="Luong global attention (model.attention=luong_general)")
     ap.add_argument("--input-feed", action="store_true", help="Luong input feeding (model.input_feeding=True)")
-    ap.add_argument("--score", choices=["general", "dot"], default="general",
-                    help="Luong score with --attention: general -> luong_general, dot -> luong_dot")
+    ap.add_argument(
+        "--score",
+        choices=["general", "dot"],
+        default="general",
+        help="Luong score with --attention: general -> luong_general, dot -> luong_dot",
+    )
     _common.add_protocol_size_flags(ap)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=10, help="training steps per timed repeat")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed training steps (the first compiles; at least 1 is run)")
+    ap.add_argument(
+        "--warmup", type=int, default=3, help="untimed training steps (the first compiles; at least 1 is run)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nbatches", type=int, default=8, help="distinct synthetic batches (cycled)")
     ap.add_argument("--decode-batches", type=int, default=4, help="greedy batches per repeat")
     ap.add_argument("--decode-warmup", type=int, default=2, help="untimed greedy batches (the first compiles)")
     ap.add_argument("--beam", type=int, default=5, help="0 = skip beam search")
     ap.add_argument("--beam-batches", type=int, default=1, help="beam batches per repeat")
-    ap.add_argument("--alpha", type=float, default=1.0,
-                    help="length-penalty exponent (ours is GNMT ((5+len)/6)^alpha, the reference's "
-                         "len^alpha; the search does the same work either way)")
-    ap.add_argument("--min-len", type=int, default=None,
-                    help="reference semantics: EOS may first appear as token number min_len "
-                         "(default maxlen, so every run decodes exactly maxlen steps; 0 = no blocking)")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="length-penalty exponent (ours is GNMT ((5+len)/6)^alpha, the reference's "
+        "len^alpha; the search does the same work either way)",
+    )
+    ap.add_argument(
+        "--min-len",
+        type=int,
+        default=None,
+        help="reference semantics: EOS may first appear as token number min_len "
+        "(default maxlen, so every run decodes exactly maxlen steps; 0 = no blocking)",
+    )
     ap.add_argument("--skip-decode", action="store_true")
-    ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="after the timed repeats, trace 2 training steps with jax.profiler into DIR and add "
-                         "the ops that hold the time (profile_top_ops) to the JSON")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="after the timed repeats, trace 2 training steps with jax.profiler into DIR and add "
+        "the ops that hold the time (profile_top_ops) to the JSON",
+    )
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
     # ours
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
-    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
-                    help="run the recurrences over every padded step (model.skip_padding=False)")
-    ap.add_argument("--peak-gflops", type=float, default=None,
-                    help="matmul peak for the *_peak_fraction keys (default: measure a jitted float32 "
-                         "2048^3 matmul in this process for ~1 s; 0 = skip)")
+    ap.add_argument(
+        "--no-skip-padding",
+        dest="skip_padding",
+        action="store_false",
+        help="run the recurrences over every padded step (model.skip_padding=False)",
+    )
+    ap.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=None,
+        help="matmul peak for the *_peak_fraction keys (default: measure a jitted float32 "
+        "2048^3 matmul in this process for ~1 s; 0 = skip)",
+    )
     args = ap.parse_args(argv)
     if args.min_len is None:
         args.min_len = args.maxlen
@@ -128,12 +154,27 @@ def main(argv=None):
     if args.input_feed and not args.attention:
         sys.exit("--input-feed needs --attention (as in torch_ref.py, where it is ignored without it)")
     _, model, optimizer = _common.build_model(
-        vocab=args.vocab, emb=args.emb, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-        attention=attention, input_feeding=args.input_feed, unroll=args.unroll, dtype=args.dtype,
+        vocab=args.vocab,
+        emb=args.emb,
+        hidden=args.hidden,
+        layers=args.layers,
+        dropout=args.dropout,
+        attention=attention,
+        input_feeding=args.input_feed,
+        unroll=args.unroll,
+        dtype=args.dtype,
     )
     train_step_flops, greedy_flops, beam_flops, flop_source = _common.load_flop_model()
-    fkw = dict(E=args.emb, H=args.hidden, V=args.vocab, layers=args.layers, attention=args.attention,
-               input_feed=args.input_feed, score=args.score, padded_len=args.maxlen)
+    fkw = dict(
+        E=args.emb,
+        H=args.hidden,
+        V=args.vocab,
+        layers=args.layers,
+        attention=args.attention,
+        input_feed=args.input_feed,
+        score=args.score,
+        padded_len=args.maxlen,
+    )
 
     res = {"impl": "s2s_jax"}
     res.update(_common.environment(threads_info))
@@ -157,8 +198,10 @@ def main(argv=None):
     ]
     # each batch's (source, decoder input) time-segment profiles, as train.py computes them (None = padded
     # recurrences), and the source's alone for decoding, as decode.py computes it
-    segments = [time_segments.for_batch({"src": s, "tgt_in": ti}) if args.skip_padding else None
-                for s, _, ti, _, _ in host_batches]
+    segments = [
+        time_segments.for_batch({"src": s, "tgt_in": ti}) if args.skip_padding else None
+        for s, _, ti, _, _ in host_batches
+    ]
     src_segments = [time_segments.for_tokens(s) if args.skip_padding else None for s, *_ in host_batches]
     res["segment_profiles"] = sorted({repr(p) for p in segments})
     src_lens = [b[1].tolist() for b in host_batches]
@@ -224,6 +267,7 @@ def main(argv=None):
         res["train_peak_fraction_padded"] = round(res["train_gflops_padded"]["median"] / peak, 4)
 
     if args.profile:
+
         def two_steps():
             nonlocal state
             for k in range(2):
@@ -255,8 +299,14 @@ def main(argv=None):
         def beam(params, src, segments=None):
             step_fn, memory, dec_state = encode_and_step(params, src, segments)
             _, _, lengths = search.batch_beam_search(
-                step_fn, memory, dec_state, beam_size=args.beam, max_steps=args.maxlen,
-                alpha=args.alpha, nbest=1, min_length=min_length,
+                step_fn,
+                memory,
+                dec_state,
+                beam_size=args.beam,
+                max_steps=args.maxlen,
+                alpha=args.alpha,
+                nbest=1,
+                min_length=min_length,
             )
             return lengths[:, 0]
 

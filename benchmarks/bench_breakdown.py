@@ -45,8 +45,12 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per part (median reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
-                    help="run the recurrences over every padded step (model.skip_padding=False)")
+    ap.add_argument(
+        "--no-skip-padding",
+        dest="skip_padding",
+        action="store_false",
+        help="run the recurrences over every padded step (model.skip_padding=False)",
+    )
     return ap.parse_args(argv)
 
 
@@ -78,7 +82,10 @@ def main(argv=None):
     from s2s_jax.training.losses import compact_cross_entropy
 
     _, model, optimizer = _common.build_model(
-        vocab=args.vocab, emb=args.emb, hidden=args.hidden, layers=args.layers,
+        vocab=args.vocab,
+        emb=args.emb,
+        hidden=args.hidden,
+        layers=args.layers,
         attention="luong_general" if args.attention else "none",
     )
     state = loop.init_train_state(model, optimizer, args.seed)
@@ -102,6 +109,7 @@ def main(argv=None):
         def run(module, memory, dec_state, tgt_in):
             h, _, _ = module.decoder(tgt_in, memory, dec_state, train=False, features=True, segments=tgt_segments)
             return h
+
         return model.apply({"params": p}, memory, dec_state, tgt_in, method=run)
 
     @jax.jit
@@ -114,6 +122,7 @@ def main(argv=None):
         def loss(p, f):
             out = compact_cross_entropy(f, tgt_out, project(p))
             return out["loss_sum"] / out["tokens"]
+
         return jax.grad(loss, argnums=(0, 1))(p, features)
 
     @jax.jit
@@ -134,7 +143,9 @@ def main(argv=None):
 
     parts = {
         "encoder": time_fn(encoder_part, params, src, enc_cotangent, repeats=args.repeats),
-        "decoder": time_fn(decoder_part, params, memory, dec_state, tgt_in, jnp.ones_like(features), repeats=args.repeats),
+        "decoder": time_fn(
+            decoder_part, params, memory, dec_state, tgt_in, jnp.ones_like(features), repeats=args.repeats
+        ),
         "output_loss": time_fn(output_part, params, features, tgt_out, repeats=args.repeats),
         "optimizer": time_fn(optimizer_part, state["opt_state"], grads, params, repeats=args.repeats),
     }

@@ -52,17 +52,33 @@ def parse_args(argv=None):
     ap.add_argument("--batch-sizes", default="1,32,128", help="comma-separated")
     ap.add_argument("--modes", default="greedy,beam", help="comma-separated subset of greedy,beam")
     ap.add_argument("--beam", type=int, default=5)
-    ap.add_argument("--alpha", type=float, default=None,
-                    help="GNMT length-penalty exponent (synthetic: 1.0, no effect on the work; real: decode.alpha)")
-    ap.add_argument("--no-compact", dest="compact", action="store_false",
-                    help="greedy and beam search run every row to the end (search.py's compact=False)")
-    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
-                    help="the encoder runs every padded step (model.skip_padding=False)")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="GNMT length-penalty exponent (synthetic: 1.0, no effect on the work; real: decode.alpha)",
+    )
+    ap.add_argument(
+        "--no-compact",
+        dest="compact",
+        action="store_false",
+        help="greedy and beam search run every row to the end (search.py's compact=False)",
+    )
+    ap.add_argument(
+        "--no-skip-padding",
+        dest="skip_padding",
+        action="store_false",
+        help="the encoder runs every padded step (model.skip_padding=False)",
+    )
     ap.add_argument("--workdir", help="decode real sentences with this trained workdir (needs --input)")
     ap.add_argument("--input", help="real mode: source sentences, one a line")
     ap.add_argument("--max-sentences", type=int, default=0, help="real mode: the first N lines only (0 = all)")
-    ap.add_argument("--length", type=int, default=32, help="max_steps; EOS forbidden before it, so exactly this many steps")
-    ap.add_argument("--src-len", type=int, default=32, help="padded source length; real lengths uniform in [10, src-len]")
+    ap.add_argument(
+        "--length", type=int, default=32, help="max_steps; EOS forbidden before it, so exactly this many steps"
+    )
+    ap.add_argument(
+        "--src-len", type=int, default=32, help="padded source length; real lengths uniform in [10, src-len]"
+    )
     ap.add_argument("--emb", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
@@ -72,10 +88,16 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per (mode, batch)")
-    ap.add_argument("--min-sentences", type=int, default=128,
-                    help="synthetic: each repeat decodes ceil(min_sentences / batch) batches (at least 1)")
+    ap.add_argument(
+        "--min-sentences",
+        type=int,
+        default=128,
+        help="synthetic: each repeat decodes ceil(min_sentences / batch) batches (at least 1)",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls (synthetic) or passes (real) after the first")
-    ap.add_argument("--nbatches", type=int, default=8, help="synthetic: distinct source batches per batch size (cycled)")
+    ap.add_argument(
+        "--nbatches", type=int, default=8, help="synthetic: distinct source batches per batch size (cycled)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args(argv)
@@ -100,9 +122,14 @@ def synthetic(args, res: dict) -> list[dict]:
     from s2s_jax.models.seq2seq import Seq2Seq
 
     _, model, _ = _common.build_model(
-        vocab=args.vocab, emb=args.emb, hidden=args.hidden, layers=args.layers,
-        attention="luong_general" if args.attention else "none", input_feeding=args.input_feed,
-        unroll=args.unroll, dtype=args.dtype,
+        vocab=args.vocab,
+        emb=args.emb,
+        hidden=args.hidden,
+        layers=args.layers,
+        attention="luong_general" if args.attention else "none",
+        input_feeding=args.input_feed,
+        unroll=args.unroll,
+        dtype=args.dtype,
     )
     dummy = jnp.ones((1, 4), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(args.seed), dummy, dummy)["params"]
@@ -118,16 +145,24 @@ def synthetic(args, res: dict) -> list[dict]:
     @functools.partial(jax.jit, static_argnames="segments")
     def greedy(params, src, segments=None):
         step_fn, memory, state = encode_and_step(params, src, segments)
-        _, lengths = search.greedy_search(step_fn, memory, state, max_steps=args.length, min_length=min_length,
-                                          compact=args.compact)
+        _, lengths = search.greedy_search(
+            step_fn, memory, state, max_steps=args.length, min_length=min_length, compact=args.compact
+        )
         return lengths
 
     @functools.partial(jax.jit, static_argnames="segments")
     def beam(params, src, segments=None):
         step_fn, memory, state = encode_and_step(params, src, segments)
         _, _, lengths = search.batch_beam_search(
-            step_fn, memory, state, beam_size=args.beam, max_steps=args.length,
-            alpha=alpha, nbest=1, min_length=min_length, compact=args.compact,
+            step_fn,
+            memory,
+            state,
+            beam_size=args.beam,
+            max_steps=args.length,
+            alpha=alpha,
+            nbest=1,
+            min_length=min_length,
+            compact=args.compact,
         )
         return lengths[:, 0]
 
@@ -140,8 +175,14 @@ def synthetic(args, res: dict) -> list[dict]:
         profiles = [time_segments.for_tokens(src) if args.skip_padding else None for src in host]
         calls = max(1, math.ceil(args.min_sentences / batch))
         for mode in _modes(args):
-            results.append({"mode": _mode_name(args, mode), "batch": batch, "calls_per_repeat": calls,
-                            **_time_synthetic(args, fns[mode], params, srcs, profiles, calls)})
+            results.append(
+                {
+                    "mode": _mode_name(args, mode),
+                    "batch": batch,
+                    "calls_per_repeat": calls,
+                    **_time_synthetic(args, fns[mode], params, srcs, profiles, calls),
+                }
+            )
     return results
 
 
@@ -157,8 +198,11 @@ def _time_synthetic(args, fn, params, srcs, profiles, calls: int) -> dict:
     executables = {profiles[0]: lowered.compile()}  # XLA compile; the timed loop calls these executables
     t2 = time.perf_counter()
     jax.block_until_ready(executables[profiles[0]](params, srcs[0]))
-    timing = {"compile_s": round(t2 - t0, 3), "trace_lower_s": round(t1 - t0, 3),
-              "first_call_s": round(time.perf_counter() - t0, 3)}
+    timing = {
+        "compile_s": round(t2 - t0, 3),
+        "trace_lower_s": round(t1 - t0, 3),
+        "first_call_s": round(time.perf_counter() - t0, 3),
+    }
     for k, profile in enumerate(profiles):  # each batch's time-segment profile, compiled before the timing
         if profile not in executables:
             executables[profile] = fn.lower(params, srcs[k], segments=profile).compile()
@@ -178,8 +222,13 @@ def _time_synthetic(args, fn, params, srcs, profiles, calls: int) -> dict:
         jax.block_until_ready(outs)
         sps.append(calls * srcs[0].shape[0] / (time.perf_counter() - t0))
         steps.update(int(np.max(np.asarray(o))) for o in outs)
-    return {**timing, "segment_profiles": len(executables), "sent_per_s": _common.summarize(sps),
-            "ms_per_sent": _common.summarize([1000.0 / s for s in sps]), "steps_run": sorted(steps)}
+    return {
+        **timing,
+        "segment_profiles": len(executables),
+        "sent_per_s": _common.summarize(sps),
+        "ms_per_sent": _common.summarize([1000.0 / s for s in sps]),
+        "steps_run": sorted(steps),
+    }
 
 
 def real(args, res: dict) -> list[dict]:
@@ -200,10 +249,16 @@ def real(args, res: dict) -> list[dict]:
     results = []
     for batch in _sizes(args):
         for mode in _modes(args):
-            engine = Inference(translator.model, cfg, translator.max_len, skip_padding=args.skip_padding,
-                               compact=args.compact)
-            results.append({"mode": _mode_name(args, mode), "batch": batch,
-                            **_time_real(args, engine, translator.params, sources, searches[mode], batch)})
+            engine = Inference(
+                translator.model, cfg, translator.max_len, skip_padding=args.skip_padding, compact=args.compact
+            )
+            results.append(
+                {
+                    "mode": _mode_name(args, mode),
+                    "batch": batch,
+                    **_time_real(args, engine, translator.params, sources, searches[mode], batch),
+                }
+            )
     return results
 
 
@@ -221,8 +276,12 @@ def _time_real(args, engine, params, sources, opts, batch: int) -> dict:
         engine.run(params, sources, opts, batch_size=batch)
         sps.append(sentences / (time.perf_counter() - t0))
     digest = hashlib.sha256(json.dumps([[c.tokens for c in out] for out in outputs]).encode()).hexdigest()
-    return {"first_pass_s": first_pass_s, "sent_per_s": _common.summarize(sps),
-            "ms_per_sent": _common.summarize([1000.0 / s for s in sps]), "outputs_sha256": digest}
+    return {
+        "first_pass_s": first_pass_s,
+        "sent_per_s": _common.summarize(sps),
+        "ms_per_sent": _common.summarize([1000.0 / s for s in sps]),
+        "outputs_sha256": digest,
+    }
 
 
 def _sizes(args) -> list[int]:
@@ -252,7 +311,9 @@ def main(argv=None):
     res["results"] = results
     by = {(r["mode"], r["batch"]): r for r in results}
     res["beam_vs_greedy"] = {
-        str(b): round(by[(f"beam{args.beam}", b)]["ms_per_sent"]["median"] / by[("greedy", b)]["ms_per_sent"]["median"], 3)
+        str(b): round(
+            by[(f"beam{args.beam}", b)]["ms_per_sent"]["median"] / by[("greedy", b)]["ms_per_sent"]["median"], 3
+        )
         for b in _sizes(args)
         if (f"beam{args.beam}", b) in by and ("greedy", b) in by
     }

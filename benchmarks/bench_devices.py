@@ -33,10 +33,16 @@ def run(devices: int, steps: int, log_every: int, platform: str, extra: list[str
             flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
             env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
         cmd = [
-            sys.executable, "train.py", "--config=configs/quickstart.py", f"--workdir={tmp}/run",
-            f"--config.train.num_steps={steps}", f"--config.train.log_every={log_every}",
-            f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}",
-            "--config.data.valid_max_pairs=64", *extra,
+            sys.executable,
+            "train.py",
+            "--config=configs/quickstart.py",
+            f"--workdir={tmp}/run",
+            f"--config.train.num_steps={steps}",
+            f"--config.train.log_every={log_every}",
+            f"--config.train.eval_every={steps}",
+            f"--config.train.checkpoint_every={steps}",
+            "--config.data.valid_max_pairs=64",
+            *extra,
         ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -62,7 +68,7 @@ def main() -> None:
     for n in args.devices:
         print(f"train.py on {n} device(s) ...", file=sys.stderr, flush=True)
         out = run(n, args.steps, args.log_every, args.platform, args.extra)
-        speeds = [r["tokens_per_sec"] for r in out["records"] if "tokens_per_sec" in r][args.skip:]
+        speeds = [r["tokens_per_sec"] for r in out["records"] if "tokens_per_sec" in r][args.skip :]
         losses = [r["train_loss"] for r in out["records"] if "train_loss" in r]
         result["runs"][str(n)] = {
             "tokens_per_sec_median": round(statistics.median(speeds)),

@@ -43,10 +43,20 @@ def main() -> None:
         batch = next(iterator)
         tokens += iterator.last_tokens
     per_batch = (time.perf_counter() - start) / args.batches * 1000
-    print(json.dumps({"tsv": args.tsv, "pairs": corpus.train_batches.num_pairs, "open_s": round(opened, 2),
-                      "first_batch_ms (plans the epoch)": round(plan_ms, 1), "ms_per_batch": round(per_batch, 3),
-                      "rows": int(first["src"].shape[0]), "tokens_per_batch": round(tokens / args.batches, 1),
-                      "batch_shape": list(batch["src"].shape)}))
+    print(
+        json.dumps(
+            {
+                "tsv": args.tsv,
+                "pairs": corpus.train_batches.num_pairs,
+                "open_s": round(opened, 2),
+                "first_batch_ms (plans the epoch)": round(plan_ms, 1),
+                "ms_per_batch": round(per_batch, 3),
+                "rows": int(first["src"].shape[0]),
+                "tokens_per_batch": round(tokens / args.batches, 1),
+                "batch_shape": list(batch["src"].shape),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,14 +25,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(args: list[str], env: dict) -> dict:
-    done = subprocess.run(["/usr/bin/time", "-v", sys.executable, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", done.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     lines = [line for line in done.stdout.splitlines() if line.startswith(("prepare:", "train:", "valid:"))]
-    return {"exit": done.returncode, "seconds": round(seconds, 1), "peak_rss_gb": round(rss_kb / 1024**2, 2),
-            "log": lines, "error": done.stderr.strip().splitlines()[-30:] if done.returncode else None}
+    return {
+        "exit": done.returncode,
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(rss_kb / 1024**2, 2),
+        "log": lines,
+        "error": done.stderr.strip().splitlines()[-30:] if done.returncode else None,
+    }
 
 
 def main() -> None:
@@ -42,8 +48,13 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-prepare-")
     env = dict(os.environ, S2S_JAX_CORPUS_CACHE=os.path.join(work, "cache"), JAX_PLATFORMS="cpu")
-    flags = ["--config=configs/fra_eng.py", f"--config.data.train_tsv={os.path.abspath(args.tsv)}",
-             "--config.train.num_steps=2", "--config.data.holdout_valid=100", "--config.decode.beam_size=1"]
+    flags = [
+        "--config=configs/fra_eng.py",
+        f"--config.data.train_tsv={os.path.abspath(args.tsv)}",
+        "--config.train.num_steps=2",
+        "--config.data.holdout_valid=100",
+        "--config.decode.beam_size=1",
+    ]
     result = {"tsv": args.tsv, "cpu": os.cpu_count(), "runs": {}}
     for name in ("first", "second"):
         result["runs"][name] = timed(["train.py", f"--workdir={work}/run-{name}", *flags], env)

@@ -76,8 +76,12 @@ def parse_args(argv=None):
     ap.add_argument("--input-feed", action="store_true", help="model.input_feeding=True (needs --attention)")
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1)
-    ap.add_argument("--no-skip-padding", dest="skip_padding", action="store_false",
-                    help="run the recurrences over every padded step (model.skip_padding=False)")
+    ap.add_argument(
+        "--no-skip-padding",
+        dest="skip_padding",
+        action="store_false",
+        help="run the recurrences over every padded step (model.skip_padding=False)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -146,13 +150,15 @@ def main(argv=None):
     t0 = time.perf_counter()
     keep = text_lib.filter_by_length(src_ids, tgt_ids, args.max_len, stats)
     src_ids, tgt_ids = [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
-    batches = batching.BucketedBatches(
-        src_ids, tgt_ids, args.batch, args.num_buckets, args.seed, args.pad_multiple
-    )
+    batches = batching.BucketedBatches(src_ids, tgt_ids, args.batch, args.num_buckets, args.seed, args.pad_multiple)
     prep["bucketing"] = time.perf_counter() - t0
     res["prep_s"] = {k: round(v, 3) for k, v in prep.items()}
-    res["data"] = {"filter": stats.summary(), "pairs": batches.num_pairs, "vocab_size": vocab,
-                   "batches_per_epoch": batches.num_batches}
+    res["data"] = {
+        "filter": stats.summary(),
+        "pairs": batches.num_pairs,
+        "vocab_size": vocab,
+        "batches_per_epoch": batches.num_batches,
+    }
 
     src_lens = np.array([len(x) + 1 for x in src_ids])  # + EOS, as in the batches
     tgt_lens = np.array([len(x) + 1 for x in tgt_ids])  # + EOS (tgt_out) / BOS (tgt_in)
@@ -172,15 +178,28 @@ def main(argv=None):
 
     # ---- model, optimiser, train step: the project's own
     _, model, optimizer = _common.build_model(
-        vocab=vocab, emb=args.emb, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-        attention="luong_general" if args.attention else "none", input_feeding=args.input_feed,
-        unroll=args.unroll, dtype=args.dtype,
+        vocab=vocab,
+        emb=args.emb,
+        hidden=args.hidden,
+        layers=args.layers,
+        dropout=args.dropout,
+        attention="luong_general" if args.attention else "none",
+        input_feeding=args.input_feed,
+        unroll=args.unroll,
+        dtype=args.dtype,
     )
     res["model_config"] = _common.model_summary(model)
     train_step_flops, _, _, flop_source = _common.load_flop_model()
     res["flop_model"] = flop_source
-    fkw = dict(E=args.emb, H=args.hidden, V=vocab, layers=args.layers, attention=args.attention,
-               input_feed=args.input_feed, score="general")
+    fkw = dict(
+        E=args.emb,
+        H=args.hidden,
+        V=vocab,
+        layers=args.layers,
+        attention=args.attention,
+        input_feed=args.input_feed,
+        score="general",
+    )
     state = loop.init_train_state(model, optimizer, args.seed)
     train_step = loop.make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
     base_key = jax.random.key(args.seed)

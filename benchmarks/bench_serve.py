@@ -92,9 +92,17 @@ def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size
     def pct(p: float) -> float:
         return round(ms[min(len(ms) - 1, int(p / 100 * len(ms)))], 1) if ms else float("nan")
 
-    return {"clients": clients, "requests": len(ms), "errors": errors, "seconds": round(wall, 1),
-            "sent_per_s": round(len(ms) / wall, 1), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-            "mean_ms": round(statistics.fmean(ms), 1) if ms else float("nan")}
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "errors": errors,
+        "seconds": round(wall, 1),
+        "sent_per_s": round(len(ms) / wall, 1),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "mean_ms": round(statistics.fmean(ms), 1) if ms else float("nan"),
+    }
 
 
 def offline(translator, sentences: list[str], beam_size: int, batch_size: int) -> dict:
@@ -123,23 +131,41 @@ def main() -> None:
     ap.add_argument("--modes", default="greedy,beam")
     ap.add_argument("--batch-size", type=int, default=32, help="the server's --max_batch and the offline batch size")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--unbatched", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the largest client count against --max_batch=1")
+    ap.add_argument(
+        "--unbatched",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the largest client count against --max_batch=1",
+    )
     args = ap.parse_args()
     sentences = [s for s in read_lines(args.input, allow_empty=True) if s.strip()]
     clients = [int(c) for c in args.clients.split(",")]
     with open(os.path.join(args.workdir, "config.json")) as f:
         beam = json.load(f)["decode"]["beam_size"]
     beams = {"greedy": 1, "beam": beam}
-    result = {"workdir": args.workdir, "input": args.input, "sentences": len(sentences), "seconds": args.seconds,
-              "max_batch": args.batch_size, "max_wait_ms": args.max_wait_ms, "cpu": os.cpu_count(), "runs": []}
+    result = {
+        "workdir": args.workdir,
+        "input": args.input,
+        "sentences": len(sentences),
+        "seconds": args.seconds,
+        "max_batch": args.batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "cpu": os.cpu_count(),
+        "runs": [],
+    }
     configs = [("batched", args.batch_size, clients)]
     if args.unbatched:
         configs.append(("unbatched", 1, [max(clients)]))
     for name, max_batch, counts in configs:
         started = time.perf_counter()
-        server = Server(args.workdir, f"--max_batch={max_batch}", f"--max_wait_ms={args.max_wait_ms}",
-                        f"--beam_sizes=1,{beam}", f"--warm_up_beam_sizes=1,{beam}", cache=os.environ.get("S2S_JAX_CACHE", "off"))
+        server = Server(
+            args.workdir,
+            f"--max_batch={max_batch}",
+            f"--max_wait_ms={args.max_wait_ms}",
+            f"--beam_sizes=1,{beam}",
+            f"--warm_up_beam_sizes=1,{beam}",
+            cache=os.environ.get("S2S_JAX_CACHE", "off"),
+        )
         server.wait_ready(600)
         ready_s = round(time.perf_counter() - started, 1)
         try:
@@ -149,11 +175,18 @@ def main() -> None:
                     cpu_before = cpu_seconds(server.process.pid), cpu_seconds(os.getpid())
                     run = load(server.url, sentences, count, args.seconds, beams[mode])
                     calls = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"] - before
-                    run.update(server_cpu=round((cpu_seconds(server.process.pid) - cpu_before[0]) / run["seconds"], 2),
-                               client_cpu=round((cpu_seconds(os.getpid()) - cpu_before[1]) / run["seconds"], 2))
+                    run.update(
+                        server_cpu=round((cpu_seconds(server.process.pid) - cpu_before[0]) / run["seconds"], 2),
+                        client_cpu=round((cpu_seconds(os.getpid()) - cpu_before[1]) / run["seconds"], 2),
+                    )
                     run.update(search_calls=calls, texts_per_search=round(run["requests"] / max(calls, 1), 2))
-                    run.update(server=name, mode=mode, beam_size=beams[mode], ready_s=ready_s,
-                               peak_rss_mb=peak_rss_mb(server.process.pid))
+                    run.update(
+                        server=name,
+                        mode=mode,
+                        beam_size=beams[mode],
+                        ready_s=ready_s,
+                        peak_rss_mb=peak_rss_mb(server.process.pid),
+                    )
                     result["runs"].append(run)
                     print(json.dumps(run), file=sys.stderr, flush=True)
         finally:
@@ -161,8 +194,9 @@ def main() -> None:
     from s2s_jax.decoding.translator import Translator
 
     translator = Translator(args.workdir)
-    result["offline"] = {mode: offline(translator, sentences, beams[mode], args.batch_size)
-                         for mode in args.modes.split(",")}
+    result["offline"] = {
+        mode: offline(translator, sentences, beams[mode], args.batch_size) for mode in args.modes.split(",")
+    }
     print(json.dumps(result, indent=1))
 
 

@@ -71,8 +71,9 @@ def main() -> None:
         contenders["ensemble"] = Translator(args.workdir)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        export.export_model(args.workdir[0], os.path.join(tmp, "artefact"), rows=[1, 16, args.batch_size],
-                            log=lambda m: None)
+        export.export_model(
+            args.workdir[0], os.path.join(tmp, "artefact"), rows=[1, 16, args.batch_size], log=lambda m: None
+        )
         export_s = time.perf_counter() - start
         exported = export_loader.ExportedModel(os.path.join(tmp, "artefact"))
         results = []
@@ -80,34 +81,59 @@ def main() -> None:
         for mode in args.modes.split(","):
             opts = searches[mode]
             runs = {
-                name: (lambda t=t, opts=opts: [h[0].text for h in t.translate(lines, opts, batch_size=args.batch_size,
-                                                                     warn=lambda m: None)])
+                name: (
+                    lambda t=t, opts=opts: [
+                        h[0].text for h in t.translate(lines, opts, batch_size=args.batch_size, warn=lambda m: None)
+                    ]
+                )
                 for name, t in contenders.items()
             }
-            runs["export"] = lambda mode=mode: exported.translate(lines, "default" if mode == "beam" else "greedy",
-                                                                  warn=lambda m: None)
+            runs["export"] = lambda mode=mode: exported.translate(
+                lines, "default" if mode == "beam" else "greedy", warn=lambda m: None
+            )
             for name, fn in runs.items():
                 out, timing = timed(fn, args.repeats)
                 outputs[(name, mode)] = out
                 report = bleu.score_report(out, refs, tokenize=tokenize)
                 rates = [len(lines) / s for s in timing["seconds"]]
-                results.append({
-                    "contender": name, "mode": mode, "beam_size": opts.beam_size, "first_s": timing["first_s"],
-                    "seconds": [round(t, 3) for t in timing["seconds"]],
-                    "sent_per_s": {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1),
-                                   "max": round(max(rates), 1)},
-                    "bleu": round(report["bleu"], 2), "chrf": round(report["chrf"], 2),
-                })
+                results.append(
+                    {
+                        "contender": name,
+                        "mode": mode,
+                        "beam_size": opts.beam_size,
+                        "first_s": timing["first_s"],
+                        "seconds": [round(t, 3) for t in timing["seconds"]],
+                        "sent_per_s": {
+                            "median": round(statistics.median(rates), 1),
+                            "min": round(min(rates), 1),
+                            "max": round(max(rates), 1),
+                        },
+                        "bleu": round(report["bleu"], 2),
+                        "chrf": round(report["chrf"], 2),
+                    }
+                )
     by = {(r["contender"], r["mode"]): r["sent_per_s"]["median"] for r in results}
-    print(json.dumps({
-        "workdirs": args.workdir, "input": args.input, "sentences": len(lines), "batch_size": args.batch_size,
-        "export_s": round(export_s, 1),
-        "results": results,
-        "speed_vs_decode": {f"{name}/{mode}": round(by[(name, mode)] / by[("decode", mode)], 3)
-                            for name, mode in by if name != "decode"},
-        "export_equals_decode": {mode: outputs[("export", mode)] == outputs[("decode", mode)]
-                                 for mode in args.modes.split(",")},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "workdirs": args.workdir,
+                "input": args.input,
+                "sentences": len(lines),
+                "batch_size": args.batch_size,
+                "export_s": round(export_s, 1),
+                "results": results,
+                "speed_vs_decode": {
+                    f"{name}/{mode}": round(by[(name, mode)] / by[("decode", mode)], 3)
+                    for name, mode in by
+                    if name != "decode"
+                },
+                "export_equals_decode": {
+                    mode: outputs[("export", mode)] == outputs[("decode", mode)] for mode in args.modes.split(",")
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,17 @@ def main() -> None:
             out.write(block)
             digest.update(block)
             written, copy = written + len(order), copy + 1
-    print(json.dumps({"output": args.output, "pairs": written, "copies": copy, "input_pairs": len(lines),
-                      "sha256": digest.hexdigest()[:16]}))
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "pairs": written,
+                "copies": copy,
+                "input_pairs": len(lines),
+                "sha256": digest.hexdigest()[:16],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

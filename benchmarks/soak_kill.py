@@ -46,8 +46,14 @@ SPEED_FIELDS = ("tokens_per_sec",)
 
 def train_command(workdir: str, args: argparse.Namespace) -> list[str]:
     return [
-        sys.executable, "train.py", "--config", "quickstart", "--workdir", workdir,
-        f"--config.train.num_steps={args.steps}", f"--config.train.checkpoint_every={args.checkpoint_every}",
+        sys.executable,
+        "train.py",
+        "--config",
+        "quickstart",
+        "--workdir",
+        workdir,
+        f"--config.train.num_steps={args.steps}",
+        f"--config.train.checkpoint_every={args.checkpoint_every}",
     ]
 
 
@@ -119,8 +125,12 @@ def soak(args: argparse.Namespace, env: dict, base: str) -> dict:
             fail(f"launch {launch_index} exited {proc.returncode} (after {len(kills)} kills)", log)
         break  # finished: the run ended before every kill landed (see kills_survived)
     return {
-        "workdir": workdir, "kills": kills, "resumed_from": resumed, "warnings": warnings,
-        "wall_s": round(wall, 1), "paused_s": round(paused, 1),
+        "workdir": workdir,
+        "kills": kills,
+        "resumed_from": resumed,
+        "warnings": warnings,
+        "wall_s": round(wall, 1),
+        "paused_s": round(paused, 1),
     }
 
 
@@ -134,8 +144,14 @@ def compare(reference: str, soaked: str) -> dict:
     a, meta_a = ckpt_lib.load_params(reference, "latest")
     b, meta_b = ckpt_lib.load_params(soaked, "latest")
     same_structure = jax.tree.structure(a) == jax.tree.structure(b)
-    diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))] if same_structure else [float("inf")]
+    diffs = (
+        [
+            float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        ]
+        if same_structure
+        else [float("inf")]
+    )
     equal = same_structure and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
     def without_speed(workdir: str) -> list[dict]:
@@ -167,19 +183,29 @@ def main() -> None:
     base = args.base or tempfile.mkdtemp(prefix="s2s-soak-")
     os.makedirs(os.path.join(base, "logs"), exist_ok=True)
     env = dict(
-        os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), OPENBLAS_NUM_THREADS="1",
-        S2S_JAX_CORPUS_CACHE=os.path.join(base, "corpora"), S2S_JAX_CACHE=os.path.join(base, "xla"),
+        os.environ,
+        JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+        OPENBLAS_NUM_THREADS="1",
+        S2S_JAX_CORPUS_CACHE=os.path.join(base, "corpora"),
+        S2S_JAX_CACHE=os.path.join(base, "xla"),
     )
     reference = uninterrupted(args, env, base)
     print(f"uninterrupted: {reference['wall_s']} s", file=sys.stderr)
     soaked = soak(args, env, base)
     print(f"soak: {len(soaked['kills'])} kills, {soaked['wall_s']} s", file=sys.stderr)
     result = {
-        "config": "quickstart", "steps": args.steps, "checkpoint_every": args.checkpoint_every, "seed": args.seed,
-        "kill_delay_s": [args.min_delay, args.max_delay], "kills_requested": args.kills,
-        "kills_survived": len(soaked["kills"]), "kill_after_s": soaked["kills"],
-        "launches": len(soaked["resumed_from"]), "resumed_from_step": soaked["resumed_from"],
-        "uninterrupted_wall_s": reference["wall_s"], "soak_wall_s": soaked["wall_s"],
+        "config": "quickstart",
+        "steps": args.steps,
+        "checkpoint_every": args.checkpoint_every,
+        "seed": args.seed,
+        "kill_delay_s": [args.min_delay, args.max_delay],
+        "kills_requested": args.kills,
+        "kills_survived": len(soaked["kills"]),
+        "kill_after_s": soaked["kills"],
+        "launches": len(soaked["resumed_from"]),
+        "resumed_from_step": soaked["resumed_from"],
+        "uninterrupted_wall_s": reference["wall_s"],
+        "soak_wall_s": soaked["wall_s"],
         "paused_s": round(reference["paused_s"] + soaked["paused_s"], 1),
         "warnings": soaked["warnings"],
         **compare(reference["workdir"], soaked["workdir"]),

@@ -37,9 +37,7 @@ def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
 
 
-def score_report(
-    hypotheses: Sequence[str], references: Sequence[str], tokenize: str | None = None
-) -> dict:
+def score_report(hypotheses: Sequence[str], references: Sequence[str], tokenize: str | None = None) -> dict:
     """BLEU (cased and lowercased) and chrF, with the sacrebleu signatures to report them by."""
     _check(hypotheses, references)
     hyps, refs = list(hypotheses), [list(references)]
@@ -55,9 +53,7 @@ def score_report(
     return report
 
 
-def sentence_bleu_d2l(
-    pred_tokens: Sequence[str] | str, label_tokens: Sequence[str] | str, k: int = 4
-) -> float:
+def sentence_bleu_d2l(pred_tokens: Sequence[str] | str, label_tokens: Sequence[str] | str, k: int = 4) -> float:
     """The d2l.ai seq2seq BLEU of one prediction against one label, in [0, 1].
 
     exp(min(0, 1 - len_label / len_pred)) * prod_{n=1..min(k, len_pred)} p_n ** (1 / 2**n),

@@ -19,12 +19,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny attention model (bidirectional encoder, input feeding): what the end-to-end tests train.
 TINY_TRAIN_FLAGS = [
-    "--config.data.vocab_size=60", "--config.data.max_len=16", "--config.data.num_buckets=2",
-    "--config.model.emb_dim=16", "--config.model.hidden_size=24", "--config.model.num_layers=1",
-    "--config.train.batch_size=16", "--config.train.num_steps=40", "--config.train.learning_rate=0.01",
-    "--config.train.warmup_steps=5", "--config.train.log_every=10", "--config.train.eval_every=20",
-    "--config.train.checkpoint_every=20", "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
-    "--config.model.attention=luong_general", "--config.model.bidirectional=True", "--config.model.input_feeding=True",
+    "--config.data.vocab_size=60",
+    "--config.data.max_len=16",
+    "--config.data.num_buckets=2",
+    "--config.model.emb_dim=16",
+    "--config.model.hidden_size=24",
+    "--config.model.num_layers=1",
+    "--config.train.batch_size=16",
+    "--config.train.num_steps=40",
+    "--config.train.learning_rate=0.01",
+    "--config.train.warmup_steps=5",
+    "--config.train.log_every=10",
+    "--config.train.eval_every=20",
+    "--config.train.checkpoint_every=20",
+    "--config.decode.max_len_b=4",
+    "--config.decode.batch_size=16",
+    "--config.model.attention=luong_general",
+    "--config.model.bidirectional=True",
+    "--config.model.input_feeding=True",
 ]
 
 
@@ -121,7 +133,9 @@ def tmpfs(path, size: int) -> Iterator[str]:
 
     if shutil.which("mount") is None or shutil.which("umount") is None:
         cannot("no mount/umount command to make a small tmpfs disk")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         cannot(f"mounting a tmpfs is not permitted here: {(mounted.stderr or mounted.stdout).strip()}")
     try:

@@ -42,8 +42,14 @@ STEPS = 40
 
 def config_for(paths, dtype="float32"):
     config = tiny_config(
-        paths, num_steps=STEPS, log_every=1, eval_every=STEPS, checkpoint_every=STEPS // 2,
-        learning_rate=1e-2, dtype=dtype, num_samples=0,
+        paths,
+        num_steps=STEPS,
+        log_every=1,
+        eval_every=STEPS,
+        checkpoint_every=STEPS // 2,
+        learning_rate=1e-2,
+        dtype=dtype,
+        num_samples=0,
     )
     config.data.num_buckets = 1  # one batch shape: one compile of each step
     config.model.num_layers = 1

@@ -23,7 +23,11 @@ class Server:
         full_env = dict(os.environ, S2S_JAX_CACHE=cache or cli_cache(), JAX_PLATFORMS="cpu", **(env or {}))
         self.process = subprocess.Popen(
             [sys.executable, "serve.py", f"--workdir={workdir}", f"--port={self.port}", *args],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.output = ""
 

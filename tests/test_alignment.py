@@ -8,13 +8,15 @@ from s2s_jax.decoding.alignment import format_alignment, word_index, word_weight
 SRC = ["\u2581the", "\u2581ca", "t", "\u2581sees", "."]  # "the cat sees."
 OUT = ["\u2581le", "\u2581ch", "at", "\u2581voit"]  # "le chat voit"
 # rows: output pieces (+ EOS), columns: source pieces (+ EOS)
-WEIGHTS = np.array([
-    [0.7, 0.1, 0.1, 0.0, 0.0, 0.1],
-    [0.1, 0.5, 0.3, 0.1, 0.0, 0.0],
-    [0.0, 0.2, 0.6, 0.1, 0.1, 0.0],
-    [0.0, 0.0, 0.1, 0.6, 0.3, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-])
+WEIGHTS = np.array(
+    [
+        [0.7, 0.1, 0.1, 0.0, 0.0, 0.1],
+        [0.1, 0.5, 0.3, 0.1, 0.0, 0.0],
+        [0.0, 0.2, 0.6, 0.1, 0.1, 0.0],
+        [0.0, 0.0, 0.1, 0.6, 0.3, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+    ]
+)
 
 
 def test_word_index_starts_a_word_at_each_marker():
@@ -25,11 +27,13 @@ def test_word_index_starts_a_word_at_each_marker():
 
 def test_source_pieces_are_summed_and_output_pieces_averaged():
     words = word_weights(WEIGHTS, SRC, OUT)
-    expected = np.array([
-        [0.7, 0.2, 0.0],
-        [(0.1 + 0.0) / 2, (0.8 + 0.8) / 2, (0.1 + 0.2) / 2],
-        [0.0, 0.1, 0.9],
-    ])
+    expected = np.array(
+        [
+            [0.7, 0.2, 0.0],
+            [(0.1 + 0.0) / 2, (0.8 + 0.8) / 2, (0.1 + 0.2) / 2],
+            [0.0, 0.1, 0.9],
+        ]
+    )
     np.testing.assert_allclose(words, expected)
 
 
@@ -67,6 +71,8 @@ def test_batched_attention_maps_equal_one_line_at_a_time(trained_workdir):
         if not ids:
             assert got["src"] == [] and got["weights"].size == 0
             continue
-        want = np.asarray(one(member.params, np.array([ids + [EOS_ID]], np.int32), np.array([[BOS_ID] + out], np.int32)))[0]
+        want = np.asarray(
+            one(member.params, np.array([ids + [EOS_ID]], np.int32), np.array([[BOS_ID] + out], np.int32))
+        )[0]
         assert got["weights"].shape == want.shape == (len(out) + 1, len(ids) + 1)
         np.testing.assert_allclose(got["weights"], want, atol=1e-5)

@@ -23,8 +23,13 @@ def private_uses(path: pathlib.Path) -> list[str]:
         elif isinstance(node, ast.Import):
             modules.update(a.asname or a.name for a in node.names if a.name.startswith("s2s_jax"))
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
-                and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
     return found
 
@@ -36,8 +41,7 @@ def test_no_module_uses_another_modules_underscore_names():
 
 def test_the_check_sees_an_underscore_use(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from s2s_jax.decoding import inference\nfrom s2s_jax.data.text import _decoded_lines\n"
-                   "inference._rows(1, 2)\n")
-    assert private_uses(bad) == [
-        "bad.py:2: from s2s_jax.data.text import _decoded_lines", "bad.py:3: inference._rows"
-    ]
+    bad.write_text(
+        "from s2s_jax.decoding import inference\nfrom s2s_jax.data.text import _decoded_lines\ninference._rows(1, 2)\n"
+    )
+    assert private_uses(bad) == ["bad.py:2: from s2s_jax.data.text import _decoded_lines", "bad.py:3: inference._rows"]

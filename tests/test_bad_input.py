@@ -100,18 +100,25 @@ def test_pairs_with_an_empty_side_are_counted_and_reported(paths, tmp_path, caps
     with open(paths["train_tgt"], encoding="utf-8") as f:
         tgt = f.read().splitlines()
     src[3], tgt[7], src[9], tgt[9] = "", "   ", "\u200b", "\t"
-    config = tiny_config(dict(
-        paths, train_src=write(tmp_path / "e.src", "\n".join(src) + "\n"),
-        train_tgt=write(tmp_path / "e.tgt", "\n".join(tgt) + "\n"),
-    ))
+    config = tiny_config(
+        dict(
+            paths,
+            train_src=write(tmp_path / "e.src", "\n".join(src) + "\n"),
+            train_tgt=write(tmp_path / "e.tgt", "\n".join(tgt) + "\n"),
+        )
+    )
     training_data.prepare(config, str(tmp_path))
     assert "train: kept 57 of 60 pairs (3 empty, 0 longer than 16 tokens)" in capsys.readouterr().out
 
 
 def test_only_empty_pairs_is_an_error(paths, tmp_path, capsys):
-    config = tiny_config(dict(
-        paths, train_src=write(tmp_path / "e.src", "\n \n\t\n"), train_tgt=write(tmp_path / "e.tgt", "a\nb\nc\n"),
-    ))
+    config = tiny_config(
+        dict(
+            paths,
+            train_src=write(tmp_path / "e.src", "\n \n\t\n"),
+            train_tgt=write(tmp_path / "e.tgt", "a\nb\nc\n"),
+        )
+    )
     status, _, err = train(config, tmp_path / "run", capsys)
     assert_clean_error(status, err, "no training pairs left", "kept 0 of 3 pairs (3 empty)", "e.src")
 
@@ -185,8 +192,10 @@ def test_config_value_of_the_wrong_type(tmp_path):
 
 def test_an_exception_inside_the_config_file_points_at_its_line(tmp_path):
     path = tmp_path / "mine.py"
-    path.write_text("from s2s_jax.configs import default\n\n\ndef get_config():\n"
-                    "    config = default.get_config()\n    config.model.hidden_size = 1 // 0\n    return config\n")
+    path.write_text(
+        "from s2s_jax.configs import default\n\n\ndef get_config():\n"
+        "    config = default.get_config()\n    config.model.hidden_size = 1 // 0\n    return config\n"
+    )
     result = run_train_py([f"--config={path}", f"--workdir={tmp_path / 'run'}"])
     assert_flag_error(result, f"{path}:6: ZeroDivisionError")
 
@@ -201,21 +210,28 @@ def test_config_file_that_does_not_exist(tmp_path, capsys):
     assert_clean_error(status, err, "cannot load the --config file", "nope.py")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("train.batch_size", -4, "train.batch_size must be positive, got -4"),
-    ("model.hidden_size", 0, "model.hidden_size must be positive, got 0"),
-    ("data.vocab_size", 5, "data.vocab_size=5 leaves no room beyond the 4 reserved ids"),
-    ("train.learning_rate", float("nan"), "train.learning_rate must be a positive finite number, got nan"),
-    ("train.learning_rate", -1e-3, "train.learning_rate must be a positive finite number"),
-    ("model.dropout", 1.5, "model.dropout must be in [0, 1), got 1.5"),
-    ("data.max_train_pairs", -5, "data.max_train_pairs must be a finite number >= 0, got -5"),
-    ("seed", -1, "seed must be a finite number >= 0, got -1"),
-    ("train.lr_schedule", "linear", "train.lr_schedule must be one of constant, cosine, rsqrt, plateau, got 'linear'"),
-    ("train.optimizer", "sgd", "train.optimizer must be one of adam, adamw, got 'sgd'"),
-    ("train.dtype", "float16", "train.dtype must be one of float32, bfloat16, got 'float16'"),
-    ("train.on_nonfinite", "ignore", "train.on_nonfinite must be one of stop, skip, got 'ignore'"),
-    ("model.attention", "luong", "model.attention must be one of"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.batch_size", -4, "train.batch_size must be positive, got -4"),
+        ("model.hidden_size", 0, "model.hidden_size must be positive, got 0"),
+        ("data.vocab_size", 5, "data.vocab_size=5 leaves no room beyond the 4 reserved ids"),
+        ("train.learning_rate", float("nan"), "train.learning_rate must be a positive finite number, got nan"),
+        ("train.learning_rate", -1e-3, "train.learning_rate must be a positive finite number"),
+        ("model.dropout", 1.5, "model.dropout must be in [0, 1), got 1.5"),
+        ("data.max_train_pairs", -5, "data.max_train_pairs must be a finite number >= 0, got -5"),
+        ("seed", -1, "seed must be a finite number >= 0, got -1"),
+        (
+            "train.lr_schedule",
+            "linear",
+            "train.lr_schedule must be one of constant, cosine, rsqrt, plateau, got 'linear'",
+        ),
+        ("train.optimizer", "sgd", "train.optimizer must be one of adam, adamw, got 'sgd'"),
+        ("train.dtype", "float16", "train.dtype must be one of float32, bfloat16, got 'float16'"),
+        ("train.on_nonfinite", "ignore", "train.on_nonfinite must be one of stop, skip, got 'ignore'"),
+        ("model.attention", "luong", "model.attention must be one of"),
+    ],
+)
 def test_impossible_config_values(paths, tmp_path, capsys, key, value, message):
     config = tiny_config(paths)
     section, _, name = key.rpartition(".")
@@ -278,7 +294,9 @@ def test_vocab_size_too_small_for_the_characters_is_an_error(paths, tmp_path, ca
     config = tiny_config(paths)
     config.data.vocab_size = 10
     status, _, err = train(config, tmp_path / "run", capsys)
-    assert_clean_error(status, err, "data.vocab_size=10 is too small for the tokenizer", "Set data.vocab_size to at least")
+    assert_clean_error(
+        status, err, "data.vocab_size=10 is too small for the tokenizer", "Set data.vocab_size to at least"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -288,8 +306,20 @@ def test_vocab_size_too_small_for_the_characters_is_an_error(paths, tmp_path, ca
 
 def decode(workdir, capsys, **overrides):
     flags = dict(
-        workdir=[str(workdir)], checkpoint="best", input="-", output="-", beam_size=None, alpha=None, nbest=1,
-        sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, reference=None, plot_attention=None,
+        workdir=[str(workdir)],
+        checkpoint="best",
+        input="-",
+        output="-",
+        beam_size=None,
+        alpha=None,
+        nbest=1,
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        reference=None,
+        plot_attention=None,
         batch_size=None,
     )
     flags.update(overrides)

@@ -281,8 +281,10 @@ def test_partial_batches_are_topped_up_from_smaller_buckets(corpus, token_batche
     assert all(n == 0 for b, n in filler.items() if b != smallest), filler
     untopped = sum(-len(m) % r for m, r in zip(plain._members, plain.rows))
     assert sum(filler.values()) < untopped
-    assert token_batches.padding_efficiency()["src"] > BucketedBatches(
-        *corpus, batch_size=32, num_buckets=4, seed=7).padding_efficiency()["src"] - 0.02
+    assert (
+        token_batches.padding_efficiency()["src"]
+        > BucketedBatches(*corpus, batch_size=32, num_buckets=4, seed=7).padding_efficiency()["src"] - 0.02
+    )
 
 
 def test_token_batches_resume_exactly(token_batches):

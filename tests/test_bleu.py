@@ -47,9 +47,7 @@ def test_d2l_no_four_gram_overlap():
 def test_d2l_clipped_counts():
     # 'the' occurs once in the label, so only one of the three predicted 'the' matches:
     # BP = exp(min(0, 1 - 2/3)) = 1, p1 = 1/3 -> (1/3)^(1/2).
-    assert sentence_bleu_d2l("the the the".split(), "the cat".split(), k=1) == pytest.approx(
-        (1 / 3) ** 0.5
-    )
+    assert sentence_bleu_d2l("the the the".split(), "the cat".split(), k=1) == pytest.approx((1 / 3) ** 0.5)
     assert sentence_bleu_d2l("the the the".split(), "the cat".split(), k=2) == 0.0
 
 

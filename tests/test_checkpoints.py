@@ -264,9 +264,13 @@ def test_a_changed_checkpoint_is_never_decoded(tmp_path, capsys, change):
     params, meta = ckpt_lib.load_params(str(tmp_path), "latest")
     assert meta["step"] == 20
     assert_trees_equal(params, random_state(20)["params"])
-    with pytest.raises(ckpt_lib.CheckpointError, match=rf"no readable checkpoint in .*\(step 30: ChecksumMismatch: {changed} "):
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=rf"no readable checkpoint in .*\(step 30: ChecksumMismatch: {changed} "
+    ):
         ckpt_lib.load_params(str(tmp_path), "30")
-    with pytest.raises(ckpt_lib.CheckpointError, match=rf"avg:2: no readable checkpoint .*step 30: ChecksumMismatch: {changed} "):
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match=rf"avg:2: no readable checkpoint .*step 30: ChecksumMismatch: {changed} "
+    ):
         ckpt_lib.load_params(str(tmp_path), "avg:2")
     with pytest.raises(ckpt_lib.CheckpointError, match=rf"step 30: ChecksumMismatch: {changed} "):
         ckpt_lib.load_train_state(str(tmp_path), 30, abstract(random_state(0)))
@@ -308,7 +312,9 @@ def test_verify_names_the_file_that_changed(tmp_path):
     (tmp_path / "extra").write_text("not listed", encoding="utf-8")
     assert checksums.verify(str(tmp_path)) is True
     (tmp_path / "a" / "x.bin").write_bytes(b"0123456780")
-    with pytest.raises(checksums.ChecksumMismatch, match=r"^a/x.bin differs from what the save wrote \(sha256 mismatch\)$"):
+    with pytest.raises(
+        checksums.ChecksumMismatch, match=r"^a/x.bin differs from what the save wrote \(sha256 mismatch\)$"
+    ):
         checksums.verify(str(tmp_path))
     (tmp_path / "a" / "x.bin").write_bytes(b"012345")
     with pytest.raises(checksums.ChecksumMismatch, match=r"^a/x.bin has 6 bytes, the save wrote 10$"):

@@ -42,8 +42,15 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
     ref = tmp_path / "ref.txt"
     out = tmp_path / "out.txt"
     scores = tmp_path / "scores.json"
-    args = ["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={out}", f"--reference={ref}",
-            "--beam_size=2", f"--score_json={scores}"]
+    args = [
+        "decode.py",
+        f"--workdir={wd}",
+        f"--input={src}",
+        f"--output={out}",
+        f"--reference={ref}",
+        "--beam_size=2",
+        f"--score_json={scores}",
+    ]
     # Second reference: the first outputs upper-cased (lowercased BLEU differs from cased), then junk.
     ref.write_text("\n".join(["x"] * len(lines)) + "\n", encoding="utf-8")
     first = run(args, env_cache=cache)
@@ -71,7 +78,11 @@ def test_decode_keeps_line_count_and_empty_lines_and_scores(workdir, tmp_path):
 
 def test_decode_nbest_from_stdin(workdir):
     wd, _, cache = workdir
-    result = run(["decode.py", f"--workdir={wd}", "--beam_size=3", "--nbest=3"], stdin="the red cat\nsees a dog\n", env_cache=cache)
+    result = run(
+        ["decode.py", f"--workdir={wd}", "--beam_size=3", "--nbest=3"],
+        stdin="the red cat\nsees a dog\n",
+        env_cache=cache,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0"), ("1", "1"), ("1", "2")]
@@ -87,14 +98,26 @@ def test_rescore_reorders_an_nbest_list_by_the_models_score(workdir, tmp_path):
     sources = ["the red cat", "sees a dog", "a big house has the car"]
     src, nbest, out = tmp_path / "in.txt", tmp_path / "nbest.txt", tmp_path / "rescored.txt"
     src.write_text("\n".join(sources) + "\n", encoding="utf-8")
-    made = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--output={nbest}", "--beam_size=3",
-                "--nbest=3", "--alpha=0.6"], env_cache=cache)
+    made = run(
+        [
+            "decode.py",
+            f"--workdir={wd}",
+            f"--input={src}",
+            f"--output={nbest}",
+            "--beam_size=3",
+            "--nbest=3",
+            "--alpha=0.6",
+        ],
+        env_cache=cache,
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     # Shuffle the rows: rescoring must group by the line column, not rely on the order.
     rows = nbest.read_text(encoding="utf-8").splitlines()
     nbest.write_text("\n".join(rows[::-1]) + "\n", encoding="utf-8")
-    result = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--rescore={nbest}", f"--output={out}",
-                  "--alpha=0.6"], env_cache=cache)
+    result = run(
+        ["decode.py", f"--workdir={wd}", f"--input={src}", f"--rescore={nbest}", f"--output={out}", "--alpha=0.6"],
+        env_cache=cache,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rescored = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r[0], r[1]) for r in rescored] == [(str(i), str(k)) for i in range(3) for k in range(3)]
@@ -131,7 +154,8 @@ def test_plot_attention_writes_one_png_per_nonempty_line(workdir, tmp_path):
     plots = tmp_path / "plots"
     result = run(
         ["decode.py", f"--workdir={wd}", f"--plot_attention={plots}"],
-        stdin="the red cat\n\nsees a big dog\n", env_cache=cache,
+        stdin="the red cat\n\nsees a big dog\n",
+        env_cache=cache,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in plots.iterdir()) == ["00001.png", "00003.png"]
@@ -151,19 +175,18 @@ def test_score_writes_each_references_log_probability(workdir, tmp_path):
     src, ref, out = tmp_path / "in.txt", tmp_path / "ref.txt", tmp_path / "scores.txt"
     src.write_text("\n".join(sources) + "\n", encoding="utf-8")
     ref.write_text("\n".join(refs) + "\n", encoding="utf-8")
-    result = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", f"--output={out}",
-                  "--score"], env_cache=cache)
+    result = run(
+        ["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", f"--output={out}", "--score"],
+        env_cache=cache,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "BLEU" not in result.stderr
     rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
     expected = Translator(wd).score(sources, refs)
-    assert [(float(t), float(p)) for t, p in rows] == [
-        (round(s.total, 4), round(s.per_token, 4)) for s in expected
-    ]
+    assert [(float(t), float(p)) for t, p in rows] == [(round(s.total, 4), round(s.per_token, 4)) for s in expected]
     assert all(s.total < 0 and s.length >= 2 for s in expected)
     ref.write_text("one line\n", encoding="utf-8")
-    mismatch = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", "--score"],
-                   env_cache=cache)
+    mismatch = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--reference={ref}", "--score"], env_cache=cache)
     assert mismatch.returncode == 1 and "error: " in mismatch.stderr and "Traceback" not in mismatch.stderr
 
 
@@ -191,8 +214,10 @@ def test_print_alignment_appends_word_alignments(workdir, tmp_path):
         for pair, row in zip(pairs.split(" "), rows):  # hard = argmax of the soft row (where unique)
             if row.count(max(row)) == 1:
                 assert int(pair.split("-")[0]) == row.index(max(row))
-    nbest = run(["decode.py", f"--workdir={wd}", f"--input={src}", "--print_alignment=hard", "--nbest=2",
-                 "--beam_size=2"], env_cache=cache)
+    nbest = run(
+        ["decode.py", f"--workdir={wd}", f"--input={src}", "--print_alignment=hard", "--nbest=2", "--beam_size=2"],
+        env_cache=cache,
+    )
     assert nbest.returncode == 1 and "use it with --nbest 1" in nbest.stderr
 
 
@@ -213,8 +238,9 @@ def test_prefix_forces_the_start_of_each_translation(workdir, tmp_path):
     src.write_text("\n".join(sources) + "\n", encoding="utf-8")
     pre.write_text("\n".join(prefixes) + "\n", encoding="utf-8")
     plain = run(["decode.py", f"--workdir={wd}", f"--input={src}", "--beam_size=2"], env_cache=cache)
-    forced = run(["decode.py", f"--workdir={wd}", f"--input={src}", f"--prefix={pre}", "--beam_size=2"],
-                 env_cache=cache)
+    forced = run(
+        ["decode.py", f"--workdir={wd}", f"--input={src}", f"--prefix={pre}", "--beam_size=2"], env_cache=cache
+    )
     assert plain.returncode == 0 and forced.returncode == 0, forced.stderr[-3000:]
     plain_lines, forced_lines = plain.stdout.splitlines(), forced.stdout.splitlines()
     assert forced_lines[0] == plain_lines[0]

@@ -169,8 +169,9 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path, monkey
         model = corpus_cache.train_tokenizers(config, text, lambda m: None)[0]
         ids = corpus_cache.open_ids(text, model, model, lambda m: None)
         files = {name: open(os.path.join(text.directory, name), "rb").read() for name in ("train.src", "train.tgt")}
-        results.append((files, open(model, "rb").read(), np.asarray(ids.src_ids), np.asarray(ids.tgt_len),
-                        text.heldout))
+        results.append(
+            (files, open(model, "rb").read(), np.asarray(ids.src_ids), np.asarray(ids.tgt_len), text.heldout)
+        )
     (files1, model1, src1, len1, held1), (files2, model2, src2, len2, held2) = results
     assert files1 == files2 and model1 == model2
     np.testing.assert_array_equal(src1, src2)
@@ -202,12 +203,28 @@ def test_prepare_cli_prepares_once_and_train_reuses_it(tmp_path, monkeypatch):
     assert "prepared: 200 pairs" in result.stdout and "tokenized" in result.stdout
     again = run_cli(["prepare.py", "--config=configs/default.py", *flags])
     assert again.returncode == 0 and "cleaning" not in again.stdout and "tokenized" not in again.stdout
-    train = run_cli(["train.py", "--config=configs/default.py", f"--workdir={tmp_path}/run", *flags, *TINY_TRAIN_FLAGS,
-                     "--config.train.num_steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"])
+    train = run_cli(
+        [
+            "train.py",
+            "--config=configs/default.py",
+            f"--workdir={tmp_path}/run",
+            *flags,
+            *TINY_TRAIN_FLAGS,
+            "--config.train.num_steps=2",
+            "--config.train.eval_every=2",
+            "--config.train.checkpoint_every=2",
+        ]
+    )
     assert train.returncode == 0, train.stderr[-2000:]
     assert "prepare:" not in train.stdout and (tmp_path / "run" / "spm.model").exists()
-    bad = run_cli(["prepare.py", "--config=configs/default.py", "--config.data.train_src=/nonexistent.src",
-                   "--config.data.train_tgt=/nonexistent.tgt"])
+    bad = run_cli(
+        [
+            "prepare.py",
+            "--config=configs/default.py",
+            "--config.data.train_src=/nonexistent.src",
+            "--config.data.train_tgt=/nonexistent.tgt",
+        ]
+    )
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == "error: /nonexistent.src: file not found"
 
 
@@ -216,8 +233,9 @@ def test_a_process_reads_only_the_rows_its_devices_hold(corpus, tmp_path):
     _, config = corpus
     batches = training_data.prepare(config, str(tmp_path / "run"), verbose=False).train_batches
     full = batching.TrainIterator(batches)
-    halves = [batching.TrainIterator(batches, lambda rows, p=p: np.arange(p * rows // 2, (p + 1) * rows // 2))
-              for p in (0, 1)]
+    halves = [
+        batching.TrainIterator(batches, lambda rows, p=p: np.arange(p * rows // 2, (p + 1) * rows // 2)) for p in (0, 1)
+    ]
     for _ in range(batches.num_batches + 2):
         want = next(full)
         got = [next(h) for h in halves]

@@ -101,7 +101,9 @@ def test_zip_member_and_sha1_of_the_archive_with_a_fallback_url(server, tmp_path
     (server.dir / "fra-eng.zip").write_bytes(buffer.getvalue())
     spec = download.RemoteFile(
         (f"http://127.0.0.1:{free_port()}/fra-eng.zip", f"{server.url}/fra-eng.zip"),  # first mirror is down
-        "fra-eng/fra.txt", "zip:fra-eng/fra.txt", "sha1:" + hashlib.sha1(buffer.getvalue()).hexdigest(),
+        "fra-eng/fra.txt",
+        "zip:fra-eng/fra.txt",
+        "sha1:" + hashlib.sha1(buffer.getvalue()).hexdigest(),
     )
     [path] = download.fetch_files([spec], str(tmp_path / "data"), log=lambda m: None)
     with open(path, encoding="utf-8") as f:
@@ -124,7 +126,9 @@ def test_printed_command_names_the_config_and_only_a_non_default_data_dir(tmp_pa
 
 def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
-    rc = download_cli.main(["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{free_port()}", "--timeout", "5"])
+    rc = download_cli.main(
+        ["multi30k", "--data_dir", data_dir, "--mirror", f"http://127.0.0.1:{free_port()}", "--timeout", "5"]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert err.startswith("error: could not download 6 file(s)")

@@ -21,8 +21,15 @@ DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.
 
 
 def make(seed: int, **overrides):
-    cfg = dict(src_vocab_size=12, tgt_vocab_size=12, emb_dim=8, hidden_size=16, num_layers=1, dropout=0.0,
-               attention="luong_general")
+    cfg = dict(
+        src_vocab_size=12,
+        tgt_vocab_size=12,
+        emb_dim=8,
+        hidden_size=16,
+        num_layers=1,
+        dropout=0.0,
+        attention="luong_general",
+    )
     model = Seq2Seq(ModelConfig(**dict(cfg, **overrides)))
     params = model.init(jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
     return model, params
@@ -39,9 +46,13 @@ def as_lists(results):
 
 @pytest.mark.parametrize(
     "opts",
-    [SearchOptions(), SearchOptions(beam_size=3, nbest=2),
-     pytest.param(SearchOptions(sample=True, nbest=2, temperature=1.3, top_k=5, with_scores=True),
-                  marks=pytest.mark.slow)],
+    [
+        SearchOptions(),
+        SearchOptions(beam_size=3, nbest=2),
+        pytest.param(
+            SearchOptions(sample=True, nbest=2, temperature=1.3, top_k=5, with_scores=True), marks=pytest.mark.slow
+        ),
+    ],
     ids=["greedy", "beam", "sample"],
 )
 def test_an_ensemble_of_a_model_with_itself_is_that_model(opts):
@@ -54,8 +65,12 @@ def test_an_ensemble_of_a_model_with_itself_is_that_model(opts):
     assert got_tokens == want_tokens
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
     targets = [t[0] for t in want_tokens]
-    np.testing.assert_allclose([c.score for c in pair.score((params, params), (srcs, srcs), targets)],
-                               [c.score for c in single.score(params, srcs, targets)], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        [c.score for c in pair.score((params, params), (srcs, srcs), targets)],
+        [c.score for c in single.score(params, srcs, targets)],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 L = 3  # outputs: EOS after 0..L-1 tokens, or L tokens without EOS
@@ -107,8 +122,11 @@ def test_beam_search_over_an_ensemble_equals_exhaustive_search():
         # --score: every output that ends in EOS, under the ensemble's own distribution
         ended = [j for j in range(len(tokens)) if tokens[j, lengths[j] - 1] == EOS_ID]  # all 31 that end in EOS
         assert len(ended) == 31
-        scored = engine.score((p1, p2), ([src1[i]] * len(ended), [src2[i]] * len(ended)),
-                              [[int(t) for t in tokens[j, : lengths[j] - 1]] for j in ended])
+        scored = engine.score(
+            (p1, p2),
+            ([src1[i]] * len(ended), [src2[i]] * len(ended)),
+            [[int(t) for t in tokens[j, : lengths[j] - 1]] for j in ended],
+        )
         np.testing.assert_allclose([c.score for c in scored], total[ended], rtol=1e-5, atol=1e-5)
 
 
@@ -119,9 +137,11 @@ def test_ensemble_weights_are_checked():
         with pytest.raises(ValueError, match="ensemble weights"):
             ensemble_weights(bad, 2)
     assert ensemble_weights_flag(None, 2) is None and ensemble_weights_flag(["3", "1"], 2) == [3.0, 1.0]
-    for bad, message in ((["1"], "--ensemble_weights has 1 weights for 2 --workdir"),
-                         (["1", "x"], "--ensemble_weights must be numbers, got 1,x"),
-                         (["1", "-1"], "ensemble weights must be finite")):
+    for bad, message in (
+        (["1"], "--ensemble_weights has 1 weights for 2 --workdir"),
+        (["1", "x"], "--ensemble_weights must be numbers, got 1,x"),
+        (["1", "-1"], "ensemble weights must be finite"),
+    ):
         with pytest.raises(ValueError, match=message):
             ensemble_weights_flag(bad, 2)
 
@@ -133,9 +153,22 @@ def test_ensemble_weights_are_checked():
 
 def decode(capsys, workdirs, **overrides):
     flags = dict(
-        workdir=list(workdirs), checkpoint="best", input="-", output="-", beam_size=None, alpha=None, nbest=1,
-        sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, reference=None, plot_attention=None,
-        batch_size=None, ensemble_weights=None,
+        workdir=list(workdirs),
+        checkpoint="best",
+        input="-",
+        output="-",
+        beam_size=None,
+        alpha=None,
+        nbest=1,
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        reference=None,
+        plot_attention=None,
+        batch_size=None,
+        ensemble_weights=None,
     )
     flags.update(overrides)
     status = decode_cli.run(types.SimpleNamespace(**flags))
@@ -170,8 +203,11 @@ def test_decode_with_the_same_workdir_twice_matches_one(trained_workdir, lines_f
     status, one, _ = decode(capsys, [wd], input=lines_file, reference=ref_file, score=True)
     status2, two, _ = decode(capsys, [wd, wd], input=lines_file, reference=ref_file, score=True)
     assert status == status2 == 0
-    np.testing.assert_allclose([[float(x) for x in row.split("\t")] for row in two.splitlines()],
-                               [[float(x) for x in row.split("\t")] for row in one.splitlines()], atol=2e-4)
+    np.testing.assert_allclose(
+        [[float(x) for x in row.split("\t")] for row in two.splitlines()],
+        [[float(x) for x in row.split("\t")] for row in one.splitlines()],
+        atol=2e-4,
+    )
 
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)

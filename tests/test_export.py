@@ -39,8 +39,10 @@ def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workd
     from s2s_jax.decoding.translator import Translator
 
     directory, manifest = exported
-    assert manifest["searches"] == {"default": {"beam_size": 3, "alpha": manifest["searches"]["default"]["alpha"]},
-                                    "greedy": {"beam_size": 1, "alpha": 0.6}}
+    assert manifest["searches"] == {
+        "default": {"beam_size": 3, "alpha": manifest["searches"]["default"]["alpha"]},
+        "greedy": {"beam_size": 1, "alpha": 0.6},
+    }
     with open(trained_workdir.paths["valid_src"], encoding="utf-8") as f:
         lines = f.read().splitlines()
     lines += ["", "The  RED\u00a0cat\tsees a dog", " ".join(["big"] * 40)]  # empty, normalised, cut to max_len
@@ -55,26 +57,57 @@ def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workd
     for search, opts in (("default", SearchOptions(beam_size=3, alpha=alpha)), ("greedy", SearchOptions())):
         out = tmp_path / f"{search}.txt"
         result = subprocess.run(
-            [sys.executable, os.path.join(directory, "translate.py"), "--input", str(source), "--output", str(out),
-             "--search", search],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                os.path.join(directory, "translate.py"),
+                "--input",
+                str(source),
+                "--output",
+                str(out),
+                "--search",
+                search,
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "truncated to data.max_len=16" in result.stderr
         want = [h[0].text for h in translator.translate(lines, opts, warn=lambda m: None)]
         assert out.read_text(encoding="utf-8").split("\n")[:-1] == want
     # stdin to stdout, and a bad input file is one error line
-    piped = subprocess.run([sys.executable, os.path.join(directory, "translate.py")], input=lines[0] + "\n",
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    piped = subprocess.run(
+        [sys.executable, os.path.join(directory, "translate.py")],
+        input=lines[0] + "\n",
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert piped.returncode == 0 and piped.stdout == want[0] + "\n"
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
-    bad = subprocess.run([sys.executable, os.path.join(directory, "translate.py"), "--input", "bad.txt"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and bad.stderr.startswith("error: bad.txt:2: not valid UTF-8") and bad.stderr.count("\n") == 1
+    bad = subprocess.run(
+        [sys.executable, os.path.join(directory, "translate.py"), "--input", "bad.txt"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        bad.returncode == 1
+        and bad.stderr.startswith("error: bad.txt:2: not valid UTF-8")
+        and bad.stderr.count("\n") == 1
+    )
 
 
 def load_loader():
-    spec = importlib.util.spec_from_file_location("export_loader_copy", os.path.join(ROOT, "s2s_jax", "decoding", "export_loader.py"))
+    spec = importlib.util.spec_from_file_location(
+        "export_loader_copy", os.path.join(ROOT, "s2s_jax", "decoding", "export_loader.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -84,9 +117,12 @@ LOADER = load_loader()
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
-       | st.text(alphabet=" \t\u00a0\u202f\u2019\u200b\ufeff.,!?'aZÉß\uff21\u0301\x07\x85", max_size=20),
-       st.booleans(), st.booleans())
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+    | st.text(alphabet=" \t\u00a0\u202f\u2019\u200b\ufeff.,!?'aZÉß\uff21\u0301\x07\x85", max_size=20),
+    st.booleans(),
+    st.booleans(),
+)
 def test_the_loader_normalises_text_as_the_package_does(value, lowercase, d2l):
     assert LOADER.normalize(value, lowercase, d2l) == text.normalize(value, lowercase, d2l)
 
@@ -96,8 +132,15 @@ def test_export_errors_are_one_line(trained_workdir, exported, tmp_path, capsys)
     import types
 
     def run(**overrides):
-        flags = dict(workdir=trained_workdir.workdir, output=str(tmp_path / "x"), checkpoint="best", rows=None,
-                     widths=None, beam_size=None, alpha=None)
+        flags = dict(
+            workdir=trained_workdir.workdir,
+            output=str(tmp_path / "x"),
+            checkpoint="best",
+            rows=None,
+            widths=None,
+            beam_size=None,
+            alpha=None,
+        )
         flags.update(overrides)
         status = export_cli.run(types.SimpleNamespace(**flags))
         return status, capsys.readouterr().err
@@ -105,7 +148,11 @@ def test_export_errors_are_one_line(trained_workdir, exported, tmp_path, capsys)
     status, err = run(output=exported[0])
     assert status == 1 and err == f"error: --output {exported[0]} exists and is not an empty directory\n"
     status, err = run(widths=["16"])
-    assert status == 1 and err.startswith("error: the widest source shape must hold data.max_len=16") and err.count("\n") == 1
+    assert (
+        status == 1
+        and err.startswith("error: the widest source shape must hold data.max_len=16")
+        and err.count("\n") == 1
+    )
     status, err = run(rows=["four"])
     assert status == 1 and err == "error: --rows must be comma-separated integers, got four\n"
     status, err = run(workdir=str(tmp_path / "none"))

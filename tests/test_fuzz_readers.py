@@ -15,8 +15,25 @@ from s2s_jax.errors import DataError
 from tests.helpers import tiny_config
 
 # Bytes that stress the readers: newlines of every kind, tabs, a BOM, invalid UTF-8, controls.
-_PIECES = [b"\n", b"\r\n", b"\r", b"\t", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\xc3\xa9", b"\xe2\x80\xa8", b"\x00",
-           b"\x0c", b"a", b"b c", b" ", b"\xf0\x9f\x98\x80", b"\x85", b"\xe2\x80\x8b"]
+_PIECES = [
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b"\t",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\xc3",
+    b"\xc3\xa9",
+    b"\xe2\x80\xa8",
+    b"\x00",
+    b"\x0c",
+    b"a",
+    b"b c",
+    b" ",
+    b"\xf0\x9f\x98\x80",
+    b"\x85",
+    b"\xe2\x80\x8b",
+]
 raw_files = st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=4)), max_size=40).map(b"".join)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -21,8 +21,15 @@ DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = ModelConfig(src_vocab_size=12, tgt_vocab_size=12, emb_dim=8, hidden_size=16, num_layers=1,
-                      dropout=0.0, attention="luong_general")
+    cfg = ModelConfig(
+        src_vocab_size=12,
+        tgt_vocab_size=12,
+        emb_dim=8,
+        hidden_size=16,
+        num_layers=1,
+        dropout=0.0,
+        attention="luong_general",
+    )
     model = Seq2Seq(cfg)
     params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
     rng = np.random.default_rng(0)
@@ -37,8 +44,9 @@ def test_results_do_not_depend_on_batch_size_or_order(tiny, opts):
     one_by_one = engine.run(params, sources, opts, batch_size=1)
     batched = engine.run(params, sources, opts, batch_size=16)
     assert [[c.tokens for c in r] for r in batched] == [[c.tokens for c in r] for r in one_by_one]
-    np.testing.assert_allclose([[c.score for c in r] for r in batched], [[c.score for c in r] for r in one_by_one],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        [[c.score for c in r] for r in batched], [[c.score for c in r] for r in one_by_one], rtol=1e-5, atol=1e-5
+    )
     assert batched[4] == [inference.ScoredTokens([], 0.0)] * opts.nbest
     reversed_run = engine.run(params, sources[::-1], opts, batch_size=4)[::-1]
     assert [[c.tokens for c in r] for r in reversed_run] == [[c.tokens for c in r] for r in batched]
@@ -74,6 +82,7 @@ def test_the_compaction_switch_reaches_greedy_and_beam_search(tiny, monkeypatch,
         def search_fn_recorded(*args, compact=True, **kwargs):
             seen.append(compact)
             return search_fn(*args, compact=compact, **kwargs)
+
         return search_fn_recorded
 
     for name in ("greedy_search", "batch_beam_search"):
@@ -127,11 +136,17 @@ def test_loading_a_translator_imports_no_training_code(trained_workdir):
 def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_row(tiny):
     engine, params, sources = tiny
     beams = engine.run(params, sources, SearchOptions(beam_size=3, nbest=2, alpha=0.0), batch_size=16)
+
     def ended_with_eos(src, tokens):  # not cut at the row's length cap (EOS counts in the length)
         return len(tokens) + 1 <= np.ceil(DECODE.max_len_a * (len(src) + 1) + DECODE.max_len_b)
 
-    pairs = [(src, c.tokens, c.score) for src, cands in zip(sources, beams) if src for c in cands
-             if ended_with_eos(src, c.tokens)]
+    pairs = [
+        (src, c.tokens, c.score)
+        for src, cands in zip(sources, beams)
+        if src
+        for c in cands
+        if ended_with_eos(src, c.tokens)
+    ]
     assert len(pairs) >= 6
     scored = engine.score(params, [p[0] for p in pairs], [p[1] for p in pairs], batch_size=5)
     np.testing.assert_allclose([c.score for c in scored], [p[2] for p in pairs], rtol=1e-4, atol=1e-4)
@@ -139,7 +154,7 @@ def test_score_gives_back_the_beam_scores_and_equals_sequence_log_prob_row_by_ro
     from s2s_jax.data.tokenizer import EOS_ID
     from s2s_jax.decoding import search
 
-    model, = engine.models
+    (model,) = engine.models
     for (src, out, _), got in list(zip(pairs, scored))[:4]:
         memory, state = model.apply({"params": params}, jnp.array([src + [EOS_ID]]), method=Seq2Seq.encode)
 
@@ -167,7 +182,7 @@ def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
     from s2s_jax.decoding import search
 
     engine, params, sources = tiny
-    model, = engine.models
+    (model,) = engine.models
     rng = np.random.default_rng(1)
     prefixes = [rng.integers(4, 12, size=rng.integers(0, 4)).tolist() for _ in sources]
     prefixes[0], prefixes[1] = [], [7, 7, 7, 7, 7, 7, 7, 7, 7]  # none; longer than one prefix block
@@ -189,17 +204,24 @@ def test_forced_prefix_continues_from_the_state_advanced_by_hand(tiny, opts):
         start = prefix[-1] if prefix else BOS_ID
         cap = max(int(np.ceil(DECODE.max_len_a * (len(src) + 1) + DECODE.max_len_b)) - len(prefix), 1)
         if opts.beam_size == 1:
-            tokens, _ = search.greedy_search(step_fn, memory, state, max_steps=engine.max_steps,
-                                             max_lengths=jnp.array([cap]), bos_id=start)
+            tokens, _ = search.greedy_search(
+                step_fn, memory, state, max_steps=engine.max_steps, max_lengths=jnp.array([cap]), bos_id=start
+            )
             continuations = [inference._cut(np.asarray(tokens[0]))]
         else:
             tokens, _, _ = search.beam_search(
-                step_fn, jax.tree.map(lambda x: x[0], memory), jax.tree.map(lambda x: x[0], state),
-                beam_size=opts.beam_size, max_steps=engine.max_steps, max_length=cap, alpha=opts.alpha,
-                nbest=opts.nbest, bos_id=start,
+                step_fn,
+                jax.tree.map(lambda x: x[0], memory),
+                jax.tree.map(lambda x: x[0], state),
+                beam_size=opts.beam_size,
+                max_steps=engine.max_steps,
+                max_length=cap,
+                alpha=opts.alpha,
+                nbest=opts.nbest,
+                bos_id=start,
             )
             continuations = [inference._cut(np.asarray(row)) for row in tokens]
-        assert [c.tokens[len(prefix):] for c in forced[i]] == continuations, i
+        assert [c.tokens[len(prefix) :] for c in forced[i]] == continuations, i
 
 
 @pytest.mark.slow
@@ -217,11 +239,20 @@ def test_a_sample_does_not_depend_on_its_batch(tiny):
     assert [[c.tokens for c in r] for r in other_seed] != [[c.tokens for c in r] for r in whole]
 
 
-@pytest.mark.parametrize("mixed", [
-    [SearchOptions(beam_size=3, alpha=a) for a in (0.0, 0.6, 1.0, 2.0)],
-    pytest.param([SearchOptions(sample=True, temperature=t, top_k=k, top_p=p, with_scores=True)
-                  for t, k, p in ((0.5, 0, 1.0), (1.0, 3, 1.0), (2.0, 0, 0.8), (1.5, 2, 0.6))], marks=pytest.mark.slow),
-], ids=["beam-alpha", "sample-temperature-top-k-top-p"])
+@pytest.mark.parametrize(
+    "mixed",
+    [
+        [SearchOptions(beam_size=3, alpha=a) for a in (0.0, 0.6, 1.0, 2.0)],
+        pytest.param(
+            [
+                SearchOptions(sample=True, temperature=t, top_k=k, top_p=p, with_scores=True)
+                for t, k, p in ((0.5, 0, 1.0), (1.0, 3, 1.0), (2.0, 0, 0.8), (1.5, 2, 0.6))
+            ],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["beam-alpha", "sample-temperature-top-k-top-p"],
+)
 def test_per_source_float_settings_share_one_compiled_search(tiny, mixed):
     """Settings that differ only in alpha, temperature, top_k and top_p give each source what its own
     setting gives it alone, from one compiled search function."""
@@ -236,12 +267,18 @@ def test_per_source_float_settings_share_one_compiled_search(tiny, mixed):
                 np.testing.assert_allclose([c.score for c in together[i]], [c.score for c in alone[i]], rtol=1e-5)
     for opts in mixed:  # other values, the same compiled search
         fn = engine.search_fn(opts)
-        other = dataclasses.replace(opts, alpha=opts.alpha + 0.3, temperature=opts.temperature * 2,
-                                    top_k=opts.top_k and opts.top_k + 1, top_p=opts.top_p if opts.top_p == 1 else 0.3)
+        other = dataclasses.replace(
+            opts,
+            alpha=opts.alpha + 0.3,
+            temperature=opts.temperature * 2,
+            top_k=opts.top_k and opts.top_k + 1,
+            top_p=opts.top_p if opts.top_p == 1 else 0.3,
+        )
         assert engine.search_fn(other) is fn
     if mixed[0].beam_size > 1:  # the length penalty matters: alpha 0 and 2 disagree somewhere
-        differ = engine.run(params, sources, mixed[0], batch_size=16) != engine.run(params, sources, mixed[3],
-                                                                                      batch_size=16)
+        differ = engine.run(params, sources, mixed[0], batch_size=16) != engine.run(
+            params, sources, mixed[3], batch_size=16
+        )
         assert differ
 
 

@@ -67,8 +67,10 @@ def test_a_runs_tokenizers_come_from_one_source_in_order(tmp_path):
     run.mkdir()
     (run / "spm_src.model").write_bytes(b"")
     (run / "spm_tgt.model").write_bytes(b"")
-    assert training_data.tokenizer_models(config, None, workdir=str(run)) == [str(run / "spm_src.model"),
-                                                                             str(run / "spm_tgt.model")]
+    assert training_data.tokenizer_models(config, None, workdir=str(run)) == [
+        str(run / "spm_src.model"),
+        str(run / "spm_tgt.model"),
+    ]
     config = tiny_config({})
     config.data.spm_model = str(source / "spm.model")
     assert training_data.tokenizer_models(config, None, workdir=str(tmp_path / "new")) == [config.data.spm_model]
@@ -129,7 +131,9 @@ def test_a_different_model_shape_is_one_error_naming_the_keys(trained_workdir, s
     config.model.hidden_size += 8
     assert train_cli.run(config, str(tmp_path / "w")) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: train.init_from={trained_workdir.workdir}: the model shapes differ (")
+    assert err.count("\n") == 1 and err.startswith(
+        f"error: train.init_from={trained_workdir.workdir}: the model shapes differ ("
+    )
     assert "hidden" in err or "kernel" in err
     config = fine_tune_config(trained_workdir.workdir, second_corpus, num_steps=5, init_from=str(tmp_path / "nowhere"))
     assert train_cli.run(config, str(tmp_path / "w2")) == 1
@@ -151,8 +155,12 @@ def test_an_existing_sentencepiece_model_is_copied_not_trained(trained_workdir, 
         assert a.read() == b.read()
     # A model with sentencepiece's default special ids is refused with the existing clear error.
     with open(second_corpus["train_src"], encoding="utf-8") as f:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(f.read().splitlines()), model_prefix=str(tmp_path / "plain"),
-                                       vocab_size=30, minloglevel=2)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(f.read().splitlines()),
+            model_prefix=str(tmp_path / "plain"),
+            vocab_size=30,
+            minloglevel=2,
+        )
     config.data.spm_model = str(tmp_path / "plain.model")
     assert train_cli.run(config, str(tmp_path / "refused")) == 1
     err = capsys.readouterr().err

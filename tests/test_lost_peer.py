@@ -39,13 +39,24 @@ def launch(env, workdir, slow=False) -> list[subprocess.Popen]:
     procs = []
     for pid in range(2):
         process_env = dict(
-            os.environ, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1", S2S_JAX_CACHE=cli_cache(pid),
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid),
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            OPENBLAS_NUM_THREADS="1",
+            S2S_JAX_CACHE=cli_cache(pid),
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
         )
-        procs.append(subprocess.Popen(
-            [sys.executable, *head, *env.flags, f"--workdir={workdir}"], cwd=ROOT, env=process_env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *head, *env.flags, f"--workdir={workdir}"],
+                cwd=ROOT,
+                env=process_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -122,8 +133,10 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(env, reference
 # The pieces, in-process
 # ---------------------------------------------------------------------------
 
-GLOO = ("INTERNAL: Error dispatching computation: Gloo all-reduce failed: [external/gloo/gloo/transport/"
-        "tcp/pair.cc:538] Read error [127.0.0.1]:34955: Connection reset by peer")
+GLOO = (
+    "INTERNAL: Error dispatching computation: Gloo all-reduce failed: [external/gloo/gloo/transport/"
+    "tcp/pair.cc:538] Read error [127.0.0.1]:34955: Connection reset by peer"
+)
 # The status part of the runtime's abort (client.h:80), as jax 0.10.2 words it in each case.
 ABORTS = {
     "process 1": "UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n1\nThe tasks have",
@@ -138,7 +151,7 @@ def test_collective_errors_name_the_lost_process():
     assert lost_peer.describe(RuntimeError(GLOO), 0, 4) == "a process at 127.0.0.1:34955"
     assert lost_peer.describe(RuntimeError(GLOO), 0, 1) is None
     assert lost_peer.describe(ValueError("operands could not be broadcast"), 0, 2) is None
-    assert lost_peer.cause(RuntimeError(GLOO)) == GLOO[GLOO.index("Gloo"):]
+    assert lost_peer.cause(RuntimeError(GLOO)) == GLOO[GLOO.index("Gloo") :]
 
 
 @pytest.mark.parametrize("lost, status", ABORTS.items(), ids=list(ABORTS))
@@ -154,7 +167,8 @@ def test_the_message_says_where_training_resumes(tmp_path):
     for step in ("10", "20", "20.orbax-checkpoint-tmp-3"):  # a half-written step does not count
         os.makedirs(tmp_path / "checkpoints" / step)
     assert "training resumes from step 20, the last checkpoint every process completed" in (
-        lost_peer.message("process 1", 2, str(tmp_path), "why"))
+        lost_peer.message("process 1", 2, str(tmp_path), "why")
+    )
 
 
 def relay(text: bytes, workdir) -> bytes:
@@ -165,11 +179,13 @@ def relay(text: bytes, workdir) -> bytes:
 def test_the_stderr_relay_copies_and_adds_the_line_after_a_runtime_abort(tmp_path):
     plain = b"train: 10/30 \r\xff not UTF-8\nwarning: something\n" * 5000  # several pipe reads
     assert relay(plain, tmp_path) == plain
-    abort = (f"F1201 client.h:80] {lost_peer._RUNTIME_ABORT.decode()}. absl::Status: "
-             f"{ABORTS['process 0 (the coordinator)']}\n*** Check failure stack trace: ***\n").encode()
+    abort = (
+        f"F1201 client.h:80] {lost_peer._RUNTIME_ABORT.decode()}. absl::Status: "
+        f"{ABORTS['process 0 (the coordinator)']}\n*** Check failure stack trace: ***\n"
+    ).encode()
     out = relay(plain + abort, tmp_path)
     assert out.startswith(plain + abort)
-    assert out[len(plain + abort):].decode().startswith("error: lost process 0 (the coordinator) of this 2-process")
+    assert out[len(plain + abort) :].decode().startswith("error: lost process 0 (the coordinator) of this 2-process")
     # train.py's own line (a failed collective) racing the runtime's abort: the relay adds no second one.
     own = b"error: lost process 1 of this 2-process run (Gloo AllGather failed: ...); ...\n"
     for both in (plain + abort + own, plain + own + abort):

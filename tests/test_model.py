@@ -33,8 +33,9 @@ VARIANTS = [
     pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "luong_dot", "input_feeding": True, "feed_context": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
-    pytest.param({"cell": "gru", "feed_context": True, "input_feeding": True, "attention": "bahdanau"},
-                 marks=pytest.mark.slow),
+    pytest.param(
+        {"cell": "gru", "feed_context": True, "input_feeding": True, "attention": "bahdanau"}, marks=pytest.mark.slow
+    ),
 ]
 
 

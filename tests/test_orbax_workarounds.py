@@ -71,7 +71,8 @@ def test_every_checkpoint_carries_a_manifest_of_its_files(tmp_path):
         with open(step_dir / checksums.MANIFEST, encoding="utf-8") as f:
             listed = json.load(f)["files"]
         on_disk = {
-            os.path.relpath(path, step_dir) for path in glob.glob(str(step_dir / "**" / "*"), recursive=True)
+            os.path.relpath(path, step_dir)
+            for path in glob.glob(str(step_dir / "**" / "*"), recursive=True)
             if os.path.isfile(path)
         }
         # orbax rewrites its two step-level commit files after the manifest: they are left out.

@@ -71,14 +71,20 @@ def test_an_unknown_name_is_a_flag_error_listing_the_names(tmp_path, monkeypatch
         parse_config("--config=multi30", f"--workdir={tmp_path}")
     message = str(caught.value)
     assert "'multi30' is neither a config file nor a built-in config name" in message
-    assert "built-in names: cmn_eng, default, fra_eng, multi30k, multi30k_attention, multi30k_tuned, quickstart" in message
+    assert (
+        "built-in names: cmn_eng, default, fra_eng, multi30k, multi30k_attention, multi30k_tuned, quickstart" in message
+    )
 
 
 def test_train_py_reports_an_unknown_name_in_one_line(tmp_path):
     env = dict(os.environ, S2S_JAX_CACHE="off", JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config", "quikstart", f"--workdir={tmp_path}/w"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -102,7 +108,9 @@ def test_cli_modules_limit_openblas_threads_before_numpy_and_jax_load(module):
         "print(sorted(seen.items()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[('jax', '1'), ('numpy', '1')]"
 
@@ -154,7 +162,9 @@ def test_quickstart_corpus_paths_are_absolute(tmp_path, monkeypatch):
     config = quickstart.get_config()
     config.data.dir = "elsewhere"  # must not move the generated corpus
     use_quickstart_corpus(config, "run")
-    assert config.data.train_src == os.path.join(str(tmp_path), "run", "corpus", os.path.basename(config.data.train_src))
+    assert config.data.train_src == os.path.join(
+        str(tmp_path), "run", "corpus", os.path.basename(config.data.train_src)
+    )
     assert text_lib.load_corpus(config.data, "valid")
 
 
@@ -185,8 +195,23 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
     env = dict(os.environ, PIP_NO_INDEX="1")
     if _bdist_wheel_available():
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "out"), "."],
-            cwd=src, env=env, check=True, capture_output=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(tmp_path / "out"),
+                ".",
+            ],
+            cwd=src,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         [wheel] = os.listdir(tmp_path / "out")
         with zipfile.ZipFile(tmp_path / "out" / wheel) as archive:
@@ -196,18 +221,35 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
     else:
         (tmp_path / "meta").mkdir()
         subprocess.run(
-            [sys.executable, "-c", "from setuptools import setup; setup()", "-q",
-             "build_py", "--build-lib", str(tmp_path / "lib"), "egg_info", "--egg-base", str(tmp_path / "meta")],
-            cwd=src, env=env, check=True, capture_output=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                "from setuptools import setup; setup()",
+                "-q",
+                "build_py",
+                "--build-lib",
+                str(tmp_path / "lib"),
+                "egg_info",
+                "--egg-base",
+                str(tmp_path / "meta"),
+            ],
+            cwd=src,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         names = [
             os.path.relpath(os.path.join(d, f), tmp_path / "lib").replace(os.sep, "/")
-            for d, _, files in os.walk(tmp_path / "lib") for f in files
+            for d, _, files in os.walk(tmp_path / "lib")
+            for f in files
         ]
         [egg_info] = os.listdir(tmp_path / "meta")
         entry_text = (tmp_path / "meta" / egg_info / "entry_points.txt").read_text()
     assert "s2s_jax/configs/quickstart.py" in names and "s2s_jax/cli/train.py" in names
-    assert {n.split("/")[0] for n in names if "/" in n and not n.split("/")[0].endswith((".dist-info", ".data"))} == {"s2s_jax"}
+    assert {n.split("/")[0] for n in names if "/" in n and not n.split("/")[0].endswith((".dist-info", ".data"))} == {
+        "s2s_jax"
+    }
     assert not [n for n in names if n.startswith("configs/")]
     assert "s2s-train = s2s_jax.cli.train:main" in entry_text
     assert "s2s-decode = s2s_jax.cli.decode:main" in entry_text

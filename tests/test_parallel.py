@@ -31,8 +31,12 @@ TIMEOUT = 400
 def worker_env(base, devices: int, **extra) -> dict:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, OPENBLAS_NUM_THREADS="1",
-        S2S_JAX_CACHE=cli_cache(), **extra,
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=flags,
+        OPENBLAS_NUM_THREADS="1",
+        S2S_JAX_CACHE=cli_cache(),
+        **extra,
     )
 
 
@@ -41,14 +45,18 @@ def run_worker(base, devices: int, *args) -> dict:
     out = base / "out.npz"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.parallel_worker", str(out), str(base), *args],
-        cwd=ROOT, env=worker_env(base, devices), capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=ROOT,
+        env=worker_env(base, devices),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return dict(np.load(out)), proc
 
 
 def params_of(result: dict, prefix: str = "param:") -> dict:
-    return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
 
 
 def assert_same_params(a: dict, b: dict) -> None:
@@ -104,7 +112,9 @@ def test_a_batch_the_devices_do_not_divide_is_a_config_error(eight_devices):
     assert str(eight_devices["batch_error"]) == (
         "train.batch_size=12 does not divide across 8 devices; use a multiple of 8 (e.g. 8 or 16)"
     )
-    with pytest.raises(ConfigError, match=r"train.batch_size=100 does not divide across 8 devices; use a multiple of 8"):
+    with pytest.raises(
+        ConfigError, match=r"train.batch_size=100 does not divide across 8 devices; use a multiple of 8"
+    ):
         parallel.check_batch_divides(100, 8)
     assert parallel.check_batch_divides(64, 8) == 8
 
@@ -158,14 +168,30 @@ def test_two_processes_train_like_one_device(tmp_path, one_device):
     procs = []
     for pid in range(2):
         env = worker_env(
-            tmp_path, 4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+            tmp_path,
+            4,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),
         )
         env["S2S_JAX_CACHE"] = cli_cache(pid)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.parallel_worker", str(tmp_path / "out.npz"), str(tmp_path), "--skip_decode"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.parallel_worker",
+                    str(tmp_path / "out.npz"),
+                    str(tmp_path),
+                    "--skip_decode",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for proc in procs:
@@ -194,15 +220,18 @@ def test_two_processes_train_like_one_device(tmp_path, one_device):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS is set"),
-    ({"SLURM_NTASKS": "1"}, None),
-    ({"SLURM_NTASKS": "4"}, "slurm launched 4 processes (SLURM_NTASKS)"),
-    ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI launched 2 processes (OMPI_COMM_WORLD_SIZE)"),
-    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single-host TPU (Colab, v3-8)
-    ({"TPU_WORKER_HOSTNAMES": "t1,t2,t3,t4"}, "a TPU pod slice with 4 hosts (TPU_WORKER_HOSTNAMES)"),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS is set"),
+        ({"SLURM_NTASKS": "1"}, None),
+        ({"SLURM_NTASKS": "4"}, "slurm launched 4 processes (SLURM_NTASKS)"),
+        ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI launched 2 processes (OMPI_COMM_WORLD_SIZE)"),
+        ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),  # a single-host TPU (Colab, v3-8)
+        ({"TPU_WORKER_HOSTNAMES": "t1,t2,t3,t4"}, "a TPU pod slice with 4 hosts (TPU_WORKER_HOSTNAMES)"),
+    ],
+)
 def test_when_to_initialize_jax_distributed(env, expected):
     assert parallel.distributed_reason(False, env) == expected
     assert parallel.distributed_reason(True, env) == "--multihost"

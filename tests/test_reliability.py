@@ -35,13 +35,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = [
     "--config=configs/default.py",
-    "--config.data.vocab_size=60", "--config.data.max_len=16", "--config.data.num_buckets=2",
-    "--config.model.emb_dim=16", "--config.model.hidden_size=24", "--config.model.num_layers=1",
+    "--config.data.vocab_size=60",
+    "--config.data.max_len=16",
+    "--config.data.num_buckets=2",
+    "--config.model.emb_dim=16",
+    "--config.model.hidden_size=24",
+    "--config.model.num_layers=1",
     "--config.model.dropout=0.1",  # dropout keys must line up across a resume too
-    "--config.train.batch_size=16", "--config.train.num_steps=30", "--config.train.learning_rate=0.01",
-    "--config.train.warmup_steps=5", "--config.train.log_every=5", "--config.train.eval_every=15",
-    "--config.train.checkpoint_every=10", "--config.train.max_to_keep=3", "--config.train.num_samples=0",
-    "--config.decode.max_len_b=4", "--config.decode.batch_size=16",
+    "--config.train.batch_size=16",
+    "--config.train.num_steps=30",
+    "--config.train.learning_rate=0.01",
+    "--config.train.warmup_steps=5",
+    "--config.train.log_every=5",
+    "--config.train.eval_every=15",
+    "--config.train.checkpoint_every=10",
+    "--config.train.max_to_keep=3",
+    "--config.train.num_samples=0",
+    "--config.decode.max_len_b=4",
+    "--config.decode.batch_size=16",
 ]
 
 # train.py with every batch slowed by 0.1 s, so that a signal can land mid-run. The
@@ -64,9 +75,7 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("reliability")
     paths = write_tiny_corpus(str(base))
     data_flags = [f"--config.data.{key}={path}" for key, path in paths.items()]
-    process_env = dict(
-        os.environ, S2S_JAX_CACHE=cli_cache(), JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1"
-    )
+    process_env = dict(os.environ, S2S_JAX_CACHE=cli_cache(), JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1")
     return types.SimpleNamespace(base=base, flags=FLAGS + data_flags, env=process_env)
 
 
@@ -306,8 +315,11 @@ def test_a_checkpoint_changed_on_disk_is_never_used_and_training_resumes_before_
     assert result.returncode == 0, result.stderr[-3000:]
     clean_stderr(result.stderr)
     assert "Resumed from step 20 " in result.stdout
-    assert re.search(rf"warning: checkpoint 30 is unreadable \(ChecksumMismatch: {re.escape(flipped)} .*moved it to "
-                     r".*unreadable_checkpoints", result.stderr), result.stderr[-3000:]
+    assert re.search(
+        rf"warning: checkpoint 30 is unreadable \(ChecksumMismatch: {re.escape(flipped)} .*moved it to "
+        r".*unreadable_checkpoints",
+        result.stderr,
+    ), result.stderr[-3000:]
     assert "warning: best checkpoint " in result.stderr  # moved aside too; step 30's evaluation wrote a new one
     assert_same_params(reference, workdir)
     assert without_speed(workdir) == without_speed(reference)
@@ -327,11 +339,18 @@ def test_a_full_disk_stops_training_with_one_line_and_a_rerun_resumes_exactly(en
     with tmpfs(env.base / "small_disk", 32 << 20) as disk:
         workdir = os.path.join(disk, "run")
         leave = 16 << 10  # room for the log lines, not for a checkpoint
-        needs = sum(os.path.getsize(p) for p in glob.glob(str(reference / "checkpoints" / "10" / "**"), recursive=True)
-                    if os.path.isfile(p))
+        needs = sum(
+            os.path.getsize(p)
+            for p in glob.glob(str(reference / "checkpoints" / "10" / "**"), recursive=True)
+            if os.path.isfile(p)
+        )
         assert needs > 4 * leave
-        result = train(env, workdir, script=FULL_DISK_TRAIN,
-                       more_env={"FILL_AT_STEP": "20", "FILL_DIR": disk, "FILL_LEAVE": str(leave)})
+        result = train(
+            env,
+            workdir,
+            script=FULL_DISK_TRAIN,
+            more_env={"FILL_AT_STEP": "20", "FILL_DIR": disk, "FILL_LEAVE": str(leave)},
+        )
         assert result.returncode == 1, result.stderr[-3000:]
         line = _disk_full_error(result.stderr, os.path.join(workdir, "checkpoints"))
         assert "no space left on the device of" in line and "saving checkpoint 20 failed" in line
@@ -373,8 +392,11 @@ def test_restored_arrays_are_uncommitted_like_a_fresh_runs(reference):
     params, _ = ckpt_lib.load_params(str(reference), "latest")
     assert not any(leaf.committed for leaf in jax.tree.leaves(params))
     config = run_config.load(str(reference))
-    state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-             "opt_state": make_optimizer(config.train).init(params)}
+    state = {
+        "step": jax.numpy.zeros((), jax.numpy.int32),
+        "params": params,
+        "opt_state": make_optimizer(config.train).init(params),
+    }
     checkpoints = ckpt_lib.Checkpoints(str(reference), 3)
     restored, meta = checkpoints.restore(state)
     checkpoints.close()
@@ -389,8 +411,14 @@ def _checkpoint_params(workdir):
 
 def test_nan_loss_stops_naming_the_steps_and_never_checkpoints_nan(env):
     workdir = env.base / "nan_stop"
-    nan = ["--config.train.learning_rate=1e38", "--config.data.num_buckets=1", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
-           "--config.train.max_to_keep=100", "--config.train.num_steps=8"]
+    nan = [
+        "--config.train.learning_rate=1e38",
+        "--config.data.num_buckets=1",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=1",
+        "--config.train.max_to_keep=100",
+        "--config.train.num_steps=8",
+    ]
     result = train(env, workdir, *nan)
     assert result.returncode == 1, result.stdout[-2000:]
     clean_stderr(result.stderr)
@@ -429,17 +457,38 @@ def translator(reference):
 
 
 SPECIAL_LINES = [
-    "", " ", "\t \t", "\r", "\u2028", "\u2029", "\x00", "\x00\x01\x7f", "\x1b[31mred\x1b[0m", "\ufeffthe cat",
-    "\u200b\u200d\u200e\u200f", "the 🐈‍⬛ sees 👍🏽", "שלום עולם", "مرحبا بالعالم", "\u202eevil\u202c", "e\u0301\u0301\u0301",
-    "ｔｈｅ　ｃａｔ", "\ud800 lone surrogate \udfff", "\U0010ffff\ufffe\uffff", "の" * 300, "the big cat " * 100,
+    "",
+    " ",
+    "\t \t",
+    "\r",
+    "\u2028",
+    "\u2029",
+    "\x00",
+    "\x00\x01\x7f",
+    "\x1b[31mred\x1b[0m",
+    "\ufeffthe cat",
+    "\u200b\u200d\u200e\u200f",
+    "the 🐈‍⬛ sees 👍🏽",
+    "שלום עולם",
+    "مرحبا بالعالم",
+    "\u202eevil\u202c",
+    "e\u0301\u0301\u0301",
+    "ｔｈｅ　ｃａｔ",
+    "\ud800 lone surrogate \udfff",
+    "\U0010ffff\ufffe\uffff",
+    "の" * 300,
+    "the big cat " * 100,
 ]
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(
-    st.one_of(st.sampled_from(SPECIAL_LINES), st.text(st.characters(blacklist_characters="\n"), max_size=80)),
-    min_size=1, max_size=4,
-))
+@given(
+    lines=st.lists(
+        st.one_of(st.sampled_from(SPECIAL_LINES), st.text(st.characters(blacklist_characters="\n"), max_size=80)),
+        min_size=1,
+        max_size=4,
+    )
+)
 @example(lines=SPECIAL_LINES)
 def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
     warnings = []
@@ -450,8 +499,13 @@ def test_translate_gives_one_line_per_input_for_any_text(translator, lines):
         assert isinstance(hyps[0].text, str) and "\n" not in hyps[0].text
         if not translator_normalize(translator, line):
             assert hyps[0].text == ""
-    long = [i for i, ids in enumerate(translator.src_tokenizer.tokenize([translator_normalize(translator, line) for line in lines]))
-            if len(ids) > translator.max_len]
+    long = [
+        i
+        for i, ids in enumerate(
+            translator.src_tokenizer.tokenize([translator_normalize(translator, line) for line in lines])
+        )
+        if len(ids) > translator.max_len
+    ]
     assert len(warnings) == len(long)
     for i, message in zip(long, warnings):
         assert message.startswith(f"line {i + 1}: ") and f"truncated to data.max_len={translator.max_len}" in message
@@ -475,8 +529,20 @@ def test_an_overlong_line_is_cut_with_a_warning_and_still_translated(translator)
 
 def decode_flags(workdir, **overrides):
     values = dict(
-        workdir=[str(workdir)], checkpoint="latest", input="-", output="-", beam_size=None, alpha=None, nbest=1,
-        sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, reference=None, plot_attention=None,
+        workdir=[str(workdir)],
+        checkpoint="latest",
+        input="-",
+        output="-",
+        beam_size=None,
+        alpha=None,
+        nbest=1,
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        reference=None,
+        plot_attention=None,
         batch_size=None,
     )
     values.update(overrides)
@@ -505,18 +571,21 @@ def test_decode_cli_invalid_utf8_on_stdin_names_the_line(reference, monkeypatch,
     assert "error: <stdin>:2: not valid UTF-8 (byte(s) e9)" in err
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(batch_size=0), "--batch_size must be at least 1, got 0"),
-    (dict(batch_size=-2), "--batch_size must be at least 1, got -2"),
-    (dict(beam_size=0), "--beam_size must be at least 1, got 0"),
-    (dict(nbest=3), "nbest=3 needs beam_size >= nbest"),
-    (dict(top_k=-1), "--top_k must be >= 0"),
-    (dict(sample=True, temperature=0.0), "sampling needs temperature > 0"),
-    (dict(checkpoint="foo"), "--checkpoint must be best, latest, a step number or avg:K (K >= 1), got 'foo'"),
-    (dict(checkpoint="7"), "no checkpoint for step 7"),
-    (dict(output="/nonexistent/dir/out.txt"), "directory /nonexistent/dir does not exist"),
-    (dict(input="/nonexistent/in.txt"), "--input /nonexistent/in.txt: file not found"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(batch_size=0), "--batch_size must be at least 1, got 0"),
+        (dict(batch_size=-2), "--batch_size must be at least 1, got -2"),
+        (dict(beam_size=0), "--beam_size must be at least 1, got 0"),
+        (dict(nbest=3), "nbest=3 needs beam_size >= nbest"),
+        (dict(top_k=-1), "--top_k must be >= 0"),
+        (dict(sample=True, temperature=0.0), "sampling needs temperature > 0"),
+        (dict(checkpoint="foo"), "--checkpoint must be best, latest, a step number or avg:K (K >= 1), got 'foo'"),
+        (dict(checkpoint="7"), "no checkpoint for step 7"),
+        (dict(output="/nonexistent/dir/out.txt"), "directory /nonexistent/dir does not exist"),
+        (dict(input="/nonexistent/in.txt"), "--input /nonexistent/in.txt: file not found"),
+    ],
+)
 def test_decode_cli_flag_mistakes_are_one_line_errors(reference, capsys, overrides, message):
     assert decode.run(decode_flags(reference, **overrides)) == 1
     err = capsys.readouterr().err
@@ -540,7 +609,9 @@ UNSAFE = [
 
 
 def python_sources():
-    files = glob.glob(os.path.join(ROOT, "s2s_jax", "**", "*.py"), recursive=True) + [os.path.join(ROOT, f) for f in ("train.py", "decode.py")]
+    files = glob.glob(os.path.join(ROOT, "s2s_jax", "**", "*.py"), recursive=True) + [
+        os.path.join(ROOT, f) for f in ("train.py", "decode.py")
+    ]
     files += glob.glob(os.path.join(ROOT, "configs", "*.py"))
     return sorted(files)
 
@@ -568,8 +639,11 @@ def test_workdir_metadata_is_plain_json(reference):
 def test_early_stopping_stops_checkpoints_and_a_rerun_stays_stopped(env):
     workdir = env.base / "early_stop"
     # A learning rate of 1e-12 leaves the translations, hence validation BLEU, unchanged.
-    flags = ["--config.train.learning_rate=1e-12", "--config.train.eval_every=5",
-             "--config.train.early_stop_patience=2"]
+    flags = [
+        "--config.train.learning_rate=1e-12",
+        "--config.train.eval_every=5",
+        "--config.train.early_stop_patience=2",
+    ]
     result = train(env, workdir, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     clean_stderr(result.stderr)

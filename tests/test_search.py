@@ -224,17 +224,17 @@ def test_length_penalty_changes_the_ranking():
     """Sanity for the test above: alpha=1 must actually reorder hypotheses."""
     memory, state = make_inputs(3, seed=2)
     differ = [
-        not np.array_equal(brute_force(rows(memory, [i]), rows(state, [i]), 0.0)[0][:5],
-                           brute_force(rows(memory, [i]), rows(state, [i]), 1.0)[0][:5])
+        not np.array_equal(
+            brute_force(rows(memory, [i]), rows(state, [i]), 0.0)[0][:5],
+            brute_force(rows(memory, [i]), rows(state, [i]), 1.0)[0][:5],
+        )
         for i in range(3)
     ]
     assert any(differ)
 
 
 def test_beam_size_one_is_greedy(greedy_out):
-    tokens, scores, lengths = beam_batch(
-        MEMORY, STATE, beam_size=1, max_steps=T, max_length=CAPS, alpha=0.0
-    )
+    tokens, scores, lengths = beam_batch(MEMORY, STATE, beam_size=1, max_steps=T, max_length=CAPS, alpha=0.0)
     np.testing.assert_array_equal(tokens[:, 0], greedy_out[0])
     np.testing.assert_array_equal(lengths[:, 0], greedy_out[1])
     want = seq_logp(MEMORY, STATE, *greedy_out)
@@ -256,8 +256,9 @@ def test_beam_outputs_are_consistent(beam_out):
     check_ended_properly(tokens.reshape(N * nbest, T), lengths.reshape(-1), np.repeat(CAPS, nbest))
     assert np.all(np.diff(np.asarray(scores), axis=1) <= 0), "nbest must be sorted best first"
     assert not np.array_equal(tokens[:, 0], tokens[:, 1])
-    rescored = seq_logp(repeat_rows(MEMORY, nbest), repeat_rows(STATE, nbest),
-                        tokens.reshape(N * nbest, T), lengths.reshape(-1))
+    rescored = seq_logp(
+        repeat_rows(MEMORY, nbest), repeat_rows(STATE, nbest), tokens.reshape(N * nbest, T), lengths.reshape(-1)
+    )
     want = np.asarray(rescored).reshape(N, nbest) / lp(lengths, BEAM_KW["alpha"])
     np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
 
@@ -313,8 +314,13 @@ def test_beam_matches_reference_without_early_stop(beam_out):
     stopped_early = 0
     for i in range(0, N, 4):
         want_tokens, want_scores, would_stop = reference_beam(
-            rows(MEMORY, [i]), rows(STATE, [i]), beam_size=4, max_steps=T, cap=int(CAPS[i]),
-            alpha=BEAM_KW["alpha"], nbest=2,
+            rows(MEMORY, [i]),
+            rows(STATE, [i]),
+            beam_size=4,
+            max_steps=T,
+            cap=int(CAPS[i]),
+            alpha=BEAM_KW["alpha"],
+            nbest=2,
         )
         stopped_early += would_stop
         for j, want in enumerate(want_tokens):
@@ -362,9 +368,7 @@ def count_cliff_calls(fn, *args, **kwargs):
     return out, len(CLIFF_CALLS)
 
 
-cliff_beam = jax.jit(
-    functools.partial(search.beam_search, cliff_step, beam_size=2, max_steps=T, nbest=2)
-)
+cliff_beam = jax.jit(functools.partial(search.beam_search, cliff_step, beam_size=2, max_steps=T, nbest=2))
 
 
 def test_beam_early_stop_uses_the_best_possible_penalty():
@@ -458,10 +462,11 @@ def test_traced_filter_values_match_the_static_filters():
     """Per-row arrays (what a server batch mixes) filter exactly as the Python-number settings do."""
     logits = jax.random.normal(jax.random.key(1), (6, 11)) * 3
     settings = [(0, 1.0), (3, 1.0), (0, 0.7), (4, 0.5), (1, 0.9), (11, 0.99)]
-    traced = jax.jit(search.filter_logits)(logits, top_k=jnp.asarray([k for k, _ in settings]),
-                                           top_p=jnp.asarray([p for _, p in settings]))
+    traced = jax.jit(search.filter_logits)(
+        logits, top_k=jnp.asarray([k for k, _ in settings]), top_p=jnp.asarray([p for _, p in settings])
+    )
     for row, (k, p) in enumerate(settings):
-        np.testing.assert_array_equal(traced[row], search.filter_logits(logits[row:row + 1], top_k=k, top_p=p)[0])
+        np.testing.assert_array_equal(traced[row], search.filter_logits(logits[row : row + 1], top_k=k, top_p=p)[0])
 
 
 def test_per_row_keys_make_a_sample_independent_of_its_batch(greedy_out):
@@ -469,9 +474,10 @@ def test_per_row_keys_make_a_sample_independent_of_its_batch(greedy_out):
     temps = jnp.linspace(0.7, 1.5, N)
     whole = sampler(MEMORY, STATE, keys, max_steps=T, max_lengths=CAPS, temperature=temps)
     for row in range(N):
-        one = jax.tree.map(lambda x, r=row: x[r:r + 1], (MEMORY, STATE))
-        alone = sampler(*one, keys[row:row + 1], max_steps=T, max_lengths=CAPS[row:row + 1],
-                        temperature=temps[row:row + 1])
+        one = jax.tree.map(lambda x, r=row: x[r : r + 1], (MEMORY, STATE))
+        alone = sampler(
+            *one, keys[row : row + 1], max_steps=T, max_lengths=CAPS[row : row + 1], temperature=temps[row : row + 1]
+        )
         np.testing.assert_array_equal(alone[0][0], whole[0][row])
     assert not np.array_equal(whole[0], greedy_out[0]), "the samples should differ from greedy"
 
@@ -480,8 +486,9 @@ def test_log_probs_accumulated_while_decoding_equal_teacher_forcing():
     """greedy/sample(return_log_prob=True) report what sequence_log_prob gives for their outputs."""
     tokens, lengths, logp = greedy(MEMORY, STATE, max_steps=T, max_lengths=CAPS, return_log_prob=True)
     np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
-    tokens, lengths, logp = sampler(MEMORY, STATE, jax.random.key(8), max_steps=T, max_lengths=CAPS,
-                                    temperature=1.7, return_log_prob=True)
+    tokens, lengths, logp = sampler(
+        MEMORY, STATE, jax.random.key(8), max_steps=T, max_lengths=CAPS, temperature=1.7, return_log_prob=True
+    )
     np.testing.assert_allclose(logp, seq_logp(MEMORY, STATE, tokens, lengths), rtol=1e-5, atol=1e-5)
 
 
@@ -509,8 +516,11 @@ def test_compacting_greedy_search_equals_the_plain_loop(monkeypatch):
     caps = jnp.array(np.random.default_rng(0).integers(0, 30, N), jnp.int32)
 
     def run(compact):
-        return jax.jit(lambda m, s, c: search.greedy_search(
-            step_fn, m, s, max_steps=30, max_lengths=c, return_log_prob=True, compact=compact))(memory, state, caps)
+        return jax.jit(
+            lambda m, s, c: search.greedy_search(
+                step_fn, m, s, max_steps=30, max_lengths=c, return_log_prob=True, compact=compact
+            )
+        )(memory, state, caps)
 
     plain, compacted = run(False), run(True)
     lengths = np.asarray(plain[1])
@@ -534,11 +544,15 @@ def test_compacting_beam_search_equals_the_vmapped_sentence_search(monkeypatch):
     opts = dict(beam_size=K, max_steps=30, nbest=2)
 
     def batch(compact):
-        return jax.jit(lambda m, s, c, a, b: search.batch_beam_search(
-            step_fn, m, s, max_length=c, alpha=a, bos_id=b, compact=compact, **opts))(memory, state, caps, alphas, starts)
+        return jax.jit(
+            lambda m, s, c, a, b: search.batch_beam_search(
+                step_fn, m, s, max_length=c, alpha=a, bos_id=b, compact=compact, **opts
+            )
+        )(memory, state, caps, alphas, starts)
 
-    alone = jax.jit(jax.vmap(lambda m, s, c, a, b: search.beam_search(
-        step_fn, m, s, max_length=c, alpha=a, bos_id=b, **opts)))(memory, state, caps, alphas, starts)
+    alone = jax.jit(
+        jax.vmap(lambda m, s, c, a, b: search.beam_search(step_fn, m, s, max_length=c, alpha=a, bos_id=b, **opts))
+    )(memory, state, caps, alphas, starts)
     lengths = np.asarray(alone[2][:, 0])
     assert lengths.min() <= 2 and lengths.max() >= 20 and len(set(lengths.tolist())) > 8  # stages do compact
     for got in (batch(True), batch(False)):

@@ -19,15 +19,21 @@ def model_and_params(request):
     gru = request.param == "gru"  # a GRU (carry h alone) with a bidirectional encoder and attention
     attention = "luong_general" if gru else request.param
     cfg = ModelConfig(
-        src_vocab_size=V, tgt_vocab_size=V, emb_dim=4, hidden_size=8, num_layers=1, dropout=0.0,
-        attention=attention, input_feeding=attention != "none", cell="gru" if gru else "lstm", bidirectional=gru,
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        emb_dim=4,
+        hidden_size=8,
+        num_layers=1,
+        dropout=0.0,
+        attention=attention,
+        input_feeding=attention != "none",
+        cell="gru" if gru else "lstm",
+        bidirectional=gru,
     )
     model = Seq2Seq(cfg)
     params = model.init(jax.random.key(3), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
     # Sharpen the output layer so hypotheses differ clearly in score.
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: x * 3.0 if "output" in str(path) else x, params
-    )
+    params = jax.tree_util.tree_map_with_path(lambda path, x: x * 3.0 if "output" in str(path) else x, params)
     return model, params
 
 
@@ -56,6 +62,7 @@ def test_beam_search_on_seq2seq_equals_exhaustive_search(model_and_params, alpha
     padded = jnp.array([o + [0] * (L - len(o)) for o in outs])
     lens = jnp.array([len(o) for o in outs])
     for row in range(src.shape[0]):
+
         def repeat_row(x, row=row):
             return jnp.repeat(x[row : row + 1], len(outs), 0)
 

@@ -91,8 +91,10 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         barrier.wait()
         return server.post(payload).json()["translations"][0]
 
-    others = [{"text": LINES[1], "sample": True, "seed": 2, "nbest": 3, "temperature": 0.7},
-              {"text": [LINES[2], LINES[0]], "sample": True, "seed": 5, "nbest": 3, "top_k": 3}]
+    others = [
+        {"text": LINES[1], "sample": True, "seed": 2, "nbest": 3, "temperature": 0.7},
+        {"text": [LINES[2], LINES[0]], "sample": True, "seed": 5, "nbest": 3, "top_k": 3},
+    ]
     before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         shared = list(pool.map(send, [request, *others]))[0]
@@ -102,20 +104,35 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
     assert [c["text"] for c in another_seed["nbest"]] != [c["text"] for c in alone["nbest"]]
 
 
-@pytest.mark.parametrize("payload, status, field", [
-    ({"text": 5}, 422, "text"),
-    ({"text": "a", "beam_size": "3"}, 422, "beam_size"),
-    ({"text": "a", "temperature": -1.0}, 422, "temperature"),
-    ({"text": "a", "top_p": 1.5}, 422, "top_p"),
-    ({"text": "a", "seed": -3}, 422, "seed"),
-    ({"text": "a", "bogus": 1}, 422, "bogus"),
-    ({"beam_size": 2}, 422, "text"),
-    ({"text": "a", "beam_size": 7}, 422, "beam_size"),
-    ({"text": "a", "nbest": 4, "beam_size": 2}, 422, "nbest"),
-    ({"text": "a" * 2001}, 413, "text[0]"),
-    ({"text": ["a"] * 65}, 413, "text"),
-], ids=["text-type", "beam-type", "temperature", "top-p", "seed", "unknown-field", "no-text", "beam-not-allowed",
-        "nbest", "too-long", "too-many"])
+@pytest.mark.parametrize(
+    "payload, status, field",
+    [
+        ({"text": 5}, 422, "text"),
+        ({"text": "a", "beam_size": "3"}, 422, "beam_size"),
+        ({"text": "a", "temperature": -1.0}, 422, "temperature"),
+        ({"text": "a", "top_p": 1.5}, 422, "top_p"),
+        ({"text": "a", "seed": -3}, 422, "seed"),
+        ({"text": "a", "bogus": 1}, 422, "bogus"),
+        ({"beam_size": 2}, 422, "text"),
+        ({"text": "a", "beam_size": 7}, 422, "beam_size"),
+        ({"text": "a", "nbest": 4, "beam_size": 2}, 422, "nbest"),
+        ({"text": "a" * 2001}, 413, "text[0]"),
+        ({"text": ["a"] * 65}, 413, "text"),
+    ],
+    ids=[
+        "text-type",
+        "beam-type",
+        "temperature",
+        "top-p",
+        "seed",
+        "unknown-field",
+        "no-text",
+        "beam-not-allowed",
+        "nbest",
+        "too-long",
+        "too-many",
+    ],
+)
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
     response = server.post(payload)
     assert response.status_code == status, response.text
@@ -152,8 +169,15 @@ def test_info_and_openapi(server, trained_workdir):
 
 def test_limits_queue_timeout_and_key(trained_workdir):
     """A full queue is 429, a slow answer 408, a missing or wrong key 401; the server stays up throughout."""
-    srv = Server(trained_workdir.workdir, "--max_batch=4", "--max_queue=2", "--max_wait_ms=1500",
-                 "--request_timeout_s=0.5", cache=trained_workdir.cache, env={"S2S_API_KEY": "sesame"})
+    srv = Server(
+        trained_workdir.workdir,
+        "--max_batch=4",
+        "--max_queue=2",
+        "--max_wait_ms=1500",
+        "--request_timeout_s=0.5",
+        cache=trained_workdir.cache,
+        env={"S2S_API_KEY": "sesame"},
+    )
     try:
         srv.wait_ready()
         key = {"Authorization": "Bearer sesame"}
@@ -214,8 +238,12 @@ def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir
         words = "the a red blue small big cat dog house car sees likes has".split()
         texts = [" ".join(words[: n % 13 + 1] * (n // 13 + 1)) for n in range(30)]
         for count in (1, 2, 3, 4, 5):
-            assert client.post("/translate", json={"text": texts[:count] if count < 5 else texts,
-                                                   "alpha": 0.1 * count}).status_code == 200
+            assert (
+                client.post(
+                    "/translate", json={"text": texts[:count] if count < 5 else texts, "alpha": 0.1 * count}
+                ).status_code
+                == 200
+            )
         assert {key: fn._cache_size() for key, fn in inference._compiled.items()} == compiled
 
 

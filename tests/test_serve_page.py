@@ -31,9 +31,18 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -58,14 +67,16 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         nbest.clear()
         nbest.send_keys("2")
         browser.find_element(By.ID, "translate").click()
-        wait.until(lambda b: b.find_element(By.ID, "translation").text not in ("", "…")
-                   or b.find_element(By.ID, "error").text)
+        wait.until(
+            lambda b: b.find_element(By.ID, "translation").text not in ("", "…") or b.find_element(By.ID, "error").text
+        )
         assert browser.find_element(By.ID, "error").text == ""
         assert browser.find_element(By.ID, "translation").text == want[0].text
         rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tr")
         assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [h.text for h in want]
         assert [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows] == pytest.approx(
-            [h.score for h in want], abs=1e-3)
+            [h.score for h in want], abs=1e-3
+        )
         heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap table tbody tr")
         assert len(heat_rows) == len(want[0].tokens) + 1  # one per output piece and </s>
         browser.find_element(By.ID, "source").clear()

@@ -36,8 +36,9 @@ def test_each_epoch_reads_new_segmentations_of_every_pair_once(setup):
     def resample(epoch):
         return tok.sample(texts, 0.5, -1, 100 + epoch), tok.sample(targets, 0.5, -1, 200 + epoch)
 
-    batches = batching.BucketedBatches(tok.tokenize(texts), tok.tokenize(targets), batch_size=16, num_buckets=3,
-                                       seed=1, resample=resample)
+    batches = batching.BucketedBatches(
+        tok.tokenize(texts), tok.tokenize(targets), batch_size=16, num_buckets=3, seed=1, resample=resample
+    )
     segmentations = []
     for epoch in (0, 1, 1):
         seen, rows = [], {}

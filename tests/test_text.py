@@ -68,8 +68,18 @@ def test_load_corpus_prefers_tsv_and_explains_missing_files(tmp_path):
     tsv = write(tmp_path / "t.tsv", "a\tb\n")
     src, tgt = write(tmp_path / "x.src", "s\n"), write(tmp_path / "x.tgt", "t\n")
     cfg = types.SimpleNamespace(
-        train_src=src, train_tgt=tgt, train_tsv="", valid_src="", valid_tgt="", valid_tsv=tsv,
-        test_src=src, test_tgt="", test_tsv="", tsv_src_col=0, tsv_tgt_col=1, dir="",
+        train_src=src,
+        train_tgt=tgt,
+        train_tsv="",
+        valid_src="",
+        valid_tgt="",
+        valid_tsv=tsv,
+        test_src=src,
+        test_tgt="",
+        test_tsv="",
+        tsv_src_col=0,
+        tsv_tgt_col=1,
+        dir="",
     )
     assert text.load_corpus(cfg, "train") == [("s", "t")]
     assert text.load_corpus(cfg, "valid") == [("a", "b")]
@@ -83,8 +93,14 @@ def test_load_corpus_prefers_tsv_and_explains_missing_files(tmp_path):
 def test_several_files_per_side_are_read_in_order(tmp_path):
     a_src, a_tgt = write(tmp_path / "a.de", "a1\na2\n"), write(tmp_path / "a.en", "A1\nA2\n")
     write(tmp_path / "b.de", "b1\n"), write(tmp_path / "b.en", "B1\n")
-    cfg = types.SimpleNamespace(train_src=f"{a_src}, b.de", train_tgt=f"{a_tgt},b.en", train_tsv="",
-                                dir=str(tmp_path), tsv_src_col=0, tsv_tgt_col=1)
+    cfg = types.SimpleNamespace(
+        train_src=f"{a_src}, b.de",
+        train_tgt=f"{a_tgt},b.en",
+        train_tsv="",
+        dir=str(tmp_path),
+        tsv_src_col=0,
+        tsv_tgt_col=1,
+    )
     assert text.load_corpus(cfg, "train") == [("a1", "A1"), ("a2", "A2"), ("b1", "B1")]
     cfg.train_tgt = a_tgt
     with pytest.raises(DataError, match="data.train_src lists 2 files but data.train_tgt 1"):

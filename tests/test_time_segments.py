@@ -87,8 +87,9 @@ VARIANTS = [
     {},
     pytest.param({"attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "bidirectional": True, "num_layers": 1}, marks=pytest.mark.slow),
-    pytest.param({"attention": "bahdanau", "input_feeding": True, "feed_context": True, "num_layers": 1},
-                 marks=pytest.mark.slow),
+    pytest.param(
+        {"attention": "bahdanau", "input_feeding": True, "feed_context": True, "num_layers": 1}, marks=pytest.mark.slow
+    ),
 ]
 
 
@@ -98,8 +99,10 @@ def test_segmented_recurrences_equal_the_padded_ones(overrides):
     b = batch()
     profile = for_batch(b)
     assert all(p is not None and len(p.rows) > 2 for p in profile)  # both sides run several segments
-    encode = jax.jit(lambda p, src, segments: model.apply({"params": p}, src, segments=segments,
-                                                          method=Seq2Seq.encode), static_argnums=2)
+    encode = jax.jit(
+        lambda p, src, segments: model.apply({"params": p}, src, segments=segments, method=Seq2Seq.encode),
+        static_argnums=2,
+    )
     padded, segmented = encode(params, b["src"], None), encode(params, b["src"], profile[0])
     for a, s in zip(jax.tree.leaves(padded), jax.tree.leaves(segmented)):
         np.testing.assert_allclose(a, s, rtol=1e-5, atol=1e-6)
@@ -179,5 +182,6 @@ def test_decoding_with_segments_equals_the_padded_search(opts):
     assert for_tokens(arrays["srcs"][0]) is not None  # this batch does skip steps
     segmented = skipping.run(params, sources, options, batch_size=32)
     assert [[c.tokens for c in r] for r in segmented] == [[c.tokens for c in r] for r in padded]
-    np.testing.assert_allclose([[c.score for c in r] for r in segmented], [[c.score for c in r] for r in padded],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        [[c.score for c in r] for r in segmented], [[c.score for c in r] for r in padded], rtol=1e-5, atol=1e-5
+    )

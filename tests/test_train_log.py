@@ -23,8 +23,8 @@ def read_events(directory: str) -> list[tuple[int, str, float]]:
         data = f.read()
     scalars, at = [], 0
     while at < len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
         scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
         at += 12 + length + 4
     return scalars
@@ -36,8 +36,9 @@ def test_the_log_writes_metrics_and_tensorboard_scalars_and_a_resume_drops_later
         log.write(step, {"train_loss": step / 10, "valid_bleu": float(step)})
     log.close()
     assert read_events(str(tmp_path / "tensorboard")) == [
-        (step, tag, pytest.approx(value)) for step in (5, 10, 15) for tag, value in
-        (("train_loss", step / 10), ("valid_bleu", float(step)))
+        (step, tag, pytest.approx(value))
+        for step in (5, 10, 15)
+        for tag, value in (("train_loss", step / 10), ("valid_bleu", float(step)))
     ]
     with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"step": 20, "train_lo')  # a write cut short
@@ -58,4 +59,7 @@ def test_a_full_disk_while_logging_names_the_file_and_loses_no_complete_line(tmp
         log.close()  # the error was raised once; closing does not raise it again
         os.remove(filler)
         TrainLog(disk, resume_step=10).close()  # a rerun resuming from step 10 drops the rest (and a torn line)
-        assert read_metrics(disk) == [{"step": 5, "train_loss": 1.5}, {"step": 10, "train_loss": 1.25, "valid_bleu": 3.5}]
+        assert read_metrics(disk) == [
+            {"step": 5, "train_loss": 1.5},
+            {"step": 10, "train_loss": 1.25, "valid_bleu": 3.5},
+        ]

@@ -77,8 +77,11 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     rng = np.random.default_rng(3)
     tgt = rng.integers(3, 20, (128, 9)).astype(np.int32)
     tgt[np.arange(9)[None, :] >= rng.integers(1, 10, (128, 1))] = 0  # lengths 1..9: micro-batches differ
-    batch = {"src": rng.integers(3, 20, (128, 7)).astype(np.int32),
-             "tgt_in": np.concatenate([np.ones((128, 1), np.int32), tgt[:, :-1]], axis=1), "tgt_out": tgt}
+    batch = {
+        "src": rng.integers(3, 20, (128, 7)).astype(np.int32),
+        "tgt_in": np.concatenate([np.ones((128, 1), np.int32), tgt[:, :-1]], axis=1),
+        "tgt_out": tgt,
+    }
     key = jax.random.key(0)
     one = loop.make_train_step(model, optimizer)
     accumulating = loop.make_accumulating_train_step(model, optimizer)
@@ -105,8 +108,12 @@ def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_b
     jax.tree.map(np.testing.assert_array_equal, state["ema"], state["params"])
     slow = loop.make_train_step(model, optimizer, label_smoothing=0.1, ema_decay=0.5)
     moved, _ = slow(jax.tree.map(jnp.array, state), batch, key)
-    jax.tree.map(lambda e, old, new: np.testing.assert_allclose(e, 0.5 * old + 0.5 * new, rtol=1e-6, atol=1e-7),
-                 moved["ema"], state["params"], moved["params"])
+    jax.tree.map(
+        lambda e, old, new: np.testing.assert_allclose(e, 0.5 * old + 0.5 * new, rtol=1e-6, atol=1e-7),
+        moved["ema"],
+        state["params"],
+        moved["params"],
+    )
     # --checkpoint avg:K: K copies of one checkpoint give it back exactly; the mean of two is their mean.
     saver = ckpt_lib.Checkpoints(str(tmp_path), max_to_keep=5)
     for number in (1, 2, 3):
@@ -133,8 +140,17 @@ def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path
     every evaluation that does not improve it halves the learning rate of the steps after it."""
     paths = write_tiny_corpus(str(tmp_path))
     lr = 1e-2 if metric == "loss" else 1e-6  # 1e-6: BLEU cannot move, so every later evaluation halves
-    config = tiny_config(paths, num_steps=8, eval_every=2, checkpoint_every=2, log_every=1, lr_schedule="plateau",
-                         early_stop_metric=metric, learning_rate=lr, warmup_steps=0)
+    config = tiny_config(
+        paths,
+        num_steps=8,
+        eval_every=2,
+        checkpoint_every=2,
+        log_every=1,
+        lr_schedule="plateau",
+        early_stop_metric=metric,
+        learning_rate=lr,
+        warmup_steps=0,
+    )
     result = loop.train_and_evaluate(config, str(tmp_path / "w"))
     records = read_metrics(str(tmp_path / "w"))
     key = "valid_loss" if metric == "loss" else "valid_bleu"
@@ -152,7 +168,9 @@ def test_best_follows_the_early_stop_metric_and_plateau_halves_the_rate(tmp_path
         if step + 1 in rates:
             np.testing.assert_allclose(rates[step + 1], lr * scale, rtol=1e-6)
     assert ckpt_lib.load_params(str(tmp_path / "w"), "best")[1]["step"] == best_step
-    assert result.best_valid_bleu == [r["valid_bleu"] for r in records if r["step"] == best_step and "valid_bleu" in r][0]
+    assert (
+        result.best_valid_bleu == [r["valid_bleu"] for r in records if r["step"] == best_step and "valid_bleu" in r][0]
+    )
     if metric == "bleu":
         assert halvings == 3
 
@@ -167,16 +185,25 @@ def test_averaging_two_checkpoints_is_their_mean(setup, tmp_path):
     saver.save(2, b, {"step": 2})
     saver.close()
     mean, _ = ckpt_lib.load_params(str(tmp_path), "avg:2")
-    jax.tree.map(lambda m, x, y: np.testing.assert_allclose(m, (np.float64(x) + np.float64(y)) / 2, rtol=1e-7),
-                 mean, jax.device_get(a["params"]), jax.device_get(b["params"]))
+    jax.tree.map(
+        lambda m, x, y: np.testing.assert_allclose(m, (np.float64(x) + np.float64(y)) / 2, rtol=1e-7),
+        mean,
+        jax.device_get(a["params"]),
+        jax.device_get(b["params"]),
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"accum_steps": 2}, {"ema_decay": 0.9}, {"lr_schedule": "plateau", "early_stop_metric": "loss"},
-     {"model.cell": "gru", "model.bidirectional": True, "model.attention": "luong_general"},
-     {"data.spm_alpha": 0.5, "max_tokens": 300}],
+    [
+        {},
+        {"accum_steps": 2},
+        {"ema_decay": 0.9},
+        {"lr_schedule": "plateau", "early_stop_metric": "loss"},
+        {"model.cell": "gru", "model.bidirectional": True, "model.attention": "luong_general"},
+        {"data.spm_alpha": 0.5, "max_tokens": 300},
+    ],
     ids=["plain", "accum2", "ema", "plateau", "gru", "sampled-tokens"],
 )
 def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, overrides):

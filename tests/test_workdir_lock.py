@@ -74,14 +74,22 @@ def test_train_py_refuses_a_live_runs_workdir_and_takes_over_a_killed_one(tmp_pa
         last = second.stderr.strip().splitlines()[-1]
         assert last.startswith("error:") and f"pid {first.pid} on host {socket.gethostname()}" in last, last
         assert first.poll() is None  # the live run goes on
-        decoded = subprocess.run([sys.executable, "decode.py", f"--workdir={workdir}", "--checkpoint=latest"],
-                                 cwd=ROOT, env=env, input="the red cat\n", capture_output=True, text=True, timeout=120)
+        decoded = subprocess.run(
+            [sys.executable, "decode.py", f"--workdir={workdir}", "--checkpoint=latest"],
+            cwd=ROOT,
+            env=env,
+            input="the red cat\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert decoded.returncode == 0 and len(decoded.stdout.splitlines()) == 1, decoded.stderr[-2000:]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    resumed = subprocess.run([*args, "--config.train.num_steps=45"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*args, "--config.train.num_steps=45"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"taking over the lock of {workdir} from pid {first.pid}" in resumed.stderr
     assert (workdir / LOCK_NAME).read_text() == ""

@@ -285,12 +285,15 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_multi_string(
-        "workdir", None,
+        "workdir",
+        None,
         "A training workdir; repeat it to decode with an ensemble (the members' per-step log-probabilities "
-        "averaged; they must share the target vocabulary).", required=True,
+        "averaged; they must share the target vocabulary).",
+        required=True,
     )
     flags.DEFINE_list(
-        "ensemble_weights", None,
+        "ensemble_weights",
+        None,
         "Comma-separated weights of the ensemble members, one per --workdir in order (default: equal).",
     )
     flags.DEFINE_string(
@@ -300,7 +303,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("output", "-", "Output file; - for stdout.")
     flags.DEFINE_integer("beam_size", None, "Beam size (1 = greedy); default: the config's decode.beam_size.")
     flags.DEFINE_float("alpha", None, "GNMT length penalty exponent; default: the config's decode.alpha.")
-    flags.DEFINE_integer("nbest", 1, "Hypotheses per input; > 1 writes 'line<TAB>rank<TAB>score<TAB>text' rows (both counted from 0).")
+    flags.DEFINE_integer(
+        "nbest", 1, "Hypotheses per input; > 1 writes 'line<TAB>rank<TAB>score<TAB>text' rows (both counted from 0)."
+    )
     flags.DEFINE_bool("sample", False, "Sample instead of searching.")
     flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = off).")
@@ -308,35 +313,44 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
     flags.DEFINE_string(
-        "prefix", None,
+        "prefix",
+        None,
         "A file with one line per input line (empty = none): each translation starts with that line's words, "
         "forced, and the search continues after them (its score is the continuation's).",
     )
     flags.DEFINE_string(
-        "rescore", None,
+        "rescore",
+        None,
         "An n-best file (decode.py --nbest) for --input: write its hypotheses reordered by this model's "
         "score (beam search's: log-probability over the length penalty with --alpha), same format.",
     )
     flags.DEFINE_bool(
-        "score", False,
+        "score",
+        False,
         "With --reference: instead of translating, write each reference line's log-probability given its "
         "input line as 'total<TAB>per_token' (EOS counted as a token); no BLEU.",
     )
     flags.DEFINE_string(
-        "score_json", None,
+        "score_json",
+        None,
         "With --reference: also write the scores (cased and lowercased BLEU, chrF, signatures) to this JSON file.",
     )
     flags.DEFINE_integer(
-        "sentence_bleu", 0, "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2)."
+        "sentence_bleu",
+        0,
+        "With --reference: also print each line's d2l sentence BLEU with n-grams up to K (d2l uses 2).",
     )
     flags.DEFINE_enum(
-        "print_alignment", None, ["hard", "soft"],
+        "print_alignment",
+        None,
+        ["hard", "soft"],
         "Append ' ||| ' and the word alignment to each output line: hard = Pharaoh 'i-j' pairs (source word i, "
         "output word j, counted from 0), soft = one comma-separated row of source-word weights per output word. "
         "Attention models only.",
     )
     flags.DEFINE_string(
-        "plot_attention", None,
+        "plot_attention",
+        None,
         "Directory: write one attention heatmap PNG per input line (the first --workdir's model's attention).",
     )
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")

@@ -11,11 +11,14 @@ from s2s_jax.data.download import CORPORA, DEFAULT_DATA_DIR, DownloadError, down
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="download.py", description="Download the corpora the configs train on.",
+        prog="download.py",
+        description="Download the corpora the configs train on.",
         epilog="Then train with the command it prints.",
     )
     parser.add_argument("corpora", nargs="+", choices=[*CORPORA, "all"], help="which corpora")
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="where to put them (default: data, the configs' data.dir)")
+    parser.add_argument(
+        "--data_dir", default=DEFAULT_DATA_DIR, help="where to put them (default: data, the configs' data.dir)"
+    )
     parser.add_argument("--mirror", default=None, help="fetch every file as MIRROR/<its file name> instead")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connection attempt")
     parser.add_argument("--no_verify", action="store_true", help="keep files whose checksum differs")

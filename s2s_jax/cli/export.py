@@ -32,8 +32,15 @@ def _int_list(name: str, values: list[str] | None) -> list[int] | None:
 def run(flags) -> int:
     try:
         start = time.perf_counter()
-        manifest = export_model(flags.workdir, flags.output, flags.checkpoint, _int_list("rows", flags.rows),
-                                _int_list("widths", flags.widths), flags.beam_size, flags.alpha)
+        manifest = export_model(
+            flags.workdir,
+            flags.output,
+            flags.checkpoint,
+            _int_list("rows", flags.rows),
+            _int_list("widths", flags.widths),
+            flags.beam_size,
+            flags.alpha,
+        )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -41,8 +48,10 @@ def run(flags) -> int:
         print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 1
     count = len(manifest["searches"]) * len(manifest["rows"]) * len(manifest["widths"])
-    print(f"wrote {flags.output}: {count} functions (step {manifest['step']}) in {time.perf_counter() - start:.0f} s; "
-          f"translate with: python {os.path.join(flags.output, 'translate.py')} --input FILE --output FILE")
+    print(
+        f"wrote {flags.output}: {count} functions (step {manifest['step']}) in {time.perf_counter() - start:.0f} s; "
+        f"translate with: python {os.path.join(flags.output, 'translate.py')} --input FILE --output FILE"
+    )
     return 0
 
 

@@ -27,7 +27,8 @@ def run(config) -> int:
         checks.validate(config)
         if config.data.quickstart_corpus and not config.data.train_src:
             raise ConfigError(
-                "this config generates its corpus into the workdir (data.quickstart_corpus): train.py prepares it")
+                "this config generates its corpus into the workdir (data.quickstart_corpus): train.py prepares it"
+            )
         text = corpus_cache.open_text(config)
         models = training_data.tokenizer_models(config, text)
         ids = corpus_cache.open_ids(text, models[0], models[-1])
@@ -38,8 +39,10 @@ def run(config) -> int:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
-    print(f"prepared: {text.num_pairs:,} pairs ({len(text.heldout)} held out) in {text.directory}; "
-          f"tokenizer {', '.join(models)}; ids in {ids.directory}")
+    print(
+        f"prepared: {text.num_pairs:,} pairs ({len(text.heldout)} held out) in {text.directory}; "
+        f"tokenizer {', '.join(models)}; ids in {ids.directory}"
+    )
     return 0
 
 

@@ -27,9 +27,15 @@ def settings_from_flags(flags) -> ServeSettings:
     except ValueError:
         raise ValueError("--beam_sizes and --warm_up_beam_sizes must be integers") from None
     settings = ServeSettings(
-        max_wait_ms=flags.max_wait_ms, max_batch=flags.max_batch, max_chars=flags.max_chars,
-        max_texts=flags.max_texts, max_queue=flags.max_queue, request_timeout_s=flags.request_timeout_s,
-        beam_sizes=beam_sizes, max_nbest=flags.max_nbest, warm_up_beam_sizes=warm,
+        max_wait_ms=flags.max_wait_ms,
+        max_batch=flags.max_batch,
+        max_chars=flags.max_chars,
+        max_texts=flags.max_texts,
+        max_queue=flags.max_queue,
+        request_timeout_s=flags.request_timeout_s,
+        beam_sizes=beam_sizes,
+        max_nbest=flags.max_nbest,
+        warm_up_beam_sizes=warm,
         api_key=flags.api_key or os.environ.get(API_KEY_ENV) or None,
     )
     settings.check()
@@ -89,8 +95,12 @@ def _define_flags() -> None:
     flags.DEFINE_float("request_timeout_s", defaults.request_timeout_s, "Seconds before a request gets 408.")
     flags.DEFINE_list("beam_sizes", [str(b) for b in defaults.beam_sizes], "Beam sizes a request may ask for.")
     flags.DEFINE_integer("max_nbest", defaults.max_nbest, "Most hypotheses per text.")
-    flags.DEFINE_list("warm_up_beam_sizes", None, "Beam sizes compiled at start besides the model's default "
-                      "(e.g. 1 for greedy); requests with others compile on first use.")
+    flags.DEFINE_list(
+        "warm_up_beam_sizes",
+        None,
+        "Beam sizes compiled at start besides the model's default "
+        "(e.g. 1 for greedy); requests with others compile on first use.",
+    )
     flags.DEFINE_string("api_key", None, f"Require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV}).")
     flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"], "uvicorn's log level.")
 

@@ -94,9 +94,13 @@ def _run(config, workdir: str, lock: contextlib.ExitStack) -> int:
         from s2s_jax import parallel
         from s2s_jax.workdir import lock as workdir_lock
 
-        lock.enter_context(workdir_lock.hold(
-            workdir, lambda message: print(f"warning: {message}", file=sys.stderr), enabled=parallel.is_main_process()
-        ))
+        lock.enter_context(
+            workdir_lock.hold(
+                workdir,
+                lambda message: print(f"warning: {message}", file=sys.stderr),
+                enabled=parallel.is_main_process(),
+            )
+        )
 
         with parallel.main_process_first("workdir"):  # several processes: process 0 writes first
             if config.data.quickstart_corpus and not config.data.train_src:
@@ -178,12 +182,14 @@ def _define_flags() -> None:
     config_flags.define_config_flag("config", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizers, config and metrics.")
     flags.DEFINE_bool(
-        "multihost", False,
+        "multihost",
+        False,
         "Call jax.distributed.initialize() (one process per host; also done automatically when "
         "JAX_COORDINATOR_ADDRESS, a multi-task Slurm/Open MPI launch or a multi-host TPU slice is detected).",
     )
     flags.DEFINE_integer(
-        "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT,
+        "heartbeat_timeout",
+        DEFAULT_HEARTBEAT_TIMEOUT,
         "Several processes: seconds without a heartbeat after which JAX declares a process dead; the "
         "others then exit with an error naming it (a killed process is usually noticed at once).",
         lower_bound=1,

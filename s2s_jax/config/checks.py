@@ -30,20 +30,43 @@ def choices() -> dict[str, tuple[str, ...]]:
 def validate(config) -> None:
     """Raises a ConfigError naming the first key whose value cannot work."""
     positive = [
-        "data.vocab_size", "data.max_len", "data.num_buckets", "data.pad_multiple",
-        "model.emb_dim", "model.hidden_size", "model.num_layers", "model.scan_unroll",
-        "train.batch_size", "train.accum_steps", "train.num_steps", "train.log_every", "train.eval_every",
-        "train.checkpoint_every", "train.max_to_keep", "decode.beam_size", "decode.batch_size",
+        "data.vocab_size",
+        "data.max_len",
+        "data.num_buckets",
+        "data.pad_multiple",
+        "model.emb_dim",
+        "model.hidden_size",
+        "model.num_layers",
+        "model.scan_unroll",
+        "train.batch_size",
+        "train.accum_steps",
+        "train.num_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.max_to_keep",
+        "decode.beam_size",
+        "decode.batch_size",
     ]
     for key in positive:
         if get_dotted(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {get_dotted(config, key)}")
     non_negative = [
-        "seed", "train.max_tokens", "data.max_train_pairs", "data.valid_max_pairs", "data.holdout_valid",
-        "data.spm_input_sentences", "data.prepare_workers",
-        "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.num_samples",
+        "seed",
+        "train.max_tokens",
+        "data.max_train_pairs",
+        "data.valid_max_pairs",
+        "data.holdout_valid",
+        "data.spm_input_sentences",
+        "data.prepare_workers",
+        "train.warmup_steps",
+        "train.weight_decay",
+        "train.clip_norm",
+        "train.num_samples",
         "train.early_stop_patience",
-        "decode.alpha", "decode.max_len_a", "decode.max_len_b",
+        "decode.alpha",
+        "decode.max_len_a",
+        "decode.max_len_b",
     ]
     for key in non_negative:
         value = get_dotted(config, key)
@@ -86,11 +109,14 @@ def _validate_tokenizer_sources(config) -> None:
     data = config.data
     per_side = [k for k in ("spm_model_src", "spm_model_tgt") if data[k]]
     if data.joint_vocab and per_side:
-        raise ConfigError(f"data.{per_side[0]} is for separate vocabularies (data.joint_vocab=False); "
-                          "a joint model is data.spm_model")
+        raise ConfigError(
+            f"data.{per_side[0]} is for separate vocabularies (data.joint_vocab=False); a joint model is data.spm_model"
+        )
     if not data.joint_vocab and data.spm_model:
-        raise ConfigError("data.spm_model is one joint model; with data.joint_vocab=False give "
-                          "data.spm_model_src and data.spm_model_tgt")
+        raise ConfigError(
+            "data.spm_model is one joint model; with data.joint_vocab=False give "
+            "data.spm_model_src and data.spm_model_tgt"
+        )
     if not data.joint_vocab and len(per_side) == 1:
         raise ConfigError(f"data.{per_side[0]} is set but not the other side's model: give both")
     if config.train.init_from and (data.spm_model or per_side):

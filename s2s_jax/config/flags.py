@@ -35,8 +35,7 @@ def _flag_error_message(err: BaseException, argv: list[str]) -> str:
     key = names[0] if names else ""
     suggestion = re.search(r'Did you mean "(\w+)"', text)
     offending = [
-        a.split("=", 1)[0] for a in argv
-        if a.startswith("--config.") and key and f".{key}" in a.split("=", 1)[0]
+        a.split("=", 1)[0] for a in argv if a.startswith("--config.") and key and f".{key}" in a.split("=", 1)[0]
     ]
     if isinstance(err, (AttributeError, KeyError)) and offending:
         hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
@@ -84,11 +83,11 @@ def check_loaded(config) -> None:
 # --config NAME: the built-in configs shipped in s2s_jax/configs
 # ---------------------------------------------------------------------------
 
+
 def builtin_configs() -> list[str]:
     """The names `--config` accepts besides a path: the modules in s2s_jax/configs."""
     return sorted(
-        name[: -len(".py")] for name in os.listdir(CONFIG_DIR)
-        if name.endswith(".py") and not name.startswith("_")
+        name[: -len(".py")] for name in os.listdir(CONFIG_DIR) if name.endswith(".py") and not name.startswith("_")
     )
 
 
@@ -120,8 +119,9 @@ class ConfigFileOrNameParser(ConfigFileFlagParser):
         return super().parse(resolve_config_arg(path))
 
 
-def define_config_flag(name: str = "config", help_string: str | None = None, flag_values=None,
-                       lock_config: bool = True, **kwargs):
+def define_config_flag(
+    name: str = "config", help_string: str | None = None, flag_values=None, lock_config: bool = True, **kwargs
+):
     """`config_flags.DEFINE_config_file` whose value may also be a built-in config name.
 
     `--config quickstart`, `--config quickstart:arg`, `--config path/to/file.py[:arg]`;
@@ -133,10 +133,7 @@ def define_config_flag(name: str = "config", help_string: str | None = None, fla
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
     if help_string is None:
-        help_string = (
-            "A get_config() file (path[:arg]) or a built-in config name: "
-            f"{', '.join(builtin_configs())}."
-        )
+        help_string = f"A get_config() file (path[:arg]) or a built-in config name: {', '.join(builtin_configs())}."
     holder = config_flags.DEFINE_config_file(
         name, None, help_string, flag_values=flag_values, lock_config=lock_config, **kwargs
     )

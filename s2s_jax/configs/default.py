@@ -86,18 +86,24 @@ def train_config() -> ml_collections.ConfigDict:
     train.batch_size = 64  # sentence pairs per batch (per micro-batch with accum_steps > 1)
     train.max_tokens = 0  # > 0: batches by tokens, rows x max(padded src, tgt length) <= this (replaces batch_size)
     train.accum_steps = 1  # micro-batches per update: the gradient of their summed loss over their total target tokens
-    train.init_from = ""  # WORKDIR[:best|latest|STEP|avg:K]: a new run starts from that run's parameters and tokenizer(s)
+    train.init_from = (
+        ""  # WORKDIR[:best|latest|STEP|avg:K]: a new run starts from that run's parameters and tokenizer(s)
+    )
     train.init_keep_optimizer = False  # with init_from: also its optimizer state and schedule position
     train.num_steps = 10000
     train.optimizer = "adam"  # adam | adamw
     train.learning_rate = 1e-3
     train.lr_schedule = "cosine"  # constant | cosine | rsqrt | plateau (each after linear warmup)
-    train.plateau_factor = 0.5  # lr_schedule=plateau: the rate is multiplied by this after an evaluation without improvement
+    train.plateau_factor = (
+        0.5  # lr_schedule=plateau: the rate is multiplied by this after an evaluation without improvement
+    )
     train.warmup_steps = 200
     train.weight_decay = 0.0  # adamw only
     train.clip_norm = 1.0  # global gradient-norm clipping (0 = off)
     train.label_smoothing = 0.0
-    train.ema_decay = 0.0  # > 0: keep an exponential moving average of the parameters; validation, best/ and decoding use it
+    train.ema_decay = (
+        0.0  # > 0: keep an exponential moving average of the parameters; validation, best/ and decoding use it
+    )
     train.teacher_forcing_ratio = 1.0  # < 1: scheduled sampling with the model's own greedy tokens
     train.dtype = "float32"  # float32 | bfloat16: compute dtype; parameters, optimizer state and loss stay float32
     train.on_nonfinite = "stop"  # stop | skip: what to do when a step's loss or gradient is NaN/Inf

@@ -23,7 +23,10 @@ def _ted(*sets: str, side: str) -> str:
 def get_config():
     config = multi30k_attention.get_config()
     data = config.data
-    data.train_src, data.train_tgt = _ted("tst2010", "tst2011", "tst2012", side="de"), _ted("tst2010", "tst2011", "tst2012", side="en")
+    data.train_src, data.train_tgt = (
+        _ted("tst2010", "tst2011", "tst2012", side="de"),
+        _ted("tst2010", "tst2011", "tst2012", side="en"),
+    )
     data.valid_src, data.valid_tgt = _ted("dev2010", side="de"), _ted("dev2010", side="en")
     data.test_src, data.test_tgt = _ted("tst2013", side="de"), _ted("tst2013", side="en")
     config.train.num_steps = 300

@@ -215,10 +215,18 @@ class BucketedBatches:
         else:
             self._rows = [self.batch_size] * len(self._shapes)
         self.fingerprint = zlib.crc32(
-            np.concatenate([src_len, tgt_len, np.array(self._shapes).ravel(), [self.batch_size, self.seed],
-                            [self.max_tokens, row_multiple] if self.max_tokens else [],
-                            [1] if resample is not None else []])
-            .astype(np.int64).tobytes()
+            np.concatenate(
+                [
+                    src_len,
+                    tgt_len,
+                    np.array(self._shapes).ravel(),
+                    [self.batch_size, self.seed],
+                    [self.max_tokens, row_multiple] if self.max_tokens else [],
+                    [1] if resample is not None else [],
+                ]
+            )
+            .astype(np.int64)
+            .tobytes()
         )
         self.num_batches = len(self.plan(0))  # epoch 0's (the same every epoch unless segmentations are sampled)
 

@@ -88,17 +88,26 @@ def text_settings(config) -> dict:
     kind, paths = split_files(cfg, "train")
     holdout = int(cfg.holdout_valid) if not text_lib.has_split(cfg, "valid") else 0
     return {
-        "format": FORMAT, "kind": kind, "paths": [os.path.realpath(p) for p in paths],
+        "format": FORMAT,
+        "kind": kind,
+        "paths": [os.path.realpath(p) for p in paths],
         "columns": [int(cfg.tsv_src_col), int(cfg.tsv_tgt_col)] if kind == "tsv" else None,
-        "lowercase": bool(cfg.lowercase), "d2l": bool(cfg.d2l_preprocess),
-        "holdout": holdout, "holdout_seed": int(config.seed) if holdout else None,
+        "lowercase": bool(cfg.lowercase),
+        "d2l": bool(cfg.d2l_preprocess),
+        "holdout": holdout,
+        "holdout_seed": int(config.seed) if holdout else None,
     }
 
 
 def tokenizer_settings(config) -> dict:
     cfg = config.data
-    return {"vocab_size": int(cfg.vocab_size), "model_type": cfg.spm_model_type, "joint": bool(cfg.joint_vocab),
-            "sentences": int(cfg.get("spm_input_sentences", 0)), "max_train_pairs": int(cfg.max_train_pairs)}
+    return {
+        "vocab_size": int(cfg.vocab_size),
+        "model_type": cfg.spm_model_type,
+        "joint": bool(cfg.joint_vocab),
+        "sentences": int(cfg.get("spm_input_sentences", 0)),
+        "max_train_pairs": int(cfg.max_train_pairs),
+    }
 
 
 @contextlib.contextmanager
@@ -169,7 +178,9 @@ def _chunks(pairs: Iterator[Pair], size: int) -> Iterator[list[Pair]]:
 
 
 def _source_hash(source: str, seed: int) -> int:
-    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8, key=seed.to_bytes(8, "little")).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(source.encode(), digest_size=8, key=seed.to_bytes(8, "little")).digest(), "little"
+    )
 
 
 def _workers(cfg_data) -> int:
@@ -194,7 +205,9 @@ def _pool(workers: int) -> Iterator[Callable]:
             if second is not None:
                 yield from (fn(item, *args) for item in itertools.chain([second], items))
             return
-        executor.append(concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+        executor.append(
+            concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        )
         pending = collections.deque()
         for item in itertools.chain([first, second], items):
             pending.append(executor[0].submit(fn, item, *args))
@@ -222,8 +235,11 @@ def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
     members: set[int] = set()
     holdout, seed = settings["holdout"], int(config.seed)
     workers = _workers(cfg)
-    with open(os.path.join(tmp, "train.src"), "w", encoding="utf-8", newline="\n") as fs, \
-            open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8", newline="\n") as ft, _pool(workers) as run:
+    with (
+        open(os.path.join(tmp, "train.src"), "w", encoding="utf-8", newline="\n") as fs,
+        open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8", newline="\n") as ft,
+        _pool(workers) as run,
+    ):
         chunks = _chunks(stream_split(cfg, "train"), CHUNK_PAIRS)
         for src, tgt, chunk_empty in run(_clean_chunk, chunks, bool(cfg.lowercase), bool(cfg.d2l_preprocess)):
             total, empty, kept = total + len(src) + chunk_empty, empty + chunk_empty, kept + len(src)
@@ -255,12 +271,22 @@ def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
     np.save(os.path.join(tmp, "heldout.npy"), held)
     valid = _read_lines_at(tmp, held)
     unique = list(dict.fromkeys(valid))  # duplicated pairs validated once, first occurrence order
-    with open(os.path.join(tmp, "valid.src"), "w", encoding="utf-8", newline="\n") as fs, \
-            open(os.path.join(tmp, "valid.tgt"), "w", encoding="utf-8", newline="\n") as ft:
+    with (
+        open(os.path.join(tmp, "valid.src"), "w", encoding="utf-8", newline="\n") as fs,
+        open(os.path.join(tmp, "valid.tgt"), "w", encoding="utf-8", newline="\n") as ft,
+    ):
         fs.write("".join(s + "\n" for s, _ in unique))
         ft.write("".join(t + "\n" for _, t in unique))
-    meta = {"settings": settings, "files": identity, "total": total, "empty": empty, "pairs": kept,
-            "heldout_pairs": len(held), "valid_pairs": len(unique), "seconds": round(time.perf_counter() - started, 1)}
+    meta = {
+        "settings": settings,
+        "files": identity,
+        "total": total,
+        "empty": empty,
+        "pairs": kept,
+        "heldout_pairs": len(held),
+        "valid_pairs": len(unique),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     _write_json(os.path.join(tmp, "text.json"), meta)
     return meta
 
@@ -270,8 +296,10 @@ def _read_lines_at(directory: str, indices: np.ndarray) -> list[Pair]:
     wanted, out = set(map(int, indices)), []
     if not wanted:
         return out
-    with open(os.path.join(directory, "train.src"), encoding="utf-8", newline="\n") as fs, \
-            open(os.path.join(directory, "train.tgt"), encoding="utf-8", newline="\n") as ft:
+    with (
+        open(os.path.join(directory, "train.src"), encoding="utf-8", newline="\n") as fs,
+        open(os.path.join(directory, "train.tgt"), encoding="utf-8", newline="\n") as ft,
+    ):
         for i, (s, t) in enumerate(zip(fs, ft)):
             if i in wanted:
                 out.append((s[:-1], t[:-1]))
@@ -314,8 +342,10 @@ class PreparedText:
             return [line[:-1] for line, w in zip(f, wanted) if w]
 
     def valid_pairs(self) -> list[Pair]:
-        with open(os.path.join(self.directory, "valid.src"), encoding="utf-8", newline="\n") as fs, \
-                open(os.path.join(self.directory, "valid.tgt"), encoding="utf-8", newline="\n") as ft:
+        with (
+            open(os.path.join(self.directory, "valid.src"), encoding="utf-8", newline="\n") as fs,
+            open(os.path.join(self.directory, "valid.tgt"), encoding="utf-8", newline="\n") as ft,
+        ):
             return [(s[:-1], t[:-1]) for s, t in zip(fs, ft)]
 
     def sample(self, indices: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -342,8 +372,10 @@ def open_text(config, log: Callable[[str], None] = print) -> PreparedText:
         log(f"prepare: cleaning {', '.join(settings['paths'])} into {directory}")
         with _building(directory) as tmp:
             meta = _prepare_text(config, tmp, log)
-        log(f"prepare: {meta['pairs']:,} of {meta['total']:,} pairs cleaned ({meta['empty']} empty), "
-            f"{meta['heldout_pairs']} held out for validation ({meta['valid_pairs']} distinct), in {meta['seconds']} s")
+        log(
+            f"prepare: {meta['pairs']:,} of {meta['total']:,} pairs cleaned ({meta['empty']} empty), "
+            f"{meta['heldout_pairs']} held out for validation ({meta['valid_pairs']} distinct), in {meta['seconds']} s"
+        )
         return PreparedText(directory, meta, np.load(os.path.join(directory, "heldout.npy")))
 
 
@@ -405,8 +437,10 @@ def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[
             with _building(directory) as tmp:
                 for side, model in models.items():
                     _encode_file(model, os.path.join(text.directory, f"train.{side}"), os.path.join(tmp, side))
-                _write_json(os.path.join(tmp, "meta.json"), {"src_model": src_model, "tgt_model": tgt_model,
-                                                             "pairs": text.num_pairs})
+                _write_json(
+                    os.path.join(tmp, "meta.json"),
+                    {"src_model": src_model, "tgt_model": tgt_model, "pairs": text.num_pairs},
+                )
             log(f"prepare: {text.num_pairs:,} pairs tokenized in {time.perf_counter() - started:.1f} s")
 
     def mapped(name: str) -> np.ndarray:
@@ -421,8 +455,11 @@ def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[
 
 def _encode_file(model: str, path: str, prefix: str) -> None:
     """The ids of each line of `path` into PREFIX.ids (back to back) and PREFIX.len, a chunk at a time."""
-    with open(path, encoding="utf-8", newline="\n") as f, open(f"{prefix}.ids", "wb") as out_ids, \
-            open(f"{prefix}.len", "wb") as out_len:
+    with (
+        open(path, encoding="utf-8", newline="\n") as f,
+        open(f"{prefix}.ids", "wb") as out_ids,
+        open(f"{prefix}.len", "wb") as out_len,
+    ):
         batch: list[str] = []
         for line in f:
             batch.append(line[:-1])

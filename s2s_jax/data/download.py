@@ -100,9 +100,12 @@ CORPORA: dict[str, CorpusSource] = {
             for name, digest in _MULTI30K_SHA256.items()
         ),
         flags=(
-            ("data.train_src", "multi30k/train.de"), ("data.train_tgt", "multi30k/train.en"),
-            ("data.valid_src", "multi30k/val.de"), ("data.valid_tgt", "multi30k/val.en"),
-            ("data.test_src", "multi30k/test_2016_flickr.de"), ("data.test_tgt", "multi30k/test_2016_flickr.en"),
+            ("data.train_src", "multi30k/train.de"),
+            ("data.train_tgt", "multi30k/train.en"),
+            ("data.valid_src", "multi30k/val.de"),
+            ("data.valid_tgt", "multi30k/val.en"),
+            ("data.test_src", "multi30k/test_2016_flickr.de"),
+            ("data.test_tgt", "multi30k/test_2016_flickr.en"),
         ),
         config="multi30k",
     ),
@@ -113,7 +116,9 @@ CORPORA: dict[str, CorpusSource] = {
                     "https://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip",
                     "https://raw.githubusercontent.com/modelexlab/data/adddaf33ac35572bcfeb421efec29435e7ea9332/fra-eng.zip",
                 ),
-                "fra-eng/fra.txt", "zip:fra-eng/fra.txt", "sha1:94646ad1522d915e7b0f9296181140edcf86a4f5",
+                "fra-eng/fra.txt",
+                "zip:fra-eng/fra.txt",
+                "sha1:94646ad1522d915e7b0f9296181140edcf86a4f5",
             ),
         ),
         flags=(("data.train_tsv", "fra-eng/fra.txt"),),
@@ -122,8 +127,10 @@ CORPORA: dict[str, CorpusSource] = {
     "cmn-eng": CorpusSource(
         files=(
             RemoteFile(
-                ("https://raw.githubusercontent.com/qi-dian-b/seq2seq2_machine-translation/"
-                 "721784588a35e3e6fb78878a9b5baffdc387c49a/cmn.txt",),
+                (
+                    "https://raw.githubusercontent.com/qi-dian-b/seq2seq2_machine-translation/"
+                    "721784588a35e3e6fb78878a9b5baffdc387c49a/cmn.txt",
+                ),
                 "cmn-eng/cmn.txt",
             ),
         ),
@@ -138,8 +145,10 @@ CORPORA: dict[str, CorpusSource] = {
         flags=(
             ("data.train_src", _iwslt("tst2010", "tst2011", "tst2012", side="de")),
             ("data.train_tgt", _iwslt("tst2010", "tst2011", "tst2012", side="en")),
-            ("data.valid_src", _iwslt("dev2010", side="de")), ("data.valid_tgt", _iwslt("dev2010", side="en")),
-            ("data.test_src", _iwslt("tst2013", side="de")), ("data.test_tgt", _iwslt("tst2013", side="en")),
+            ("data.valid_src", _iwslt("dev2010", side="de")),
+            ("data.valid_tgt", _iwslt("dev2010", side="en")),
+            ("data.test_src", _iwslt("tst2013", side="de")),
+            ("data.test_tgt", _iwslt("tst2013", side="en")),
         ),
         config="ted_finetune",
         extra="--config.train.init_from=runs/multi30k_attention",
@@ -240,8 +249,9 @@ def fetch_files(
     return paths
 
 
-def download(name: str, data_dir: str = "data", mirror: str | None = None, timeout: float = 60.0,
-             verify: bool = True, log=print) -> dict[str, str]:
+def download(
+    name: str, data_dir: str = "data", mirror: str | None = None, timeout: float = 60.0, verify: bool = True, log=print
+) -> dict[str, str]:
     """Fetches corpus `name` (a key of CORPORA) into `data_dir`; returns {config key: absolute path}.
 
     Absolute, so `config_flags(paths)` overrides work whatever data.dir is.
@@ -250,7 +260,9 @@ def download(name: str, data_dir: str = "data", mirror: str | None = None, timeo
         raise DownloadError(f"unknown corpus {name!r}; known: {', '.join(CORPORA)}")
     source = CORPORA[name]
     fetch_files(source.files, data_dir, mirror, timeout, verify, log)
-    return {key: ",".join(os.path.abspath(os.path.join(data_dir, r)) for r in rel.split(",")) for key, rel in source.flags}
+    return {
+        key: ",".join(os.path.abspath(os.path.join(data_dir, r)) for r in rel.split(",")) for key, rel in source.flags
+    }
 
 
 DEFAULT_DATA_DIR = "data"  # the configs' data.dir and this command's --data_dir

@@ -171,14 +171,15 @@ def split_files(cfg_data: Any, split: str) -> tuple[str, list[str]]:
         return "tsv", tsv
     if src and tgt:
         if len(src) != len(tgt):
-            raise DataError(f"data.{split}_src lists {len(src)} files but data.{split}_tgt {len(tgt)}; "
-                            "give one target file per source file")
+            raise DataError(
+                f"data.{split}_src lists {len(src)} files but data.{split}_tgt {len(tgt)}; "
+                "give one target file per source file"
+            )
         return "parallel", [p for pair in zip(src, tgt) for p in pair]
     if src or tgt:
         given, missing = ("src", "tgt") if src else ("tgt", "src")
         raise DataError(
-            f"data.{split}_{given} is set but data.{split}_{missing} is not; "
-            f"aligned corpora need both files"
+            f"data.{split}_{given} is set but data.{split}_{missing} is not; aligned corpora need both files"
         )
     raise DataError(
         f"no {split} data: set data.{split}_src and data.{split}_tgt (line-aligned files) "
@@ -256,9 +257,7 @@ class FilterStats:
         return f"kept {self.kept} of {self.total} pairs ({', '.join(reasons)})"
 
 
-def clean_pairs(
-    pairs: Sequence[Pair], lowercase: bool = False, d2l: bool = False
-) -> tuple[list[Pair], FilterStats]:
+def clean_pairs(pairs: Sequence[Pair], lowercase: bool = False, d2l: bool = False) -> tuple[list[Pair], FilterStats]:
     """Normalises both sides and drops (and counts) pairs with an empty side."""
     kept = []
     for src, tgt in pairs:

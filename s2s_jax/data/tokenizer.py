@@ -76,8 +76,9 @@ class Tokenizer:
         if not texts:
             return []
         spm.set_random_generator_seed(seed)
-        return self._sp.encode(list(texts), out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest,
-                               num_threads=1)
+        return self._sp.encode(
+            list(texts), out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest, num_threads=1
+        )
 
     def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each id row, cut at its first EOS, with PAD and BOS dropped.
@@ -200,4 +201,3 @@ def _explain_training_error(message: str, vocab_size: int, model_type: str, byte
     if "model_type" in message.lower() or "kModelType" in message:
         return f"unknown sentencepiece model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}"
     return f"sentencepiece training failed (vocab_size={vocab_size}, model_type={model_type!r}): {message}"
-

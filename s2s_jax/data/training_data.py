@@ -81,8 +81,10 @@ def tokenizer_models(config, text: corpus_cache.PreparedText, log=print, workdir
         source_joint, _ = workdir_model_paths(source, joint=True)
         if os.path.exists(source_joint) != joint:
             theirs = "one joint model" if os.path.exists(source_joint) else "one model per side"
-            raise DataError(f"train.init_from={config.train.init_from}: that run has {theirs}; "
-                                     f"set data.joint_vocab={not joint} to match")
+            raise DataError(
+                f"train.init_from={config.train.init_from}: that run has {theirs}; "
+                f"set data.joint_vocab={not joint} to match"
+            )
         return [source_joint] if joint else list(workdir_model_paths(source, joint=False))
     given = [cfg.spm_model] if joint else [cfg.spm_model_src, cfg.spm_model_tgt]
     if all(given):
@@ -135,8 +137,9 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
     ids = corpus_cache.open_ids(text, src_tok.model_path, tgt_tok.model_path, log)
     train = text.train_indices(int(cfg.max_train_pairs))
     meta = text.meta
-    stats = text_lib.FilterStats(total=meta["total"] - meta["heldout_pairs"], kept=len(train), empty=meta["empty"],
-                                 too_long=0)
+    stats = text_lib.FilterStats(
+        total=meta["total"] - meta["heldout_pairs"], kept=len(train), empty=meta["empty"], too_long=0
+    )
     if cfg.max_train_pairs:
         stats.total = stats.empty + len(train)
     keep = train[(ids.src_len[train] <= cfg.max_len) & (ids.tgt_len[train] <= cfg.max_len)]
@@ -157,15 +160,24 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
             )
 
     train_batches = batching.BucketedBatches(
-        src_all.subset(keep), tgt_all.subset(keep), config.train.batch_size,
-        cfg.num_buckets, config.seed, cfg.pad_multiple, config.train.max_tokens, row_multiple, resample,
+        src_all.subset(keep),
+        tgt_all.subset(keep),
+        config.train.batch_size,
+        cfg.num_buckets,
+        config.seed,
+        cfg.pad_multiple,
+        config.train.max_tokens,
+        row_multiple,
+        resample,
     )
 
     if cfg.holdout_valid and not text_lib.has_split(cfg, "valid"):
         valid_pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
         valid_stats = text_lib.FilterStats(meta["heldout_pairs"], len(valid_pairs), 0, 0)
     else:
-        valid_pairs, valid_stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
+        valid_pairs, valid_stats = text_lib.clean_pairs(
+            text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess
+        )
     if cfg.valid_max_pairs and len(valid_pairs) > cfg.valid_max_pairs:
         valid_pairs = valid_pairs[: cfg.valid_max_pairs]
         valid_stats.kept = len(valid_pairs)
@@ -176,9 +188,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
     v_src = [ids[: cfg.max_len] for ids in v_src]
     v_tgt = [ids[: cfg.max_len] for ids in v_tgt]
-    valid_batches = batching.BucketedBatches(
-        v_src, v_tgt, config.decode.batch_size, 1, config.seed, cfg.pad_multiple
-    )
+    valid_batches = batching.BucketedBatches(v_src, v_tgt, config.decode.batch_size, 1, config.seed, cfg.pad_multiple)
     if verbose:
         print(f"train: {stats.summary()}", flush=True)
         sizes = {src_tok.vocab_size, tgt_tok.vocab_size}
@@ -195,6 +205,11 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
             flush=True,
         )
     return Corpus(
-        src_tok, tgt_tok, train_batches, valid_batches, v_src,
-        [s for s, _ in valid_pairs], [t for _, t in valid_pairs],
+        src_tok,
+        tgt_tok,
+        train_batches,
+        valid_batches,
+        v_src,
+        [s for s, _ in valid_pairs],
+        [t for _, t in valid_pairs],
     )

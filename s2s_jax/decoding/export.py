@@ -48,15 +48,18 @@ def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
 
     def search(params, src, caps):
         per_row = inference.row_settings([opts] * src.shape[0], [(0, 0)] * src.shape[0])  # constants in the export
-        tokens, scores = inference.search_batch((model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,),
-                                                caps, per_row)
+        tokens, scores = inference.search_batch(
+            (model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps, per_row
+        )
         return tokens[:, 0], scores[:, 0]
 
     return jax.jit(search)
 
 
 def _flat(params) -> dict[str, np.ndarray]:
-    return {"/".join(k.key for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    return {
+        "/".join(k.key for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
 
 
 def export_model(
@@ -84,8 +87,10 @@ def export_model(
     if rows[0] < 1 or widths[0] < 1:
         raise ValueError(f"rows and widths must be positive, got rows={rows} widths={widths}")
     if widths[-1] < needed[-1]:
-        raise ValueError(f"the widest source shape must hold data.max_len={config.data.max_len} tokens + EOS: "
-                         f"at least {needed[-1]}, got {widths[-1]}")
+        raise ValueError(
+            f"the widest source shape must hold data.max_len={config.data.max_len} tokens + EOS: "
+            f"at least {needed[-1]}, got {widths[-1]}"
+        )
     default = SearchOptions.from_config(config.decode)
     default = SearchOptions(beam_size=beam_size or default.beam_size, alpha=default.alpha if alpha is None else alpha)
     default.check()
@@ -127,8 +132,16 @@ def export_model(
     return manifest
 
 
-def _export_searches(model, max_steps: int, searches: dict[str, SearchOptions], spec, rows: Sequence[int],
-                     widths: Sequence[int], output: str, log: Callable[[str], None]) -> tuple[dict, list[str]]:
+def _export_searches(
+    model,
+    max_steps: int,
+    searches: dict[str, SearchOptions],
+    spec,
+    rows: Sequence[int],
+    widths: Sequence[int],
+    output: str,
+    log: Callable[[str], None],
+) -> tuple[dict, list[str]]:
     """Writes one serialized function per search and rows x width shape into `output`; returns the
     manifest's `functions` ({search: {"RxW": file}}, "greedy" the default's when they are the same)
     and the platforms they run on."""

@@ -63,7 +63,7 @@ def read_lines(path: str) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise InputError(f"{name}:{line}: not valid UTF-8 (byte(s) {raw[err.start:err.end].hex(' ')})") from None
+        raise InputError(f"{name}:{line}: not valid UTF-8 (byte(s) {raw[err.start : err.end].hex(' ')})") from None
     lines = text.removeprefix("\ufeff").split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -96,8 +96,10 @@ class ExportedModel:
         if self.manifest.get("format") != FORMAT:
             raise InputError(f"{path}: format {self.manifest.get('format')}, this loader reads {FORMAT}")
         if jax.default_backend() not in self.manifest["platforms"]:
-            raise InputError(f"{directory} was exported for {', '.join(self.manifest['platforms'])}; "
-                             f"this machine runs {jax.default_backend()}: export again there")
+            raise InputError(
+                f"{directory} was exported for {', '.join(self.manifest['platforms'])}; "
+                f"this machine runs {jax.default_backend()}: export again there"
+            )
         with np.load(os.path.join(directory, "params.npz")) as arrays:
             self.params = jax.device_put(_nested({k: arrays[k] for k in arrays.files}))
         self.src = spm.SentencePieceProcessor(model_file=os.path.join(directory, self.manifest["src_model"]))
@@ -163,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", default="-", help="input file, one sentence a line; - for stdin")
     parser.add_argument("--output", default="-", help="output file; - for stdout")
     parser.add_argument("--search", default="default", help="default (the config's beam search) or greedy")
-    parser.add_argument("--model_dir", default=os.path.dirname(os.path.abspath(__file__)),
-                        help="the exported directory (default: the one holding this file)")
+    parser.add_argument(
+        "--model_dir",
+        default=os.path.dirname(os.path.abspath(__file__)),
+        help="the exported directory (default: the one holding this file)",
+    )
     args = parser.parse_args(argv)
     try:
         model = ExportedModel(args.model_dir)

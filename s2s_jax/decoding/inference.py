@@ -81,8 +81,13 @@ class SearchOptions:
         so settings that differ only in them share one compiled search (and one batch);
         top_k > 0 and top_p < 1 only switch their filter on.
         """
-        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=int(self.sample and self.top_k > 0),
-                                   top_p=0.5 if self.sample and self.top_p < 1.0 else 1.0)
+        return dataclasses.replace(
+            self,
+            alpha=0.0,
+            temperature=1.0,
+            top_k=int(self.sample and self.top_k > 0),
+            top_p=0.5 if self.sample and self.top_p < 1.0 else 1.0,
+        )
 
     def batch_key(self) -> SearchOptions:
         """What sources must share to be searched in one batch: all but the per-row values."""
@@ -136,9 +141,12 @@ def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[
     alpha, temperature, top_k, top_p = zip(*(one.row_values() for one in settings))
     seed, index = zip(*sample_keys)
     return {
-        "alpha": np.asarray(alpha, np.float32), "temperature": np.asarray(temperature, np.float32),
-        "top_k": np.asarray(top_k, np.int32), "top_p": np.asarray(top_p, np.float32),
-        "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32), "index": np.asarray(index, np.int32),
+        "alpha": np.asarray(alpha, np.float32),
+        "temperature": np.asarray(temperature, np.float32),
+        "top_k": np.asarray(top_k, np.int32),
+        "top_p": np.asarray(top_p, np.float32),
+        "seed": np.asarray([s & 0xFFFFFFFF for s in seed], np.uint32),
+        "index": np.asarray(index, np.int32),
     }
 
 
@@ -168,8 +176,13 @@ def _cut(row: np.ndarray) -> list[int]:
     return out
 
 
-def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tuple, srcs: tuple,
-             segments: tuple[Segments | None, ...] | None = None):
+def _encoded(
+    models: tuple[Seq2Seq, ...],
+    weights: tuple[float, ...],
+    params: tuple,
+    srcs: tuple,
+    segments: tuple[Segments | None, ...] | None = None,
+):
     """(memory, decoder state, step_fn) for a batch of sources: what every search starts from.
 
     One model's own step function, or for an ensemble (`params` and `srcs` hold one entry per
@@ -177,10 +190,13 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
     mean of their log-probabilities. `segments`: each member source's time-segment profile.
     """
     segments = segments or (None,) * len(models)
-    encoded = [model.apply({"params": p}, src, segments=seg, method=Seq2Seq.encode)
-               for model, p, src, seg in zip(models, params, srcs, segments)]
-    step_fns = [functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step)
-                for model, p in zip(models, params)]
+    encoded = [
+        model.apply({"params": p}, src, segments=seg, method=Seq2Seq.encode)
+        for model, p, src, seg in zip(models, params, srcs, segments)
+    ]
+    step_fns = [
+        functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step) for model, p in zip(models, params)
+    ]
     if len(models) == 1:
         return encoded[0][0], encoded[0][1], step_fns[0]
 
@@ -192,9 +208,20 @@ def _encoded(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], params: tu
     return tuple(m for m, _ in encoded), tuple(s for _, s in encoded), step_fn
 
 
-def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: SearchOptions, max_steps: int,
-                 params: tuple, srcs: tuple, caps, rows: dict, prefix=None, prefix_len=None,
-                 segments: tuple[Segments | None, ...] | None = None, compact: bool = True):
+def search_batch(
+    models: tuple[Seq2Seq, ...],
+    weights: tuple[float, ...],
+    opts: SearchOptions,
+    max_steps: int,
+    params: tuple,
+    srcs: tuple,
+    caps,
+    rows: dict,
+    prefix=None,
+    prefix_len=None,
+    segments: tuple[Segments | None, ...] | None = None,
+    compact: bool = True,
+):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
     traceable function `Inference` compiles (and export.py exports) for each compiled key.
 
@@ -219,24 +246,54 @@ def search_batch(models: tuple[Seq2Seq, ...], weights: tuple[float, ...], opts: 
         return (out[0], out[2]) if opts.with_scores else (out[0], jnp.zeros(out[0].shape[0]))
 
     if opts.sample:
-        keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
+        keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(
+            rows["seed"], rows["index"]
+        )
         outs = []
         for k in range(opts.nbest):
-            outs.append(scored(search.sample(
-                step_fn, memory, state, jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k), max_steps=max_steps,
-                max_lengths=caps, temperature=rows["temperature"], top_k=rows["top_k"] if opts.top_k else 0,
-                top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0, bos_id=start, return_log_prob=opts.with_scores,
-            )))
+            outs.append(
+                scored(
+                    search.sample(
+                        step_fn,
+                        memory,
+                        state,
+                        jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k),
+                        max_steps=max_steps,
+                        max_lengths=caps,
+                        temperature=rows["temperature"],
+                        top_k=rows["top_k"] if opts.top_k else 0,
+                        top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0,
+                        bos_id=start,
+                        return_log_prob=opts.with_scores,
+                    )
+                )
+            )
         return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
     if opts.beam_size == 1:
-        tokens, scores = scored(search.greedy_search(
-            step_fn, memory, state, max_steps=max_steps, max_lengths=caps, bos_id=start,
-            return_log_prob=opts.with_scores, compact=compact,
-        ))
+        tokens, scores = scored(
+            search.greedy_search(
+                step_fn,
+                memory,
+                state,
+                max_steps=max_steps,
+                max_lengths=caps,
+                bos_id=start,
+                return_log_prob=opts.with_scores,
+                compact=compact,
+            )
+        )
         return tokens[:, None], scores[:, None]
     tokens, scores, _ = search.batch_beam_search(
-        step_fn, memory, state, beam_size=opts.beam_size, max_steps=max_steps,
-        max_length=caps, alpha=rows["alpha"], nbest=opts.nbest, bos_id=start, compact=compact,
+        step_fn,
+        memory,
+        state,
+        beam_size=opts.beam_size,
+        max_steps=max_steps,
+        max_length=caps,
+        alpha=rows["alpha"],
+        nbest=opts.nbest,
+        bos_id=start,
+        compact=compact,
     )
     return tokens, scores
 
@@ -283,9 +340,17 @@ class Inference:
     compiled searches run (time segments, fewer rows as outputs finish), never what they output.
     """
 
-    def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], decode_cfg, max_src_len: int,
-                 mesh: jax.sharding.Mesh | None = None, weights: Sequence[float] | None = None,
-                 max_compiled: int = 16, skip_padding: bool = False, compact: bool = True):
+    def __init__(
+        self,
+        model: Seq2Seq | Sequence[Seq2Seq],
+        decode_cfg,
+        max_src_len: int,
+        mesh: jax.sharding.Mesh | None = None,
+        weights: Sequence[float] | None = None,
+        max_compiled: int = 16,
+        skip_padding: bool = False,
+        compact: bool = True,
+    ):
         self.models = (model,) if isinstance(model, Seq2Seq) else tuple(model)
         self.weights = ensemble_weights(weights, len(self.models))
         self.decode_cfg = decode_cfg
@@ -320,8 +385,12 @@ class Inference:
         with self._lock:  # threads (a server's warm-up) must not build two functions for one key
             fn = self._compiled.pop(key, None)
             if fn is None:
-                fn = jax.jit(functools.partial(search_batch, self.models, self.weights, key, self.max_steps,
-                                               compact=self.compact), static_argnames="segments")
+                fn = jax.jit(
+                    functools.partial(
+                        search_batch, self.models, self.weights, key, self.max_steps, compact=self.compact
+                    ),
+                    static_argnames="segments",
+                )
             self._compiled[key] = fn
             while len(self._compiled) > self.max_compiled:
                 self._compiled.pop(next(iter(self._compiled)))
@@ -332,8 +401,14 @@ class Inference:
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
-    def _arrays(self, sources: tuple, chunk: list[int], batch_size: int, settings: list[SearchOptions],
-                sample_keys: Sequence[tuple[int, int]]) -> dict:
+    def _arrays(
+        self,
+        sources: tuple,
+        chunk: list[int],
+        batch_size: int,
+        settings: list[SearchOptions],
+        sample_keys: Sequence[tuple[int, int]],
+    ) -> dict:
         """srcs (one [rows, S_m] per member), caps [rows] and the per-row settings and sampling
         keys; filler rows are all PAD with cap 0."""
         rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
@@ -341,8 +416,10 @@ class Inference:
         caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
         filler = rows - len(chunk)
-        per_row = row_settings([settings[i] for i in chunk] + [SearchOptions(alpha=0.0)] * filler,
-                               [sample_keys[i] for i in chunk] + [(0, 0)] * filler)
+        per_row = row_settings(
+            [settings[i] for i in chunk] + [SearchOptions(alpha=0.0)] * filler,
+            [sample_keys[i] for i in chunk] + [(0, 0)] * filler,
+        )
         return {"srcs": tuple(src for src, _ in padded), "caps": caps, "rows": per_row}
 
     def _prefix_arrays(self, prefixes: Sequence[Sequence[int]], chunk: list[int], caps: np.ndarray) -> dict:
@@ -391,8 +468,11 @@ class Inference:
         sample_keys = [(seed, i) for i in range(n)] if sample_keys is None else sample_keys
         first = settings[0] if settings else (opts if isinstance(opts, SearchOptions) else SearchOptions())
         # One search for all rows: a filter is switched on when any row uses it (the others pass through it).
-        union = dataclasses.replace(first, top_k=max(s.top_k for s in settings) if settings else 0,
-                                    top_p=min(s.top_p for s in settings) if settings else 1.0)
+        union = dataclasses.replace(
+            first,
+            top_k=max(s.top_k for s in settings) if settings else 0,
+            top_p=min(s.top_p for s in settings) if settings else 1.0,
+        )
         results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
         chunks = self.batches(sources[0], batch_size)
         search_fn = self.search_fn(union)
@@ -402,8 +482,15 @@ class Inference:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
-            out = search_fn(params, placed["srcs"], placed["caps"], placed["rows"], placed.get("prefix"),
-                            placed.get("prefix_len"), segments=segments)
+            out = search_fn(
+                params,
+                placed["srcs"],
+                placed["caps"],
+                placed["rows"],
+                placed.get("prefix"),
+                placed.get("prefix_len"),
+                segments=segments,
+            )
             tokens, scores = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []

@@ -188,8 +188,15 @@ def _compacting_while_loop(
         keep = jnp.argsort(s.finished, stable=True)[:next_rows]  # live rows first
         take = lambda tree, keep=keep: jax.tree.map(lambda a: a[keep], tree)  # noqa: E731
         memory, caps, where = take(memory), caps[keep], where[keep]
-        s = _LoopState(step=s.step, tokens=s.tokens[keep], last=s.last[keep], lengths=s.lengths[keep],
-                       finished=s.finished[keep], state=take(s.state), log_prob=s.log_prob[keep])
+        s = _LoopState(
+            step=s.step,
+            tokens=s.tokens[keep],
+            last=s.last[keep],
+            lengths=s.lengths[keep],
+            finished=s.finished[keep],
+            state=take(s.state),
+            log_prob=s.log_prob[keep],
+        )
         rows = next_rows
     return tokens, lengths, log_prob
 
@@ -380,8 +387,17 @@ def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_s
     return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
 
 
-def _beam_step(step_fn: StepFn, memory: Any, s: _BeamState, cap: jax.Array, alpha: float | jax.Array, *,
-               k: int, min_length: int, eos_id: int) -> _BeamState:
+def _beam_step(
+    step_fn: StepFn,
+    memory: Any,
+    s: _BeamState,
+    cap: jax.Array,
+    alpha: float | jax.Array,
+    *,
+    k: int,
+    min_length: int,
+    eos_id: int,
+) -> _BeamState:
     """One step of one sentence's search; `memory` has the leading dim K."""
     logits, new_state = step_fn(memory, s.live_state, s.live_last)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -510,8 +526,9 @@ def batch_beam_search(
 
     def stage(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array, stop_at: int) -> _BeamState:
         """Steps until at most `stop_at` sentences are still running."""
-        return lax.while_loop(lambda s: jnp.sum(running(s, caps, alphas)) > stop_at,
-                              lambda s: body(s, memory, caps, alphas), s)
+        return lax.while_loop(
+            lambda s: jnp.sum(running(s, caps, alphas)) > stop_at, lambda s: body(s, memory, caps, alphas), s
+        )
 
     min_rows = max(-(-COMPACT_MIN_ROWS // k), 1)  # sentences
     fin = (s.fin_tokens, s.fin_scores, s.fin_lengths)
@@ -530,8 +547,9 @@ def batch_beam_search(
     return tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest]
 
 
-def advance(step_fn: StepFn, memory: Any, state: Any, prefix: jax.Array, lengths: jax.Array, *,
-            bos_id: int = BOS_ID) -> tuple[Any, jax.Array]:
+def advance(
+    step_fn: StepFn, memory: Any, state: Any, prefix: jax.Array, lengths: jax.Array, *, bos_id: int = BOS_ID
+) -> tuple[Any, jax.Array]:
     """Feeds each row's forced prefix (int32 [N, P], its first `lengths[i]` tokens) to the decoder.
 
     Returns the state after BOS and all but the last prefix token, and that last token

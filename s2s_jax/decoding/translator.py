@@ -101,11 +101,17 @@ def _check_target_vocabularies(members: list[Member]) -> None:
     for other in members[1:]:
         theirs = other.tgt_tokenizer.pieces(range(other.tgt_tokenizer.vocab_size))
         if theirs != pieces:
-            differ = (f"{len(pieces)} vs {len(theirs)} pieces" if len(theirs) != len(pieces) else
-                      "id {0}: {1!r} vs {2!r}".format(*next((i, a, b) for i, (a, b) in enumerate(zip(pieces, theirs))
-                                                        if a != b)))
-            raise ValueError(f"ensemble members need the same target vocabulary: {first.workdir} and "
-                             f"{other.workdir} differ ({differ})")
+            differ = (
+                f"{len(pieces)} vs {len(theirs)} pieces"
+                if len(theirs) != len(pieces)
+                else "id {0}: {1!r} vs {2!r}".format(
+                    *next((i, a, b) for i, (a, b) in enumerate(zip(pieces, theirs)) if a != b)
+                )
+            )
+            raise ValueError(
+                f"ensemble members need the same target vocabulary: {first.workdir} and "
+                f"{other.workdir} differ ({differ})"
+            )
 
 
 class Translator:
@@ -119,8 +125,7 @@ class Translator:
     profile is compiled for, s2s_jax/models/time_segments.py; the server turns it off on its translator).
     """
 
-    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best",
-                 weights: Sequence[float] | None = None):
+    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best", weights: Sequence[float] | None = None):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
@@ -130,8 +135,11 @@ class Translator:
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
         self.inference = inference.Inference(
-            [m.model for m in self.members], first.config.decode,
-            max(m.config.data.max_len for m in self.members), mesh, weights=weights,
+            [m.model for m in self.members],
+            first.config.decode,
+            max(m.config.data.max_len for m in self.members),
+            mesh,
+            weights=weights,
             skip_padding=first.config.model.get("skip_padding", True),  # workdirs from before it: on
         )
 
@@ -184,7 +192,13 @@ class Translator:
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
-            params, sources, opts, batch_size=batch_size, seed=seed, progress=progress, prefixes=forced,
+            params,
+            sources,
+            opts,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            prefixes=forced,
             sample_keys=sample_keys,
         )
         return [
@@ -192,19 +206,28 @@ class Translator:
             for candidates in results
         ]
 
-    def nbest(self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None,
-              **kwargs) -> list[list[Hypothesis]]:
+    def nbest(
+        self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs
+    ) -> list[list[Hypothesis]]:
         """The n best beam-search translations of each line, best first (`--nbest N`)."""
         cfg = self.config.decode
-        opts = SearchOptions(beam_size=beam_size or max(n, cfg.beam_size), alpha=cfg.alpha if alpha is None else alpha,
-                             nbest=n)
+        opts = SearchOptions(
+            beam_size=beam_size or max(n, cfg.beam_size), alpha=cfg.alpha if alpha is None else alpha, nbest=n
+        )
         return self.translate(lines, opts, **kwargs)
 
-    def sample(self, lines: list[str], n: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int = 0, **kwargs) -> list[list[Hypothesis]]:
+    def sample(
+        self,
+        lines: list[str],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        **kwargs,
+    ) -> list[list[Hypothesis]]:
         """n samples per line with their log-probabilities (`--sample`); the same seed gives the same samples."""
-        opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p,
-                             with_scores=True)
+        opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p, with_scores=True)
         return self.translate(lines, opts, seed=seed, **kwargs)
 
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
@@ -220,8 +243,9 @@ class Translator:
         """
         return self.align_with_attention(lines, outputs, mode)[0]
 
-    def align_with_attention(self, lines: list[str], outputs: list[list[int]],
-                             mode: str = "hard") -> tuple[list[str], list[dict]]:
+    def align_with_attention(
+        self, lines: list[str], outputs: list[list[int]], mode: str = "hard"
+    ) -> tuple[list[str], list[dict]]:
         """`align`'s alignments and the piece-level attention maps (`attention_maps`) of the first
         member with attention, from the one teacher-forced pass per member that the alignment reads."""
         if mode not in MODES:
@@ -240,8 +264,10 @@ class Translator:
                 continue
             for number, (acc, w) in enumerate(zip(merged, words), 1):
                 if acc.shape != w.shape:
-                    raise ValueError(f"line {number}: ensemble members split the source into different words "
-                                     f"({acc.shape[1]} vs {w.shape[1]}): align with one model")
+                    raise ValueError(
+                        f"line {number}: ensemble members split the source into different words "
+                        f"({acc.shape[1]} vs {w.shape[1]}): align with one model"
+                    )
             merged = [acc + weight / total * w for acc, w in zip(merged, words)]
         return [format_alignment(w, mode) for w in merged], first_maps
 
@@ -265,8 +291,9 @@ class Translator:
         return [Score(c.score, len(c.tokens) + 1) for c in results]
 
 
-def attention_maps(member: Member | Translator, lines: list[str], outputs: list[list[int]],
-                   batch_size: int = 64) -> list[dict]:
+def attention_maps(
+    member: Member | Translator, lines: list[str], outputs: list[list[int]], batch_size: int = 64
+) -> list[dict]:
     """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
 
     Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
@@ -279,8 +306,11 @@ def attention_maps(member: Member | Translator, lines: list[str], outputs: list[
     if member.config.model.attention == "none":
         raise ValueError("this model has no attention (model.attention=none): nothing to plot")
     if member.attention_fn is None:
-        member.attention_fn = jax.jit(lambda params, src, tgt_in: member.model.apply(
-            {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights))
+        member.attention_fn = jax.jit(
+            lambda params, src, tgt_in: member.model.apply(
+                {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights
+            )
+        )
     src_ids = member.encode_lines(lines, warn=lambda msg: None)
     tgt_in = [[BOS_ID] + list(out) for out in outputs]
     maps = [{"weights": np.zeros((0, 0)), "src": [], "tgt": []} for _ in lines]

@@ -69,10 +69,16 @@ class GRULayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: jax.Array, mask: jax.Array | None, initial_carry: jax.Array | None = None,
-                 segments: Segments | None = None):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        mask: jax.Array | None,
+        initial_carry: jax.Array | None = None,
+        segments: Segments | None = None,
+    ):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)
         x_proj = nn.Dense(3 * self.hidden_size, dtype=self.dtype, name="input")(inputs)
-        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask,
-                              segments)
+        return run_recurrence(
+            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
+        )

@@ -56,9 +56,7 @@ class _Recurrence(nn.Module):
     def __call__(self, carry: Carry, inputs: tuple[jax.Array, jax.Array]):
         c, h = carry
         x_proj, mask = inputs
-        kernel = self.param(
-            "kernel", nn.initializers.orthogonal(), (self.hidden_size, 4 * self.hidden_size)
-        )
+        kernel = self.param("kernel", nn.initializers.orthogonal(), (self.hidden_size, 4 * self.hidden_size))
         gates = x_proj + jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)).astype(x_proj.dtype)
         new_c, new_h = lstm_gates(gates.astype(jnp.float32), c)
         if mask is None:
@@ -83,7 +81,10 @@ class LSTMLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, mask: jax.Array | None, initial_carry: Carry | None = None,
+        self,
+        inputs: jax.Array,
+        mask: jax.Array | None,
+        initial_carry: Carry | None = None,
         segments: Segments | None = None,
     ) -> tuple[jax.Array, Carry]:
         batch = inputs.shape[0]
@@ -96,8 +97,9 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
-        return run_recurrence(_Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask,
-                              segments)
+        return run_recurrence(
+            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
+        )
 
 
 def _emit_carry(step: nn.Module, carry: Any, x_proj: jax.Array) -> tuple[Any, tuple[jax.Array, Any]]:
@@ -107,7 +109,12 @@ def _emit_carry(step: nn.Module, carry: Any, x_proj: jax.Array) -> tuple[Any, tu
 
 
 def run_recurrence(
-    step: type[nn.Module], hidden_size: int, dtype: Any, unroll: int, carry: Any, x_proj: jax.Array,
+    step: type[nn.Module],
+    hidden_size: int,
+    dtype: Any,
+    unroll: int,
+    carry: Any,
+    x_proj: jax.Array,
     mask: jax.Array | None,
     segments: Segments | None = None,
 ) -> tuple[jax.Array, Any]:
@@ -128,15 +135,22 @@ def run_recurrence(
         carry, output = cell(carry, (x_proj[:, 0], step_mask))
         return output[:, None], carry
     if mask is None:
-        scan = nn.scan(lambda cell, c, xs: cell(c, (xs, None)), variable_broadcast="params",
-                       split_rngs={"params": False}, in_axes=1, out_axes=1, unroll=unroll)
+        scan = nn.scan(
+            lambda cell, c, xs: cell(c, (xs, None)),
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=1,
+            out_axes=1,
+            unroll=unroll,
+        )
         run = lambda c, xs: scan(cell, c, xs)  # noqa: E731
         if segments is not None:
             return time_segments.run_segments(run, carry, x_proj, segments)
         carry, outputs = run(carry, x_proj)
         return outputs, carry
-    scan = nn.scan(_emit_carry, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
-                   unroll=unroll)
+    scan = nn.scan(
+        _emit_carry, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1, unroll=unroll
+    )
     run = lambda c, xs: scan(cell, c, xs)  # noqa: E731
     if segments is not None:
         (outputs, carries), _ = time_segments.run_segments(run, carry, x_proj, segments)

@@ -115,13 +115,13 @@ class Encoder(nn.Module):
         for layer in range(cfg.num_layers):
             if layer > 0:
                 x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-            fwd_out, fwd_carry = layer_type(
-                cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}"
-            )(x, mask, segments=segments)
+            fwd_out, fwd_carry = layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}")(
+                x, mask, segments=segments
+            )
             if cfg.bidirectional:
-                bwd_out, bwd_carry = layer_type(
-                    cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd"
-                )(reverse_padded(x, lengths), mask, segments=segments)
+                bwd_out, bwd_carry = layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd")(
+                    reverse_padded(x, lengths), mask, segments=segments
+                )
                 x = jnp.concatenate([fwd_out, reverse_padded(bwd_out, lengths)], axis=-1)
                 carries.append((fwd_carry, bwd_carry))
             else:
@@ -195,9 +195,7 @@ class Decoder(nn.Module):
     def _inputs(self, tokens: jax.Array, memory: Memory) -> jax.Array:
         x = self.embed(tokens).astype(self.config.dtype)
         if self.config.feed_context:
-            context = jnp.broadcast_to(
-                memory["context"][:, None, :], x.shape[:2] + memory["context"].shape[-1:]
-            )
+            context = jnp.broadcast_to(memory["context"][:, None, :], x.shape[:2] + memory["context"].shape[-1:])
             x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
         return x
 
@@ -217,7 +215,9 @@ class Decoder(nn.Module):
 
         With `segments` the rows are sorted longest first and the layers skip the steps past them."""
         if self.uses_feed:
-            x = jnp.concatenate([x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1)
+            x = jnp.concatenate(
+                [x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1
+            )
         x = self.dropout(x, deterministic=not train)
         mask = None  # every input position is real to the decoder: no per-step masking
         carries = []
@@ -236,7 +236,13 @@ class Decoder(nn.Module):
         return x, new_state, weights
 
     def __call__(
-        self, tokens: jax.Array, memory: Memory, state: State, *, train: bool, features: bool = False,
+        self,
+        tokens: jax.Array,
+        memory: Memory,
+        state: State,
+        *,
+        train: bool,
+        features: bool = False,
         segments: Segments | None = None,
     ) -> tuple[jax.Array, State, jax.Array | None]:
         """Runs over [B, T] input tokens -> (float32 logits [B, T, V], new state, attention [B, T, S] or None).
@@ -247,7 +253,9 @@ class Decoder(nn.Module):
         runs step by step) the recurrences skip the padded steps: the outputs at real positions
         are unchanged, the state returned is then each row's state after its last real token.
         """
-        finish = (lambda h: self.dropout(h, deterministic=not train)) if features else (lambda h: self._logits(h, train))
+        finish = (
+            (lambda h: self.dropout(h, deterministic=not train)) if features else (lambda h: self._logits(h, train))
+        )
         x = self._inputs(tokens, memory)
         if not self.uses_feed or tokens.shape[1] == 1:
             if segments is None or tokens.shape[1] == 1:

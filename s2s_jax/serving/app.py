@@ -210,27 +210,40 @@ class Batcher:
     def _translate(self, batch: list[_Job]) -> list[Translation]:
         texts = [job.text for job in batch]
         hyps = self.translator.translate(
-            texts, [job.opts for job in batch], batch_size=self.settings.max_batch,
-            sample_keys=[job.sample_key for job in batch], warn=lambda message: None,
+            texts,
+            [job.opts for job in batch],
+            batch_size=self.settings.max_batch,
+            sample_keys=[job.sample_key for job in batch],
+            warn=lambda message: None,
         )
         self.search_calls += 1
         self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
         # A slot no hypothesis filled (fewer outputs than nbest exist) has score -inf: left out.
         hyps = [[x for x in h if math.isfinite(x.score)] or h[:1] for h in hyps]
-        out = [Translation(text=h[0].text, score=_finite(h[0].score),
-                           nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h]) for h in hyps]
+        out = [
+            Translation(
+                text=h[0].text,
+                score=_finite(h[0].score),
+                nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
+            )
+            for h in hyps
+        ]
         aligned = [i for i, job in enumerate(batch) if job.alignment and texts[i].strip()]
         if aligned and self._has_attention:
-            for i, alignment in zip(aligned, self._alignments([texts[i] for i in aligned],
-                                                              [hyps[i][0].tokens for i in aligned])):
+            for i, alignment in zip(
+                aligned, self._alignments([texts[i] for i in aligned], [hyps[i][0].tokens for i in aligned])
+            ):
                 out[i].alignment = alignment
         return out
 
     def _alignments(self, texts: list[str], outputs: list[list[int]]) -> list[Alignment]:
         pairs, maps = self.translator.align_with_attention(texts, outputs, "hard")
-        return [Alignment(pairs=p, src=m["src"], tgt=m["tgt"],
-                          weights=[[round(float(w), 4) for w in row] for row in m["weights"]])
-                for p, m in zip(pairs, maps)]
+        return [
+            Alignment(
+                pairs=p, src=m["src"], tgt=m["tgt"], weights=[[round(float(w), 4) for w in row] for row in m["weights"]]
+            )
+            for p, m in zip(pairs, maps)
+        ]
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -240,15 +253,20 @@ def _finite(score: float) -> float:
     return score if math.isfinite(score) else -1e30
 
 
-def warm_up(translator, settings: ServeSettings, progress: Callable[[str], None] = lambda message: None,
-            workers: int | None = None) -> int:
+def warm_up(
+    translator,
+    settings: ServeSettings,
+    progress: Callable[[str], None] = lambda message: None,
+    workers: int | None = None,
+) -> int:
     """Compiles the default settings' search (and those of `warm_up_beam_sizes`) for every batch
     shape a request can produce: rows a power of two up to max_batch, source widths the multiples
     of 8 up to max_len + EOS. Shapes compile on `workers` threads (default: one per CPU; XLA
     compiles one program per thread). Returns the number of compiled shapes."""
     default = default_options(translator)
-    searches = [default] + [dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes
-                            if b != default.beam_size]
+    searches = [default] + [
+        dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes if b != default.beam_size
+    ]
     widest = inference.source_width(translator.max_len + 1)
     widths = range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
     rows = inference.row_counts(settings.max_batch)
@@ -283,15 +301,23 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
     if request.sample:
         beam = 1
     elif beam not in settings.beam_sizes:
-        raise HTTPException(422, f"beam_size: {beam} is not one of this server's beam sizes "
-                                 f"{', '.join(map(str, settings.beam_sizes))}")
+        raise HTTPException(
+            422, f"beam_size: {beam} is not one of this server's beam sizes {', '.join(map(str, settings.beam_sizes))}"
+        )
     if request.nbest > settings.max_nbest:
         raise HTTPException(422, f"nbest: at most {settings.max_nbest}")
     if not request.sample and request.nbest > beam:
         raise HTTPException(422, f"nbest: {request.nbest} needs beam_size >= nbest (got {beam})")
-    opts = SearchOptions(beam_size=beam, alpha=default.alpha if request.alpha is None else request.alpha,
-                         nbest=request.nbest, sample=request.sample, temperature=request.temperature,
-                         top_k=request.top_k, top_p=request.top_p, with_scores=True)
+    opts = SearchOptions(
+        beam_size=beam,
+        alpha=default.alpha if request.alpha is None else request.alpha,
+        nbest=request.nbest,
+        sample=request.sample,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        top_p=request.top_p,
+        with_scores=True,
+    )
     try:
         opts.check()
     except ValueError as err:
@@ -309,20 +335,25 @@ def clean_text(text: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def create_app(load: Callable[[], Any], settings: ServeSettings = ServeSettings(),
-               log: Callable[[str], None] = print) -> FastAPI:
+def create_app(
+    load: Callable[[], Any], settings: ServeSettings = ServeSettings(), log: Callable[[str], None] = print
+) -> FastAPI:
     """The FastAPI app. `load()` returns the Translator; it runs (with the warm-up) in a
     background thread after startup, and /health answers 503 until both are done."""
     settings.check()
     service = _Service(load, settings, log)
-    app = FastAPI(title="s2s-jax translation server", lifespan=service.lifespan,
-                  description="POST /translate; the page at /; the schema at /openapi.json.")
+    app = FastAPI(
+        title="s2s-jax translation server",
+        lifespan=service.lifespan,
+        description="POST /translate; the page at /; the schema at /openapi.json.",
+    )
     app.add_exception_handler(RequestValidationError, service.invalid)
     authorized = [Depends(service.authorized)]
     app.add_api_route("/health", service.health, methods=["GET"])
     app.add_api_route("/info", service.info, methods=["GET"], dependencies=authorized)
-    app.add_api_route("/translate", service.translate, methods=["POST"], response_model=TranslateResponse,
-                      dependencies=authorized)
+    app.add_api_route(
+        "/translate", service.translate, methods=["POST"], response_model=TranslateResponse, dependencies=authorized
+    )
     app.add_api_route("/", service.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
     return app
 
@@ -372,13 +403,13 @@ class _Service:
             self.state["error"] = str(err)
             return
         batcher = Batcher(translator, self.settings)
-        self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()),
-                          ready=True)
+        self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()), ready=True)
 
     async def invalid(self, request: Request, err: RequestValidationError) -> JSONResponse:
         """422 naming each bad field (`loc`), without echoing the whole input back."""
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in err.errors()]
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in err.errors()
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     def authorized(self, request: Request) -> None:
@@ -389,8 +420,9 @@ class _Service:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "missing or wrong API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def ready_state(self) -> dict:
         if not self.state["ready"]:
@@ -402,8 +434,9 @@ class _Service:
     async def health(self) -> JSONResponse:
         if self.state["ready"]:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "error" if self.state["error"] else "loading", "detail": self.state["error"]},
-                            status_code=503)
+        return JSONResponse(
+            {"status": "error" if self.state["error"] else "loading", "detail": self.state["error"]}, status_code=503
+        )
 
     async def info(self) -> dict:
         current = self.ready_state()
@@ -411,12 +444,16 @@ class _Service:
         members = [_member_info(member) for member in translator.members]
         default = default_options(translator)
         return {
-            "members": members, "languages": members[0]["languages"], "step": members[0]["step"],
+            "members": members,
+            "languages": members[0]["languages"],
+            "step": members[0]["step"],
             "attention": any(m.config.model.attention != "none" for m in translator.members),
             "defaults": {"beam_size": default.beam_size, "alpha": default.alpha},
             "limits": {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "api_key"},
-            "batches": {"search_calls": current["batcher"].search_calls,
-                        "mean_texts": float(np.mean(current["batcher"].batch_texts or [0]))},
+            "batches": {
+                "search_calls": current["batcher"].search_calls,
+                "mean_texts": float(np.mean(current["batcher"].batch_texts or [0])),
+            },
         }
 
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
@@ -443,7 +480,9 @@ class _Service:
             raise HTTPException(500, f"translation failed: {err}") from None
 
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(importlib.resources.files("s2s_jax.serving").joinpath("static/index.html").read_text("utf-8"))
+        return HTMLResponse(
+            importlib.resources.files("s2s_jax.serving").joinpath("static/index.html").read_text("utf-8")
+        )
 
 
 def _request_texts(request: TranslateRequest, settings: ServeSettings) -> list[str]:
@@ -461,9 +500,13 @@ def _member_info(member) -> dict:
     """/info's description of one model of the Translator."""
     cfg = member.config
     return {
-        "workdir": member.workdir, "step": member.meta.get("step"),
-        "model": {k: cfg.model[k] for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional",
-                                            "attention") if k in cfg.model},
+        "workdir": member.workdir,
+        "step": member.meta.get("step"),
+        "model": {
+            k: cfg.model[k]
+            for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional", "attention")
+            if k in cfg.model
+        },
         "vocab": {"src": member.src_tokenizer.vocab_size, "tgt": member.tgt_tokenizer.vocab_size},
         "languages": {"src": _language(cfg.data, "src"), "tgt": _language(cfg.data, "tgt")},
     }
@@ -474,4 +517,3 @@ def _language(data_cfg, side: str) -> str:
     name = data_cfg.get(f"train_{side}", "") or ""
     suffix = name.split(",")[0].rsplit(".", 1)[-1] if "." in name else ""
     return suffix if re.fullmatch(r"[a-z]{2,3}", suffix) and suffix not in ("src", "tgt", "txt", "tsv") else ""
-

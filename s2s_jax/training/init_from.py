@@ -63,9 +63,20 @@ def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | N
     if workdir is None:
         return state
     with open(os.path.join(workdir, RECORD), "w", encoding="utf-8") as f:
-        json.dump({"workdir": os.path.abspath(source), "checkpoint": which, "step": meta["step"],
-                   "keep_optimizer": keep_optimizer}, f, indent=2)
+        json.dump(
+            {
+                "workdir": os.path.abspath(source),
+                "checkpoint": which,
+                "step": meta["step"],
+                "keep_optimizer": keep_optimizer,
+            },
+            f,
+            indent=2,
+        )
         f.write("\n")
-    print(f"Initialised from {source} ({which}: step {meta['step']}"
-          f"{', with its optimizer state' if keep_optimizer else ''})", flush=True)
+    print(
+        f"Initialised from {source} ({which}: step {meta['step']}"
+        f"{', with its optimizer state' if keep_optimizer else ''})",
+        flush=True,
+    )
     return state

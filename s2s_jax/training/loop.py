@@ -39,6 +39,7 @@ from s2s_jax.workdir import checkpoints as ckpt_lib
 
 TrainState = dict[str, Any]  # {"step", "params", "opt_state"[, "ema"]}: plain pytree, checkpointed as is
 
+
 class Outcome(enum.Enum):
     """How a call of `train_and_evaluate` ended."""
 
@@ -64,8 +65,9 @@ class TrainResult:
         return self.best_scores.get("valid_bleu", -1.0)
 
 
-def init_train_state(model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False,
-                     lr_scale: bool = False) -> TrainState:
+def init_train_state(
+    model: Seq2Seq, optimizer: optax.GradientTransformation, seed: int, ema: bool = False, lr_scale: bool = False
+) -> TrainState:
     """Step 0: fresh parameters and optimizer state; with `ema` their moving average (= the
     parameters), with `lr_scale` a learning-rate factor (1.0) that plateau schedules lower."""
     dummy = jnp.ones((1, 4), jnp.int32)
@@ -97,14 +99,24 @@ def _loss_sums(model: Seq2Seq, label_smoothing: float, teacher_forcing_ratio: fl
         rngs = {"dropout": dropout_key, "sampling": sampling_key}
         if teacher_forcing_ratio >= 1.0:  # output layer only at real target positions
             features = model.apply(
-                {"params": params}, batch["src"], batch["tgt_in"], train=True, segments=segments, rngs=rngs,
+                {"params": params},
+                batch["src"],
+                batch["tgt_in"],
+                train=True,
+                segments=segments,
+                rngs=rngs,
                 method=Seq2Seq.features,
             )
             return compact_cross_entropy(features, batch["tgt_out"], project(params), label_smoothing)
         # scheduled sampling needs every step's logits anyway
         logits = model.apply(
-            {"params": params}, batch["src"], batch["tgt_in"], train=True,
-            teacher_forcing_ratio=teacher_forcing_ratio, segments=segments, rngs=rngs,
+            {"params": params},
+            batch["src"],
+            batch["tgt_in"],
+            train=True,
+            teacher_forcing_ratio=teacher_forcing_ratio,
+            segments=segments,
+            rngs=rngs,
         )
         return masked_cross_entropy(logits, batch["tgt_out"], label_smoothing)
 
@@ -200,8 +212,12 @@ def make_accumulating_train_step(
         grads = jax.tree.map(lambda g: g / jnp.maximum(out["tokens"], 1.0), grad_sums)
         return _apply_update(optimizer, state, grads, out, ema_decay)
 
-    def train_step(state: TrainState, batches: list[dict], base_key: jax.Array,
-                   segments: Sequence[BatchSegments | None] | None = None):
+    def train_step(
+        state: TrainState,
+        batches: list[dict],
+        base_key: jax.Array,
+        segments: Sequence[BatchSegments | None] | None = None,
+    ):
         key = jax.random.fold_in(base_key, state["step"])
         total = None
         for i, batch in enumerate(batches):
@@ -221,7 +237,9 @@ def make_eval_step(model: Seq2Seq) -> Callable:
     return eval_step
 
 
-def evaluate(params, eval_step: Callable, inference: Inference, corpus: training_data.Corpus, config) -> tuple[dict, list[str]]:
+def evaluate(
+    params, eval_step: Callable, inference: Inference, corpus: training_data.Corpus, config
+) -> tuple[dict, list[str]]:
     """Validation loss, perplexity and BLEU/chrF of the translations the run's decode settings give."""
     nll_sum, tokens = 0.0, 0.0
     for batch in corpus.valid_batches.epoch(0, shuffle=False):
@@ -354,9 +372,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         corpus = training_data.prepare(config, workdir, row_multiple=parallel.num_devices(mesh))
     model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
     optimizer = make_optimizer(config.train)
-    state = parallel.replicate(init_train_state(
-        model, optimizer, config.seed, ema=config.train.ema_decay > 0, lr_scale=config.train.lr_schedule in ON_PLATEAU
-    ), mesh)
+    state = parallel.replicate(
+        init_train_state(
+            model,
+            optimizer,
+            config.seed,
+            ema=config.train.ema_decay > 0,
+            lr_scale=config.train.lr_schedule in ON_PLATEAU,
+        ),
+        mesh,
+    )
     iterator = _train_iterator(corpus, mesh)
     train_cfg = config.train
 
@@ -368,8 +393,21 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         best = BestTracker(train_cfg, checkpoints.best_meta())
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
-        loop = _TrainLoop(config, workdir, mesh, corpus, model, optimizer, iterator, checkpoints, best, stop,
-                          start_step, state, cleanup)
+        loop = _TrainLoop(
+            config,
+            workdir,
+            mesh,
+            corpus,
+            model,
+            optimizer,
+            iterator,
+            checkpoints,
+            best,
+            stop,
+            start_step,
+            state,
+            cleanup,
+        )
         return loop.run(state)
 
 
@@ -383,8 +421,9 @@ def _train_iterator(corpus: training_data.Corpus, mesh: jax.sharding.Mesh):
     return corpus.train_iterator(local_rows)
 
 
-def _resume_or_initialize(state: TrainState, checkpoints: ckpt_lib.Checkpoints, iterator, train_cfg, workdir: str,
-                          mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
+def _resume_or_initialize(
+    state: TrainState, checkpoints: ckpt_lib.Checkpoints, iterator, train_cfg, workdir: str, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, int]:
     """(state, start step): the newest checkpoint's state and data position if there is one, else
     `state` (fresh) or what train.init_from starts from."""
     if checkpoints.latest_step() is not None:
@@ -395,22 +434,35 @@ def _resume_or_initialize(state: TrainState, checkpoints: ckpt_lib.Checkpoints, 
         print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
         return state, start_step
     if train_cfg.init_from:
-        state = init_from.initial_state(train_cfg.init_from, jax.device_get(state), train_cfg.init_keep_optimizer,
-                                        workdir if parallel.is_main_process() else None)
+        state = init_from.initial_state(
+            train_cfg.init_from,
+            jax.device_get(state),
+            train_cfg.init_keep_optimizer,
+            workdir if parallel.is_main_process() else None,
+        )
         state = parallel.replicate(state, mesh)
     return state, 0
 
 
-def _compiled_train_step(model: Seq2Seq, optimizer: optax.GradientTransformation, train_cfg,
-                         mesh: jax.sharding.Mesh) -> Callable:
+def _compiled_train_step(
+    model: Seq2Seq, optimizer: optax.GradientTransformation, train_cfg, mesh: jax.sharding.Mesh
+) -> Callable:
     """The run's update: accumulating over train.accum_steps micro-batches, or data-parallel on one batch."""
     if train_cfg.accum_steps > 1:
-        return make_accumulating_train_step(model, optimizer, train_cfg.label_smoothing,
-                                            train_cfg.teacher_forcing_ratio, parallel.replicated(mesh),
-                                            train_cfg.ema_decay)
-    return parallel.data_parallel_train_step(make_train_step(
-        model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
-    ), mesh)
+        return make_accumulating_train_step(
+            model,
+            optimizer,
+            train_cfg.label_smoothing,
+            train_cfg.teacher_forcing_ratio,
+            parallel.replicated(mesh),
+            train_cfg.ema_decay,
+        )
+    return parallel.data_parallel_train_step(
+        make_train_step(
+            model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
+        ),
+        mesh,
+    )
 
 
 def _nonfinite_message(first: int, step: int, count: int) -> str:
@@ -425,10 +477,22 @@ class _TrainLoop:
     """The steps of one `train_and_evaluate` call after its start: train, evaluate and keep the
     best, log, checkpoint, stop. Its log and progress bar close with `cleanup`."""
 
-    def __init__(self, config, workdir: str, mesh: jax.sharding.Mesh, corpus: training_data.Corpus, model: Seq2Seq,
-                 optimizer: optax.GradientTransformation, iterator, checkpoints: ckpt_lib.Checkpoints,
-                 best: BestTracker, stop: StopRequest, start_step: int, state: TrainState,
-                 cleanup: contextlib.ExitStack):
+    def __init__(
+        self,
+        config,
+        workdir: str,
+        mesh: jax.sharding.Mesh,
+        corpus: training_data.Corpus,
+        model: Seq2Seq,
+        optimizer: optax.GradientTransformation,
+        iterator,
+        checkpoints: ckpt_lib.Checkpoints,
+        best: BestTracker,
+        stop: StopRequest,
+        start_step: int,
+        state: TrainState,
+        cleanup: contextlib.ExitStack,
+    ):
         self.config, self.train_cfg, self.mesh, self.corpus = config, config.train, mesh, corpus
         self.iterator, self.checkpoints, self.best, self.stop = iterator, checkpoints, best, stop
         self.start_step = start_step
@@ -446,10 +510,18 @@ class _TrainLoop:
             parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh)
         )
         self.window = LogWindow(learning_rate_schedule(self.train_cfg))
-        self.bar = cleanup.enter_context(contextlib.closing(tqdm(
-            total=self.train_cfg.num_steps, initial=start_step, desc="train", dynamic_ncols=True, mininterval=1.0,
-            disable=not main,
-        )))
+        self.bar = cleanup.enter_context(
+            contextlib.closing(
+                tqdm(
+                    total=self.train_cfg.num_steps,
+                    initial=start_step,
+                    desc="train",
+                    dynamic_ncols=True,
+                    mininterval=1.0,
+                    disable=not main,
+                )
+            )
+        )
         self.last: dict = {}  # the last logged values
         self.lr_scale = float(state["lr_scale"]) if self.plateau else 1.0  # mirrors the state's, read once
 
@@ -474,7 +546,9 @@ class _TrainLoop:
                 sums = self.window.sums()
                 if sums["nonfinite"] > 0 and cfg.on_nonfinite == "stop":
                     first = step - len(self.window.pending) + 1
-                    return self.result(Outcome.NON_FINITE, step, _nonfinite_message(first, step, int(sums["nonfinite"])))
+                    return self.result(
+                        Outcome.NON_FINITE, step, _nonfinite_message(first, step, int(sums["nonfinite"]))
+                    )
                 record.update(self.log_window(step, sums, scale_used))
             if record:
                 self.write_log(step, record)
@@ -484,9 +558,11 @@ class _TrainLoop:
                 return self.result(Outcome.EARLY_STOPPED, step, self.best.message(step))
             if stopping:
                 who = self.stop.requested or "a stop on another process"
-                return self.result(Outcome.INTERRUPTED, step, (
-                    f"{who}: stopped after step {step} with a checkpoint; run the same command to resume."
-                ))
+                return self.result(
+                    Outcome.INTERRUPTED,
+                    step,
+                    (f"{who}: stopped after step {step} with a checkpoint; run the same command to resume."),
+                )
         return self.result(Outcome.FINISHED, max(self.start_step, cfg.num_steps))
 
     def next_batches(self) -> tuple[Any, Any, int]:

@@ -10,9 +10,7 @@ import jax.numpy as jnp
 from s2s_jax.data.tokenizer import PAD_ID
 
 
-def masked_cross_entropy(
-    logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
-) -> dict[str, jax.Array]:
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
     """Sums over real target tokens, so callers can average exactly across batches.
 
     Returns `loss_sum` (the training objective, label-smoothed when asked),
@@ -78,8 +76,6 @@ def compact_cross_entropy(
     loss_sum = nll_sum = jnp.zeros((), jnp.float32)
     for k in range(num_chunks):
         block = slice(k * rows, (k + 1) * rows)
-        loss_k, nll_k = jax.lax.cond(
-            k * rows < num_real, chunk_sums, skip, order[block], sorted_weights[block]
-        )
+        loss_k, nll_k = jax.lax.cond(k * rows < num_real, chunk_sums, skip, order[block], sorted_weights[block])
         loss_sum, nll_sum = loss_sum + loss_k, nll_sum + nll_k
     return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": num_real.astype(jnp.float32)}

@@ -80,8 +80,11 @@ def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -
     # cross-process barriers by step; a per-directory prefix keeps them apart.
     multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind.subdir)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
-        multiprocessing_options=multiprocessing, temporary_path_class=orbax_workarounds.ChecksummedRename,
+        max_to_keep=max_to_keep,
+        create=create,
+        cleanup_tmp_directories=create,
+        multiprocessing_options=multiprocessing,
+        temporary_path_class=orbax_workarounds.ChecksummedRename,
     )
     return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
 
@@ -329,7 +332,9 @@ class Checkpoints:
         except _NoReadableCheckpoint as err:
             for bad, why in err.unreadable:
                 where = _set_aside(self.best, _BEST, bad, self.workdir)
-                _warn(f"best checkpoint {bad} is unreadable ({why}); moved it to {where}, the next evaluation writes a new one")
+                _warn(
+                    f"best checkpoint {bad} is unreadable ({why}); moved it to {where}, the next evaluation writes a new one"
+                )
             return None
         return restored["meta"]
 
@@ -387,8 +392,11 @@ def load_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
     """
     which = str(which).strip()
     average = which.startswith("avg:")
-    if which not in ("best", "latest") and not which.isdigit() and not (average and which[4:].isdigit()
-                                                                        and int(which[4:]) >= 1):
+    if (
+        which not in ("best", "latest")
+        and not which.isdigit()
+        and not (average and which[4:].isdigit() and int(which[4:]) >= 1)
+    ):
         raise CheckpointError(f"--checkpoint must be best, latest, a step number or avg:K (K >= 1), got {which!r}")
     if which == "best":
         found = _load_best(workdir)
@@ -423,8 +431,10 @@ def decode_params(state: dict) -> Any:
 def _average(manager: ocp.CheckpointManager, steps: list[int], k: int, directory: str) -> tuple[Any, dict]:
     """The mean of the decode parameters of the k newest steps (`steps` newest first)."""
     if len(steps) < k:
-        raise CheckpointError(f"avg:{k} needs {k} checkpoints, {directory} has {len(steps)} "
-                              f"({', '.join(map(str, sorted(steps)))}; train.max_to_keep sets how many are kept)")
+        raise CheckpointError(
+            f"avg:{k} needs {k} checkpoints, {directory} has {len(steps)} "
+            f"({', '.join(map(str, sorted(steps)))}; train.max_to_keep sets how many are kept)"
+        )
     total, meta, params = None, None, None
     for step in steps[:k]:
         try:
@@ -470,6 +480,8 @@ def _load_best(workdir: str) -> tuple[Any, dict] | None:
             )
         except _NoReadableCheckpoint as err:
             for bad, why in err.unreadable:
-                _warn(f"best checkpoint {bad} in {manager.directory} is unreadable ({why}); using the latest checkpoint")
+                _warn(
+                    f"best checkpoint {bad} in {manager.directory} is unreadable ({why}); using the latest checkpoint"
+                )
             return None
     return _uncommitted(restored["params"]), dict(restored["meta"], step=step)

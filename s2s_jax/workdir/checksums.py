@@ -48,7 +48,10 @@ def write_manifest(directory: str, exclude: Collection[str] = ()) -> None:
     and the manifest together.
     """
     files = {
-        name: {"size": os.path.getsize(os.path.join(directory, name)), "sha256": file_digest(os.path.join(directory, name))}
+        name: {
+            "size": os.path.getsize(os.path.join(directory, name)),
+            "sha256": file_digest(os.path.join(directory, name)),
+        }
         for name in _files(directory, exclude)
     }
     with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:

@@ -63,8 +63,10 @@ def hold(workdir: str, warn: Callable[[str], None], enabled: bool = True) -> Ite
             ) from None
         previous = _holder(fd)
         if previous:
-            warn(f"taking over the lock of {workdir} from {_describe(previous)}, which ended without releasing it "
-                 "(killed or crashed); resuming from its last checkpoint")
+            warn(
+                f"taking over the lock of {workdir} from {_describe(previous)}, which ended without releasing it "
+                "(killed or crashed); resuming from its last checkpoint"
+            )
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)

@@ -103,7 +103,7 @@ def cause(err: BaseException, limit: int = 200) -> str:
     lines = str(err).strip().splitlines()
     text = lines[0] if lines else type(err).__name__
     if match := re.search(r"Gloo [\w-]+ failed", text):
-        text = text[match.start():]
+        text = text[match.start() :]
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -133,8 +133,7 @@ def relay_stderr(process_id: int, num_processes: int, workdir: str) -> subproces
     try:
         helper = subprocess.Popen(args, stdin=read_end, stdout=sys.stderr.fileno(), close_fds=True)
     except OSError as err:
-        print(f"warning: stderr relay not started ({err}); a runtime abort will lack the resume hint",
-              file=sys.stderr)
+        print(f"warning: stderr relay not started ({err}); a runtime abort will lack the resume hint", file=sys.stderr)
         os.close(write_end)
         return None
     finally:
@@ -173,12 +172,12 @@ def _relay_main(process_id: int, num_processes: int, workdir: str) -> None:
             out.flush()
         except OSError:  # the real stderr is gone: keep draining, so the process never blocks on it
             pass
-        recent = (recent + chunk)[-(len(_OWN_LINE) + 65536):]
+        recent = (recent + chunk)[-(len(_OWN_LINE) + 65536) :]
         reported = reported or _OWN_LINE in recent
         if seen:
             tail = (tail + chunk)[:16384]
             continue
-        tail = (tail + chunk)[-(len(_RUNTIME_ABORT) + 65536):]
+        tail = (tail + chunk)[-(len(_RUNTIME_ABORT) + 65536) :]
         if (at := tail.find(_RUNTIME_ABORT)) >= 0:
             seen, tail = True, tail[at:]
     if seen and not reported:

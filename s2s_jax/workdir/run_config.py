@@ -12,9 +12,40 @@ from s2s_jax.errors import CheckpointError, ConfigError
 from s2s_jax.files import write_atomic
 
 # Settings that change the shape or meaning of checkpointed state or tokenizers.
-_FIXED_ON_RESUME = ("seed", "data.vocab_size", "data.joint_vocab", "data.spm_model_type", "data.spm_alpha", "data.spm_nbest", "data.lowercase", "data.d2l_preprocess") + tuple(
-    f"model.{k}" for k in ("cell", "emb_dim", "hidden_size", "num_layers", "bidirectional", "feed_context", "tie_embeddings", "attention", "input_feeding")
-) + ("train.optimizer", "train.batch_size", "train.max_tokens", "train.ema_decay", "train.early_stop_metric", "train.lr_schedule")
+_FIXED_ON_RESUME = (
+    (
+        "seed",
+        "data.vocab_size",
+        "data.joint_vocab",
+        "data.spm_model_type",
+        "data.spm_alpha",
+        "data.spm_nbest",
+        "data.lowercase",
+        "data.d2l_preprocess",
+    )
+    + tuple(
+        f"model.{k}"
+        for k in (
+            "cell",
+            "emb_dim",
+            "hidden_size",
+            "num_layers",
+            "bidirectional",
+            "feed_context",
+            "tie_embeddings",
+            "attention",
+            "input_feeding",
+        )
+    )
+    + (
+        "train.optimizer",
+        "train.batch_size",
+        "train.max_tokens",
+        "train.ema_decay",
+        "train.early_stop_metric",
+        "train.lr_schedule",
+    )
+)
 
 
 def get_dotted(config, dotted: str):
@@ -40,7 +71,9 @@ def _read_json(path: str) -> ml_collections.ConfigDict:
         with open(path, encoding="utf-8") as f:
             return ml_collections.ConfigDict(json.load(f))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise ConfigError(f"{path} is not a readable config ({err}); train.py writes it: restore it or use a new --workdir") from None
+        raise ConfigError(
+            f"{path} is not a readable config ({err}); train.py writes it: restore it or use a new --workdir"
+        ) from None
 
 
 def check_and_save(config, workdir: str) -> None:
