@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -25,10 +26,10 @@ def exported(trained_workdir, tmp_path_factory):
     return directory, manifest
 
 
-def blocking_path(tmp_path) -> str:
-    """A PYTHONPATH entry whose flax, s2s_jax, ... packages fail to import."""
+def blocking_path(tmp_path, blocked=BLOCKED) -> str:
+    """A PYTHONPATH entry whose `blocked` packages (flax, s2s_jax, ...) fail to import."""
     root = tmp_path / "blocked"
-    for name in BLOCKED:
+    for name in blocked:
         (root / name).mkdir(parents=True)
         (root / name / "__init__.py").write_text(f"raise ImportError('{name} is not available here')\n")
     return str(root)
@@ -101,6 +102,41 @@ def test_the_exported_translate_py_needs_no_flax_and_equals_decode(trained_workd
         bad.returncode == 1
         and bad.stderr.startswith("error: bad.txt:2: not valid UTF-8")
         and bad.stderr.count("\n") == 1
+    )
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_the_artefact_pins_what_translate_py_imports(exported):
+    from importlib import metadata
+
+    directory, manifest = exported
+    assert manifest["requirements"] == "requirements.txt"
+    with open(os.path.join(directory, "requirements.txt"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("# ") and "pip install -r requirements.txt" in lines[0]
+    pins = dict(line.split("==") for line in lines[1:])
+    assert pins == {name: metadata.version(name) for name in ("jax", "jaxlib", "numpy", "sentencepiece", "flatbuffers")}
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+@pytest.mark.parametrize("package", ["flatbuffers", "sentencepiece"])
+def test_a_missing_requirement_is_one_error_line_naming_it_and_the_requirements(exported, tmp_path, package):
+    directory, _ = exported
+    env = dict(os.environ, PYTHONPATH=blocking_path(tmp_path, (package,)), JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, os.path.join(directory, "translate.py")],
+        input="Ein Hund rennt.\n",
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    requirements = os.path.join(directory, "requirements.txt")
+    assert result.returncode != 0 and result.stdout == ""
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert re.fullmatch(
+        rf"error: cannot import {package} \(.*\).*pip install -r {re.escape(requirements)}\n", result.stderr
     )
 
 

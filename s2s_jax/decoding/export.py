@@ -7,7 +7,8 @@ The directory holds
   decode.alpha) and greedy; the shapes are every pair of `--rows` and `--widths`;
 - params.npz (the parameters, once, '/'-joined paths), the sentencepiece model(s), and
   manifest.json (shapes, length caps, normalisation, platform);
-- translate.py (s2s_jax/decoding/export_loader.py), which needs only jax, numpy and sentencepiece.
+- translate.py (s2s_jax/decoding/export_loader.py), which needs only jax, jaxlib, numpy, sentencepiece and
+  flatbuffers, and requirements.txt, which pins them to the versions this export ran with.
 The functions are those decode.py runs (s2s_jax.decoding.inference), so the loader's output equals
 decode.py's. The artefact runs on the platform it was exported on (`jax.default_backend()`).
 """
@@ -19,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 import jax
 import numpy as np
@@ -54,6 +56,13 @@ def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
         return tokens[:, 0], scores[:, 0]
 
     return jax.jit(search)
+
+
+def requirements_text() -> str:
+    """The artefact's requirements.txt: what translate.py imports, pinned to the installed versions."""
+    pins = "".join(f"{name}=={metadata.version(name)}\n" for name in sorted(export_loader.REQUIREMENTS))
+    comment = "# what translate.py needs, as installed when this artefact was exported"
+    return f"{comment}: pip install -r {export_loader.REQUIREMENTS_FILE}\n{pins}"
 
 
 def _flat(params) -> dict[str, np.ndarray]:
@@ -124,11 +133,14 @@ def export_model(
         "d2l_preprocess": bool(config.data.d2l_preprocess),
         "src_model": models["src"],
         "tgt_model": models["tgt"],
+        "requirements": export_loader.REQUIREMENTS_FILE,
     }
     with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     shutil.copyfile(LOADER, os.path.join(output, "translate.py"))
+    with open(os.path.join(output, export_loader.REQUIREMENTS_FILE), "w", encoding="utf-8") as f:
+        f.write(requirements_text())
     return manifest
 
 

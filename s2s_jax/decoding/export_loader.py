@@ -3,8 +3,9 @@
     python DIR/translate.py --input test.de --output test.hyp     # the config's default search
     echo "Ein Hund rennt." | python DIR/translate.py --search greedy
 
-It needs only jax (with flatbuffers, which jax.export's deserialisation uses), numpy and
-sentencepiece; not flax, optax, orbax nor s2s_jax. It reproduces decode.py: the same
+It needs only jax and jaxlib (with flatbuffers, which jax.export's deserialisation uses), numpy
+and sentencepiece, pinned in the artefact's requirements.txt (a missing one is one `error:` line
+naming it and that file); not flax, optax, orbax nor s2s_jax. It reproduces decode.py: the same
 text normalisation (written out again below, checked against s2s_jax.data.text.normalize by
 the tests), sources cut to data.max_len subword tokens with a warning (so no input is
 longer than the widest exported shape), batches sorted by length, output-length caps
@@ -17,16 +18,45 @@ line gives an empty output line. From Python: `ExportedModel(DIR).translate(line
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
 import sys
 import unicodedata
 
-import jax
-import numpy as np
-import sentencepiece as spm
-from jax import export
+# What this file imports beyond the standard library (flatbuffers: jax.export's deserialisation), in import
+# order; s2s-export pins them in the artefact's requirements.txt.
+REQUIREMENTS = ("numpy", "jaxlib", "jax", "sentencepiece", "flatbuffers")
+REQUIREMENTS_FILE = "requirements.txt"
+
+
+def missing_requirement(directory: str) -> str | None:
+    """One line naming the first of REQUIREMENTS that does not import and the artefact's requirements.txt;
+    None when all of them import."""
+    for name in REQUIREMENTS:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # ImportError, or e.g. jax's RuntimeError for a jaxlib it does not match
+            reason = " ".join(str(err).split()) or type(err).__name__
+            return (
+                f"cannot import {name} ({reason}), which this artefact needs: "
+                f"pip install -r {os.path.join(directory, REQUIREMENTS_FILE)}"
+            )
+    return None
+
+
+_MISSING = missing_requirement(os.path.dirname(os.path.abspath(__file__)))
+if _MISSING is not None:
+    if __name__ == "__main__":
+        print(f"error: {_MISSING}", file=sys.stderr)
+        sys.exit(1)
+    raise ImportError(_MISSING)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+from jax import export  # noqa: E402
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 FORMAT = 1  # manifest.json's "format": what this loader reads
