@@ -14,6 +14,7 @@ import types
 import httpx
 import pytest
 
+from s2s_jax.cli import serve as serve_cli
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.serving import app as serving
@@ -167,16 +168,18 @@ def test_info_and_openapi(server, trained_workdir):
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
 
 
-def test_limits_queue_timeout_and_key(trained_workdir):
+def test_limits_queue_timeout_and_key(trained_workdir, tmp_path):
     """A full queue is 429, a slow answer 408, a missing or wrong key 401; the server stays up throughout."""
+    key_file = tmp_path / "key"
+    key_file.write_text("  sesame\n")
     srv = Server(
         trained_workdir.workdir,
         "--max_batch=4",
         "--max_queue=2",
         "--max_wait_ms=1500",
         "--request_timeout_s=0.5",
+        f"--api_key_file={key_file}",
         cache=trained_workdir.cache,
-        env={"S2S_API_KEY": "sesame"},
     )
     try:
         srv.wait_ready()
@@ -213,6 +216,31 @@ def test_bad_flags_and_workdir_are_one_error_line(tmp_path):
     srv = Server(str(tmp_path / "missing"))
     assert srv.process.wait(60) == 1
     assert "is not a training workdir" in srv.read_output() and "Traceback" not in srv.output
+    (tmp_path / "blank").write_text(" \n")
+    for args, env, message in [
+        ([f"--api_key_file={tmp_path / 'nokey'}"], {}, "No such file"),
+        ([f"--api_key_file={tmp_path / 'blank'}"], {}, "is empty"),
+        ([f"--api_key_file={tmp_path / 'blank'}"], {serve_cli.API_KEY_ENV: "k"}, "not both"),
+    ]:
+        srv = Server(str(tmp_path), *args, env=env)
+        assert srv.process.wait(60) == 1
+        lines = srv.read_output().strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in srv.output
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
+    """Never from a flag's value, which `ps` shows; the file's surrounding whitespace is stripped."""
+    (tmp_path / "key").write_text("\n sesame \n")
+    assert serve_cli.api_key_from(str(tmp_path / "key"), {}) == "sesame"
+    assert serve_cli.api_key_from(None, {"S2S_JAX_API_KEY": "open"}) == "open"
+    assert serve_cli.api_key_from(None, {}) is None
+    with pytest.raises(ValueError, match="not both"):
+        serve_cli.api_key_from(str(tmp_path / "key"), {"S2S_JAX_API_KEY": "open"})
+    with pytest.raises(ValueError, match="empty"):
+        (tmp_path / "blank").write_text("\t\n")
+        serve_cli.api_key_from(str(tmp_path / "blank"), {})
+    with pytest.raises(ValueError, match="No such file"):
+        serve_cli.api_key_from(str(tmp_path / "missing"), {})
 
 
 def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir):
