@@ -18,7 +18,8 @@ from s2s_jax.cli import serve as serve_cli
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.serving import app as serving
-from tests.serving_helpers import Server, in_process
+from s2s_jax.serving.body_limit import body_cap
+from tests.serving_helpers import Server, in_process, peak_rss_mb, raw_post
 
 pytestmark = pytest.mark.slow  # each server starts a process and compiles its shapes
 
@@ -166,6 +167,63 @@ def test_info_and_openapi(server, trained_workdir):
     assert set(schema["components"]["schemas"]["Translation"]["properties"]) == {"text", "score", "nbest", "alignment"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_declared_body_over_the_cap_is_refused_unread(server):
+    """A Content-Length over max_texts × max_chars (worst case bytes) is 413 at once: the server
+    answers after a few bytes of a declared 200 MB body and stays up."""
+    peak = peak_rss_mb(server.process.pid)
+    started = time.monotonic()
+    status, body = raw_post(server.url, {**JSON, "Content-Length": str(200 * 2**20)}, [b'{"text": "a'])
+    assert status == 413 and "at most" in body["detail"], body
+    assert time.monotonic() - started < 5
+    assert peak_rss_mb(server.process.pid) - peak < 50
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.post({"text": LINES[0]}).status_code == 200
+
+
+def _chunked(total: int, size: int = 64 * 1024):
+    """A chunked body of `total` bytes of JSON whitespace, made as it is sent."""
+    chunk = f"{size:x}\r\n".encode() + b" " * size + b"\r\n"
+    for _ in range(total // size):
+        yield chunk
+    yield b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap(server):
+    """Without a Content-Length, the bytes are counted as they arrive: 413 once past the cap,
+    the rest unread (a 200 MB body leaves the server's peak memory flat)."""
+    cap = body_cap(serving.ServeSettings().max_texts, serving.ServeSettings().max_chars)
+    headers = {**JSON, "Transfer-Encoding": "chunked"}
+    status, body = raw_post(server.url, headers, _chunked(cap + 2**20))
+    assert status == 413 and "at most" in body["detail"], body
+    peak = peak_rss_mb(server.process.pid)
+    started = time.monotonic()
+    assert raw_post(server.url, headers, _chunked(200 * 2**20))[0] == 413
+    assert time.monotonic() - started < 5
+    assert peak_rss_mb(server.process.pid) - peak < 50
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.post({"text": LINES[0]}).status_code == 200
+
+
+def test_a_body_within_the_cap_is_not_refused_for_its_size(server):
+    """The cap holds any request within the limits, each character written the longest way JSON
+    allows (an escaped surrogate pair, 12 bytes); a body of exactly the cap is read, one more byte is 413."""
+    settings = serving.ServeSettings()
+    cap = body_cap(settings.max_texts, settings.max_chars)
+    fields = {"beam_size": 5, "nbest": 5, "alpha": 0.123456789, "sample": False, "temperature": 99.987654321}
+    fields |= {"top_k": 1000000, "top_p": 0.987654321, "seed": 2**32 - 1, "alignment": False}
+    widest = {"text": ["\U0001f600" * settings.max_chars] * settings.max_texts, **fields}
+    assert len(json.dumps(widest, indent=1).encode()) <= cap
+    payload = json.dumps({"text": LINES[0]}).encode()
+    body = payload + b" " * (cap - len(payload))
+    response = httpx.post(f"{server.url}/translate", content=body, headers=JSON, timeout=60)
+    assert response.status_code == 200, response.text
+    status, _ = raw_post(server.url, {**JSON, "Content-Length": str(cap + 1)}, [body + b" "])
+    assert status == 413
 
 
 def test_limits_queue_timeout_and_key(trained_workdir, tmp_path):
