@@ -83,3 +83,35 @@ def in_process(app):
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def raw_post(url: str, headers: dict[str, str], chunks) -> tuple[int, dict]:
+    """POSTs /translate over a bare socket: the headers as given, then `chunks` (bytes, sent as
+    they come) until the server answers or closes; the answer's status and JSON body. Unlike
+    an HTTP client, it reads an answer that arrives before the body is sent."""
+    import json
+    import select
+    import socket
+
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": host, "Connection": "close", **headers}.items())
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /translate HTTP/1.1\r\n{head}\r\n".encode())
+        with contextlib.suppress(OSError):  # the server may close while the body is being sent
+            for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                sock.sendall(chunk)
+        with contextlib.suppress(OSError):  # a reset after the answer, for the body left unread
+            while data := sock.recv(65536):
+                reply += data
+    status_line, _, rest = reply.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024

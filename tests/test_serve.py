@@ -14,10 +14,12 @@ import types
 import httpx
 import pytest
 
+from s2s_jax.cli import serve as serve_cli
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.serving import app as serving
-from tests.serving_helpers import Server, in_process
+from s2s_jax.serving.body_limit import body_cap
+from tests.serving_helpers import Server, in_process, peak_rss_mb, raw_post
 
 pytestmark = pytest.mark.slow  # each server starts a process and compiles its shapes
 
@@ -167,16 +169,75 @@ def test_info_and_openapi(server, trained_workdir):
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
 
 
-def test_limits_queue_timeout_and_key(trained_workdir):
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_declared_body_over_the_cap_is_refused_unread(server):
+    """A Content-Length over max_texts × max_chars (worst case bytes) is 413 at once: the server
+    answers after a few bytes of a declared 200 MB body and stays up."""
+    peak = peak_rss_mb(server.process.pid)
+    started = time.monotonic()
+    status, body = raw_post(server.url, {**JSON, "Content-Length": str(200 * 2**20)}, [b'{"text": "a'])
+    assert status == 413 and "at most" in body["detail"], body
+    assert time.monotonic() - started < 5
+    assert peak_rss_mb(server.process.pid) - peak < 50
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.post({"text": LINES[0]}).status_code == 200
+
+
+def _chunked(total: int, size: int = 64 * 1024):
+    """A chunked body of `total` bytes of JSON whitespace, made as it is sent."""
+    chunk = f"{size:x}\r\n".encode() + b" " * size + b"\r\n"
+    for _ in range(total // size):
+        yield chunk
+    yield b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap(server):
+    """Without a Content-Length, the bytes are counted as they arrive: 413 once past the cap,
+    the rest unread (a 200 MB body leaves the server's peak memory flat)."""
+    cap = body_cap(serving.ServeSettings().max_texts, serving.ServeSettings().max_chars)
+    headers = {**JSON, "Transfer-Encoding": "chunked"}
+    status, body = raw_post(server.url, headers, _chunked(cap + 2**20))
+    assert status == 413 and "at most" in body["detail"], body
+    peak = peak_rss_mb(server.process.pid)
+    started = time.monotonic()
+    assert raw_post(server.url, headers, _chunked(200 * 2**20))[0] == 413
+    assert time.monotonic() - started < 5
+    assert peak_rss_mb(server.process.pid) - peak < 50
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.post({"text": LINES[0]}).status_code == 200
+
+
+def test_a_body_within_the_cap_is_not_refused_for_its_size(server):
+    """The cap holds any request within the limits, each character written the longest way JSON
+    allows (an escaped surrogate pair, 12 bytes); a body of exactly the cap is read, one more byte is 413."""
+    settings = serving.ServeSettings()
+    cap = body_cap(settings.max_texts, settings.max_chars)
+    fields = {"beam_size": 5, "nbest": 5, "alpha": 0.123456789, "sample": False, "temperature": 99.987654321}
+    fields |= {"top_k": 1000000, "top_p": 0.987654321, "seed": 2**32 - 1, "alignment": False}
+    widest = {"text": ["\U0001f600" * settings.max_chars] * settings.max_texts, **fields}
+    assert len(json.dumps(widest, indent=1).encode()) <= cap
+    payload = json.dumps({"text": LINES[0]}).encode()
+    body = payload + b" " * (cap - len(payload))
+    response = httpx.post(f"{server.url}/translate", content=body, headers=JSON, timeout=60)
+    assert response.status_code == 200, response.text
+    status, _ = raw_post(server.url, {**JSON, "Content-Length": str(cap + 1)}, [body + b" "])
+    assert status == 413
+
+
+def test_limits_queue_timeout_and_key(trained_workdir, tmp_path):
     """A full queue is 429, a slow answer 408, a missing or wrong key 401; the server stays up throughout."""
+    key_file = tmp_path / "key"
+    key_file.write_text("  sesame\n")
     srv = Server(
         trained_workdir.workdir,
         "--max_batch=4",
         "--max_queue=2",
         "--max_wait_ms=1500",
         "--request_timeout_s=0.5",
+        f"--api_key_file={key_file}",
         cache=trained_workdir.cache,
-        env={"S2S_API_KEY": "sesame"},
     )
     try:
         srv.wait_ready()
@@ -213,6 +274,31 @@ def test_bad_flags_and_workdir_are_one_error_line(tmp_path):
     srv = Server(str(tmp_path / "missing"))
     assert srv.process.wait(60) == 1
     assert "is not a training workdir" in srv.read_output() and "Traceback" not in srv.output
+    (tmp_path / "blank").write_text(" \n")
+    for args, env, message in [
+        ([f"--api_key_file={tmp_path / 'nokey'}"], {}, "No such file"),
+        ([f"--api_key_file={tmp_path / 'blank'}"], {}, "is empty"),
+        ([f"--api_key_file={tmp_path / 'blank'}"], {serve_cli.API_KEY_ENV: "k"}, "not both"),
+    ]:
+        srv = Server(str(tmp_path), *args, env=env)
+        assert srv.process.wait(60) == 1
+        lines = srv.read_output().strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in srv.output
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
+    """Never from a flag's value, which `ps` shows; the file's surrounding whitespace is stripped."""
+    (tmp_path / "key").write_text("\n sesame \n")
+    assert serve_cli.api_key_from(str(tmp_path / "key"), {}) == "sesame"
+    assert serve_cli.api_key_from(None, {"S2S_JAX_API_KEY": "open"}) == "open"
+    assert serve_cli.api_key_from(None, {}) is None
+    with pytest.raises(ValueError, match="not both"):
+        serve_cli.api_key_from(str(tmp_path / "key"), {"S2S_JAX_API_KEY": "open"})
+    with pytest.raises(ValueError, match="empty"):
+        (tmp_path / "blank").write_text("\t\n")
+        serve_cli.api_key_from(str(tmp_path / "blank"), {})
+    with pytest.raises(ValueError, match="No such file"):
+        serve_cli.api_key_from(str(tmp_path / "missing"), {})
 
 
 def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir):

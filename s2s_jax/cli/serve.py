@@ -1,7 +1,8 @@
 """`s2s-serve` / `python serve.py`: a trained workdir behind HTTP (s2s_jax/serving/app.py) with uvicorn.
 
     s2s-serve --workdir runs/m30k_att                      # http://127.0.0.1:8000/
-    S2S_API_KEY=secret s2s-serve --workdir W --host 0.0.0.0 --port 8080
+    S2S_JAX_API_KEY=secret s2s-serve --workdir W --host 0.0.0.0 --port 8080
+    s2s-serve --workdir W --api_key_file /run/secrets/s2s_key   # the key never shows in `ps`
 
 SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight and
 exits 0.
@@ -17,7 +18,27 @@ import sys
 
 from s2s_jax.serving.app import ServeSettings
 
-API_KEY_ENV = "S2S_API_KEY"
+API_KEY_ENV = "S2S_JAX_API_KEY"
+
+
+def api_key_from(path: str | None, environ=os.environ) -> str | None:
+    """The key from `--api_key_file` or $S2S_JAX_API_KEY (never a flag's value: that shows in `ps`);
+    ValueError for both at once or for an unreadable or empty file."""
+    from_env = environ.get(API_KEY_ENV, "").strip() or None
+    if path is None:
+        return from_env
+    if from_env is not None:
+        raise ValueError(f"give the API key by --api_key_file or ${API_KEY_ENV}, not both")
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+    except OSError as err:
+        raise ValueError(f"--api_key_file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--api_key_file {path}: not UTF-8 text") from None
+    if not key:
+        raise ValueError(f"--api_key_file {path} is empty")
+    return key
 
 
 def settings_from_flags(flags) -> ServeSettings:
@@ -36,7 +57,7 @@ def settings_from_flags(flags) -> ServeSettings:
         beam_sizes=beam_sizes,
         max_nbest=flags.max_nbest,
         warm_up_beam_sizes=warm,
-        api_key=flags.api_key or os.environ.get(API_KEY_ENV) or None,
+        api_key=api_key_from(flags.api_key_file),
     )
     settings.check()
     return settings
@@ -101,7 +122,12 @@ def _define_flags() -> None:
         "Beam sizes compiled at start besides the model's default "
         "(e.g. 1 for greedy); requests with others compile on first use.",
     )
-    flags.DEFINE_string("api_key", None, f"Require 'Authorization: Bearer KEY' (or set ${API_KEY_ENV}).")
+    flags.DEFINE_string(
+        "api_key_file",
+        None,
+        f"A file holding the key that 'Authorization: Bearer KEY' must carry (surrounding whitespace "
+        f"stripped); or set ${API_KEY_ENV}. Not taken as a flag value, which would show in `ps`.",
+    )
     flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"], "uvicorn's log level.")
 
 

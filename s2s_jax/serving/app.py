@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from s2s_jax.data.tokenizer import EOS_ID
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.serving.body_limit import BodyLimit, body_cap
 
 # After a search, the batcher waits up to this fraction of its duration (or max_wait_ms, if longer)
 # for that batch's clients to send their next texts.
@@ -348,6 +349,7 @@ def create_app(
         description="POST /translate; the page at /; the schema at /openapi.json.",
     )
     app.add_exception_handler(RequestValidationError, service.invalid)
+    app.add_middleware(BodyLimit, max_bytes=body_cap(settings.max_texts, settings.max_chars))
     authorized = [Depends(service.authorized)]
     app.add_api_route("/health", service.health, methods=["GET"])
     app.add_api_route("/info", service.info, methods=["GET"], dependencies=authorized)
