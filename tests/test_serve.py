@@ -290,10 +290,10 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
     """Never from a flag's value, which `ps` shows; the file's surrounding whitespace is stripped."""
     (tmp_path / "key").write_text("\n sesame \n")
     assert serve_cli.api_key_from(str(tmp_path / "key"), {}) == "sesame"
-    assert serve_cli.api_key_from(None, {"S2S_JAX_API_KEY": "open"}) == "open"
+    assert serve_cli.api_key_from(None, {"S2S_API_KEY": "open"}) == "open"
     assert serve_cli.api_key_from(None, {}) is None
     with pytest.raises(ValueError, match="not both"):
-        serve_cli.api_key_from(str(tmp_path / "key"), {"S2S_JAX_API_KEY": "open"})
+        serve_cli.api_key_from(str(tmp_path / "key"), {"S2S_API_KEY": "open"})
     with pytest.raises(ValueError, match="empty"):
         (tmp_path / "blank").write_text("\t\n")
         serve_cli.api_key_from(str(tmp_path / "blank"), {})

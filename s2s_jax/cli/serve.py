@@ -1,7 +1,7 @@
 """`s2s-serve` / `python serve.py`: a trained workdir behind HTTP (s2s_jax/serving/app.py) with uvicorn.
 
     s2s-serve --workdir runs/m30k_att                      # http://127.0.0.1:8000/
-    S2S_JAX_API_KEY=secret s2s-serve --workdir W --host 0.0.0.0 --port 8080
+    S2S_API_KEY=secret s2s-serve --workdir W --host 0.0.0.0 --port 8080
     s2s-serve --workdir W --api_key_file /run/secrets/s2s_key   # the key never shows in `ps`
 
 SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight and
@@ -18,11 +18,11 @@ import sys
 
 from s2s_jax.serving.app import ServeSettings
 
-API_KEY_ENV = "S2S_JAX_API_KEY"
+API_KEY_ENV = "S2S_API_KEY"
 
 
 def api_key_from(path: str | None, environ=os.environ) -> str | None:
-    """The key from `--api_key_file` or $S2S_JAX_API_KEY (never a flag's value: that shows in `ps`);
+    """The key from `--api_key_file` or $S2S_API_KEY (never a flag's value: that shows in `ps`);
     ValueError for both at once or for an unreadable or empty file."""
     from_env = environ.get(API_KEY_ENV, "").strip() or None
     if path is None:
