@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 from typing import Iterator
 
 from s2s_jax.configs import default
@@ -187,3 +188,28 @@ def flip_bytes(step_dir, item: str) -> str:
             f.seek(offset)
             f.write(bytes([byte ^ 0xFF]))
     return os.path.relpath(path, step_dir)
+
+
+def decode_flags(workdirs, **overrides) -> types.SimpleNamespace:
+    """decode.py's parsed flags (`s2s_jax.cli.decode.run` takes them) for `workdirs` (one or a list),
+    its defaults but for `overrides`."""
+    values = dict(
+        workdir=[str(w) for w in workdirs] if isinstance(workdirs, (list, tuple)) else [str(workdirs)],
+        checkpoint="best",
+        input="-",
+        output="-",
+        beam_size=None,
+        alpha=None,
+        nbest=1,
+        sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        reference=None,
+        plot_attention=None,
+        batch_size=None,
+        ensemble_weights=None,
+    )
+    values.update(overrides)
+    return types.SimpleNamespace(**values)

@@ -10,7 +10,6 @@ train.py itself.
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -19,7 +18,7 @@ from s2s_jax.cli import train as train_cli
 from s2s_jax.data import training_data
 from s2s_jax.data.tokenizer import train_tokenizer
 from s2s_jax.workdir import run_config
-from tests.helpers import tiny_config, write_tiny_corpus
+from tests.helpers import decode_flags, tiny_config, write_tiny_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -305,25 +304,7 @@ def test_vocab_size_too_small_for_the_characters_is_an_error(paths, tmp_path, ca
 
 
 def decode(workdir, capsys, **overrides):
-    flags = dict(
-        workdir=[str(workdir)],
-        checkpoint="best",
-        input="-",
-        output="-",
-        beam_size=None,
-        alpha=None,
-        nbest=1,
-        sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=0,
-        reference=None,
-        plot_attention=None,
-        batch_size=None,
-    )
-    flags.update(overrides)
-    status = decode_cli.run(types.SimpleNamespace(**flags))
+    status = decode_cli.run(decode_flags(workdir, **overrides))
     out, err = capsys.readouterr()
     return status, out, err
 

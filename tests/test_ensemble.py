@@ -16,6 +16,7 @@ from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
 from s2s_jax.decoding import search
 from s2s_jax.decoding.inference import Inference, SearchOptions, ensemble_weights, ensemble_weights_flag
 from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
+from tests.helpers import decode_flags
 
 DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
 
@@ -152,26 +153,7 @@ def test_ensemble_weights_are_checked():
 
 
 def decode(capsys, workdirs, **overrides):
-    flags = dict(
-        workdir=list(workdirs),
-        checkpoint="best",
-        input="-",
-        output="-",
-        beam_size=None,
-        alpha=None,
-        nbest=1,
-        sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=0,
-        reference=None,
-        plot_attention=None,
-        batch_size=None,
-        ensemble_weights=None,
-    )
-    flags.update(overrides)
-    status = decode_cli.run(types.SimpleNamespace(**flags))
+    status = decode_cli.run(decode_flags(list(workdirs), **overrides))
     out, err = capsys.readouterr()
     return status, out, err
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from s2s_jax.cli import decode
 from s2s_jax.training.train_log import read_metrics
 from s2s_jax.workdir import checkpoints as ckpt_lib
-from tests.helpers import cli_cache, fill_disk, flip_bytes, tmpfs, write_tiny_corpus
+from tests.helpers import cli_cache, decode_flags, fill_disk, flip_bytes, tmpfs, write_tiny_corpus
 
 pytestmark = pytest.mark.slow  # train.py/decode.py subprocesses, killed and rerun
 
@@ -246,7 +246,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(env, referen
         ckpt_lib.load_params(str(workdir), "30")
     text = env.base / "decode_in.txt"
     text.write_text("the red cat\n\na dog\n", encoding="utf-8")
-    assert decode.run(decode_flags(workdir, input=str(text))) == 0
+    assert decode.run(decode_flags(workdir, checkpoint="latest", input=str(text))) == 0
     out, err = capsys.readouterr()
     assert out.count("\n") == 3 and "warning: checkpoint 20" in err and "using step 10" in err
 
@@ -527,28 +527,6 @@ def test_an_overlong_line_is_cut_with_a_warning_and_still_translated(translator)
     assert "truncated to data.max_len=16" in warnings[0]
 
 
-def decode_flags(workdir, **overrides):
-    values = dict(
-        workdir=[str(workdir)],
-        checkpoint="latest",
-        input="-",
-        output="-",
-        beam_size=None,
-        alpha=None,
-        nbest=1,
-        sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=0,
-        reference=None,
-        plot_attention=None,
-        batch_size=None,
-    )
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
-
-
 def fake_stdin(raw: bytes):
     """Like sys.stdin under a POSIX locale: text mode with surrogateescape over a byte buffer."""
     return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors="surrogateescape", newline="\n")
@@ -557,7 +535,7 @@ def fake_stdin(raw: bytes):
 def test_decode_cli_reads_stdin_as_bytes_split_on_newline_only(reference, monkeypatch, capsys):
     raw = "the cat\rsees\nthe\u2028dog\n\nemoji 🐈\n".encode("utf-8")
     monkeypatch.setattr(sys, "stdin", fake_stdin(raw))
-    assert decode.run(decode_flags(reference)) == 0
+    assert decode.run(decode_flags(reference, checkpoint="latest")) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 4  # '\r' and U+2028 do not start new lines
     assert out.split("\n")[2] == ""
@@ -566,7 +544,7 @@ def test_decode_cli_reads_stdin_as_bytes_split_on_newline_only(reference, monkey
 def test_decode_cli_invalid_utf8_on_stdin_names_the_line(reference, monkeypatch, capsys):
     raw = b"the cat\nthe caf\xe9\n"
     monkeypatch.setattr(sys, "stdin", fake_stdin(raw))
-    assert decode.run(decode_flags(reference)) == 1
+    assert decode.run(decode_flags(reference, checkpoint="latest")) == 1
     err = capsys.readouterr().err
     assert "error: <stdin>:2: not valid UTF-8 (byte(s) e9)" in err
 
@@ -587,7 +565,7 @@ def test_decode_cli_invalid_utf8_on_stdin_names_the_line(reference, monkeypatch,
     ],
 )
 def test_decode_cli_flag_mistakes_are_one_line_errors(reference, capsys, overrides, message):
-    assert decode.run(decode_flags(reference, **overrides)) == 1
+    assert decode.run(decode_flags(reference, **{"checkpoint": "latest", **overrides})) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
 
