@@ -8,9 +8,8 @@ closed after the answer, so the rest of the body is never read.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The bytes one character of a text can take in a valid body: 12 for a character outside the
@@ -47,7 +46,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            return await _answer_413(send, self._detail(str(declared)))
+            refusal = JSONResponse({"detail": self._detail(str(declared))}, 413, headers={"Connection": "close"})
+            return await refusal(scope, receive, send)
         received = 0
 
         async def counted() -> Message:
@@ -70,10 +70,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-async def _answer_413(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
