@@ -405,7 +405,6 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             best,
             stop,
             start_step,
-            state,
             cleanup,
         )
         return loop.run(state)
@@ -490,7 +489,6 @@ class _TrainLoop:
         best: BestTracker,
         stop: StopRequest,
         start_step: int,
-        state: TrainState,
         cleanup: contextlib.ExitStack,
     ):
         self.config, self.train_cfg, self.mesh, self.corpus = config, config.train, mesh, corpus
@@ -523,7 +521,6 @@ class _TrainLoop:
             )
         )
         self.last: dict = {}  # the last logged values
-        self.lr_scale = float(state["lr_scale"]) if self.plateau else 1.0  # mirrors the state's, read once
 
     def result(self, outcome: Outcome, step: int, message: str = "") -> TrainResult:
         return TrainResult(outcome, step, step - self.start_step, self.best.scores, self.last, message)
@@ -531,6 +528,7 @@ class _TrainLoop:
     def run(self, state: TrainState) -> TrainResult:
         """Steps from the start step to train.num_steps, or until a stop, and says how it ended."""
         cfg = self.train_cfg
+        self.lr_scale = float(state["lr_scale"]) if self.plateau else 1.0  # mirrors the state's, read once
         for step in range(self.start_step + 1, cfg.num_steps + 1):
             scale_used = self.lr_scale  # this step's factor, before an evaluation lowers it
             state = self.train_one_step(state)
