@@ -164,6 +164,7 @@ def main() -> None:
             f"--max_wait_ms={args.max_wait_ms}",
             f"--beam_sizes=1,{beam}",
             f"--warm_up_beam_sizes=1,{beam}",
+            f"--max_nbest={beam}",  # at most the largest beam size
             cache=os.environ.get("S2S_JAX_CACHE", "off"),
         )
         server.wait_ready(600)

@@ -117,9 +117,11 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         ({"text": "a", "bogus": 1}, 422, "bogus"),
         ({"beam_size": 2}, 422, "text"),
         ({"text": "a", "beam_size": 7}, 422, "beam_size"),
-        ({"text": "a", "nbest": 4, "beam_size": 2}, 422, "nbest"),
-        ({"text": "a" * 2001}, 413, "text[0]"),
-        ({"text": ["a"] * 65}, 413, "text"),
+        ({"text": "a", "beam_size": True}, 422, "beam_size"),
+        ({"text": "a", "nbest": 6}, 422, "nbest"),
+        ({"text": "a" * 2001}, 422, "text"),
+        ({"text": ["a", "b" * 2001]}, 422, "text[1]"),
+        ({"text": ["a"] * 65}, 422, "text"),
     ],
     ids=[
         "text-type",
@@ -130,24 +132,42 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         "unknown-field",
         "no-text",
         "beam-not-allowed",
+        "beam-bool",
         "nbest",
         "too-long",
+        "too-long-in-list",
         "too-many",
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
+    """The one error body: `detail` a line starting with the field, `field` the field."""
     response = server.post(payload)
     assert response.status_code == status, response.text
-    assert field in response.text
+    assert response.json()["field"] == field and response.json()["detail"].startswith(field + ": ")
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_an_nbest_above_the_beam_size_widens_the_beam(server, translator):
+    """nbest 4 with beam_size 2 searches with beam 4, the smallest allowed size >= 4."""
+    response = server.post({"text": LINES[0], "beam_size": 2, "nbest": 4})
+    assert response.status_code == 200, response.text
+    want = translator.translate([LINES[0]], SearchOptions(beam_size=4, nbest=4, with_scores=True))[0]
+    assert [c["text"] for c in response.json()["translations"][0]["nbest"]] == [x.text for x in want]
 
 
 def test_malformed_bodies_and_odd_text_never_hurt_the_server(server):
     headers = {"content-type": "application/json"}
     url = f"{server.url}/translate"
-    assert httpx.post(url, content=b'{"text": "a"', headers=headers).status_code == 422
-    assert httpx.post(url, content=b'{"text": "a\xff\xfe b"}', headers=headers).status_code in (400, 422)
-    assert httpx.post(url, content=b'{"text": NaN}', headers=headers).status_code == 422
+    errors = [
+        (httpx.post(url, content=b'{"text": "a"', headers=headers), 422),
+        (httpx.post(url, content=b'{"text": "a\xff\xfe b"}', headers=headers), 400),
+        (httpx.post(url, content=b'{"text": NaN}', headers=headers), 422),
+        (httpx.post(url, content=b"text=a", headers={"content-type": "application/x-www-form-urlencoded"}), 422),
+        (httpx.get(f"{server.url}/nowhere"), 404),
+        (httpx.delete(url), 405),
+    ]
+    for response, status in errors:  # each one the server's one error body
+        assert response.status_code == status and set(response.json()) == {"detail", "field"}, response.text
     odd = ["\u0000cat\u0007 dog\nthe", "\ud800 lone surrogate", "", "   ", "emoji \U0001f600 \u200b"]
     response = httpx.post(url, content=json.dumps({"text": odd}), headers=headers, timeout=60)  # \ud800 escaped
     assert response.status_code == 200, response.text
@@ -178,7 +198,7 @@ def test_a_declared_body_over_the_cap_is_refused_unread(server):
     peak = peak_rss_mb(server.process.pid)
     started = time.monotonic()
     status, body = raw_post(server.url, {**JSON, "Content-Length": str(200 * 2**20)}, [b'{"text": "a'])
-    assert status == 413 and "at most" in body["detail"], body
+    assert status == 413 and "at most" in body["detail"] and body["field"] is None, body
     assert time.monotonic() - started < 5
     assert peak_rss_mb(server.process.pid) - peak < 50
     assert httpx.get(f"{server.url}/health").status_code == 200
@@ -312,8 +332,10 @@ def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir
 
     app = serving.create_app(load, serving.ServeSettings(max_batch=4, max_wait_ms=1), log=lambda message: None)
     with in_process(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert client.get("/health").status_code == 503
-        assert client.post("/translate", json={"text": "a"}).status_code == 503
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading", "detail": None}
+        busy = client.post("/translate", json={"text": "a"})
+        assert busy.status_code == 503 and busy.json()["field"] is None and "loading" in busy.json()["detail"]
         release.set()
         deadline = time.monotonic() + 300
         while client.get("/health").status_code != 200:

@@ -110,12 +110,16 @@ def _define_flags() -> None:
     flags.DEFINE_integer("port", 8000, "Port to listen on.")
     flags.DEFINE_float("max_wait_ms", defaults.max_wait_ms, "How long a text waits for others to share its batch.")
     flags.DEFINE_integer("max_batch", defaults.max_batch, "Texts per search call (0 < n; 1 switches batching off).")
-    flags.DEFINE_integer("max_chars", defaults.max_chars, "Characters per text (413 above).")
-    flags.DEFINE_integer("max_texts", defaults.max_texts, "Texts per request (413 above).")
+    flags.DEFINE_integer("max_chars", defaults.max_chars, "Characters per text (422 above).")
+    flags.DEFINE_integer("max_texts", defaults.max_texts, "Texts per request (422 above).")
     flags.DEFINE_integer("max_queue", defaults.max_queue, "Texts waiting for a search (429 above).")
     flags.DEFINE_float("request_timeout_s", defaults.request_timeout_s, "Seconds before a request gets 408.")
     flags.DEFINE_list("beam_sizes", [str(b) for b in defaults.beam_sizes], "Beam sizes a request may ask for.")
-    flags.DEFINE_integer("max_nbest", defaults.max_nbest, "Most hypotheses per text.")
+    flags.DEFINE_integer(
+        "max_nbest",
+        defaults.max_nbest,
+        "Most hypotheses per text (at most the largest --beam_sizes: nbest widens the beam).",
+    )
     flags.DEFINE_list(
         "warm_up_beam_sizes",
         None,

@@ -29,23 +29,28 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from s2s_jax.data.tokenizer import EOS_ID
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
+from s2s_jax.serving.errors import ApiError, error_response, error_responses, validation_error
+from s2s_jax.serving.translate_request import TEXT_TAGS, TranslateRequest, translate_request_model
 
 # After a search, the batcher waits up to this fraction of its duration (or max_wait_ms, if longer)
 # for that batch's clients to send their next texts.
 REJOIN_FRACTION = 0.25
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BEARER = HTTPBearer(auto_error=False, description="the server's API key, when it has one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +59,12 @@ class ServeSettings:
 
     max_wait_ms: float = 5.0  # how long the oldest waiting text waits for others to share its batch
     max_batch: int = 32  # texts per search call (rows of the largest compiled shape)
-    max_chars: int = 2000  # characters per text (413 above)
-    max_texts: int = 64  # texts per request (413 above)
+    max_chars: int = 2000  # characters per text (422 above)
+    max_texts: int = 64  # texts per request (422 above)
     max_queue: int = 256  # texts waiting for a search (429 above)
     request_timeout_s: float = 30.0  # a request not answered by then gets 408
     beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the beam sizes a request may ask for (each one compiles)
-    max_nbest: int = 5
+    max_nbest: int = 5  # an nbest above the beam size widens the beam, so at most max(beam_sizes)
     warm_up_beam_sizes: tuple[int, ...] = ()  # compiled at start besides the default beam size (1 = greedy)
     api_key: str | None = None  # when set, /translate and /info need `Authorization: Bearer <key>`
 
@@ -70,6 +75,10 @@ class ServeSettings:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if not self.beam_sizes or min(self.beam_sizes) < 1 or self.max_nbest < 1:
             raise ValueError("beam_sizes must be positive and max_nbest at least 1")
+        if self.max_nbest > max(self.beam_sizes):
+            raise ValueError(
+                f"max_nbest {self.max_nbest} needs a beam size >= {self.max_nbest} among beam_sizes {self.beam_sizes}"
+            )
         if not set(self.warm_up_beam_sizes) <= set(self.beam_sizes):
             raise ValueError(f"warm_up_beam_sizes {self.warm_up_beam_sizes} must be among beam_sizes {self.beam_sizes}")
 
@@ -79,21 +88,9 @@ class ServeSettings:
 # ---------------------------------------------------------------------------
 
 
-class TranslateRequest(BaseModel):
-    """One or more texts and how to translate them; omitted settings take the model's decode defaults."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    text: str | list[str]
-    beam_size: int | None = Field(None, ge=1, description="1 = greedy; one of the server's allowed sizes")
-    nbest: int = Field(1, ge=1, description="hypotheses per text (<= beam_size when searching)")
-    alpha: float | None = Field(None, ge=0.0, le=10.0, description="GNMT length penalty exponent")
-    sample: bool = False
-    temperature: float = Field(1.0, gt=0.0, le=100.0)
-    top_k: int = Field(0, ge=0, description="0 = off")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
-    seed: int | None = Field(None, ge=0, lt=2**32, description="sampling seed; random when omitted")
-    alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"] = Field(description="ok (200); loading or error (503)")
+    detail: str | None = Field(None, description="why the model failed to load (status error)")
 
 
 class Candidate(BaseModel):
@@ -296,19 +293,22 @@ def default_options(translator) -> SearchOptions:
 
 
 def request_options(request: TranslateRequest, translator, settings: ServeSettings) -> SearchOptions:
-    """The request's SearchOptions, or HTTPException 422 naming the setting the server does not allow."""
+    """The request's SearchOptions. An omitted beam size is the model's default; an nbest above
+    the beam size widens the beam to the smallest allowed size >= nbest (sampling ignores the
+    beam size). The request model enforces the limits; ApiError 422 for a request built without it."""
+    if request.beam_size is not None and request.beam_size not in settings.beam_sizes:
+        sizes = ", ".join(map(str, settings.beam_sizes))
+        raise ApiError(
+            422, f"beam_size: {request.beam_size} is not one of this server's beam sizes {sizes}", "beam_size"
+        )
+    if request.nbest > settings.max_nbest:
+        raise ApiError(422, f"nbest: at most {settings.max_nbest}", "nbest")
     default = default_options(translator)
     beam = default.beam_size if request.beam_size is None else request.beam_size
     if request.sample:
         beam = 1
-    elif beam not in settings.beam_sizes:
-        raise HTTPException(
-            422, f"beam_size: {beam} is not one of this server's beam sizes {', '.join(map(str, settings.beam_sizes))}"
-        )
-    if request.nbest > settings.max_nbest:
-        raise HTTPException(422, f"nbest: at most {settings.max_nbest}")
-    if not request.sample and request.nbest > beam:
-        raise HTTPException(422, f"nbest: {request.nbest} needs beam_size >= nbest (got {beam})")
+    elif request.nbest > beam:
+        beam = min(size for size in settings.beam_sizes if size >= request.nbest)
     opts = SearchOptions(
         beam_size=beam,
         alpha=default.alpha if request.alpha is None else request.alpha,
@@ -319,10 +319,7 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         top_p=request.top_p,
         with_scores=True,
     )
-    try:
-        opts.check()
-    except ValueError as err:
-        raise HTTPException(422, str(err)) from None
+    opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
 
 
@@ -348,16 +345,52 @@ def create_app(
         lifespan=service.lifespan,
         description="POST /translate; the page at /; the schema at /openapi.json.",
     )
+    # Every error is an ErrorResponse (s2s_jax/serving/errors.py): routing's 404 and 405 too.
+    app.add_exception_handler(HTTPException, service.http_error)
     app.add_exception_handler(RequestValidationError, service.invalid)
+    app.add_exception_handler(Exception, service.unexpected)
     app.add_middleware(BodyLimit, max_bytes=body_cap(settings.max_texts, settings.max_chars))
-    authorized = [Depends(service.authorized)]
-    app.add_api_route("/health", service.health, methods=["GET"])
-    app.add_api_route("/info", service.info, methods=["GET"], dependencies=authorized)
+    keyed = [401] if settings.api_key is not None else []
+    authorized = [Depends(service.authorized)] if keyed else []
+    anywhere = [413, 500]  # the body cap applies to every route; so does an unexpected failure
     app.add_api_route(
-        "/translate", service.translate, methods=["POST"], response_model=TranslateResponse, dependencies=authorized
+        "/health",
+        service.health,
+        methods=["GET"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Loading, or the load failed."}, **error_responses(anywhere)},
+    )
+    app.add_api_route(
+        "/info",
+        service.info,
+        methods=["GET"],
+        dependencies=authorized,
+        responses=error_responses(keyed + [503, *anywhere]),
+    )
+    request_model = translate_request_model(
+        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts
+    )
+    app.add_api_route(
+        "/translate",
+        _taking(service.translate, request_model),
+        name="translate",
+        methods=["POST"],
+        response_model=TranslateResponse,
+        dependencies=authorized,
+        responses=error_responses([400, *keyed, 408, 413, 422, 429, 500, 503]),
     )
     app.add_api_route("/", service.page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
     return app
+
+
+def _taking(translate: Callable, request_model: type[TranslateRequest]) -> Callable:
+    """`translate` with its body typed `request_model`: FastAPI reads the type from the signature."""
+
+    async def route(request):
+        return await translate(request)
+
+    route.__annotations__ = {"request": request_model, "return": TranslateResponse}
+    return route
 
 
 class _Service:
@@ -407,28 +440,28 @@ class _Service:
         batcher = Batcher(translator, self.settings)
         self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()), ready=True)
 
-    async def invalid(self, request: Request, err: RequestValidationError) -> JSONResponse:
-        """422 naming each bad field (`loc`), without echoing the whole input back."""
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in err.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
+    async def http_error(self, request: Request, err: HTTPException) -> JSONResponse:
+        return error_response(err.status_code, str(err.detail), getattr(err, "field", None), err.headers)
 
-    def authorized(self, request: Request) -> None:
-        """401 unless the request carries the API key (when the server has one)."""
-        api_key = self.settings.api_key
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(
+    async def invalid(self, request: Request, err: RequestValidationError) -> JSONResponse:
+        """422 naming each bad field, without echoing the input back."""
+        detail, field = validation_error(err.errors(), TEXT_TAGS)
+        return error_response(422, detail, field)
+
+    async def unexpected(self, request: Request, err: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(err).__name__}: {err}")
+
+    def authorized(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        """401 unless the request carries the API key (a dependency only when the server has one)."""
+        api_key = self.settings.api_key or ""
+        if credentials is None or not hmac.compare_digest(credentials.credentials.strip().encode(), api_key.encode()):
+            raise ApiError(
                 401, "missing or wrong API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
             )
 
     def ready_state(self) -> dict:
         if not self.state["ready"]:
-            raise HTTPException(503, self.state["error"] or "loading the model and compiling; see /health")
+            raise ApiError(503, self.state["error"] or "loading the model and compiling; see /health")
         return self.state
 
     # The route handlers carry no docstrings: FastAPI would publish them in /openapi.json.
@@ -460,13 +493,13 @@ class _Service:
 
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
         current = self.ready_state()
-        texts = _request_texts(request, self.settings)
+        texts = [request.text] if isinstance(request.text, str) else request.text
         opts = request_options(request, current["translator"], self.settings)
         seed = secrets.randbits(32) if request.seed is None else request.seed
         try:
             futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
         except QueueFull as err:
-            raise HTTPException(429, f"server busy: {err}; retry later") from None
+            raise ApiError(429, f"server busy: {err}; retry later") from None
         return TranslateResponse(translations=await self._answers(futures))
 
     async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
@@ -477,25 +510,14 @@ class _Service:
         except asyncio.TimeoutError:
             for future in futures:
                 future.cancel()
-            raise HTTPException(408, f"not translated within request_timeout_s={timeout:g}") from None
+            raise ApiError(408, f"not translated within request_timeout_s={timeout:g}") from None
         except Exception as err:  # noqa: BLE001 - the batch failed: this request's error, the server goes on
-            raise HTTPException(500, f"translation failed: {err}") from None
+            raise ApiError(500, f"translation failed: {err}") from None
 
     async def page(self) -> HTMLResponse:
         return HTMLResponse(
             importlib.resources.files("s2s_jax.serving").joinpath("static/index.html").read_text("utf-8")
         )
-
-
-def _request_texts(request: TranslateRequest, settings: ServeSettings) -> list[str]:
-    """The request's texts; 413 for more than max_texts or a text over max_chars."""
-    texts = [request.text] if isinstance(request.text, str) else request.text
-    if len(texts) > settings.max_texts:
-        raise HTTPException(413, f"text: {len(texts)} texts, at most {settings.max_texts} per request")
-    for number, text in enumerate(texts):
-        if len(text) > settings.max_chars:
-            raise HTTPException(413, f"text[{number}]: {len(text)} characters, at most {settings.max_chars}")
-    return texts
 
 
 def _member_info(member) -> dict:

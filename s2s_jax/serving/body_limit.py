@@ -1,6 +1,6 @@
 """A cap on request bodies, enforced before they are read: an ASGI middleware.
 
-A body over the cap is refused with 413 and the server's usual JSON error (`{"detail": ...}`):
+A body over the cap is refused with 413 and the server's error body (s2s_jax/serving/errors.py):
 at once from its `Content-Length`, without reading a byte of it, or, for a chunked body,
 as soon as the bytes received pass the cap, without reading further. The connection is
 closed after the answer, so the rest of the body is never read.
@@ -9,8 +9,9 @@ closed after the answer, so the rest of the body is never read.
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from s2s_jax.serving.errors import error_response
 
 # The bytes one character of a text can take in a valid body: 12 for a character outside the
 # BMP written as an escaped surrogate pair ("\ud83d\ude00"); 4 in raw UTF-8, 6 as one \uXXXX.
@@ -46,7 +47,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            refusal = JSONResponse({"detail": self._detail(str(declared))}, 413, headers={"Connection": "close"})
+            refusal = error_response(413, self._detail(str(declared)), headers={"Connection": "close"})
             return await refusal(scope, receive, send)
         received = 0
 
