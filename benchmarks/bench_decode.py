@@ -321,8 +321,8 @@ def compaction_round(compact: dict, plain: dict) -> dict:
     by_key = lambda res: {f"{r['mode']}@{r['batch']}": r for r in res["results"]}  # noqa: E731
     on, off = by_key(compact), by_key(plain)
     out = {"sent_per_s": {}, "ratio": {}, "outputs_equal": {}}
-    for key in on.keys() & off.keys():
-        a, b = (_rounds.median_of(on[key], "sent_per_s"), _rounds.median_of(off[key], "sent_per_s"))
+    for key in [k for k in on if k in off]:
+        a, b = _rounds.median_of(on[key], "sent_per_s"), _rounds.median_of(off[key], "sent_per_s")
         out["sent_per_s"][key] = {"compact": a, "plain": b}
         out["ratio"][key] = _rounds.ratio(a, b)
         digests = on[key].get("outputs_sha256"), off[key].get("outputs_sha256")
