@@ -130,6 +130,8 @@ def run_rounds(args) -> list[dict]:
             results = {}
             for name in _rounds.rotated(list(cmds), k):
                 results[name] = _rounds.run_json(cmds[name], f"round {k + 1}/{args.rounds} {model} {name}")
+                figures = ", ".join(f"{HEADERS[m]} {_rounds.median_of(results[name], m)}" for m in METRICS)
+                print(f"  {figures}", file=sys.stderr, flush=True)  # kept in the log if a later process fails
             ours = results.pop(OURS)
             rounds.append({"round": k + 1, "model": model, **round_ratios(ours, results), "ours_env": _env(ours)})
     return rounds
