@@ -9,6 +9,7 @@ is the one place that starts a process.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -24,9 +25,11 @@ def run_json(cmd: list[str], label: str) -> dict:
     """Runs `cmd` in a fresh process and returns the last JSON object it printed on stdout.
 
     Progress goes to stderr: the label before, the wall time after. Its own stderr is kept
-    and shown (the last lines) only when it fails.
+    and shown (the last lines) only when it fails. The result gains `load_before`, the machine's
+    load average when the process started.
     """
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    load = load_average()
+    print(f"[{time.strftime('%H:%M:%S')}] load {load} {label}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -36,7 +39,16 @@ def run_json(cmd: list[str], label: str) -> dict:
     result = last_json_object(proc.stdout)
     if result is None:
         raise RunError(f"{label} printed no JSON object on stdout")
-    return result
+    return {**result, "load_before": load}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: well above the CPUs a run uses, the machine was shared and the figures are noise
+    (PyTorch's OpenMP threads slowed 10-20x on a 2-core machine at load 8-11; XLA's far less)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def last_json_object(stdout: str) -> dict | None:

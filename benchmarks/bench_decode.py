@@ -348,7 +348,8 @@ def compare_compaction(args, argv: list[str]) -> dict:
     rounds = []
     for k in range(args.rounds):
         res = {n: _rounds.run_json(cmds[n], f"round {k + 1}/{args.rounds} {n}") for n in _rounds.rotated(list(cmds), k)}
-        rounds.append({"round": k + 1, **compaction_round(res["compact"], res["plain"])})
+        load = {n: r.get("load_before") for n, r in res.items()}
+        rounds.append({"round": k + 1, **compaction_round(res["compact"], res["plain"]), "load_before": load})
     keys = [f"{_mode_name(args, m)}@{b}" for b in _sizes(args) for m in _modes(args)]
     summary = {key: _rounds.spread([r["ratio"].get(key) for r in rounds]) for key in keys}
     print(compaction_table(rounds, summary), file=sys.stderr)

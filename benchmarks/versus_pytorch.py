@@ -12,7 +12,7 @@ to round. Each ratio (train tok/s, greedy sent/s, beam-5 sent/s) is ours over th
 references in that round for that figure, so a slow reference never flatters us.
 
 Stdout: one JSON object: `rounds[]` (per round and model: each side's medians, which reference was
-faster, the ratios), `summary` ({model: {figure: {median, min, max, rounds}}}), the commands run.
+faster, the ratios, the load average before each process), `summary` ({model: {figure: {median, min, max, rounds}}}), the commands run.
 Stderr: progress, then a markdown table of the ratios (`--table FILE` writes it there instead).
 PyTorch lives in its own virtualenv (`--torch-python`), never in the project's.
 """
@@ -133,7 +133,9 @@ def run_rounds(args) -> list[dict]:
                 figures = ", ".join(f"{HEADERS[m]} {_rounds.median_of(results[name], m)}" for m in METRICS)
                 print(f"  {figures}", file=sys.stderr, flush=True)  # kept in the log if a later process fails
             ours = results.pop(OURS)
-            rounds.append({"round": k + 1, "model": model, **round_ratios(ours, results), "ours_env": _env(ours)})
+            load = {name: res.get("load_before") for name, res in [*results.items(), (OURS, ours)]}
+            entry = {"round": k + 1, "model": model, **round_ratios(ours, results), "load_before": load}
+            rounds.append({**entry, "ours_env": _env(ours)})
     return rounds
 
 

@@ -138,7 +138,8 @@ def test_decode_rounds_refuses_no_compact():
 
 
 def test_run_json_returns_the_last_object_and_fails_in_one_line():
-    assert _rounds.run_json([sys.executable, "-c", "print('x'); print('{\"a\": 1}')"], "ok") == {"a": 1}
+    result = _rounds.run_json([sys.executable, "-c", "print('x'); print('{\"a\": 1}')"], "ok")
+    assert result["a"] == 1 and set(result) == {"a", "load_before"}
     with pytest.raises(_rounds.RunError, match="exited with 3: boom"):
         _rounds.run_json(
             [
