@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/bench_decode.py --attention --batch-sizes 1,128
     .venv/bin/python benchmarks/bench_decode.py --workdir runs/m30k_att \\
         --input ../shared/data/multi30k/test_2016_flickr.de --batch-sizes 32,128 [--no-compact]
+    .venv/bin/python benchmarks/bench_decode.py --workdir runs/m30k_att \\
+        --input ../shared/data/multi30k/test_2016_flickr.de --batch-sizes 32,128 --rounds 5
 
 Both modes time the path decode.py runs by default: the encoder skips each batch's padded
 steps (`model.skip_padding`; `--no-skip-padding` runs them all) and greedy and beam search
@@ -34,6 +36,11 @@ Keys: results[] = one entry per (mode, batch):
   outputs_sha256 real sentences: a digest of every output's tokens (equal with and without compaction)
 beam_vs_greedy: {batch: beam ms/sentence / greedy ms/sentence (median)} -- how many
 greedy sentences one beam sentence costs (beam K does K rows of decoder work plus top-k).
+
+`--rounds N` measures what compaction gains: N rounds, each one fresh process of this script with
+the other flags as given (compaction on) and one with `--no-compact`, their order alternating; it
+prints one JSON object instead: per round and (mode, batch) the sent/s ratio compact / plain and
+whether the outputs were identical, then their median and range (`summary`); a markdown table on stderr.
 """
 
 from __future__ import annotations
@@ -42,9 +49,12 @@ import argparse
 import hashlib
 import json
 import math
+import shlex
+import sys
 import time
 
 import _common
+import _rounds
 
 
 def parse_args(argv=None):
@@ -100,9 +110,18 @@ def parse_args(argv=None):
     )
     ap.add_argument("--threads", type=int, default=2, help="CPUs this process may use (affinity); 0 = all")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="compaction on vs off: N interleaved rounds of fresh processes with and without --no-compact, "
+        "reporting the sent/s ratios (0 = one run of the path the flags choose)",
+    )
     args = ap.parse_args(argv)
     if args.input_feed and not args.attention:
         ap.error("--input-feed needs --attention")
+    if args.rounds < 0 or (args.rounds and not args.compact):
+        ap.error("--rounds N (N >= 1) runs both paths itself: drop --no-compact")
     if bool(args.workdir) != bool(args.input):
         ap.error("--workdir and --input go together (real sentences)")
     return args
@@ -296,8 +315,62 @@ def _mode_name(args, mode: str) -> str:
     return mode if mode == "greedy" else f"beam{args.beam}"
 
 
+def compaction_round(compact: dict, plain: dict) -> dict:
+    """One round of --rounds: per (mode, batch) the sent/s medians, compact / plain, and whether the two
+    processes' outputs were identical (real sentences; None for synthetic runs, which have no digest)."""
+    by_key = lambda res: {f"{r['mode']}@{r['batch']}": r for r in res["results"]}  # noqa: E731
+    on, off = by_key(compact), by_key(plain)
+    out = {"sent_per_s": {}, "ratio": {}, "outputs_equal": {}}
+    for key in [k for k in on if k in off]:
+        a, b = _rounds.median_of(on[key], "sent_per_s"), _rounds.median_of(off[key], "sent_per_s")
+        out["sent_per_s"][key] = {"compact": a, "plain": b}
+        out["ratio"][key] = _rounds.ratio(a, b)
+        digests = on[key].get("outputs_sha256"), off[key].get("outputs_sha256")
+        out["outputs_equal"][key] = None if None in digests else digests[0] == digests[1]
+    return out
+
+
+def compaction_table(rounds: list[dict], summary: dict) -> str:
+    """Markdown: the ratio compact / plain per round and (mode, batch), then median (min–max)."""
+    keys = list(summary)
+    lines = ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r in rounds:
+        cells = ["—" if r["ratio"].get(k) is None else f"{r['ratio'][k]:.2f}×" for k in keys]
+        lines.append(f"| {r['round']} | " + " | ".join(cells) + " |")
+    lines.append("| all | " + " | ".join(_rounds.format_spread(summary[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_compaction(args, argv: list[str]) -> dict:
+    """--rounds: this script in fresh processes, compaction on and off alternating, and the ratios."""
+    base = [sys.executable, __file__, *_rounds.drop_option(argv, "--rounds")]
+    cmds = {"compact": base, "plain": [*base, "--no-compact"]}
+    rounds = []
+    for k in range(args.rounds):
+        res = {n: _rounds.run_json(cmds[n], f"round {k + 1}/{args.rounds} {n}") for n in _rounds.rotated(list(cmds), k)}
+        load = {n: r.get("load_before") for n, r in res.items()}
+        rounds.append({"round": k + 1, **compaction_round(res["compact"], res["plain"]), "load_before": load})
+    keys = [f"{_mode_name(args, m)}@{b}" for b in _sizes(args) for m in _modes(args)]
+    summary = {key: _rounds.spread([r["ratio"].get(key) for r in rounds]) for key in keys}
+    print(compaction_table(rounds, summary), file=sys.stderr)
+    return {
+        "benchmark": "decode_compaction",
+        "commands": {n: shlex.join(c) for n, c in cmds.items()},
+        "rounds": rounds,
+        "summary": summary,
+        "outputs_equal": all(v is not False for r in rounds for v in r["outputs_equal"].values()),
+    }
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.rounds:
+        try:
+            print(json.dumps(compare_compaction(args, argv)))
+        except _rounds.RunError as e:
+            sys.exit(f"error: {e}")
+        return
     threads_info = _common.limit_threads(args.threads)
     res = {"impl": "s2s_jax", "benchmark": "decode"}
     res.update(_common.environment(threads_info))
