@@ -7,8 +7,9 @@ and sampling with or without top-k and top-p) runs on one compiled program per b
 warm-up compiles, for each accepted search, only the programs that *cover* every batch it can
 produce (`BatchShape.covers`: the largest n-best and both sampling filters at the widest source
 width, for each row count): a batch whose own shape is not compiled yet runs on the smallest
-compiled shape that covers it, which gives every row the same output, while its own shape
-compiles on a background thread; once that is done the batch's shape runs as it is.
+compiled shape that covers it, which gives every row the same translation (its score up to float
+rounding, as when it shares a batch with other texts), while its own shape compiles on a
+background thread; once that is done the batch runs on its own shape.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def source_widths(translator) -> tuple[int, ...]:
 
 
 def all_widths(widest: int) -> range:
+    """Every source width a batch can have, up to `widest`."""
     return range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
 
 
