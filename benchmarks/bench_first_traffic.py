@@ -9,6 +9,7 @@ started; as soon as its /health answers 200 that many closed-loop clients send s
 from --input with that search for --seconds (bench_serve.py's load). Printed as one JSON object:
 per run the time to /health, the warm-up's shapes and seconds (/info), latency p50/p90/p99 in ms,
 requests/s, errors, and how many batches ran on a covering shape while their own compiled.
+`--windows 2` also measures the next --seconds (the same search once more shapes have compiled).
 `--shared-server` starts one server per client count and runs the searches on it one after
 another (quicker; each is still its search's first traffic, but not right after /health).
 """
@@ -54,10 +55,12 @@ def first_traffic(workdir: str, sentences: list[str], searches: list[str], clien
         ready_s = round(time.perf_counter() - started, 1)
         runs = []
         for search in searches:
-            run = load(server.url, sentences, clients, args.seconds, 0, SEARCHES[search])
-            shapes = httpx.get(f"{server.url}/info", timeout=60).json()["shapes"]
-            runs.append(dict(run, search=search, settings=SEARCHES[search], ready_s=ready_s, shapes=shapes))
-            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            for window in range(1, args.windows + 1):
+                run = load(server.url, sentences, clients, args.seconds, 0, SEARCHES[search])
+                shapes = httpx.get(f"{server.url}/info", timeout=60).json()["shapes"]
+                run.update(search=search, settings=SEARCHES[search], window=window, ready_s=ready_s, shapes=shapes)
+                runs.append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
         return runs
     finally:
         run_exit = server.stop()
@@ -74,6 +77,9 @@ def main() -> None:
     ap.add_argument("--searches", default="greedy,beam5,beam8,sample", help=f"of {', '.join(SEARCHES)}")
     ap.add_argument("--batch-size", type=int, default=32, help="the server's --max_batch")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument(
+        "--windows", type=int, default=1, help="consecutive windows of --seconds per search (2: and the next)"
+    )
     ap.add_argument("--shared-server", action="store_true", help="one server per client count for all searches")
     args = ap.parse_args()
     searches = args.searches.split(",")
