@@ -109,11 +109,12 @@ class BatchShape:
 
     def covers(self, other: BatchShape) -> bool:
         """Whether a batch of shape `other` can run on this program and give every row the same
-        output: more rows and wider sources are padding (rows and padded positions never change
-        another row's output: the batch-invariance tests), a larger n-best ends in the same
-        hypotheses (beam search keeps `beam_size` of them and cuts the list last; sample k draws
-        from its own key), and a filter switched on passes a row that does not use it through
-        unchanged (top_k 0, top_p 1.0)."""
+        output tokens: more rows and wider sources are padding (filler rows and padded positions
+        never change another row's output: the batch-invariance tests), a larger n-best ends in
+        the same hypotheses (beam search keeps `beam_size` of them and cuts the list last; sample
+        k draws from its own key), and a filter switched on passes a row that does not use it
+        through unchanged (top_k 0, top_p 1.0). Scores may differ in the last float bits, as
+        they do between batch shapes anyway: XLA's kernels depend on the shape."""
         mine, theirs = self.key, other.key
         return (
             (mine.beam_size, mine.sample, mine.with_scores) == (theirs.beam_size, theirs.sample, theirs.with_scores)
@@ -459,7 +460,7 @@ class Inference:
         keys; filler rows are all PAD with cap 0. `shape`: the rows and widths to pad to
         (default: the batch's own)."""
         if shape is None:
-            rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
+            rows = self.padded_rows(batch_rows(len(chunk), batch_size))
             padded = [pad_batch(member, chunk, rows, eos=True) for member in sources]
         else:
             rows = shape.rows
