@@ -55,7 +55,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size: int) -> dict:
+def load(
+    url: str, sentences: list[str], clients: int, seconds: float, beam_size: int, search: dict | None = None
+) -> dict:
+    """`clients` closed-loop clients sending one sentence per request for `seconds`; `search`:
+    the request's search settings (default {"beam_size": beam_size})."""
+    search = {"beam_size": beam_size} if search is None else search
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -70,7 +75,7 @@ def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size
                 index += clients
                 start = time.perf_counter()
                 try:
-                    ok = session.post("/translate", json={"text": text, "beam_size": beam_size}).status_code == 200
+                    ok = session.post("/translate", json={"text": text, **search}).status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 elapsed = time.perf_counter() - start
@@ -99,6 +104,7 @@ def load(url: str, sentences: list[str], clients: int, seconds: float, beam_size
         "seconds": round(wall, 1),
         "sent_per_s": round(len(ms) / wall, 1),
         "p50_ms": pct(50),
+        "p90_ms": pct(90),
         "p95_ms": pct(95),
         "p99_ms": pct(99),
         "mean_ms": round(statistics.fmean(ms), 1) if ms else float("nan"),

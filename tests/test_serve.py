@@ -10,8 +10,10 @@ import signal
 import threading
 import time
 import types
+from collections.abc import Callable
 
 import httpx
+import jax
 import pytest
 
 from s2s_jax.cli import serve as serve_cli
@@ -321,38 +323,88 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
         serve_cli.api_key_from(str(tmp_path / "missing"), {})
 
 
-def test_health_waits_for_the_warm_up_and_defaults_never_compile(trained_workdir):
-    """In process: /health is 503 until loading and warm-up finish; then requests with the default
-    search (any length, any alpha) run on already compiled searches."""
+def _compiles_on(thread_prefix: str) -> tuple[list[str], Callable[[], None]]:
+    """The names of JAX's compile events (tracing, lowering, XLA compile) that run on threads whose
+    name starts with `thread_prefix`, as they happen; and the function that stops recording."""
+    seen: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event.startswith("/jax/core/compile/") and threading.current_thread().name.startswith(thread_prefix):
+            seen.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return seen, lambda: jax.monitoring.unregister_event_duration_listener(listener)
+
+
+WORDS = "the a red blue small big cat dog house car sees likes has".split()
+TEXTS = [" ".join(WORDS[: n % 13 + 1] * (n // 13 + 1)) for n in range(30)]
+# Every search the test server accepts: each beam size with each n-best, sampling with each filter.
+SEARCHES = [{"beam_size": b, "nbest": n} for b in (1, 2, 4) for n in range(1, min(b, 2) + 1)] + [
+    {"sample": True, "nbest": n, "seed": 3, **filters}
+    for n in (1, 2)
+    for filters in ({}, {"top_k": 3}, {"top_p": 0.8}, {"top_k": 2, "top_p": 0.9, "temperature": 0.7})
+]
+
+
+def test_after_health_no_request_waits_on_a_compile(trained_workdir):
+    """In process: /health is 503 until loading and warm-up finish; then requests of every accepted
+    search (beam sizes, n-best, sampling filters), of any length and count, run on compiled shapes:
+    no compile on the search thread. A batch whose own shape was not compiled ran on a covering
+    one and gives the same translations as once its own shape has compiled in the background."""
     release = threading.Event()
 
     def load():
         release.wait(60)
         return Translator(trained_workdir.workdir)
 
-    app = serving.create_app(load, serving.ServeSettings(max_batch=4, max_wait_ms=1), log=lambda message: None)
-    with in_process(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        health = client.get("/health")
-        assert health.status_code == 503 and health.json() == {"status": "loading", "detail": None}
-        busy = client.post("/translate", json={"text": "a"})
-        assert busy.status_code == 503 and busy.json()["field"] is None and "loading" in busy.json()["detail"]
-        release.set()
-        deadline = time.monotonic() + 300
-        while client.get("/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        inference = app.state.s2s["translator"].inference
-        compiled = {key: fn._cache_size() for key, fn in inference._compiled.items()}
-        words = "the a red blue small big cat dog house car sees likes has".split()
-        texts = [" ".join(words[: n % 13 + 1] * (n // 13 + 1)) for n in range(30)]
-        for count in (1, 2, 3, 4, 5):
-            assert (
-                client.post(
-                    "/translate", json={"text": texts[:count] if count < 5 else texts, "alpha": 0.1 * count}
-                ).status_code
-                == 200
-            )
-        assert {key: fn._cache_size() for key, fn in inference._compiled.items()} == compiled
+    settings = serving.ServeSettings(max_batch=4, max_wait_ms=1, beam_sizes=(1, 2, 4), max_nbest=2)
+    app = serving.create_app(load, settings, log=lambda message: None)
+    compiles, stop_recording = _compiles_on("s2s-search")
+    background, stop_recording_background = _compiles_on("s2s-compile")  # the listener does hear compiles
+    try:
+        with in_process(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json() == {"status": "loading", "detail": None}
+            busy = client.post("/translate", json={"text": "a"})
+            assert busy.status_code == 503 and busy.json()["field"] is None and "loading" in busy.json()["detail"]
+            release.set()
+            deadline = time.monotonic() + 300
+            while client.get("/health").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            shapes = client.get("/info").json()["shapes"]
+            assert shapes["warm_up_shapes"] == shapes["compiled"] == 6 * 3  # 3 beam + 3 sampling keys x rows 1, 2, 4
+            first = {}
+            for number, search in enumerate(SEARCHES):
+                for count in (1, 3):
+                    texts = TEXTS[number % 7 * 4 : number % 7 * 4 + count]
+                    response = client.post("/translate", json={"text": texts, "alpha": 0.1 * count, **search})
+                    assert response.status_code == 200, response.text
+                    first[number, count] = response.json()["translations"]
+            assert compiles == [], compiles
+            info = client.get("/info").json()["shapes"]
+            assert info["request_compiles"] == 0 and info["covered_batches"] > 0
+            deadline = time.monotonic() + 300
+            while client.get("/info").json()["shapes"]["compiling"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            covered = client.get("/info").json()["shapes"]["covered_batches"]
+            for (number, count), want in first.items():
+                texts = TEXTS[number % 7 * 4 : number % 7 * 4 + count]
+                got = client.post("/translate", json={"text": texts, "alpha": 0.1 * count, **SEARCHES[number]})
+                _assert_same_translations(got.json()["translations"], want)
+            assert client.get("/info").json()["shapes"]["covered_batches"] == covered  # each on its own shape now
+            assert compiles == [] and background, compiles
+    finally:
+        stop_recording()
+        stop_recording_background()
+
+
+def _assert_same_translations(got: list[dict], want: list[dict]) -> None:
+    """The same texts; scores equal up to float rounding (XLA's kernels differ by batch shape)."""
+    assert [[c["text"] for c in t["nbest"]] for t in got] == [[c["text"] for c in t["nbest"]] for t in want]
+    for g, w in zip(got, want):
+        assert [c["score"] for c in g["nbest"]] == pytest.approx([c["score"] for c in w["nbest"]], rel=1e-5, abs=1e-5)
 
 
 def test_a_failing_load_is_reported_and_the_server_stays_up():

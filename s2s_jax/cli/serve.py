@@ -123,8 +123,9 @@ def _define_flags() -> None:
     flags.DEFINE_list(
         "warm_up_beam_sizes",
         None,
-        "Beam sizes compiled at start besides the model's default "
-        "(e.g. 1 for greedy); requests with others compile on first use.",
+        "Beam sizes whose every batch shape is compiled before /health, not only the shapes that cover "
+        "them (every accepted search has those; a batch runs on one until its own shape has compiled "
+        "in the background, so no request waits on a compile either way).",
     )
     flags.DEFINE_string(
         "api_key_file",

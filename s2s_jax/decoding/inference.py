@@ -98,6 +98,35 @@ class SearchOptions:
         return self.alpha, self.temperature, self.top_k, self.top_p
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """What one compiled search program is for: its compiled key (SearchOptions.compiled_key),
+    the batch rows and each ensemble member's source width."""
+
+    key: SearchOptions
+    rows: int
+    widths: tuple[int, ...]
+
+    def covers(self, other: BatchShape) -> bool:
+        """Whether a batch of shape `other` can run on this program and give every row the same
+        output tokens: more rows and wider sources are padding (filler rows and padded positions
+        never change another row's output: the batch-invariance tests), a larger n-best ends in
+        the same hypotheses (beam search keeps `beam_size` of them and cuts the list last; sample
+        k draws from its own key), and a filter switched on passes a row that does not use it
+        through unchanged (top_k 0, top_p 1.0). Scores may differ in the last float bits, as
+        they do between batch shapes anyway: XLA's kernels depend on the shape."""
+        mine, theirs = self.key, other.key
+        return (
+            (mine.beam_size, mine.sample, mine.with_scores) == (theirs.beam_size, theirs.sample, theirs.with_scores)
+            and mine.nbest >= theirs.nbest
+            and mine.top_k >= theirs.top_k
+            and mine.top_p <= theirs.top_p
+            and self.rows >= other.rows
+            and len(self.widths) == len(other.widths)
+            and all(a >= b for a, b in zip(self.widths, other.widths))
+        )
+
+
 @dataclasses.dataclass
 class ScoredTokens:
     """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
@@ -150,13 +179,16 @@ def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[
     }
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+    seqs: Sequence[Sequence[int]], chunk: list[int], rows: int, eos: bool, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The sequences `seqs[i]` for i in chunk (+ EOS when `eos`) as one batch, int32 [rows, W]
-    PAD-padded to `source_width` (a multiple of 8), and their lengths (EOS counted); rows past
-    the chunk are all PAD with length 0. The shapes every batch of the inference path has."""
+    PAD-padded to `source_width` (a multiple of 8; `width` when given, which must hold them), and
+    their lengths (EOS counted); rows past the chunk are all PAD with length 0. The shapes every
+    batch of the inference path has."""
     lengths = np.zeros((rows,), np.int32)
     lengths[: len(chunk)] = [len(seqs[i]) + eos for i in chunk]
-    width = source_width(int(lengths.max()))
+    width = source_width(int(lengths.max())) if width is None else width
     out = np.full((rows, width), PAD_ID, np.int32)
     for row, i in enumerate(chunk):
         n = len(seqs[i])
@@ -366,6 +398,10 @@ class Inference:
         # Greedy and beam search continue with fewer rows once half have finished (search_batch);
         # the outputs are the same either way, so only a benchmark of the plain loop turns it off.
         self.compact = compact
+        # The shape a batch runs on, given its own (`BatchShape`): by default its own; a server that
+        # compiles ahead runs it on a compiled shape that covers it (s2s_jax/serving/shapes.py).
+        # Consulted for batches without a forced prefix when skip_padding is off.
+        self.choose_shape: Callable[[BatchShape], BatchShape] | None = None
 
     def _members(self, params, sources) -> tuple[tuple, tuple]:
         """(params, sources) as one entry per member."""
@@ -401,6 +437,16 @@ class Inference:
         order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
+    def padded_rows(self, rows: int) -> int:
+        """A batch's `rows` rounded up to a multiple of the device count (one share per device)."""
+        return parallel.round_up_rows(rows, self.mesh)
+
+    def batch_shape(self, sources: tuple, chunk: list[int], batch_size: int, key: SearchOptions) -> BatchShape:
+        """The shape of the batch of `chunk` (indices into each member's `sources`) searched with `key`."""
+        rows = self.padded_rows(batch_rows(len(chunk), batch_size))
+        widths = tuple(source_width(max((len(member[i]) + 1 for i in chunk), default=1)) for member in sources)
+        return BatchShape(key.compiled_key(), rows, widths)
+
     def _arrays(
         self,
         sources: tuple,
@@ -408,11 +454,17 @@ class Inference:
         batch_size: int,
         settings: list[SearchOptions],
         sample_keys: Sequence[tuple[int, int]],
+        shape: BatchShape | None = None,
     ) -> dict:
         """srcs (one [rows, S_m] per member), caps [rows] and the per-row settings and sampling
-        keys; filler rows are all PAD with cap 0."""
-        rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
-        padded = [pad_batch(member, chunk, rows, eos=True) for member in sources]
+        keys; filler rows are all PAD with cap 0. `shape`: the rows and widths to pad to
+        (default: the batch's own)."""
+        if shape is None:
+            rows = self.padded_rows(batch_rows(len(chunk), batch_size))
+            padded = [pad_batch(member, chunk, rows, eos=True) for member in sources]
+        else:
+            rows = shape.rows
+            padded = [pad_batch(member, chunk, rows, eos=True, width=w) for member, w in zip(sources, shape.widths)]
         caps = length_caps(padded[0][1], self.decode_cfg, self.max_steps)
         caps[len(chunk) :] = 0
         filler = rows - len(chunk)
@@ -475,9 +527,11 @@ class Inference:
         )
         results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
         chunks = self.batches(sources[0], batch_size)
-        search_fn = self.search_fn(union)
+        choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
-            arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys)
+            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose else None
+            search_fn = self.search_fn(union if shape is None else shape.key)
+            arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys, shape)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
@@ -495,9 +549,18 @@ class Inference:
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
                 results[i] = [
-                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(tokens.shape[1])
+                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(first.nbest)
                 ]
         return results
+
+    def compile_shape(self, params, shape: BatchShape) -> None:
+        """Compiles the search of `shape` as `run` calls it (the same arguments' shapes, types and
+        placement), running it once on an all-PAD batch whose rows end at once."""
+        arrays = self._arrays(tuple([] for _ in shape.widths), [], shape.rows, [], [], shape)
+        placed = parallel.shard_batch(self.mesh, arrays)
+        params = (params,) if len(self.models) == 1 else tuple(params)
+        fn = self.search_fn(shape.key)
+        jax.block_until_ready(fn(params, placed["srcs"], placed["caps"], placed["rows"], None, None, segments=None))
 
     def score(
         self, params, sources: Sequence[Sequence[int]] | tuple, targets: Sequence[Sequence[int]], batch_size: int = 64

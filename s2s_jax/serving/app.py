@@ -6,8 +6,9 @@ and sampling switch; alpha, temperature, top-k and top-p are traced per row) for
 `max_wait_ms` after the oldest one arrived, or until `max_batch` texts are waiting, and
 hands them to one worker thread as one `Translator.translate` call. That call goes
 through the one inference path (s2s_jax/decoding/inference.py), so a batch of texts is sorted by
-length and padded to the shapes decode.py uses; the default settings' shapes are all
-compiled before /health turns 200. A job whose request has already timed out is
+length and padded to the shapes decode.py uses; before /health turns 200 every accepted search
+has compiled shapes that cover all its batches (s2s_jax/serving/shapes.py), so no request waits
+on a compile. A job whose request has already timed out is
 dropped before its search; a batch that fails fails its own requests only.
 
 Sampling draws text j of a request from fold_in(key(seed), j), whatever else shares its
@@ -23,7 +24,6 @@ import dataclasses
 import hmac
 import importlib.resources
 import math
-import os
 import re
 import secrets
 import threading
@@ -39,9 +39,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from s2s_jax.data.tokenizer import EOS_ID
-from s2s_jax.decoding import inference
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.serving import shapes
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
 from s2s_jax.serving.errors import ApiError, error_response, error_responses, validation_error
 from s2s_jax.serving.translate_request import TEXT_TAGS, TranslateRequest, translate_request_model
@@ -65,7 +64,7 @@ class ServeSettings:
     request_timeout_s: float = 30.0  # a request not answered by then gets 408
     beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the beam sizes a request may ask for (each one compiles)
     max_nbest: int = 5  # an nbest above the beam size widens the beam, so at most max(beam_sizes)
-    warm_up_beam_sizes: tuple[int, ...] = ()  # compiled at start besides the default beam size (1 = greedy)
+    warm_up_beam_sizes: tuple[int, ...] = ()  # every batch shape of these compiled at start, not only covering ones
     api_key: str | None = None  # when set, /translate and /info need `Authorization: Bearer <key>`
 
     def check(self) -> None:
@@ -251,41 +250,6 @@ def _finite(score: float) -> float:
     return score if math.isfinite(score) else -1e30
 
 
-def warm_up(
-    translator,
-    settings: ServeSettings,
-    progress: Callable[[str], None] = lambda message: None,
-    workers: int | None = None,
-) -> int:
-    """Compiles the default settings' search (and those of `warm_up_beam_sizes`) for every batch
-    shape a request can produce: rows a power of two up to max_batch, source widths the multiples
-    of 8 up to max_len + EOS. Shapes compile on `workers` threads (default: one per CPU; XLA
-    compiles one program per thread). Returns the number of compiled shapes."""
-    default = default_options(translator)
-    searches = [default] + [
-        dataclasses.replace(default, beam_size=b) for b in settings.warm_up_beam_sizes if b != default.beam_size
-    ]
-    widest = inference.source_width(translator.max_len + 1)
-    widths = range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
-    rows = inference.row_counts(settings.max_batch)
-    members = len(translator.members)
-    params = translator.search_params
-
-    def compile_shape(job: tuple[SearchOptions, int, int]) -> None:
-        opts, width, count = job
-        ids = [[EOS_ID + 2] * (width - 1)] * count  # width - 1 tokens + EOS fill the width
-        sources = ids if members == 1 else tuple([ids] * members)
-        translator.inference.run(params, sources, opts, batch_size=settings.max_batch)
-
-    jobs = [(opts, width, count) for width in widths for count in rows for opts in searches]
-    workers = workers or os.cpu_count() or 1
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="s2s-warm-up") as pool:
-        for done, _ in enumerate(pool.map(compile_shape, jobs), 1):
-            if done % len(rows) == 0 or done == len(jobs):
-                progress(f"warm-up: {done} of {len(jobs)} batch shapes compiled")
-    return len(jobs)
-
-
 def default_options(translator) -> SearchOptions:
     """A request without settings: the model's decode.beam_size and alpha, scored."""
     cfg = translator.config.decode
@@ -415,6 +379,7 @@ class _Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.state["task"]
             self.state["batcher"].close()
+            self.state["shapes"].close()
 
     def _prepare(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
         """Loads the Translator and compiles its shapes (in the load thread); sets `ready` to it or the error."""
@@ -424,21 +389,28 @@ class _Service:
             # Batches of mixed lengths would each compile a time-segment profile: the server runs
             # the padded shapes it compiles ahead (s2s_jax/models/time_segments.py).
             translator.inference.skip_padding = False
-            shapes = warm_up(translator, self.settings, self.log)
-            self.log(f"ready: {shapes} batch shapes compiled in {time.perf_counter() - started:.1f} s")
-            loop.call_soon_threadsafe(ready.set_result, translator)
+            s = self.settings
+            registry = shapes.compile_ahead(
+                translator, s.beam_sizes, s.max_nbest, s.max_batch, s.warm_up_beam_sizes, self.log
+            )
+            self.log(
+                f"ready: {registry.warm_up_shapes} batch shapes compiled in {registry.warm_up_seconds:.1f} s "
+                f"({time.perf_counter() - started:.1f} s with loading)"
+            )
+            loop.call_soon_threadsafe(ready.set_result, (translator, registry))
         except Exception as err:  # noqa: BLE001 - reported by /health and the log, the server stays up
             self.log(f"error: {err}")
             loop.call_soon_threadsafe(ready.set_exception, err)
 
     async def _start(self, ready: asyncio.Future) -> None:
         try:
-            translator = await ready
+            translator, registry = await ready
         except Exception as err:  # noqa: BLE001
             self.state["error"] = str(err)
             return
         batcher = Batcher(translator, self.settings)
-        self.state.update(translator=translator, batcher=batcher, task=asyncio.create_task(batcher.run()), ready=True)
+        task = asyncio.create_task(batcher.run())
+        self.state.update(translator=translator, shapes=registry, batcher=batcher, task=task, ready=True)
 
     async def http_error(self, request: Request, err: HTTPException) -> JSONResponse:
         return error_response(err.status_code, str(err.detail), getattr(err, "field", None), err.headers)
@@ -489,6 +461,7 @@ class _Service:
                 "search_calls": current["batcher"].search_calls,
                 "mean_texts": float(np.mean(current["batcher"].batch_texts or [0])),
             },
+            "shapes": current["shapes"].info(),
         }
 
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
