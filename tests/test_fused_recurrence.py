@@ -154,8 +154,9 @@ def test_auto_takes_the_kernel_here_and_the_scan_without_it(monkeypatch):
     assert recurrences.resolve("scan") == "scan"
     assert recurrences.resolve("auto", jnp.bfloat16) == "scan"  # the kernel computes in float32
     monkeypatch.setattr(kernel, "available", lambda: False)
+    monkeypatch.setattr(kernel, "unavailable_reason", lambda: "it was not built when s2s-jax was installed")
     assert recurrences.resolve("auto") == "scan"
-    with pytest.raises(ValueError, match="not built"):
+    with pytest.raises(ValueError, match="fused: the fused CPU recurrence is missing .it was not built"):
         recurrences.resolve("fused")
 
 

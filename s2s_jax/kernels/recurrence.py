@@ -16,17 +16,19 @@ outputs past them are zero and the final state is the one after the last real st
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
 
 try:
     from s2s_jax.kernels import recurrence_cpu
-except ImportError as err:  # not built: no compiler at install time, or a failed build
+except ImportError as err:  # not built (no compiler at install time, a failed build) or not loadable
     recurrence_cpu = None
-    _IMPORT_ERROR = str(err)
+    _BUILT = importlib.util.find_spec("s2s_jax.kernels.recurrence_cpu") is not None
+    _WHY = f"it does not load: {err}" if _BUILT else "it was not built when s2s-jax was installed"
 else:
-    _IMPORT_ERROR = ""
+    _WHY = ""
 
 
 def available() -> bool:
@@ -35,7 +37,8 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
-    return _IMPORT_ERROR or "built"
+    """Why `available()` is False (empty when it is True)."""
+    return _WHY
 
 
 def isa() -> str:

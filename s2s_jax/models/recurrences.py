@@ -10,7 +10,7 @@ with one decodes with the other (equal up to float rounding).
 from __future__ import annotations
 
 import functools
-import logging
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,10 @@ RECURRENCES = ("auto", "scan", "fused")
 def fused_blocker(dtype=jnp.float32) -> str | None:
     """Why the fused kernel cannot run here, or None when it can."""
     if not kernel.available():
-        return f"the fused CPU recurrence is not built ({kernel.unavailable_reason()}; reinstall with a C++ compiler)"
+        return (
+            f"the fused CPU recurrence is missing ({kernel.unavailable_reason()}; "
+            "`pip install -e .` again with a C++ compiler on the PATH builds it)"
+        )
     if jax.default_backend() != "cpu":
         return f"the fused recurrence runs on the CPU only (the default backend is {jax.default_backend()})"
     if jax.device_count() != 1:
@@ -54,4 +57,4 @@ def describe(resolved: str) -> str:
 
 @functools.cache
 def _say_once(message: str) -> None:
-    logging.getLogger("s2s_jax").warning(message)
+    print(f"warning: {message}", file=sys.stderr)
