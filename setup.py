@@ -2,8 +2,8 @@
 
 Everything else about the package is in pyproject.toml. The kernel is compiled with the
 machine's C++ compiler against the XLA FFI headers that jaxlib ships (a build requirement).
-Its inner loops are compiled twice, for the baseline instruction set and, on x86-64, for
-AVX2+FMA, and the library picks one at run time: never -march=native. Where the build
+Its inner loops are compiled for the baseline instruction set and, on x86-64, for AVX2+FMA
+and for AVX-512, and the library picks one at run time: never -march=native. Where the build
 fails (no compiler, no headers) the package installs without it and runs the nn.scan
 recurrence instead (s2s_jax.kernels.recurrence.available() is False).
 """
@@ -17,12 +17,16 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNELS = "s2s_jax/kernels/cpu"
-FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
+FLAGS = ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+ISA_VARIANTS = [  # x86: (source, its own flags); the others are stubs that report "no variant"
+    ("recurrence_avx2.cc", ["-mavx2", "-mfma"]),
+    ("recurrence_avx512.cc", ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"]),
+]
 
 
 class BuildKernels(build_ext):
-    """build_ext that adds the FFI headers and compiles the AVX2 variant with its own flags."""
+    """build_ext that adds the FFI headers and compiles each x86 variant with its own flags."""
 
     def build_extension(self, ext: Extension) -> None:
         from distutils.errors import CompileError
@@ -32,11 +36,9 @@ class BuildKernels(build_ext):
         except ImportError as err:
             raise CompileError(f"jaxlib (for the XLA FFI headers) is not importable: {err}") from err
         ext.include_dirs.append(os.path.join(os.path.dirname(jaxlib.__file__), "include"))
-        if X86:
+        for source, flags in ISA_VARIANTS if X86 else []:
             objects = self.compiler.compile(
-                [f"{KERNELS}/recurrence_avx2.cc"],
-                output_dir=self.build_temp,
-                extra_postargs=FLAGS + ["-fPIC", "-mavx2", "-mfma"],
+                [f"{KERNELS}/{source}"], output_dir=self.build_temp, extra_postargs=FLAGS + ["-fPIC", *flags]
             )
             ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
@@ -47,7 +49,7 @@ setup(
         Extension(
             "s2s_jax.kernels.recurrence_cpu",
             sources=[f"{KERNELS}/recurrence_ffi.cc", f"{KERNELS}/recurrence_generic.cc"]
-            + ([] if X86 else [f"{KERNELS}/recurrence_avx2.cc"]),  # elsewhere it only says "none"
+            + ([] if X86 else [f"{KERNELS}/{source}" for source, _ in ISA_VARIANTS]),
             depends=[f"{KERNELS}/recurrence_kernels.h", f"{KERNELS}/recurrence_types.h"],
             extra_compile_args=FLAGS,
             language="c++",

@@ -135,15 +135,26 @@ def test_fused_model_equals_the_scan_model_padded_and_segmented(overrides):
             np.testing.assert_allclose(f, s, rtol=1e-4, atol=1e-6)
 
 
-def test_the_portable_build_equals_the_scan_too():
-    """The kernels' non-AVX2 inner loops (what a CPU without AVX2 runs), forced in a fresh process."""
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_each_instruction_set_variant_equals_the_scan_too(isa):
+    """The kernels' narrower inner loops (what a CPU without AVX-512 or AVX2 runs), forced in a fresh process."""
+    if isa == "avx2" and not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("this CPU has no AVX2/FMA")
     code = (
-        "from s2s_jax.kernels import recurrence as k; assert k.isa() == 'generic', k.isa(); "
+        f"from s2s_jax.kernels import recurrence as k; assert k.isa() == {isa!r}, k.isa(); "
         "import tests.test_fused_recurrence as t; "
         "t.test_fused_layer_equals_the_scan_with_its_gradients('lstm', *t.CASES[3]); "
         "t.test_fused_layer_equals_the_scan_with_its_gradients('gru', *t.CASES[1]); print('ok')"
     )
-    env = {**os.environ, "S2S_JAX_KERNEL_ISA": "generic", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "S2S_JAX_KERNEL_ISA": isa, "JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
@@ -173,3 +184,26 @@ def test_config_check_names_why_fused_cannot_run(monkeypatch):
     config.model.recurrence = "fast"
     with pytest.raises(ConfigError, match="model.recurrence must be one of auto, scan, fused"):
         checks.validate(config)
+
+
+@pytest.mark.slow
+def test_fifty_quickstart_steps_give_the_same_losses_with_either_recurrence(tmp_path):
+    """train.py's own loop on the README's quickstart corpus: the logged losses agree to 4 decimals."""
+    from s2s_jax.configs import quickstart
+    from s2s_jax.training.loop import train_and_evaluate
+    from s2s_jax.training.train_log import read_metrics
+
+    losses = {}
+    for recurrence in ("scan", "fused"):
+        config = quickstart.get_config()
+        config.model.recurrence = recurrence
+        config.train.num_steps = 50
+        config.train.log_every = 10
+        config.train.eval_every = config.train.checkpoint_every = 50
+        config.decode.beam_size = 1
+        workdir = str(tmp_path / recurrence)
+        train_and_evaluate(config, workdir)
+        losses[recurrence] = [(r["step"], r["train_loss"]) for r in read_metrics(workdir) if "train_loss" in r]
+    assert [s for s, _ in losses["fused"]] == [10, 20, 30, 40, 50]
+    for (step, fused), (_, scan) in zip(losses["fused"], losses["scan"]):
+        assert round(fused, 4) == round(scan, 4), (step, fused, scan)

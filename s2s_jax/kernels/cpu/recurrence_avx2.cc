@@ -5,6 +5,8 @@
 #if defined(__AVX2__) && defined(__FMA__)
 namespace avx2 {
 #define KERNELS_ISA "avx2"
+#define VW 8
+#define MR 3  // 12 accumulators + 3 broadcasts + 1 of 16 registers
 #include "recurrence_kernels.h"
 }  // namespace avx2
 

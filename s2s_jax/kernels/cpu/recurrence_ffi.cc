@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -24,10 +25,14 @@ namespace ffi = xla::ffi;
 namespace {
 
 const Kernels* PickKernels() {
-  const char* want = std::getenv("S2S_JAX_KERNEL_ISA");  // "generic" forces the fallback (tests)
-  bool generic = want != nullptr && std::strcmp(want, "generic") == 0;
+  // S2S_JAX_KERNEL_ISA=generic|avx2 caps the instruction set (tests, benchmarks).
+  const char* want = std::getenv("S2S_JAX_KERNEL_ISA");
+  const std::string cap = want != nullptr ? want : "";
 #if defined(__x86_64__) || defined(__i386__)
-  if (!generic && avx2_kernels() != nullptr && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+  if (cap.empty() && avx512_kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+    return avx512_kernels();
+  if (cap != "generic" && avx2_kernels() != nullptr && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return avx2_kernels();
 #endif
   return generic_kernels();
@@ -39,8 +44,12 @@ const Kernels& K() {
 }
 
 struct Tickets {
-  std::atomic<int64_t> next{0};
+  explicit Tickets(int64_t total) : claimed(new std::atomic<bool>[total]) {
+    for (int64_t i = 0; i < total; ++i) claimed[i].store(false, std::memory_order_relaxed);
+  }
+  std::atomic<int64_t> arrivals{0};
   std::atomic<int64_t> done{0};
+  std::unique_ptr<std::atomic<bool>[]> claimed;  // per (step, chunk)
 };
 
 inline void Pause() {
@@ -49,36 +58,47 @@ inline void Pause() {
 #endif
 }
 
+inline void WaitFor(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target;) {
+    if (++spins < 4096) {
+      Pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 // Runs work(step, chunk) for step < steps, chunk < chunks, steps in order, the chunks of one
-// step in parallel on the caller and up to `helpers` pool tasks.
+// step in parallel on the caller and up to `helpers` pool tasks. Participant j first takes
+// the chunks j, j + n, ... of each step (the same ones every step, so each core keeps its
+// part of the packed weights in its own cache), then any chunk of the step nobody took yet;
+// so the caller finishes every step alone if a pool task never starts.
 template <typename Work>
 void RunSteps(ffi::ThreadPool& pool, int64_t steps, int64_t chunks, const Work& work) {
   const int64_t total = steps * chunks;
-  auto tickets = std::make_shared<Tickets>();
-  auto take = [tickets, total, chunks, &work]() {
-    for (;;) {
-      int64_t ticket = tickets->next.fetch_add(1, std::memory_order_relaxed);
-      if (ticket >= total) return;
-      int64_t step = ticket / chunks;
-      int spins = 0;
-      while (tickets->done.load(std::memory_order_acquire) < step * chunks) {
-        if (++spins < 4096) {
-          Pause();
-        } else {
-          std::this_thread::yield();
-        }
+  int64_t threads = pool.num_threads();
+  const int64_t n = 1 + std::min<int64_t>(threads > 1 ? threads - 1 : 0, chunks - 1);
+  auto tickets = std::make_shared<Tickets>(total);
+  auto take = [tickets, steps, chunks, n, &work]() {
+    const int64_t id = tickets->arrivals.fetch_add(1, std::memory_order_relaxed);
+    auto claim_and_run = [&](int64_t step, int64_t chunk) {
+      if (!tickets->claimed[step * chunks + chunk].exchange(true, std::memory_order_acq_rel)) {
+        work(step, chunk);
+        tickets->done.fetch_add(1, std::memory_order_release);
       }
-      work(step, ticket % chunks);
-      tickets->done.fetch_add(1, std::memory_order_release);
+    };
+    for (int64_t step = 0; step < steps; ++step) {
+      if (tickets->done.load(std::memory_order_acquire) >= (step + 1) * chunks) continue;  // a late arrival
+      WaitFor(tickets->done, step * chunks);
+      for (int64_t chunk = id % n; chunk < chunks; chunk += n) claim_and_run(step, chunk);
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) claim_and_run(step, chunk);
     }
   };
-  int64_t threads = pool.num_threads();
-  int64_t helpers = std::min<int64_t>(threads > 1 ? threads - 1 : 0, chunks - 1);
-  // A task holds only `tickets` once the work is done (a late one returns at once), so it may
-  // outlive this call: it must not touch `work` then, which `take` guarantees.
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(take)(take));
+  // A task holds only `tickets` once every chunk is claimed (a late one then claims nothing),
+  // so it may outlive this call: it never calls `work` after that, which `claimed` guarantees.
+  for (int64_t i = 1; i < n; ++i) pool.Schedule(decltype(take)(take));
   take();
-  while (tickets->done.load(std::memory_order_acquire) < total) Pause();
+  WaitFor(tickets->done, total);
 }
 
 int64_t Chunks(ffi::ThreadPool& pool, int64_t panels) {
@@ -126,8 +146,8 @@ ffi::Error Forward(ffi::ThreadPool pool, int G, ffi::Buffer<ffi::F32> x, ffi::Bu
   if (auto err = CheckShapes(x.dimensions(), w.dimensions(), G, Count(len), &s); err.failure()) return err;
   const int B = s.B, T = s.T, H = s.H;
   const Kernels& k = K();
-  const int panels = (H + 7) / 8;
-  std::vector<float> packed(static_cast<size_t>(panels) * H * G * 8);
+  const int panels = (H + k.width - 1) / k.width;
+  std::vector<float> packed(static_cast<size_t>(panels) * H * G * k.width);
   k.pack_fwd(w.typed_data(), H, G, packed.data());
   std::vector<float> c_state(G == 4 && c_all == nullptr ? static_cast<size_t>(B) * H : 0);
   std::memset(out, 0, sizeof(float) * B * T * H);
@@ -166,8 +186,8 @@ ffi::Error Backward(ffi::ThreadPool pool, int G, ffi::Buffer<ffi::F32> w, const 
   if (Count(d_out) != static_cast<size_t>(B) * T * H || Count(acts) != static_cast<size_t>(B) * T * 4 * H)
     return ffi::Error::InvalidArgument("recurrence backward: inconsistent shapes");
   const Kernels& k = K();
-  const int GH = G * H, panels = (H + 31) / 32;
-  std::vector<float> packed(static_cast<size_t>(panels) * GH * 32), carry(static_cast<size_t>(B) * H, 0.0f),
+  const int GH = G * H, panels = (H + 4 * k.width - 1) / (4 * k.width);
+  std::vector<float> packed(static_cast<size_t>(panels) * GH * 4 * k.width), carry(static_cast<size_t>(B) * H, 0.0f),
       zero(GH, 0.0f);
   k.pack_bwd(w.typed_data(), H, G, packed.data());
   std::memset(d_gates, 0, sizeof(float) * B * T * GH);

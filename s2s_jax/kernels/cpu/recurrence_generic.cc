@@ -3,6 +3,8 @@
 
 namespace generic {
 #define KERNELS_ISA "generic"
+#define VW 8
+#define MR 3
 #include "recurrence_kernels.h"
 }  // namespace generic
 

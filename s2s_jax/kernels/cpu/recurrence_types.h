@@ -31,6 +31,7 @@ struct Rec {  // one call's sizes and buffers; unused pointers are null
 // The inner loops of one instruction set; recurrence_ffi.cc picks one at run time.
 struct Kernels {
   const char* isa;
+  int width;  // floats per vector: forward panels hold `width` units, backward panels 4 * width
   void (*pack_fwd)(const float* w, int H, int G, float* packed);
   void (*pack_bwd)(const float* w, int H, int G, float* packed);
   void (*lstm_fwd_step)(const Rec& a, int t, int p0, int p1, const int* rows, int nrows);
@@ -41,4 +42,5 @@ struct Kernels {
 };
 
 const Kernels* generic_kernels();
-const Kernels* avx2_kernels();  // null where the build has no AVX2 variant
+const Kernels* avx2_kernels();    // null where the build has no AVX2 variant
+const Kernels* avx512_kernels();  // null where the build has no AVX-512 variant
