@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -58,12 +59,17 @@ inline void Pause() {
 #endif
 }
 
+// Spins for up to ~20 us (a chunk takes ~0.1 ms), then yields the core on every check, so a
+// waiting participant does not hold a core that a descheduled one needs on a busy machine.
 inline void WaitFor(const std::atomic<int64_t>& counter, int64_t target) {
-  for (int spins = 0; counter.load(std::memory_order_acquire) < target;) {
-    if (++spins < 4096) {
+  if (counter.load(std::memory_order_acquire) >= target) return;
+  const auto start = std::chrono::steady_clock::now();
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 64 || (spins % 64 != 0 && spins < 1 << 20)) {
       Pause();
-    } else {
+    } else if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(20)) {
       std::this_thread::yield();
+      spins = 1 << 20;  // from now on every check yields
     }
   }
 }
