@@ -301,6 +301,7 @@ def build_model(
     input_feeding: bool = False,
     unroll: int = 1,
     dtype: str = "float32",
+    recurrence: str = "auto",
     lr: float = 1e-3,
     clip: float = 1.0,
 ):
@@ -330,6 +331,7 @@ def build_model(
         config.model.feed_context = False
         config.model.tie_embeddings = False
         config.model.scan_unroll = unroll
+        config.model.recurrence = recurrence
         config.train.optimizer = "adam"
         config.train.learning_rate = lr
         # "constant" = linear warm-up over max(1, warmup_steps) steps then constant: with

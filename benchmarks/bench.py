@@ -118,6 +118,12 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32", help="compute dtype: a name in s2s_jax.models.seq2seq.DTYPES")
     ap.add_argument("--unroll", type=int, default=1, help="nn.scan unroll of the LSTM recurrences")
     ap.add_argument(
+        "--recurrence",
+        default="auto",
+        choices=("auto", "scan", "fused"),
+        help="model.recurrence: the fused CPU kernel, nn.scan, or auto (fused on one CPU device where built)",
+    )
+    ap.add_argument(
         "--no-skip-padding",
         dest="skip_padding",
         action="store_false",
@@ -163,7 +169,10 @@ def main(argv=None):
         input_feeding=args.input_feed,
         unroll=args.unroll,
         dtype=args.dtype,
+        recurrence=args.recurrence,
     )
+    # the fused recurrences skip each row's padding themselves: no time-segment profiles (as train.py)
+    args.skip_padding = args.skip_padding and not model.config.fused
     train_step_flops, greedy_flops, beam_flops, flop_source = _common.load_flop_model()
     fkw = dict(
         E=args.emb,

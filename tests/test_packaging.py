@@ -254,3 +254,13 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
     assert "s2s-train = s2s_jax.cli.train:main" in entry_text
     assert "s2s-decode = s2s_jax.cli.decode:main" in entry_text
     assert "s2s-prepare = s2s_jax.cli.prepare:main" in entry_text
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler on the PATH")
+def test_an_install_with_a_compiler_built_the_fused_recurrence():
+    """setup.py builds s2s_jax.kernels optionally (a failed build only warns); where a compiler exists,
+    a missing kernel means a broken build, which this turns into a failure."""
+    from s2s_jax.kernels import recurrence
+
+    assert recurrence.available(), recurrence.unavailable_reason()
+    assert recurrence.isa() in ("avx2", "generic")

@@ -12,13 +12,14 @@ from s2s_jax.workdir.run_config import get_dotted
 def choices() -> dict[str, tuple[str, ...]]:
     """The accepted values of every name-valued key, read from the registries that build them."""
     from s2s_jax.data import tokenizer
-    from s2s_jax.models import attention, seq2seq
+    from s2s_jax.models import attention, recurrences, seq2seq
     from s2s_jax.training import optimizers, policies
 
     return {
         "data.spm_model_type": tokenizer.MODEL_TYPES,
         "model.attention": attention.KINDS,
         "model.cell": tuple(seq2seq.CELLS),
+        "model.recurrence": recurrences.RECURRENCES,
         "train.optimizer": tuple(optimizers.OPTIMIZERS),
         "train.lr_schedule": tuple(optimizers.LR_SCHEDULES),
         "train.dtype": tuple(seq2seq.DTYPES),
@@ -94,7 +95,13 @@ def validate(config) -> None:
         if get_dotted(config, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {get_dotted(config, key)!r}")
     _validate_tokenizer_sources(config)
+    from s2s_jax.models import recurrences, seq2seq
     from s2s_jax.models.attention import SCORINGS
+
+    if config.model.recurrence == "fused":
+        blocker = recurrences.fused_blocker(seq2seq.DTYPES[config.train.dtype])
+        if blocker:
+            raise ConfigError(f"model.recurrence=fused: {blocker}; use auto or scan")
 
     scoring = SCORINGS.get(config.model.attention)
     if scoring is not None and not scoring.project_keys and config.model.bidirectional:

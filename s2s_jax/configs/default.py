@@ -73,7 +73,11 @@ def model_config() -> ml_collections.ConfigDict:
     model.tie_embeddings = False  # share the target embedding with the output layer
     model.attention = "none"  # none | bahdanau | luong_dot | luong_general (global attention over encoder states)
     model.input_feeding = False  # with attention: previous attentional vector joins the next input (Luong)
-    model.scan_unroll = 1  # nn.scan unroll factor for the recurrences
+    # The recurrences' time loop. fused: the compiled CPU kernel (built at install time, s2s_jax/kernels);
+    # scan: nn.scan (the reference, and the GPU/TPU path); auto: fused on one CPU device in float32
+    # where it is built, else scan. Same parameters either way.
+    model.recurrence = "auto"  # auto | scan | fused
+    model.scan_unroll = 1  # nn.scan unroll factor for the recurrences (recurrence=scan)
     # Skip padded steps in the encoder and the teacher-forced decoder (rows sorted by length, a few
     # time segments per batch: s2s_jax/models/time_segments.py). Same results; one device only.
     model.skip_padding = True

@@ -15,6 +15,7 @@ decode.py's. The artefact runs on the platform it was exported on (`jax.default_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -110,7 +111,10 @@ def export_model(
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    functions, platforms = _export_searches(member.model, engine.max_steps, searches, spec, rows, widths, output, log)
+    # The artefact runs the scan recurrences: the fused CPU kernel is a custom call that exists
+    # only where s2s_jax is installed, and the same parameters give the same outputs either way.
+    model = member.model.clone(config=dataclasses.replace(member.model.config, recurrence="scan"))
+    functions, platforms = _export_searches(model, engine.max_steps, searches, spec, rows, widths, output, log)
     models = {}
     for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
         models[side] = os.path.basename(tokenizer.model_path)

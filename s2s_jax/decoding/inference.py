@@ -394,7 +394,10 @@ class Inference:
         self._score_fn: Callable | None = None
         # Each batch's source time-segment profile is compiled for (s2s_jax/models/time_segments.py): worth it
         # for decode.py's length-sorted batches, not for a server that compiles its shapes ahead.
-        self.skip_padding = skip_padding and parallel.num_devices(self.mesh) == 1
+        # The fused recurrences skip each row's padding themselves (no profiles needed).
+        self.skip_padding = (
+            skip_padding and parallel.num_devices(self.mesh) == 1 and not all(m.config.fused for m in self.models)
+        )
         # Greedy and beam search continue with fewer rows once half have finished (search_batch);
         # the outputs are the same either way, so only a benchmark of the plain loop turns it off.
         self.compact = compact

@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from s2s_jax.models.lstm import run_recurrence
+from s2s_jax.kernels import recurrence as kernel
+from s2s_jax.models.lstm import run_recurrence, step_lengths
 from s2s_jax.models.time_segments import Segments
 
 
@@ -57,6 +58,19 @@ class _Recurrence(nn.Module):
         return new_h, jnp.where(keep, new_h, 0.0).astype(self.dtype)
 
 
+class _FusedRecurrence(nn.Module):
+    """`_Recurrence`'s parameters, the whole time loop in one call of the fused kernel."""
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x_proj: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kernel_hh = self.param("kernel", nn.initializers.orthogonal(), (self.hidden_size, 3 * self.hidden_size))
+        bias_n = self.param("bias_n", nn.initializers.zeros_init(), (self.hidden_size,))
+        f32 = jnp.float32
+        return kernel.gru(x_proj.astype(f32), kernel_hh, bias_n, h.astype(f32), lengths)
+
+
 class GRULayer(nn.Module):
     """One GRU layer over a [B, T, D] batch with a [B, T] mask of real positions (None: all real).
 
@@ -67,6 +81,7 @@ class GRULayer(nn.Module):
     hidden_size: int
     unroll: int = 1
     dtype: Any = jnp.float32
+    fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
 
     @nn.compact
     def __call__(
@@ -79,6 +94,10 @@ class GRULayer(nn.Module):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)
         x_proj = nn.Dense(3 * self.hidden_size, dtype=self.dtype, name="input")(inputs)
+        if self.fused and inputs.shape[1] > 1:
+            return _FusedRecurrence(self.hidden_size, name="recurrent")(
+                initial_carry, x_proj, step_lengths(x_proj, mask)
+            )
         return run_recurrence(
             _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
         )

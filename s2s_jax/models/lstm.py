@@ -11,6 +11,9 @@ Padding: positions where `mask` is False emit zeros and the final carry is the
 state at each sentence's last real token, read there after the loop (`run_recurrence`),
 so the loop body has no per-step select and saves none for the backward pass. A mask
 of None means every position is real (the teacher-forced decoder).
+
+With `fused` the time loop is one call of the compiled CPU kernel (s2s_jax.kernels.recurrence)
+over the same parameter; rows stop at their last real position, so `segments` are not needed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax.kernels import recurrence as kernel
 from s2s_jax.models import time_segments
 from s2s_jax.models.time_segments import Segments
 
@@ -67,6 +71,26 @@ class _Recurrence(nn.Module):
         return (new_c, new_h), jnp.where(keep, new_h, 0.0).astype(self.dtype)
 
 
+class _FusedRecurrence(nn.Module):
+    """`_Recurrence`'s parameter, the whole time loop in one call of the fused kernel."""
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, carry: Carry, x_proj: jax.Array, lengths: jax.Array) -> tuple[jax.Array, Carry]:
+        kernel_hh = self.param("kernel", nn.initializers.orthogonal(), (self.hidden_size, 4 * self.hidden_size))
+        c, h = carry
+        f32 = jnp.float32
+        return kernel.lstm(x_proj.astype(f32), kernel_hh, h.astype(f32), c.astype(f32), lengths)
+
+
+def step_lengths(x_proj: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Each row's number of real steps (all of them without a mask), for the fused kernels."""
+    if mask is None:
+        return jnp.full(x_proj.shape[:1], x_proj.shape[1], jnp.int32)
+    return mask.sum(axis=1).astype(jnp.int32)
+
+
 class LSTMLayer(nn.Module):
     """One LSTM layer over a [B, T, D] batch with a [B, T] mask of real positions (None: all real).
 
@@ -78,6 +102,7 @@ class LSTMLayer(nn.Module):
     hidden_size: int
     unroll: int = 1
     dtype: Any = jnp.float32
+    fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
 
     @nn.compact
     def __call__(
@@ -97,6 +122,9 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
+        if self.fused and inputs.shape[1] > 1:
+            recurrent = _FusedRecurrence(self.hidden_size, name="recurrent")
+            return recurrent(initial_carry, x_proj, step_lengths(x_proj, mask))
         return run_recurrence(
             _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
         )

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.data.tokenizer import BOS_ID, PAD_ID
-from s2s_jax.models import time_segments
+from s2s_jax.models import recurrences, time_segments
 from s2s_jax.models.attention import Attention
 from s2s_jax.models.gru import GRULayer
 from s2s_jax.models.lstm import LSTMLayer, reverse_padded
@@ -67,6 +67,12 @@ class ModelConfig:
     scan_unroll: int = 1
     cell: str = "lstm"  # lstm | gru: CELLS
     dtype: Any = jnp.float32
+    recurrence: str = "scan"  # scan | fused, resolved from `model.recurrence` (s2s_jax.models.recurrences)
+
+    @property
+    def fused(self) -> bool:
+        """The recurrences run in the fused CPU kernel, which skips each row's padding itself."""
+        return self.recurrence == "fused"
 
     @classmethod
     def from_config(cls, model_cfg, src_vocab_size: int, tgt_vocab_size: int, dtype=jnp.float32):
@@ -86,6 +92,7 @@ class ModelConfig:
             scan_unroll=model_cfg.scan_unroll,
             cell=model_cfg.get("cell", "lstm"),  # workdirs from before GRU have no model.cell
             dtype=dtype,
+            recurrence=recurrences.resolve(model_cfg.get("recurrence", "auto"), dtype),
         )
 
 
@@ -103,6 +110,8 @@ class Encoder(nn.Module):
         cfg = self.config
         src = jnp.asarray(src)
         original_mask = src != PAD_ID
+        if cfg.fused:
+            segments = None  # the kernel stops each row at its length
         if segments is not None:
             order, inverse = time_segments.sort_order(original_mask.sum(axis=1))
             src = src[order]
@@ -115,13 +124,10 @@ class Encoder(nn.Module):
         for layer in range(cfg.num_layers):
             if layer > 0:
                 x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-            fwd_out, fwd_carry = layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}")(
-                x, mask, segments=segments
-            )
+            make = lambda name: layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, name=name)  # noqa: E731
+            fwd_out, fwd_carry = make(f"layer_{layer}")(x, mask, segments=segments)
             if cfg.bidirectional:
-                bwd_out, bwd_carry = layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{layer}_bwd")(
-                    reverse_padded(x, lengths), mask, segments=segments
-                )
+                bwd_out, bwd_carry = make(f"layer_{layer}_bwd")(reverse_padded(x, lengths), mask, segments=segments)
                 x = jnp.concatenate([fwd_out, reverse_padded(bwd_out, lengths)], axis=-1)
                 carries.append((fwd_carry, bwd_carry))
             else:
@@ -176,7 +182,7 @@ class Decoder(nn.Module):
         cfg = self.config
         self.embed = nn.Embed(cfg.tgt_vocab_size, cfg.emb_dim, name="embed")
         self.layers = [
-            CELLS[cfg.cell].layer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, name=f"layer_{i}")
+            CELLS[cfg.cell].layer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, name=f"layer_{i}")
             for i in range(cfg.num_layers)
         ]
         self.dropout = nn.Dropout(cfg.dropout)
@@ -210,16 +216,24 @@ class Decoder(nn.Module):
     def _logits(self, h: jax.Array, train: bool) -> jax.Array:
         return self.project(self.dropout(h, deterministic=not train))
 
-    def _run(self, x: jax.Array, memory: Memory, state: State, train: bool, segments: Segments | None = None):
+    def _run(
+        self,
+        x: jax.Array,
+        memory: Memory,
+        state: State,
+        train: bool,
+        segments: Segments | None = None,
+        mask: jax.Array | None = None,
+    ):
         """Recurrent layers (+ attention) over inputs x [B, T, D] -> (top vectors [B, T, H], state, weights).
 
-        With `segments` the rows are sorted longest first and the layers skip the steps past them."""
+        With `segments` the rows are sorted longest first and the layers skip the steps past them;
+        with a `mask` (the fused kernels) each row stops at its last real input."""
         if self.uses_feed:
             x = jnp.concatenate(
                 [x, jnp.broadcast_to(state["feed"][:, None, :], x.shape[:2] + state["feed"].shape[-1:])], -1
             )
         x = self.dropout(x, deterministic=not train)
-        mask = None  # every input position is real to the decoder: no per-step masking
         carries = []
         for i, layer in enumerate(self.layers):
             if i > 0:
@@ -252,13 +266,16 @@ class Decoder(nn.Module):
         With `segments` (the tokens' time-segment profile; not with input feeding, whose loop
         runs step by step) the recurrences skip the padded steps: the outputs at real positions
         are unchanged, the state returned is then each row's state after its last real token.
+        The fused recurrences always stop each row at its last real token (PAD-free prefix).
         """
         finish = (
             (lambda h: self.dropout(h, deterministic=not train)) if features else (lambda h: self._logits(h, train))
         )
         x = self._inputs(tokens, memory)
         if not self.uses_feed or tokens.shape[1] == 1:
-            if segments is None or tokens.shape[1] == 1:
+            if self.config.fused and tokens.shape[1] > 1:
+                h, state, weights = self._run(x, memory, state, train, mask=jnp.asarray(tokens) != PAD_ID)
+            elif segments is None or tokens.shape[1] == 1:
                 h, state, weights = self._run(x, memory, state, train)
             else:
                 order, inverse = time_segments.sort_order((jnp.asarray(tokens) != PAD_ID).sum(axis=1))

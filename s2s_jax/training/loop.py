@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from s2s_jax import bleu, parallel
 from s2s_jax.data import training_data
 from s2s_jax.decoding.inference import Inference, SearchOptions
-from s2s_jax.models import time_segments
+from s2s_jax.models import recurrences, time_segments
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.models.time_segments import BatchSegments
 from s2s_jax.training import init_from
@@ -390,6 +390,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         checkpoints = cleanup.enter_context(ckpt_lib.Checkpoints(workdir, train_cfg.max_to_keep))
         state, start_step = _resume_or_initialize(state, checkpoints, iterator, train_cfg, workdir, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size, train_cfg.max_tokens), flush=True)
+        print(f"Recurrences: {recurrences.describe(model.config.recurrence)}", flush=True)
         best = BestTracker(train_cfg, checkpoints.best_meta())
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
@@ -494,8 +495,11 @@ class _TrainLoop:
         self.config, self.train_cfg, self.mesh, self.corpus = config, config.train, mesh, corpus
         self.iterator, self.checkpoints, self.best, self.stop = iterator, checkpoints, best, stop
         self.start_step = start_step
-        # Sorting rows across devices would move them between devices: one device only.
-        self.skip_padding = config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1
+        # Sorting rows across devices would move them between devices: one device only. The fused
+        # recurrences skip each row's padding without sorting, so they need no profiles (compiles).
+        self.skip_padding = (
+            config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1 and not model.config.fused
+        )
         self.plateau = config.train.lr_schedule in ON_PLATEAU
         main = parallel.is_main_process()
         self.train_step = _compiled_train_step(model, optimizer, self.train_cfg, mesh)
