@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,26 @@ def test_save_and_restore_round_trip_latest_and_best(tmp_path):
     params, meta = ckpt_lib.load_params(str(tmp_path), "10")
     assert_trees_equal(params, make_state(10)["params"])
     assert meta == {"data_state": {"index": 10}, "step": 10}
+
+
+def test_decoding_a_live_runs_workdir_survives_a_checkpoint_deleted_while_listing(tmp_path, monkeypatch):
+    """A live run deletes its oldest checkpoint (max_to_keep) while decode.py's manager lists the
+    steps: orbax then stats a directory that is gone. The reader lists again."""
+    write_run(tmp_path)
+    real = ckpt_lib.ocp.CheckpointManager
+    calls = []
+
+    def racing(directory, **kwargs):
+        calls.append(directory)
+        if len(calls) == 1:  # the training run removes step 10 between the listing and the stat
+            shutil.rmtree(os.path.join(directory, "10"))
+            raise FileNotFoundError(2, "No such file or directory", os.path.join(directory, "10"))
+        return real(directory, **kwargs)
+
+    monkeypatch.setattr(ckpt_lib.ocp, "CheckpointManager", racing)
+    params, meta = ckpt_lib.load_params(str(tmp_path), "latest")
+    assert meta["step"] == 30 and len(calls) == 2
+    assert_trees_equal(params, make_state(30)["params"])
 
 
 def test_saving_an_existing_step_replaces_it(tmp_path):

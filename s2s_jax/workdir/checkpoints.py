@@ -72,6 +72,9 @@ _LOCAL_DEVICE = "local device"
 _META_ONLY = None
 
 
+_OPEN_ATTEMPTS = 5
+
+
 def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -> ocp.CheckpointManager:
     """A manager for `kind`; `create=True` (training) also deletes the half-written temporary
     directories that an interrupted save left behind."""
@@ -86,7 +89,16 @@ def _manager(workdir: str, kind: _Kind, max_to_keep: int, create: bool = True) -
         multiprocessing_options=multiprocessing,
         temporary_path_class=orbax_workarounds.ChecksummedRename,
     )
-    return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return ocp.CheckpointManager(directory, options=options, item_names=kind.items)
+        except FileNotFoundError:
+            # A reader (create=False) lists the steps while a live run may delete one past
+            # max_to_keep between the listing and orbax's stat of it: list again.
+            if create or attempt == _OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
