@@ -122,6 +122,20 @@ static inline void rows_times_panel(const float* const* a, int nrows, const floa
 
 
 
+// Multiplies each row's vector (row_of(b): K floats) by the packed panels [p0, p1) (panel_of(p))
+// and calls epi(p, b, acc) for every row and panel; the rows go 510 at a time.
+template <int NV, typename RowOf, typename PanelOf, typename Epilogue>
+static inline void rows_times_panels(const int* rows, int nrows, int p0, int p1, int K, RowOf row_of, PanelOf panel_of,
+                                     Epilogue epi) {
+  const float* ptr[510];
+  for (int base = 0; base < nrows; base += 510) {
+    const int n = nrows - base < 510 ? nrows - base : 510;
+    for (int i = 0; i < n; ++i) ptr[i] = row_of(rows[base + i]);
+    for (int p = p0; p < p1; ++p)
+      rows_times_panel<NV>(ptr, n, panel_of(p), K, [&](int i, vf* acc) { epi(p, rows[base + i], acc); });
+  }
+}
+
 static void pack_fwd(const float* w, int H, int G, float* packed) {
   int panels = (H + VW - 1) / VW;
   for (int p = 0; p < panels; ++p)
@@ -149,38 +163,29 @@ static inline size_t at(const Rec& a, int b, int t, int width) { return ((size_t
 // Step t for forward panels [p0, p1) over the rows `rows` (each with t < len).
 static void lstm_fwd_step(const Rec& a, int t, int p0, int p1, const int* rows, int nrows) {
   const int H = a.H, G4 = 4 * H;
-  const float* hp[512];
-  for (int base = 0; base < nrows; base += 510) {
-    int n = nrows - base < 510 ? nrows - base : 510;
-    for (int i = 0; i < n; ++i) {
-      int b = rows[base + i];
-      hp[i] = t == 0 ? a.h0 + (size_t)b * H : a.out + at(a, b, t - 1, H);
+  auto row_of = [&](int b) { return t == 0 ? a.h0 + (size_t)b * H : a.out + at(a, b, t - 1, H); };
+  auto panel_of = [&](int p) { return a.fwd + (size_t)p * H * 4 * VW; };
+  rows_times_panels<4>(rows, nrows, p0, p1, H, row_of, panel_of, [&](int p, int b, vf* acc) {
+    const int u = p * VW, nu = H - u < VW ? H - u : VW;
+    const float* x = a.x + at(a, b, t, G4) + u;
+    const float* c_prev = a.c_all ? (t == 0 ? a.c0 + (size_t)b * H : a.c_all + at(a, b, t - 1, H))
+                                  : (t == 0 ? a.c0 : a.c_state) + (size_t)b * H;
+    vf ig = vsigmoid(acc[0] + load_n(x, nu));
+    vf fg = vsigmoid(acc[1] + load_n(x + H, nu));
+    vf gg = vtanh(acc[2] + load_n(x + 2 * H, nu));
+    vf og = vsigmoid(acc[3] + load_n(x + 3 * H, nu));
+    vf c = fg * load_n(c_prev + u, nu) + ig * gg;
+    vf h = og * vtanh(c);
+    store_n(a.out + at(a, b, t, H) + u, h, nu);
+    store_n((a.c_all ? a.c_all + at(a, b, t, H) : a.c_state + (size_t)b * H) + u, c, nu);
+    if (a.acts) {
+      float* s = a.acts + at(a, b, t, G4) + u;
+      store_n(s, ig, nu);
+      store_n(s + H, fg, nu);
+      store_n(s + 2 * H, gg, nu);
+      store_n(s + 3 * H, og, nu);
     }
-    for (int p = p0; p < p1; ++p) {
-      const int u = p * VW, nu = H - u < VW ? H - u : VW;
-      rows_times_panel<4>(hp, n, a.fwd + (size_t)p * H * 4 * VW, H, [&](int i, vf* acc) {
-        const int b = rows[base + i];
-        const float* x = a.x + at(a, b, t, G4) + u;
-        const float* c_prev = a.c_all ? (t == 0 ? a.c0 + (size_t)b * H : a.c_all + at(a, b, t - 1, H))
-                                      : (t == 0 ? a.c0 : a.c_state) + (size_t)b * H;
-        vf ig = vsigmoid(acc[0] + load_n(x, nu));
-        vf fg = vsigmoid(acc[1] + load_n(x + H, nu));
-        vf gg = vtanh(acc[2] + load_n(x + 2 * H, nu));
-        vf og = vsigmoid(acc[3] + load_n(x + 3 * H, nu));
-        vf c = fg * load_n(c_prev + u, nu) + ig * gg;
-        vf h = og * vtanh(c);
-        store_n(a.out + at(a, b, t, H) + u, h, nu);
-        store_n((a.c_all ? a.c_all + at(a, b, t, H) : a.c_state + (size_t)b * H) + u, c, nu);
-        if (a.acts) {
-          float* s = a.acts + at(a, b, t, G4) + u;
-          store_n(s, ig, nu);
-          store_n(s + H, fg, nu);
-          store_n(s + 2 * H, gg, nu);
-          store_n(s + 3 * H, og, nu);
-        }
-      });
-    }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------- LSTM backward
@@ -188,145 +193,112 @@ static void lstm_fwd_step(const Rec& a, int t, int p0, int p1, const int* rows, 
 // (+ d_hT at the row's last step), then the cell's backward writes dgates[t] and dc.
 static void lstm_bwd_step(const Rec& a, int t, int p0, int p1, const int* rows, int nrows) {
   const int H = a.H, G4 = 4 * H;
-  const float* gp[512];
-  for (int base = 0; base < nrows; base += 510) {
-    int n = nrows - base < 510 ? nrows - base : 510;
-    for (int i = 0; i < n; ++i) {
-      int b = rows[base + i];
-      gp[i] = t + 1 < a.len[b] ? a.d_gates + at(a, b, t + 1, G4) : a.zero;
+  auto row_of = [&](int b) { return t + 1 < a.len[b] ? a.d_gates + at(a, b, t + 1, G4) : a.zero; };
+  auto panel_of = [&](int p) { return a.bwd + (size_t)p * G4 * 4 * VW; };
+  rows_times_panels<4>(rows, nrows, p0, p1, G4, row_of, panel_of, [&](int p, int b, vf* acc) {
+    const bool last = t + 1 == a.len[b];
+    for (int v = 0; v < 4; ++v) {
+      const int u = p * 4 * VW + v * VW;
+      if (u >= H) break;
+      const int nu = H - u < VW ? H - u : VW;
+      const size_t bu = (size_t)b * H + u;
+      vf dh = acc[v] + load_n(a.d_out + at(a, b, t, H) + u, nu);
+      vf dc = last ? load_n(a.d_cT + bu, nu) : load_n(a.d_carry + bu, nu);
+      if (last) dh += load_n(a.d_hT + bu, nu);
+      const float* s = a.acts + at(a, b, t, G4) + u;
+      vf ig = load_n(s, nu), fg = load_n(s + H, nu), gg = load_n(s + 2 * H, nu), og = load_n(s + 3 * H, nu);
+      vf tc = vtanh(load_n(a.c_all + at(a, b, t, H) + u, nu));
+      vf c_prev = load_n(t == 0 ? a.c0 + bu : a.c_all + at(a, b, t - 1, H) + u, nu);
+      dc += dh * og * (1.0f - tc * tc);
+      vf d_o = dh * tc * og * (1.0f - og);
+      vf d_i = dc * gg * ig * (1.0f - ig);
+      vf d_g = dc * ig * (1.0f - gg * gg);
+      vf d_f = dc * c_prev * fg * (1.0f - fg);
+      store_n(a.d_carry + bu, dc * fg, nu);
+      float* d = a.d_gates + at(a, b, t, G4) + u;
+      store_n(d, d_i, nu);
+      store_n(d + H, d_f, nu);
+      store_n(d + 2 * H, d_g, nu);
+      store_n(d + 3 * H, d_o, nu);
     }
-    for (int p = p0; p < p1; ++p) {
-      rows_times_panel<4>(gp, n, a.bwd + (size_t)p * G4 * 4 * VW, G4, [&](int i, vf* acc) {
-        const int b = rows[base + i];
-        const bool last = t + 1 == a.len[b];
-        for (int v = 0; v < 4; ++v) {
-          const int u = p * 4 * VW + v * VW;
-          if (u >= H) break;
-          const int nu = H - u < VW ? H - u : VW;
-          const size_t bu = (size_t)b * H + u;
-          vf dh = acc[v] + load_n(a.d_out + at(a, b, t, H) + u, nu);
-          vf dc = last ? load_n(a.d_cT + bu, nu) : load_n(a.d_carry + bu, nu);
-          if (last) dh += load_n(a.d_hT + bu, nu);
-          const float* s = a.acts + at(a, b, t, G4) + u;
-          vf ig = load_n(s, nu), fg = load_n(s + H, nu), gg = load_n(s + 2 * H, nu), og = load_n(s + 3 * H, nu);
-          vf tc = vtanh(load_n(a.c_all + at(a, b, t, H) + u, nu));
-          vf c_prev = load_n(t == 0 ? a.c0 + bu : a.c_all + at(a, b, t - 1, H) + u, nu);
-          dc += dh * og * (1.0f - tc * tc);
-          vf d_o = dh * tc * og * (1.0f - og);
-          vf d_i = dc * gg * ig * (1.0f - ig);
-          vf d_g = dc * ig * (1.0f - gg * gg);
-          vf d_f = dc * c_prev * fg * (1.0f - fg);
-          store_n(a.d_carry + bu, dc * fg, nu);
-          float* d = a.d_gates + at(a, b, t, G4) + u;
-          store_n(d, d_i, nu);
-          store_n(d + H, d_f, nu);
-          store_n(d + 2 * H, d_g, nu);
-          store_n(d + 3 * H, d_o, nu);
-        }
-      });
-    }
-  }
+  });
 }
 
 // d_h0 = dgates[0] @ W^T (+ the GRU's direct part) for rows with len > 0 (panels [p0, p1)).
 static void dh0_step(const Rec& a, int p0, int p1, const int* rows, int nrows) {
   const int H = a.H, GH = a.G * H;
-  const float* gp[512];
-  for (int base = 0; base < nrows; base += 510) {
-    int n = nrows - base < 510 ? nrows - base : 510;
-    for (int i = 0; i < n; ++i) gp[i] = a.d_gates + at(a, rows[base + i], 0, GH);
-    for (int p = p0; p < p1; ++p) {
-      rows_times_panel<4>(gp, n, a.bwd + (size_t)p * GH * 4 * VW, GH, [&](int i, vf* acc) {
-        const int b = rows[base + i];
-        for (int v = 0; v < 4; ++v) {
-          const int u = p * 4 * VW + v * VW;
-          if (u >= H) break;
-          const int nu = H - u < VW ? H - u : VW;
-          const size_t bu = (size_t)b * H + u;
-          vf dh = acc[v];
-          if (a.G == 3) dh += load_n(a.d_carry + bu, nu);  // GRU: h0 also reaches h1 directly
-          store_n(a.d_h0 + bu, dh, nu);
-        }
-      });
+  auto row_of = [&](int b) { return a.d_gates + at(a, b, 0, GH); };
+  auto panel_of = [&](int p) { return a.bwd + (size_t)p * GH * 4 * VW; };
+  rows_times_panels<4>(rows, nrows, p0, p1, GH, row_of, panel_of, [&](int p, int b, vf* acc) {
+    for (int v = 0; v < 4; ++v) {
+      const int u = p * 4 * VW + v * VW;
+      if (u >= H) break;
+      const int nu = H - u < VW ? H - u : VW;
+      const size_t bu = (size_t)b * H + u;
+      vf dh = acc[v];
+      if (a.G == 3) dh += load_n(a.d_carry + bu, nu);  // GRU: h0 also reaches h1 directly
+      store_n(a.d_h0 + bu, dh, nu);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------- GRU forward
 // r = s(x_r + h W_r), z = s(x_z + h W_z), n = tanh(x_n + r (h W_n + b_n)), h' = (1 - z) n + z h.
 static void gru_fwd_step(const Rec& a, int t, int p0, int p1, const int* rows, int nrows) {
   const int H = a.H, G3 = 3 * H;
-  const float* hp[512];
-  for (int base = 0; base < nrows; base += 510) {
-    int n = nrows - base < 510 ? nrows - base : 510;
-    for (int i = 0; i < n; ++i) {
-      int b = rows[base + i];
-      hp[i] = t == 0 ? a.h0 + (size_t)b * H : a.out + at(a, b, t - 1, H);
+  auto row_of = [&](int b) { return t == 0 ? a.h0 + (size_t)b * H : a.out + at(a, b, t - 1, H); };
+  auto panel_of = [&](int p) { return a.fwd + (size_t)p * H * 3 * VW; };
+  rows_times_panels<3>(rows, nrows, p0, p1, H, row_of, panel_of, [&](int p, int b, vf* acc) {
+    const int u = p * VW, nu = H - u < VW ? H - u : VW;
+    const vf bias_n = load_n(a.bias_n + u, nu);
+    const float* x = a.x + at(a, b, t, G3) + u;
+    vf r = vsigmoid(acc[0] + load_n(x, nu));
+    vf z = vsigmoid(acc[1] + load_n(x + H, nu));
+    vf hn = acc[2] + bias_n;
+    vf nn = vtanh(load_n(x + 2 * H, nu) + r * hn);
+    vf h = (1.0f - z) * nn + z * load_n(row_of(b) + u, nu);
+    store_n(a.out + at(a, b, t, H) + u, h, nu);
+    if (a.acts) {
+      float* s = a.acts + at(a, b, t, 4 * H) + u;
+      store_n(s, r, nu);
+      store_n(s + H, z, nu);
+      store_n(s + 2 * H, nn, nu);
+      store_n(s + 3 * H, hn, nu);
     }
-    for (int p = p0; p < p1; ++p) {
-      const int u = p * VW, nu = H - u < VW ? H - u : VW;
-      const vf bias_n = load_n(a.bias_n + u, nu);
-      rows_times_panel<3>(hp, n, a.fwd + (size_t)p * H * 3 * VW, H, [&](int i, vf* acc) {
-        const int b = rows[base + i];
-        const float* x = a.x + at(a, b, t, G3) + u;
-        vf r = vsigmoid(acc[0] + load_n(x, nu));
-        vf z = vsigmoid(acc[1] + load_n(x + H, nu));
-        vf hn = acc[2] + bias_n;
-        vf nn = vtanh(load_n(x + 2 * H, nu) + r * hn);
-        vf h = (1.0f - z) * nn + z * load_n(hp[i] + u, nu);
-        store_n(a.out + at(a, b, t, H) + u, h, nu);
-        if (a.acts) {
-          float* s = a.acts + at(a, b, t, 4 * H) + u;
-          store_n(s, r, nu);
-          store_n(s + H, z, nu);
-          store_n(s + 2 * H, nn, nu);
-          store_n(s + 3 * H, hn, nu);
-        }
-      });
-    }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------- GRU backward
 static void gru_bwd_step(const Rec& a, int t, int p0, int p1, const int* rows, int nrows) {
   const int H = a.H, G3 = 3 * H;
-  const float* gp[512];
-  for (int base = 0; base < nrows; base += 510) {
-    int n = nrows - base < 510 ? nrows - base : 510;
-    for (int i = 0; i < n; ++i) {
-      int b = rows[base + i];
-      gp[i] = t + 1 < a.len[b] ? a.d_gates + at(a, b, t + 1, G3) : a.zero;
+  auto row_of = [&](int b) { return t + 1 < a.len[b] ? a.d_gates + at(a, b, t + 1, G3) : a.zero; };
+  auto panel_of = [&](int p) { return a.bwd + (size_t)p * G3 * 4 * VW; };
+  rows_times_panels<4>(rows, nrows, p0, p1, G3, row_of, panel_of, [&](int p, int b, vf* acc) {
+    const bool last = t + 1 == a.len[b];
+    for (int v = 0; v < 4; ++v) {
+      const int u = p * 4 * VW + v * VW;
+      if (u >= H) break;
+      const int nu = H - u < VW ? H - u : VW;
+      const size_t bu = (size_t)b * H + u;
+      vf dh = acc[v] + load_n(a.d_out + at(a, b, t, H) + u, nu);
+      dh += last ? load_n(a.d_hT + bu, nu) : load_n(a.d_carry + bu, nu);
+      const float* s = a.acts + at(a, b, t, 4 * H) + u;
+      vf r = load_n(s, nu), z = load_n(s + H, nu), nn = load_n(s + 2 * H, nu), hn = load_n(s + 3 * H, nu);
+      vf h_prev = load_n(t == 0 ? a.h0 + bu : a.out + at(a, b, t - 1, H) + u, nu);
+      vf dn = dh * (1.0f - z) * (1.0f - nn * nn);
+      vf dz = dh * (h_prev - nn) * z * (1.0f - z);
+      vf dr = dn * hn * r * (1.0f - r);
+      store_n(a.d_carry + bu, dh * z, nu);
+      float* d = a.d_gates + at(a, b, t, G3) + u;
+      store_n(d, dr, nu);
+      store_n(d + H, dz, nu);
+      store_n(d + 2 * H, dn * r, nu);
+      float* dx = a.d_x + at(a, b, t, G3) + u;
+      store_n(dx, dr, nu);
+      store_n(dx + H, dz, nu);
+      store_n(dx + 2 * H, dn, nu);
     }
-    for (int p = p0; p < p1; ++p) {
-      rows_times_panel<4>(gp, n, a.bwd + (size_t)p * G3 * 4 * VW, G3, [&](int i, vf* acc) {
-        const int b = rows[base + i];
-        const bool last = t + 1 == a.len[b];
-        for (int v = 0; v < 4; ++v) {
-          const int u = p * 4 * VW + v * VW;
-          if (u >= H) break;
-          const int nu = H - u < VW ? H - u : VW;
-          const size_t bu = (size_t)b * H + u;
-          vf dh = acc[v] + load_n(a.d_out + at(a, b, t, H) + u, nu);
-          dh += last ? load_n(a.d_hT + bu, nu) : load_n(a.d_carry + bu, nu);
-          const float* s = a.acts + at(a, b, t, 4 * H) + u;
-          vf r = load_n(s, nu), z = load_n(s + H, nu), nn = load_n(s + 2 * H, nu), hn = load_n(s + 3 * H, nu);
-          vf h_prev = load_n(t == 0 ? a.h0 + bu : a.out + at(a, b, t - 1, H) + u, nu);
-          vf dn = dh * (1.0f - z) * (1.0f - nn * nn);
-          vf dz = dh * (h_prev - nn) * z * (1.0f - z);
-          vf dr = dn * hn * r * (1.0f - r);
-          store_n(a.d_carry + bu, dh * z, nu);
-          float* d = a.d_gates + at(a, b, t, G3) + u;
-          store_n(d, dr, nu);
-          store_n(d + H, dz, nu);
-          store_n(d + 2 * H, dn * r, nu);
-          float* dx = a.d_x + at(a, b, t, G3) + u;
-          store_n(dx, dr, nu);
-          store_n(dx + H, dz, nu);
-          store_n(dx + 2 * H, dn, nu);
-        }
-      });
-    }
-  }
+  });
 }
 
 static const Kernels kKernels = {
