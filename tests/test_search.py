@@ -533,7 +533,9 @@ def test_compacting_greedy_search_equals_the_plain_loop(monkeypatch):
 def test_compacting_beam_search_equals_the_vmapped_sentence_search(monkeypatch):
     """Sentences that finish at very different steps (a per-sentence EOS bias, caps, alphas and
     first tokens): the batch search that compacts its running sentences by halves gives exactly
-    what `beam_search` gives each sentence alone, n-best tokens, scores and lengths."""
+    what `beam_search` gives each sentence alone, n-best tokens and lengths, and its scores up to
+    float rounding (XLA:CPU in jax 0.12 rounds a matmul's rows differently at different row counts,
+    and each stage of the compaction has its own)."""
     monkeypatch.setattr(search, "COMPACT_MIN_ROWS", 8)  # stages of 29, 15, 8, 4 and 3 sentences
     V, N, K = 12, 29, 3
     step_fn, memory, state = eos_biased_rnn(1, N, -4)
@@ -556,5 +558,7 @@ def test_compacting_beam_search_equals_the_vmapped_sentence_search(monkeypatch):
     lengths = np.asarray(alone[2][:, 0])
     assert lengths.min() <= 2 and lengths.max() >= 20 and len(set(lengths.tolist())) > 8  # stages do compact
     for got in (batch(True), batch(False)):
-        for g, want in zip(got, alone):
-            np.testing.assert_array_equal(g, want)
+        (got_tokens, got_scores, got_lengths), (tokens, scores, lengths) = got, alone
+        np.testing.assert_array_equal(got_tokens, tokens)
+        np.testing.assert_array_equal(got_lengths, lengths)
+        np.testing.assert_allclose(got_scores, scores, rtol=1e-5)
