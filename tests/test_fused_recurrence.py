@@ -87,10 +87,12 @@ def test_fused_layer_under_vmap_equals_the_batched_call():
 
 
 V = 40
+# The quick tier checks the plain model (every cell and direction runs in the layer tests above);
+# CI's full run checks all four.
 MODEL_VARIANTS = [
     {},
-    {"bidirectional": True, "attention": "luong_general"},
-    {"cell": "gru", "bidirectional": True},
+    pytest.param({"bidirectional": True, "attention": "luong_general"}, marks=pytest.mark.slow),
+    pytest.param({"cell": "gru", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
 ]
 
