@@ -200,7 +200,8 @@ def test_decode_split_sentences_translates_each_line_as_a_paragraph(trained_work
 def test_the_server_splits_translates_and_joins(trained_workdir, translator):
     from tests.serving_helpers import Server
 
-    server = Server(trained_workdir.workdir, "--max_batch=4", "--max_chars=40", "--max_request_chars=300")
+    limits = ["--max_batch=4", "--max_chars=40", "--max_request_chars=300", "--max_queue=12"]
+    server = Server(trained_workdir.workdir, *limits)
     try:
         server.wait_ready()
         best = {s: translator.translate([s])[0][0].text for s in SENTENCES}
@@ -222,6 +223,8 @@ def test_the_server_splits_translates_and_joins(trained_workdir, translator):
         refused = server.post({"text": PARAGRAPH})  # over max_chars, without split
         assert refused.status_code == 422 and refused.json()["field"] == "text"
         assert "at most 40 characters (or set split)" in refused.json()["detail"]
+        crowded = server.post({"text": "Red cat. " * 13, "split": True})  # more sentences than max_queue
+        assert crowded.status_code == 429 and "13 sentences, more than max_queue=12" in crowded.json()["detail"]
         info = httpx_get(server.url + "/info")
         assert info["limits"]["max_request_chars"] == 300 and info["limits"]["max_chars"] == 40
     finally:
