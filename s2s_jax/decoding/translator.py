@@ -233,7 +233,16 @@ class Translator:
             for candidates in results
         ]
 
-    def _translate_paragraphs(self, lines, opts, sample_keys, batch_size, seed, progress, warn):
+    def _translate_paragraphs(
+        self,
+        lines: list[str],
+        opts: SearchOptions | Sequence[SearchOptions],
+        sample_keys: Sequence[tuple[int, int]] | None,
+        batch_size: int,
+        seed: int,
+        progress: Callable[[Iterable], Iterable] | None,
+        warn: Callable[[str], None],
+    ) -> list[list[Hypothesis]]:
         """`translate(split_sentences=True)`: one translate call over every line's sentences."""
         documents = [sentences.segment(line, self.source_language) for line in lines]
         owner = [i for i, document in enumerate(documents) for _ in document.sentences]
