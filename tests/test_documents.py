@@ -3,6 +3,9 @@ in one batch and joined with their own whitespace, from the Python API, decode.p
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,6 +99,8 @@ class _Recorded(Translator):
         if split_sentences:
             return super().translate(lines, opts, *args, split_sentences=True, **kwargs)
         self.calls.append((list(lines), opts, kwargs.get("sample_keys")))
+        if len(lines) > 2:
+            kwargs["warn"]("line 3: 20 tokens, truncated to data.max_len=16")  # as Member.encode_lines says it
         n = opts.nbest if isinstance(opts, SearchOptions) else 2
         return [[Hypothesis(f"<{line}>{k}", -1.0 - k, [len(line), k]) for k in range(n)] for line in lines]
 
@@ -103,7 +108,9 @@ class _Recorded(Translator):
 def test_split_translates_every_lines_sentences_in_one_call_and_joins_them_rank_by_rank():
     translator = _Recorded()
     lines = ["Red cat. Blue dog.", "  ", "Big car.\n\nSmall house!"]
-    got = translator.translate(lines, SearchOptions(beam_size=2, nbest=2), split_sentences=True)
+    warnings = []
+    got = translator.translate(lines, SearchOptions(beam_size=2, nbest=2), split_sentences=True, warn=warnings.append)
+    assert warnings == ["line 3, sentence 1: 20 tokens, truncated to data.max_len=16"]  # "Big car."
     assert [call[0] for call in translator.calls] == [["Red cat.", "Blue dog.", "Big car.", "Small house!"]]  # one call
     assert [[h.text for h in hyps] for hyps in got] == [
         ["<Red cat.>0 <Blue dog.>0", "<Red cat.>1 <Blue dog.>1"],
@@ -113,11 +120,27 @@ def test_split_translates_every_lines_sentences_in_one_call_and_joins_them_rank_
     assert [h.score for h in got[0]] == [-2.0, -4.0] and got[1][0].score == 0.0
     assert got[0][1].tokens == [8, 1, 9, 1]
     per_line = [SearchOptions(beam_size=1), SearchOptions(beam_size=2), SearchOptions(beam_size=3)]
-    translator.translate(lines, per_line, sample_keys=[(1, 0), (1, 1), (1, 2)], split_sentences=True)
+    translator.translate(lines, per_line, sample_keys=[(1, 0), (1, 1), (1, 2)], split_sentences=True, warn=print)
     _, opts, keys = translator.calls[-1]
     assert [o.beam_size for o in opts] == [1, 1, 3, 3] and keys == [(1, 0), (1, 0), (1, 2), (1, 2)]
     with pytest.raises(ValueError, match="prefixes"):
         translator.translate(lines, prefixes=["", "", ""], split_sentences=True)
+
+
+def test_the_segmenter_benchmark_scores_boundaries_by_non_space_characters():
+    """benchmarks/segmenters.py's pieces that need no data: the one-sentence filter and the scoring."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+    import segmenters
+
+    assert segmenters.one_sentence("A dog runs.") and segmenters.one_sentence("„Ja.“")
+    assert segmenters.one_sentence("一只狗在跑。") and not segmenters.one_sentence("一只狗。在跑。")
+    for line in ("a dog runs.", "A dog runs", "A dog. It runs.", ""):
+        assert not segmenters.one_sentence(line)
+    gold = ["A b c.", "D e!", "F."]
+    assert segmenters.starts(gold) == {4, 7}  # non-space characters before "D" and "F"
+    counts = segmenters.count(lambda text: [text[:10], text[10:]], [gold], " ")  # "A b c. D e" | "! F."
+    assert counts == {"hit": 0, "predicted": 1, "gold": 2, "exact": 0, "paragraphs": 1, "altered": 0}
+    assert segmenters.figures(dict(counts, hit=1))["precision"] == 1.0
 
 
 # ---------------------------------------------------------------------------

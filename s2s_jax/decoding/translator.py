@@ -49,6 +49,7 @@ class Score:
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_LINE_NUMBER = re.compile(r"line (\d+):(.*)", re.DOTALL)
 
 
 def _encodable(line: str) -> str:
@@ -246,6 +247,15 @@ class Translator:
         """`translate(split_sentences=True)`: one translate call over every line's sentences."""
         documents = [sentences.segment(line, self.source_language) for line in lines]
         owner = [i for i, document in enumerate(documents) for _ in document.sentences]
+        within = [k for document in documents for k in range(len(document.sentences))]
+
+        def warn_where(message: str) -> None:  # "line 7: ..." of the sentence list -> its line and sentence
+            found = _LINE_NUMBER.match(message)
+            if found and 0 < int(found[1]) <= len(owner):
+                n = int(found[1]) - 1
+                message = f"line {owner[n] + 1}, sentence {within[n] + 1}:{found[2]}"
+            warn(message)
+
         per_line = not isinstance(opts, SearchOptions)
         results = self.translate(
             sentences.flatten(documents),
@@ -253,7 +263,7 @@ class Translator:
             batch_size=batch_size,
             seed=seed,
             progress=progress,
-            warn=warn,
+            warn=warn_where,
             sample_keys=None if sample_keys is None else [sample_keys[i] for i in owner],
         )
         return [_joined(d, parts) for d, parts in zip(documents, sentences.regroup(documents, results))]
