@@ -18,7 +18,14 @@ from tests.serving_helpers import Server
 
 # Small limits and one row per search keep the searches schemathesis can ask for few (each one
 # compiles per source width on first use), so the run takes seconds, not minutes.
-SMALL = ["--max_batch=1", "--beam_sizes=1,2", "--max_nbest=2", "--max_chars=8", "--max_texts=3"]
+SMALL = [
+    "--max_batch=1",
+    "--beam_sizes=1,2",
+    "--max_nbest=2",
+    "--max_chars=8",
+    "--max_texts=3",
+    "--max_request_chars=24",
+]
 KEY = "sesame"
 
 
@@ -87,7 +94,12 @@ def test_the_request_schema_says_the_server_limits():
     assert fields["beam_size"]["anyOf"][0]["enum"] == [1, 2, 4]
     assert fields["nbest"]["maximum"] == 3 and "widens the beam" in fields["nbest"]["description"]
     one, many = fields["text"]["oneOf"]
-    assert one["maxLength"] == 50 and many["maxItems"] == 7 and many["items"]["maxLength"] == 50
+    assert many["maxItems"] == 7 and many["items"]["maxLength"] == 50
+    # A single text may be a document of max_request_chars with split; without it, max_chars (the if/else).
+    assert one["maxLength"] == serving.ServeSettings().max_request_chars
+    request = schema["components"]["schemas"]["TranslateRequest"]
+    assert request["if"] == {"properties": {"split": {"const": True}}, "required": ["split"]}
+    assert request["else"] == {"properties": {"text": {"maxLength": 50}}}
     assert fields["top_k"]["maximum"] == 2**31 - 1  # the search's int32
     assert fields["seed"]["anyOf"][0] == {"type": "integer", "minimum": 0, "exclusiveMaximum": 2**32}
 

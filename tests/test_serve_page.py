@@ -79,6 +79,19 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         )
         heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap table tbody tr")
         assert len(heat_rows) == len(want[0].tokens) + 1  # one per output piece and </s>
+        # "split sentences" is on: a paragraph's sentences translated one by one, its blank line kept.
+        paragraph = "The red cat sees a dog. A small house!\n\nThe big car."
+        parts = translator.translate([paragraph], SearchOptions(beam_size=3, alpha=0.6), split_sentences=True)[0]
+        assert browser.find_element(By.ID, "split").is_selected()
+        browser.find_element(By.ID, "source").clear()
+        browser.find_element(By.ID, "source").send_keys(paragraph)
+        nbest.clear()
+        nbest.send_keys("1")
+        browser.find_element(By.ID, "translate").click()
+        wait.until(lambda b: b.find_element(By.ID, "translation").text not in ("", "…", want[0].text))
+        assert browser.find_element(By.ID, "translation").get_property("textContent") == parts[0].text
+        assert "\n\n" in parts[0].text
+        browser.find_element(By.ID, "split").click()  # off: the 2000-character cap is per text again
         browser.find_element(By.ID, "source").clear()
         browser.find_element(By.ID, "source").send_keys("a" * 2001)
         browser.find_element(By.ID, "translate").click()

@@ -60,7 +60,8 @@ def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
             print("warning: that line is not valid UTF-8; undecodable bytes became U+FFFD", file=sys.stderr)
-        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed)[0]
+        split = getattr(flags, "split_sentences", False)
+        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed, split_sentences=split)[0]
         print("\n".join(format_hypotheses(hyps, opts.nbest, 0)), flush=True)
 
 
@@ -106,12 +107,31 @@ def _check_flags(flags) -> None:
     if getattr(flags, "print_alignment", None) and flags.nbest != 1:
         raise ValueError("--print_alignment aligns the best translation: use it with --nbest 1")
     _ensemble_weights(flags)
+    _check_split_sentences(flags)
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
     for name in ("input", "reference", "rescore", "prefix"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
             raise DataError(f"--{name} {path}: file not found")
+
+
+# What --split_sentences cannot rejoin: outputs tied to one sentence's tokens, or a whole line's.
+_NOT_WITH_SPLIT = {
+    "print_alignment": "aligns one sentence's words",
+    "plot_attention": "plots one sentence's attention",
+    "prefix": "forces the start of a whole line's translation",
+    "score": "scores a whole reference line",
+    "rescore": "rescores whole n-best lines",
+}
+
+
+def _check_split_sentences(flags) -> None:
+    if not getattr(flags, "split_sentences", False):
+        return
+    for name, why in _NOT_WITH_SPLIT.items():
+        if getattr(flags, name, None):
+            raise ValueError(f"--{name} {why}: not with --split_sentences")
 
 
 def run(flags) -> int:
@@ -147,7 +167,13 @@ def run(flags) -> int:
         show = flags.input != "-" and sys.stderr.isatty()
         progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
         results = translator.translate(
-            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress, prefixes=prefixes
+            lines,
+            opts,
+            batch_size=batch_size,
+            seed=flags.seed,
+            progress=progress,
+            prefixes=prefixes,
+            split_sentences=getattr(flags, "split_sentences", False),
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -354,6 +380,14 @@ def _define_flags() -> None:
         "Directory: write one attention heatmap PNG per input line (the first --workdir's model's attention).",
     )
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
+    flags.DEFINE_bool(
+        "split_sentences",
+        False,
+        "Each input line is a paragraph: translate its sentences (cut by sentencex, all lines' in one batch) "
+        "and join their translations with the line's own spacing. With --nbest, candidate k joins every "
+        "sentence's k-th (score: their sum). Not with --print_alignment, --plot_attention, --prefix, "
+        "--score or --rescore.",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

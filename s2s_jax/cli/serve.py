@@ -51,6 +51,7 @@ def settings_from_flags(flags) -> ServeSettings:
         max_wait_ms=flags.max_wait_ms,
         max_batch=flags.max_batch,
         max_chars=flags.max_chars,
+        max_request_chars=flags.max_request_chars,
         max_texts=flags.max_texts,
         max_queue=flags.max_queue,
         request_timeout_s=flags.request_timeout_s,
@@ -110,7 +111,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("port", 8000, "Port to listen on.")
     flags.DEFINE_float("max_wait_ms", defaults.max_wait_ms, "How long a text waits for others to share its batch.")
     flags.DEFINE_integer("max_batch", defaults.max_batch, "Texts per search call (0 < n; 1 switches batching off).")
-    flags.DEFINE_integer("max_chars", defaults.max_chars, "Characters per text (422 above).")
+    flags.DEFINE_integer(
+        "max_chars", defaults.max_chars, "Characters per text (422 above); with split, per sentence (cut above)."
+    )
+    flags.DEFINE_integer(
+        "max_request_chars",
+        defaults.max_request_chars,
+        "With split, the characters of a request's single text, a document (422 above; >= --max_chars).",
+    )
     flags.DEFINE_integer("max_texts", defaults.max_texts, "Texts per request (422 above).")
     flags.DEFINE_integer("max_queue", defaults.max_queue, "Texts waiting for a search (429 above).")
     flags.DEFINE_float("request_timeout_s", defaults.request_timeout_s, "Seconds before a request gets 408.")

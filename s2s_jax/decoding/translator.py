@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from s2s_jax import parallel
+from s2s_jax.data import sentences
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference
@@ -48,6 +49,7 @@ class Score:
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_LINE_NUMBER = re.compile(r"line (\d+):(.*)", re.DOTALL)
 
 
 def _encodable(line: str) -> str:
@@ -94,6 +96,19 @@ class Member:
         return out
 
 
+def _joined(document: sentences.Segmented, parts: list[list[Hypothesis]]) -> list[Hypothesis]:
+    """A paragraph's candidates from its sentences' n-best lists: candidate k joins each one's k-th."""
+    ranks = min((len(p) for p in parts), default=1)
+    return [
+        Hypothesis(
+            document.join([p[k].text for p in parts]),
+            float(sum(p[k].score for p in parts)),
+            [token for p in parts for token in p[k].tokens],
+        )
+        for k in range(ranks)
+    ]
+
+
 def _check_target_vocabularies(members: list[Member]) -> None:
     """Ensemble members must give every target id the same piece: one error naming both workdirs."""
     first = members[0]
@@ -134,6 +149,8 @@ class Translator:
         _check_target_vocabularies(self.members)
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
+        # The segmenter's rules for `split_sentences`: the source training file's extension, else English's.
+        self.source_language = sentences.language_code(first.config.data.get("train_src", ""))
         self.inference = inference.Inference(
             [m.model for m in self.members],
             first.config.decode,
@@ -178,6 +195,7 @@ class Translator:
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
         prefixes: list[str] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
+        split_sentences: bool = False,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
@@ -186,9 +204,19 @@ class Translator:
         output is the prefix, normalised and tokenized like the targets, followed by the
         search's continuation (whose score it reports). `opts` may be one setting per
         line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+
+        `split_sentences`: each line is a paragraph (line breaks allowed), cut into sentences
+        (s2s_jax/data/sentences.py); the sentences of all lines are translated in one call and each
+        line's translations joined with its own whitespace. Candidate k joins every sentence's
+        k-th hypothesis (score: their sum; tokens: theirs in order); `opts` and `sample_keys`,
+        when given per line, apply to each of its sentences.
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
+        if split_sentences:
+            if prefixes is not None:
+                raise ValueError("prefixes force the start of a line's translation: not with split_sentences")
+            return self._translate_paragraphs(lines, opts, sample_keys, batch_size, seed, progress, warn)
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
@@ -205,6 +233,40 @@ class Translator:
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
         ]
+
+    def _translate_paragraphs(
+        self,
+        lines: list[str],
+        opts: SearchOptions | Sequence[SearchOptions],
+        sample_keys: Sequence[tuple[int, int]] | None,
+        batch_size: int,
+        seed: int,
+        progress: Callable[[Iterable], Iterable] | None,
+        warn: Callable[[str], None],
+    ) -> list[list[Hypothesis]]:
+        """`translate(split_sentences=True)`: one translate call over every line's sentences."""
+        documents = [sentences.segment(line, self.source_language) for line in lines]
+        owner = [i for i, document in enumerate(documents) for _ in document.sentences]
+        within = [k for document in documents for k in range(len(document.sentences))]
+
+        def warn_where(message: str) -> None:  # "line 7: ..." of the sentence list -> its line and sentence
+            found = _LINE_NUMBER.match(message)
+            if found and 0 < int(found[1]) <= len(owner):
+                n = int(found[1]) - 1
+                message = f"line {owner[n] + 1}, sentence {within[n] + 1}:{found[2]}"
+            warn(message)
+
+        per_line = not isinstance(opts, SearchOptions)
+        results = self.translate(
+            sentences.flatten(documents),
+            [opts[i] for i in owner] if per_line else opts,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            warn=warn_where,
+            sample_keys=None if sample_keys is None else [sample_keys[i] for i in owner],
+        )
+        return [_joined(d, parts) for d, parts in zip(documents, sentences.regroup(documents, results))]
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs

@@ -39,6 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from s2s_jax.data import sentences
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.serving import shapes
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
@@ -58,7 +59,8 @@ class ServeSettings:
 
     max_wait_ms: float = 5.0  # how long the oldest waiting text waits for others to share its batch
     max_batch: int = 32  # texts per search call (rows of the largest compiled shape)
-    max_chars: int = 2000  # characters per text (422 above)
+    max_chars: int = 2000  # characters per text (422 above); with split, per sentence (longer ones are cut)
+    max_request_chars: int = 20000  # with split, characters of a request's one text (a list's texts keep max_chars)
     max_texts: int = 64  # texts per request (422 above)
     max_queue: int = 256  # texts waiting for a search (429 above)
     request_timeout_s: float = 30.0  # a request not answered by then gets 408
@@ -70,6 +72,8 @@ class ServeSettings:
     def check(self) -> None:
         if self.max_batch < 1 or self.max_texts < 1 or self.max_queue < 1 or self.max_chars < 1:
             raise ValueError("max_batch, max_texts, max_queue and max_chars must be at least 1")
+        if self.max_request_chars < self.max_chars:
+            raise ValueError(f"max_request_chars {self.max_request_chars} must be at least max_chars {self.max_chars}")
         if self.max_wait_ms < 0 or not self.request_timeout_s > 0:
             raise ValueError("max_wait_ms must be >= 0 and request_timeout_s > 0")
         if not self.beam_sizes or min(self.beam_sizes) < 1 or self.max_nbest < 1:
@@ -313,7 +317,8 @@ def create_app(
     app.add_exception_handler(HTTPException, service.http_error)
     app.add_exception_handler(RequestValidationError, service.invalid)
     app.add_exception_handler(Exception, service.unexpected)
-    app.add_middleware(BodyLimit, max_bytes=body_cap(settings.max_texts, settings.max_chars))
+    largest = max(body_cap(settings.max_texts, settings.max_chars), body_cap(1, settings.max_request_chars))
+    app.add_middleware(BodyLimit, max_bytes=largest)
     keyed = [401] if settings.api_key is not None else []
     authorized = [Depends(service.authorized)] if keyed else []
     anywhere = [413, 500]  # the body cap applies to every route; so does an unexpected failure
@@ -332,7 +337,7 @@ def create_app(
         responses=error_responses(keyed + [503, *anywhere]),
     )
     request_model = translate_request_model(
-        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts
+        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts, settings.max_request_chars
     )
     app.add_api_route(
         "/translate",
@@ -469,11 +474,21 @@ class _Service:
         texts = [request.text] if isinstance(request.text, str) else request.text
         opts = request_options(request, current["translator"], self.settings)
         seed = secrets.randbits(32) if request.seed is None else request.seed
+        documents = None
+        if request.split:
+            language = current["translator"].source_language
+            documents = [sentences.segment(t, language, self.settings.max_chars) for t in texts]
+            texts = sentences.flatten(documents)
+            if len(texts) > self.settings.max_queue:
+                raise ApiError(429, f"split: {len(texts)} sentences, more than max_queue={self.settings.max_queue}")
         try:
             futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
-        return TranslateResponse(translations=await self._answers(futures))
+        answers = await self._answers(futures)
+        if documents is not None:
+            answers = [_joined(d, parts) for d, parts in zip(documents, sentences.regroup(documents, answers))]
+        return TranslateResponse(translations=answers)
 
     async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
         """The jobs' translations; 408 after request_timeout_s (the jobs are cancelled), 500 if their batch failed."""
@@ -491,6 +506,23 @@ class _Service:
         return HTMLResponse(
             importlib.resources.files("s2s_jax.serving").joinpath("static/index.html").read_text("utf-8")
         )
+
+
+def _joined(document: sentences.Segmented, parts: list[Translation]) -> Translation:
+    """A split text's translation from its sentences': the texts joined with its own spacing, the
+    scores summed, candidate k joining each sentence's k-th; the alignment of a one-sentence text."""
+    if not parts:  # blank: the translator's empty hypothesis, the whitespace kept
+        return Translation(text=document.join([]), score=0.0, nbest=[Candidate(text=document.join([]), score=0.0)])
+    ranks = min(len(p.nbest) for p in parts)
+    nbest = [
+        Candidate(
+            text=document.join([p.nbest[k].text for p in parts]),
+            score=_finite(sum(p.nbest[k].score for p in parts)),
+        )
+        for k in range(ranks)
+    ]
+    alignment = parts[0].alignment if len(parts) == 1 else None
+    return Translation(text=nbest[0].text, score=nbest[0].score, nbest=nbest, alignment=alignment)
 
 
 def _member_info(member) -> dict:
@@ -511,6 +543,4 @@ def _member_info(member) -> dict:
 
 def _language(data_cfg, side: str) -> str:
     """A language code guessed from the training file's extension (train.de -> de), else ''."""
-    name = data_cfg.get(f"train_{side}", "") or ""
-    suffix = name.split(",")[0].rsplit(".", 1)[-1] if "." in name else ""
-    return suffix if re.fullmatch(r"[a-z]{2,3}", suffix) and suffix not in ("src", "tgt", "txt", "tsv") else ""
+    return sentences.language_code(data_cfg.get(f"train_{side}", "") or "")

@@ -10,14 +10,30 @@ the beam (see `NBEST`).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, create_model
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # The tags of `text`'s two forms, as they appear in pydantic's error locations.
 TEXT_TAGS = ("one", "list")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+SPLIT = (
+    "cut each text into sentences (line breaks and blank lines kept), translate them all in one batch and join "
+    "their translations with the text's own spacing; max_chars then applies per sentence (a longer one is cut at "
+    "spaces) and a single text may hold up to max_request_chars. Candidate k joins each sentence's k-th, its "
+    "score their sum; the alignment only for a text of one sentence"
+)
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
     ">= nbest (sampling draws nbest samples)"
@@ -46,7 +62,12 @@ def json_int(**constraints: int) -> Any:
 class TranslateRequest(BaseModel):
     """One or more texts and how to translate them; omitted settings take the model's decode defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra=lambda schema, cls: _unsplit_cap(schema, cls),
+    )
 
     text: str | list[str]
     beam_size: json_int(ge=1) | None = Field(None, description="1 = greedy; one of the server's sizes")
@@ -58,6 +79,26 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+    split: bool = Field(False, description=SPLIT)
+
+    # The characters a single text may hold without `split`, when that is less than with it
+    # (translate_request_model sets it).
+    unsplit_chars: ClassVar[int | None] = None
+
+    @model_validator(mode="after")
+    def _text_cap_without_split(self) -> TranslateRequest:
+        """A single text longer than max_chars only with `split` (the schema's if/else says it too)."""
+        cap = self.unsplit_chars
+        if not self.split and cap is not None and isinstance(self.text, str) and len(self.text) > cap:
+            error = PydanticCustomError(
+                "string_too_long",
+                "String should have at most {max_length} characters (or set split)",
+                {"max_length": cap},
+            )
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [InitErrorDetails(type=error, loc=("text",), input=self.text)]
+            )
+        return self
 
 
 def _text_form(value: Any) -> str | None:
@@ -65,13 +106,17 @@ def _text_form(value: Any) -> str | None:
 
 
 def translate_request_model(
-    beam_sizes: tuple[int, ...], max_nbest: int, max_chars: int, max_texts: int
+    beam_sizes: tuple[int, ...], max_nbest: int, max_chars: int, max_texts: int, max_request_chars: int | None = None
 ) -> type[TranslateRequest]:
-    """TranslateRequest with one server's limits as constraints (and so in its schema)."""
+    """TranslateRequest with one server's limits as constraints (and so in its schema). With
+    `max_request_chars` (> max_chars), a single text with `split` may be that long: the schema
+    says so with an if/else on `split`, and validation agrees."""
     one_text = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=max_chars)]
+    document = max(max_chars, max_request_chars or max_chars)
+    single = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=document)]
     text = Annotated[
         Union[
-            Annotated[one_text, Tag(TEXT_TAGS[0])],
+            Annotated[single, Tag(TEXT_TAGS[0])],
             Annotated[list[one_text], Field(max_length=max_texts), Tag(TEXT_TAGS[1])],
         ],
         Discriminator(
@@ -79,12 +124,16 @@ def translate_request_model(
             custom_error_type="text_type",
             custom_error_message="Input should be a string or a list of strings",
         ),
-        Field(description=f"one text or a list of at most {max_texts}, each at most {max_chars} characters"),
+        Field(
+            description=f"one text or a list of at most {max_texts}, each at most {max_chars} characters"
+            + (f" (a single text with split: {document})" if document > max_chars else "")
+        ),
     ]
     beam = Annotated[Literal[tuple(beam_sizes)], BeforeValidator(_json_integer)]  # type: ignore[valid-type]
-    return create_model(
+    model = create_model(
         "TranslateRequest",
         __base__=TranslateRequest,
+        __doc__=TranslateRequest.__doc__,
         text=(text, ...),
         beam_size=(
             beam | None,
@@ -92,3 +141,13 @@ def translate_request_model(
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
     )
+    model.unsplit_chars = max_chars if document > max_chars else None
+    return model
+
+
+def _unsplit_cap(schema: dict[str, Any], cls: type[TranslateRequest]) -> None:
+    """The schema's rule that a text over max_chars needs `split`: unless split is true, text
+    (its single-string form; maxLength does not apply to the list) is at most max_chars."""
+    if cls.unsplit_chars is not None:
+        schema["if"] = {"properties": {"split": {"const": True}}, "required": ["split"]}
+        schema["else"] = {"properties": {"text": {"maxLength": cls.unsplit_chars}}}
