@@ -9,6 +9,7 @@ the input order.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
@@ -22,10 +23,11 @@ from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.mbr import MBROptions, ranking
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.workdir import checkpoints, run_config
 
-__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "MBROptions", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
 
 
 @dataclasses.dataclass
@@ -178,6 +180,7 @@ class Translator:
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
         prefixes: list[str] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
+        mbr: MBROptions | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
@@ -186,9 +189,18 @@ class Translator:
         output is the prefix, normalised and tokenized like the targets, followed by the
         search's continuation (whose score it reports). `opts` may be one setting per
         line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+        With `mbr`, `opts` says how to draw each line's `mbr.size` candidates (samples or the
+        beam's n-best, `MBROptions.search_options`), and the hypotheses are the distinct
+        candidates best first by minimum Bayes risk, each scored by its expected utility
+        (s2s_jax/decoding/mbr.py).
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
+        if mbr is not None:
+            mbr.check()
+            opts = (
+                mbr.search_options(opts) if isinstance(opts, SearchOptions) else [mbr.search_options(o) for o in opts]
+            )
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
@@ -201,9 +213,20 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
         )
-        return [
+        hyps = [
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
+        ]
+        return hyps if mbr is None else [self._mbr_ranked(h, mbr) for h in hyps]
+
+    def _mbr_ranked(self, candidates: list[Hypothesis], mbr: MBROptions) -> list[Hypothesis]:
+        """The distinct candidates best first by expected utility (their score); beam slots that no
+        hypothesis filled (score -inf) are no candidates."""
+        drawn = [h for h in candidates if math.isfinite(h.score)] or candidates[:1]
+        tokenize = self.config.decode.get("bleu_tokenize") or None
+        return [
+            Hypothesis(drawn[i].text, utility, drawn[i].tokens)
+            for i, utility in ranking([h.text for h in drawn], mbr.metric, tokenize)
         ]
 
     def nbest(
@@ -229,6 +252,31 @@ class Translator:
         """n samples per line with their log-probabilities (`--sample`); the same seed gives the same samples."""
         opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p, with_scores=True)
         return self.translate(lines, opts, seed=seed, **kwargs)
+
+    def mbr(
+        self,
+        lines: list[str],
+        n: int,
+        metric: str = "chrf",
+        candidates: str = "samples",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        beam_size: int | None = None,
+        alpha: float | None = None,
+        **kwargs,
+    ) -> list[list[Hypothesis]]:
+        """Minimum Bayes risk decoding (`--mbr N`): each line's distinct candidates among `n` samples
+        (or the beam's n-best), best first by expected `metric`; the same seed gives the same result."""
+        cfg = self.config.decode
+        opts = SearchOptions(
+            beam_size=beam_size or cfg.beam_size,
+            alpha=cfg.alpha if alpha is None else alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        return self.translate(lines, opts, mbr=MBROptions(n, metric, candidates), **kwargs)
 
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""
