@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.serving import shapes
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
 from s2s_jax.serving.errors import ApiError, error_response, error_responses, validation_error
@@ -64,6 +65,7 @@ class ServeSettings:
     request_timeout_s: float = 30.0  # a request not answered by then gets 408
     beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the beam sizes a request may ask for (each one compiles)
     max_nbest: int = 5  # an nbest above the beam size widens the beam, so at most max(beam_sizes)
+    max_mbr: int = 16  # most samples of a minimum-Bayes-risk request (below 2: MBR off)
     warm_up_beam_sizes: tuple[int, ...] = ()  # every batch shape of these compiled at start, not only covering ones
     api_key: str | None = None  # when set, /translate and /info need `Authorization: Bearer <key>`
 
@@ -78,6 +80,8 @@ class ServeSettings:
             raise ValueError(
                 f"max_nbest {self.max_nbest} needs a beam size >= {self.max_nbest} among beam_sizes {self.beam_sizes}"
             )
+        if self.max_mbr < 0:
+            raise ValueError(f"max_mbr must be >= 0 (below 2: MBR off), got {self.max_mbr}")
         if not set(self.warm_up_beam_sizes) <= set(self.beam_sizes):
             raise ValueError(f"warm_up_beam_sizes {self.warm_up_beam_sizes} must be among beam_sizes {self.beam_sizes}")
 
@@ -128,6 +132,11 @@ class _Job:
     alignment: bool
     arrived: float
     future: asyncio.Future
+    mbr: MBROptions | None = None
+
+    def batch_key(self) -> tuple:
+        """What jobs must share to be translated in one call."""
+        return self.opts.batch_key(), self.mbr
 
 
 class QueueFull(Exception):
@@ -147,13 +156,15 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2s-search")
         self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
 
-    def submit(self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool) -> list[asyncio.Future]:
+    def submit(
+        self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool, mbr: MBROptions | None = None
+    ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future()) for j, t in enumerate(texts)]
+        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future(), mbr) for j, t in enumerate(texts)]
         self.pending.extend(jobs)
         self._wake.set()
         return [job.future for job in jobs]
@@ -168,9 +179,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = self.pending[0]
-            key = first.opts.batch_key()
+            key = first.batch_key()
             while True:
-                same = [job for job in self.pending if job.opts.batch_key() == key]
+                same = [job for job in self.pending if job.batch_key() == key]
                 deadline = first.arrived + wait
                 if sum(job.arrived >= previous_done for job in same) < previous_texts:
                     # The previous batch's clients tend to send again at once: waiting for them
@@ -212,6 +223,7 @@ class Batcher:
             batch_size=self.settings.max_batch,
             sample_keys=[job.sample_key for job in batch],
             warn=lambda message: None,
+            mbr=batch[0].mbr,
         )
         self.search_calls += 1
         self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
@@ -267,6 +279,8 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         )
     if request.nbest > settings.max_nbest:
         raise ApiError(422, f"nbest: at most {settings.max_nbest}", "nbest")
+    if request.mbr is not None and request.mbr > settings.max_mbr:
+        raise ApiError(422, f"mbr: at most {settings.max_mbr}", "mbr")
     default = default_options(translator)
     beam = default.beam_size if request.beam_size is None else request.beam_size
     if request.sample:
@@ -283,8 +297,18 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         top_p=request.top_p,
         with_scores=True,
     )
+    mbr = request_mbr(request)
+    if mbr is not None:
+        opts = mbr.search_options(opts)
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
+
+
+def request_mbr(request: TranslateRequest) -> MBROptions | None:
+    """The request's minimum Bayes risk decoding (samples only), or None."""
+    if request.mbr is None:
+        return None
+    return MBROptions(request.mbr, request.mbr_metric, "samples")
 
 
 def clean_text(text: str) -> str:
@@ -332,7 +356,7 @@ def create_app(
         responses=error_responses(keyed + [503, *anywhere]),
     )
     request_model = translate_request_model(
-        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts
+        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts, settings.max_mbr
     )
     app.add_api_route(
         "/translate",
@@ -391,7 +415,7 @@ class _Service:
             translator.inference.skip_padding = False
             s = self.settings
             registry = shapes.compile_ahead(
-                translator, s.beam_sizes, s.max_nbest, s.max_batch, s.warm_up_beam_sizes, self.log
+                translator, s.beam_sizes, s.max_nbest, s.max_batch, s.warm_up_beam_sizes, self.log, s.max_mbr
             )
             self.log(
                 f"ready: {registry.warm_up_shapes} batch shapes compiled in {registry.warm_up_seconds:.1f} s "
@@ -469,11 +493,15 @@ class _Service:
         texts = [request.text] if isinstance(request.text, str) else request.text
         opts = request_options(request, current["translator"], self.settings)
         seed = secrets.randbits(32) if request.seed is None else request.seed
+        mbr = request_mbr(request)
         try:
-            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
+            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment, mbr)
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
-        return TranslateResponse(translations=await self._answers(futures))
+        translations = await self._answers(futures)
+        if mbr is not None:  # the candidates ranked, of which the request's nbest
+            translations = [t.model_copy(update={"nbest": t.nbest[: request.nbest]}) for t in translations]
+        return TranslateResponse(translations=translations)
 
     async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
         """The jobs' translations; 408 after request_timeout_s (the jobs are cancelled), 500 if their batch failed."""

@@ -20,7 +20,12 @@ TEXT_TAGS = ("one", "list")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
-    ">= nbest (sampling draws nbest samples)"
+    ">= nbest (sampling draws nbest samples; with mbr, the best distinct samples)"
+)
+MBR = (
+    "minimum Bayes risk decoding: draw this many samples (temperature, top_k, top_p and seed apply; "
+    "beam_size and sample do not) and answer the one with the highest expected mbr_metric against the "
+    "others; its score is that expected utility (0-100); omitted: off"
 )
 
 
@@ -58,6 +63,8 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+    mbr: json_int(ge=2) | None = Field(None, description=MBR)
+    mbr_metric: Literal["chrf", "bleu"] = Field("chrf", description="mbr's utility: sentence chrF or BLEU")
 
 
 def _text_form(value: Any) -> str | None:
@@ -65,9 +72,15 @@ def _text_form(value: Any) -> str | None:
 
 
 def translate_request_model(
-    beam_sizes: tuple[int, ...], max_nbest: int, max_chars: int, max_texts: int
+    beam_sizes: tuple[int, ...], max_nbest: int, max_chars: int, max_texts: int, max_mbr: int = 0
 ) -> type[TranslateRequest]:
-    """TranslateRequest with one server's limits as constraints (and so in its schema)."""
+    """TranslateRequest with one server's limits as constraints (and so in its schema); `max_mbr`
+    below 2 leaves MBR off (the field only takes null)."""
+    mbr = (
+        (json_int(ge=2, le=max_mbr) | None, Field(None, description=f"{MBR}; at most {max_mbr}"))
+        if max_mbr >= 2
+        else (None, Field(None, description="minimum Bayes risk decoding: off on this server"))
+    )
     one_text = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=max_chars)]
     text = Annotated[
         Union[
@@ -91,4 +104,5 @@ def translate_request_model(
             Field(None, description="1 = greedy; one of the server's beam sizes; omitted: the model's default"),
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
+        mbr=mbr,
     )
