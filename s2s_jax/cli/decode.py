@@ -6,6 +6,7 @@ from s2s_jax.cli import runtime  # first: OPENBLAS_NUM_THREADS must be set befor
 
 runtime.limit_openblas_threads()
 
+import dataclasses
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from s2s_jax import bleu
 from s2s_jax.data.text import lines_from_bytes, read_lines
 from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
+from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.decoding.search import length_penalty
 from s2s_jax.decoding.translator import Hypothesis, Translator
 from s2s_jax.errors import CheckpointError, DataError
@@ -54,15 +56,15 @@ def _read_input(path: str) -> list[str]:
     return read_lines(path, allow_empty=True)
 
 
-def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
+def _interactive(translator: Translator, opts: SearchOptions, flags, mbr: MBROptions | None) -> None:
     print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
     for raw in sys.stdin.buffer:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
             print("warning: that line is not valid UTF-8; undecodable bytes became U+FFFD", file=sys.stderr)
         split = getattr(flags, "split_sentences", False)
-        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed, split_sentences=split)[0]
-        print("\n".join(format_hypotheses(hyps, opts.nbest, 0)), flush=True)
+        hyps = translator.translate([line], opts, batch_size=1, seed=flags.seed, split_sentences=split, mbr=mbr)[0]
+        print("\n".join(format_hypotheses(hyps[: flags.nbest], flags.nbest, 0)), flush=True)
 
 
 def _positive_or_default(name: str, value, default):
@@ -110,6 +112,7 @@ def _check_flags(flags) -> None:
     _check_split_sentences(flags)
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
+    _mbr_options(flags)
     for name in ("input", "reference", "rescore", "prefix"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
@@ -134,29 +137,49 @@ def _check_split_sentences(flags) -> None:
             raise ValueError(f"--{name} {why}: not with --split_sentences")
 
 
+def _mbr_options(flags) -> MBROptions | None:
+    """--mbr and its companions as checked MBROptions; None when --mbr is 0 (off)."""
+    size = getattr(flags, "mbr", 0)
+    if size == 0:
+        return None
+    if size < 2:
+        raise ValueError(f"--mbr must be 0 (off) or at least 2 candidates to compare, got {size}")
+    mbr = MBROptions(size, getattr(flags, "mbr_metric", "chrf"), getattr(flags, "mbr_candidates", "samples"))
+    mbr.check()
+    if flags.nbest > size:
+        raise ValueError(f"--nbest {flags.nbest}: MBR ranks at most its --mbr {size} candidates")
+    if flags.sample and mbr.candidates != "samples":
+        raise ValueError("--sample with --mbr_candidates nbest: the candidates are either samples or the n-best")
+    for name in ("score", "rescore"):
+        if getattr(flags, name, None):
+            raise ValueError(f"--mbr chooses among translations; --{name} translates nothing")
+    return mbr
+
+
 def run(flags) -> int:
     try:
         _check_flags(flags)
         translator = Translator(flags.workdir, flags.checkpoint, weights=_ensemble_weights(flags))
         cfg = translator.config.decode
+        mbr = _mbr_options(flags)
         opts = SearchOptions(
             beam_size=_positive_or_default("beam_size", flags.beam_size, cfg.beam_size),
             alpha=cfg.alpha if flags.alpha is None else flags.alpha,
-            nbest=flags.nbest,
+            nbest=1 if mbr else flags.nbest,
             sample=flags.sample,
             temperature=flags.temperature,
             top_k=flags.top_k,
             top_p=flags.top_p,
-            with_scores=flags.nbest > 1,
+            with_scores=flags.nbest > 1 and not mbr,
         )
-        opts.check()
+        (mbr.search_options(opts) if mbr else opts).check()
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if getattr(flags, "score", False):
             return _score(flags, translator, batch_size)
         if getattr(flags, "rescore", None):
             return _rescore(flags, translator, opts.alpha, batch_size)
         if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None):
-            _interactive(translator, opts, flags)
+            _interactive(translator, opts, flags, mbr)
             return 0
         lines = _read_input(flags.input)
         prefixes = None
@@ -174,6 +197,7 @@ def run(flags) -> int:
             progress=progress,
             prefixes=prefixes,
             split_sentences=getattr(flags, "split_sentences", False),
+            mbr=mbr,
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -184,7 +208,11 @@ def run(flags) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    out_lines = [row for number, hyps in enumerate(results) for row in format_hypotheses(hyps, opts.nbest, number)]
+    out_lines = [
+        row
+        for number, hyps in enumerate(results)
+        for row in format_hypotheses(hyps[: flags.nbest], flags.nbest, number)
+    ]
     if getattr(flags, "print_alignment", None):
         try:
             alignments = translator.align(lines, [hyps[0].tokens for hyps in results], flags.print_alignment)
@@ -212,7 +240,7 @@ def run(flags) -> int:
             _print_sentence_bleu(lines, best, refs, flags.sentence_bleu)
         if getattr(flags, "score_json", None):
             try:
-                _write_scores(flags, translator, opts, report, len(results))
+                _write_scores(flags, translator, opts, report, len(results), mbr)
             except OSError as err:
                 print(f"error: cannot write --score_json {flags.score_json}: {err.strerror}", file=sys.stderr)
                 return 1
@@ -279,7 +307,9 @@ def _print_sentence_bleu(sources: list[str], hyps: list[str], refs: list[str], k
     print(f"exact: {exact} of {len(refs)}", file=sys.stderr)
 
 
-def _write_scores(flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int) -> None:
+def _write_scores(
+    flags, translator: Translator, opts: SearchOptions, report: dict, sentences: int, mbr: MBROptions | None = None
+) -> None:
     """The scores and what produced them, so a reported number can be traced to its run."""
     steps = [m.meta.get("step") for m in translator.members]
     record = dict(
@@ -294,6 +324,8 @@ def _write_scores(flags, translator: Translator, opts: SearchOptions, report: di
         alpha=opts.alpha,
         sample=opts.sample,
     )
+    if mbr is not None:
+        record["mbr"] = dataclasses.asdict(mbr)
     if len(steps) > 1:
         record["ensemble_weights"] = list(translator.inference.weights)
     with open(flags.score_json, "w", encoding="utf-8") as f:
@@ -337,6 +369,20 @@ def _define_flags() -> None:
     flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens only (0 = off).")
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0 = off).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_integer(
+        "mbr",
+        0,
+        "Minimum Bayes risk decoding with N candidates per line (0 = off): write the candidate with the highest "
+        "expected --mbr_metric against the others; with --nbest K the K best distinct ones, scored by it.",
+    )
+    flags.DEFINE_enum("mbr_metric", "chrf", ["chrf", "bleu"], "--mbr's utility: sentence chrF or BLEU (sacrebleu's).")
+    flags.DEFINE_enum(
+        "mbr_candidates",
+        "samples",
+        ["samples", "nbest"],
+        "--mbr's candidates: samples (with --temperature, --top_k, --top_p, --seed) or the beam's n-best "
+        "(--beam_size, widened to --mbr, and --alpha).",
+    )
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
     flags.DEFINE_string(
         "prefix",

@@ -57,6 +57,7 @@ def settings_from_flags(flags) -> ServeSettings:
         request_timeout_s=flags.request_timeout_s,
         beam_sizes=beam_sizes,
         max_nbest=flags.max_nbest,
+        max_mbr=flags.max_mbr,
         warm_up_beam_sizes=warm,
         api_key=api_key_from(flags.api_key_file),
     )
@@ -127,6 +128,11 @@ def _define_flags() -> None:
         "max_nbest",
         defaults.max_nbest,
         "Most hypotheses per text (at most the largest --beam_sizes: nbest widens the beam).",
+    )
+    flags.DEFINE_integer(
+        "max_mbr",
+        defaults.max_mbr,
+        "Most samples of a minimum-Bayes-risk request (its `mbr` field); below 2 switches MBR off.",
     )
     flags.DEFINE_list(
         "warm_up_beam_sizes",

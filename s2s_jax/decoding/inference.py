@@ -266,7 +266,8 @@ def search_batch(
 
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
     settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
-    row r draws from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
+    row r's sample k draws from fold_in(fold_in(key(seed[r]), index[r]), k) (`_sample_batch`), so
+    its samples do not depend on its batch.
     """
     memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
@@ -278,29 +279,7 @@ def search_batch(
         return (out[0], out[2]) if opts.with_scores else (out[0], jnp.zeros(out[0].shape[0]))
 
     if opts.sample:
-        keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(
-            rows["seed"], rows["index"]
-        )
-        outs = []
-        for k in range(opts.nbest):
-            outs.append(
-                scored(
-                    search.sample(
-                        step_fn,
-                        memory,
-                        state,
-                        jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k),
-                        max_steps=max_steps,
-                        max_lengths=caps,
-                        temperature=rows["temperature"],
-                        top_k=rows["top_k"] if opts.top_k else 0,
-                        top_p=rows["top_p"] if opts.top_p < 1.0 else 1.0,
-                        bos_id=start,
-                        return_log_prob=opts.with_scores,
-                    )
-                )
-            )
-        return jnp.stack([t for t, _ in outs], 1), jnp.stack([s for _, s in outs], 1)
+        return _sample_batch(step_fn, memory, state, opts, max_steps, caps, rows, start, scored)
     if opts.beam_size == 1:
         tokens, scores = scored(
             search.greedy_search(
@@ -328,6 +307,36 @@ def search_batch(
         compact=compact,
     )
     return tokens, scores
+
+
+def _sample_batch(step_fn, memory, state, opts: SearchOptions, max_steps: int, caps, rows: dict, start, scored):
+    """(tokens [B, nbest, max_steps], scores [B, nbest]): `opts.nbest` samples of each row, drawn as
+    one batch of B * nbest rows (row r's sample k is row r * nbest + k, one loop however many samples
+    are asked for) with the key fold_in(fold_in(key(seed[r]), index[r]), k): it depends only on the
+    source, its seed, index and k."""
+    n = opts.nbest
+    keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
+    keys = jax.vmap(lambda key: jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n)))(keys).reshape(-1)
+
+    def repeated(tree):
+        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
+
+    tokens, scores = scored(
+        search.sample(
+            step_fn,
+            repeated(memory),
+            repeated(state),
+            keys,
+            max_steps=max_steps,
+            max_lengths=repeated(caps),
+            temperature=repeated(rows["temperature"]),
+            top_k=repeated(rows["top_k"]) if opts.top_k else 0,
+            top_p=repeated(rows["top_p"]) if opts.top_p < 1.0 else 1.0,
+            bos_id=repeated(start) if jnp.ndim(start) else start,
+            return_log_prob=opts.with_scores,
+        )
+    )
+    return tokens.reshape(-1, n, tokens.shape[-1]), scores.reshape(-1, n)
 
 
 def _teacher_forced_log_prob(models, weights, params, srcs, tgt, lengths):

@@ -9,6 +9,7 @@ the input order.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
@@ -23,10 +24,11 @@ from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.mbr import MBROptions, ranking
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.workdir import checkpoints, run_config
 
-__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "MBROptions", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
 
 
 @dataclasses.dataclass
@@ -96,13 +98,14 @@ class Member:
         return out
 
 
-def _joined(document: sentences.Segmented, parts: list[list[Hypothesis]]) -> list[Hypothesis]:
-    """A paragraph's candidates from its sentences' n-best lists: candidate k joins each one's k-th."""
+def _joined(document: sentences.Segmented, parts: list[list[Hypothesis]], mean: bool = False) -> list[Hypothesis]:
+    """A paragraph's candidates from its sentences' n-best lists: candidate k joins each one's k-th,
+    its score their sum (their mean with `mean`)."""
     ranks = min((len(p) for p in parts), default=1)
     return [
         Hypothesis(
             document.join([p[k].text for p in parts]),
-            float(sum(p[k].score for p in parts)),
+            float(sum(p[k].score for p in parts)) / (max(len(parts), 1) if mean else 1),
             [token for p in parts for token in p[k].tokens],
         )
         for k in range(ranks)
@@ -196,6 +199,7 @@ class Translator:
         prefixes: list[str] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
         split_sentences: bool = False,
+        mbr: MBROptions | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
@@ -208,15 +212,25 @@ class Translator:
         `split_sentences`: each line is a paragraph (line breaks allowed), cut into sentences
         (s2s_jax/data/sentences.py); the sentences of all lines are translated in one call and each
         line's translations joined with its own whitespace. Candidate k joins every sentence's
-        k-th hypothesis (score: their sum; tokens: theirs in order); `opts` and `sample_keys`,
-        when given per line, apply to each of its sentences.
+        k-th hypothesis (score: their sum, with `mbr` their mean; tokens: theirs in order);
+        `opts` and `sample_keys`, when given per line, apply to each of its sentences.
+
+        With `mbr`, `opts` says how to draw each line's `mbr.size` candidates (samples or the
+        beam's n-best, `MBROptions.search_options`), and the hypotheses are the distinct
+        candidates best first by minimum Bayes risk, each scored by its expected utility
+        (s2s_jax/decoding/mbr.py).
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
         if split_sentences:
             if prefixes is not None:
                 raise ValueError("prefixes force the start of a line's translation: not with split_sentences")
-            return self._translate_paragraphs(lines, opts, sample_keys, batch_size, seed, progress, warn)
+            return self._translate_paragraphs(lines, opts, sample_keys, batch_size, seed, progress, warn, mbr)
+        if mbr is not None:
+            mbr.check()
+            opts = (
+                mbr.search_options(opts) if isinstance(opts, SearchOptions) else [mbr.search_options(o) for o in opts]
+            )
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
         results = self.inference.run(
@@ -229,9 +243,20 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
         )
-        return [
+        hyps = [
             [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
             for candidates in results
+        ]
+        return hyps if mbr is None else [self._mbr_ranked(h, mbr) for h in hyps]
+
+    def _mbr_ranked(self, candidates: list[Hypothesis], mbr: MBROptions) -> list[Hypothesis]:
+        """The distinct candidates best first by expected utility (their score); beam slots that no
+        hypothesis filled (score -inf) are no candidates."""
+        drawn = [h for h in candidates if math.isfinite(h.score)] or candidates[:1]
+        tokenize = self.config.decode.get("bleu_tokenize") or None
+        return [
+            Hypothesis(drawn[i].text, utility, drawn[i].tokens)
+            for i, utility in ranking([h.text for h in drawn], mbr.metric, tokenize)
         ]
 
     def _translate_paragraphs(
@@ -243,6 +268,7 @@ class Translator:
         seed: int,
         progress: Callable[[Iterable], Iterable] | None,
         warn: Callable[[str], None],
+        mbr: MBROptions | None,
     ) -> list[list[Hypothesis]]:
         """`translate(split_sentences=True)`: one translate call over every line's sentences."""
         documents = [sentences.segment(line, self.source_language) for line in lines]
@@ -265,8 +291,10 @@ class Translator:
             progress=progress,
             warn=warn_where,
             sample_keys=None if sample_keys is None else [sample_keys[i] for i in owner],
+            mbr=mbr,
         )
-        return [_joined(d, parts) for d, parts in zip(documents, sentences.regroup(documents, results))]
+        mean = mbr is not None  # expected utilities (0-100) average over the sentences; log-probabilities add
+        return [_joined(d, parts, mean) for d, parts in zip(documents, sentences.regroup(documents, results))]
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs
@@ -291,6 +319,31 @@ class Translator:
         """n samples per line with their log-probabilities (`--sample`); the same seed gives the same samples."""
         opts = SearchOptions(sample=True, nbest=n, temperature=temperature, top_k=top_k, top_p=top_p, with_scores=True)
         return self.translate(lines, opts, seed=seed, **kwargs)
+
+    def mbr(
+        self,
+        lines: list[str],
+        n: int,
+        metric: str = "chrf",
+        candidates: str = "samples",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        beam_size: int | None = None,
+        alpha: float | None = None,
+        **kwargs,
+    ) -> list[list[Hypothesis]]:
+        """Minimum Bayes risk decoding (`--mbr N`): each line's distinct candidates among `n` samples
+        (or the beam's n-best), best first by expected `metric`; the same seed gives the same result."""
+        cfg = self.config.decode
+        opts = SearchOptions(
+            beam_size=beam_size or cfg.beam_size,
+            alpha=cfg.alpha if alpha is None else alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        return self.translate(lines, opts, mbr=MBROptions(n, metric, candidates), **kwargs)
 
     def _target_ids(self, texts: list[str]) -> list[list[int]]:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException
 
 from s2s_jax.data import sentences
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.serving import shapes
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
 from s2s_jax.serving.errors import ApiError, error_response, error_responses, validation_error
@@ -66,6 +67,7 @@ class ServeSettings:
     request_timeout_s: float = 30.0  # a request not answered by then gets 408
     beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 8)  # the beam sizes a request may ask for (each one compiles)
     max_nbest: int = 5  # an nbest above the beam size widens the beam, so at most max(beam_sizes)
+    max_mbr: int = 16  # most samples of a minimum-Bayes-risk request (below 2: MBR off)
     warm_up_beam_sizes: tuple[int, ...] = ()  # every batch shape of these compiled at start, not only covering ones
     api_key: str | None = None  # when set, /translate and /info need `Authorization: Bearer <key>`
 
@@ -82,6 +84,8 @@ class ServeSettings:
             raise ValueError(
                 f"max_nbest {self.max_nbest} needs a beam size >= {self.max_nbest} among beam_sizes {self.beam_sizes}"
             )
+        if self.max_mbr < 0:
+            raise ValueError(f"max_mbr must be >= 0 (below 2: MBR off), got {self.max_mbr}")
         if not set(self.warm_up_beam_sizes) <= set(self.beam_sizes):
             raise ValueError(f"warm_up_beam_sizes {self.warm_up_beam_sizes} must be among beam_sizes {self.beam_sizes}")
 
@@ -132,6 +136,11 @@ class _Job:
     alignment: bool
     arrived: float
     future: asyncio.Future
+    mbr: MBROptions | None = None
+
+    def batch_key(self) -> tuple:
+        """What jobs must share to be translated in one call."""
+        return self.opts.batch_key(), self.mbr
 
 
 class QueueFull(Exception):
@@ -151,13 +160,15 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2s-search")
         self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
 
-    def submit(self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool) -> list[asyncio.Future]:
+    def submit(
+        self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool, mbr: MBROptions | None = None
+    ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future()) for j, t in enumerate(texts)]
+        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future(), mbr) for j, t in enumerate(texts)]
         self.pending.extend(jobs)
         self._wake.set()
         return [job.future for job in jobs]
@@ -172,9 +183,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = self.pending[0]
-            key = first.opts.batch_key()
+            key = first.batch_key()
             while True:
-                same = [job for job in self.pending if job.opts.batch_key() == key]
+                same = [job for job in self.pending if job.batch_key() == key]
                 deadline = first.arrived + wait
                 if sum(job.arrived >= previous_done for job in same) < previous_texts:
                     # The previous batch's clients tend to send again at once: waiting for them
@@ -216,6 +227,7 @@ class Batcher:
             batch_size=self.settings.max_batch,
             sample_keys=[job.sample_key for job in batch],
             warn=lambda message: None,
+            mbr=batch[0].mbr,
         )
         self.search_calls += 1
         self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
@@ -271,6 +283,8 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         )
     if request.nbest > settings.max_nbest:
         raise ApiError(422, f"nbest: at most {settings.max_nbest}", "nbest")
+    if request.mbr is not None and request.mbr > settings.max_mbr:
+        raise ApiError(422, f"mbr: at most {settings.max_mbr}", "mbr")
     default = default_options(translator)
     beam = default.beam_size if request.beam_size is None else request.beam_size
     if request.sample:
@@ -287,8 +301,18 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         top_p=request.top_p,
         with_scores=True,
     )
+    mbr = request_mbr(request)
+    if mbr is not None:
+        opts = mbr.search_options(opts)
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
+
+
+def request_mbr(request: TranslateRequest) -> MBROptions | None:
+    """The request's minimum Bayes risk decoding (samples only), or None."""
+    if request.mbr is None:
+        return None
+    return MBROptions(request.mbr, request.mbr_metric, "samples")
 
 
 def clean_text(text: str) -> str:
@@ -337,7 +361,12 @@ def create_app(
         responses=error_responses(keyed + [503, *anywhere]),
     )
     request_model = translate_request_model(
-        settings.beam_sizes, settings.max_nbest, settings.max_chars, settings.max_texts, settings.max_request_chars
+        settings.beam_sizes,
+        settings.max_nbest,
+        settings.max_chars,
+        settings.max_texts,
+        settings.max_request_chars,
+        settings.max_mbr,
     )
     app.add_api_route(
         "/translate",
@@ -396,7 +425,7 @@ class _Service:
             translator.inference.skip_padding = False
             s = self.settings
             registry = shapes.compile_ahead(
-                translator, s.beam_sizes, s.max_nbest, s.max_batch, s.warm_up_beam_sizes, self.log
+                translator, s.beam_sizes, s.max_nbest, s.max_batch, s.warm_up_beam_sizes, self.log, s.max_mbr
             )
             self.log(
                 f"ready: {registry.warm_up_shapes} batch shapes compiled in {registry.warm_up_seconds:.1f} s "
@@ -481,14 +510,18 @@ class _Service:
             texts = sentences.flatten(documents)
             if len(texts) > self.settings.max_queue:
                 raise ApiError(429, f"split: {len(texts)} sentences, more than max_queue={self.settings.max_queue}")
+        mbr = request_mbr(request)
         try:
-            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
+            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment, mbr)
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
-        answers = await self._answers(futures)
+        translations = await self._answers(futures)
         if documents is not None:
-            answers = [_joined(d, parts) for d, parts in zip(documents, sentences.regroup(documents, answers))]
-        return TranslateResponse(translations=answers)
+            regrouped = sentences.regroup(documents, translations)
+            translations = [_joined(d, parts, mean=mbr is not None) for d, parts in zip(documents, regrouped)]
+        if mbr is not None:  # the candidates ranked, of which the request's nbest
+            translations = [t.model_copy(update={"nbest": t.nbest[: request.nbest]}) for t in translations]
+        return TranslateResponse(translations=translations)
 
     async def _answers(self, futures: list[asyncio.Future]) -> list[Translation]:
         """The jobs' translations; 408 after request_timeout_s (the jobs are cancelled), 500 if their batch failed."""
@@ -508,16 +541,17 @@ class _Service:
         )
 
 
-def _joined(document: sentences.Segmented, parts: list[Translation]) -> Translation:
+def _joined(document: sentences.Segmented, parts: list[Translation], mean: bool = False) -> Translation:
     """A split text's translation from its sentences': the texts joined with its own spacing, the
-    scores summed, candidate k joining each sentence's k-th; the alignment of a one-sentence text."""
+    scores summed (averaged with `mean`: MBR's expected utilities), candidate k joining each
+    sentence's k-th; the alignment of a one-sentence text."""
     if not parts:  # blank: the translator's empty hypothesis, the whitespace kept
         return Translation(text=document.join([]), score=0.0, nbest=[Candidate(text=document.join([]), score=0.0)])
     ranks = min(len(p.nbest) for p in parts)
     nbest = [
         Candidate(
             text=document.join([p.nbest[k].text for p in parts]),
-            score=_finite(sum(p.nbest[k].score for p in parts)),
+            score=_finite(sum(p.nbest[k].score for p in parts) / (len(parts) if mean else 1)),
         )
         for k in range(ranks)
     ]

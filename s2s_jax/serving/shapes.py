@@ -26,24 +26,25 @@ from s2s_jax.decoding import inference
 from s2s_jax.decoding.inference import BatchShape, SearchOptions
 
 
-def covering_keys(beam_sizes: Sequence[int], max_nbest: int) -> list[SearchOptions]:
+def covering_keys(beam_sizes: Sequence[int], max_nbest: int, max_mbr: int = 0) -> list[SearchOptions]:
     """The compiled keys that cover every accepted search's settings: each beam size with its
     largest n-best (which costs what n-best 1 does: the list is cut last), and sampling with
-    max_nbest samples and both filters switched on. Sampling's cost grows with its samples and
-    the filters sort the vocabulary, so one sample without and one with both filters (its most
-    common settings) have keys of their own."""
+    the most samples a request may ask for (max_nbest, or max_mbr for minimum Bayes risk) and
+    both filters switched on. Sampling's cost grows with its samples and the filters sort the
+    vocabulary, so one sample without and one with both filters (its most common settings) have
+    keys of their own."""
     keys = [SearchOptions(beam_size=b, nbest=min(b, max_nbest), with_scores=True) for b in sorted(set(beam_sizes))]
     keys += [
         SearchOptions(sample=True, nbest=n, top_k=k, top_p=p, with_scores=True)
-        for n, k, p in ((1, 0, 1.0), (1, 1, 0.5), (max_nbest, 1, 0.5))
+        for n, k, p in ((1, 0, 1.0), (1, 1, 0.5), (max(max_nbest, max_mbr), 1, 0.5))
     ]
     return list(dict.fromkeys(key.compiled_key() for key in keys))
 
 
-def accepted_key_count(beam_sizes: Sequence[int], max_nbest: int) -> int:
+def accepted_key_count(beam_sizes: Sequence[int], max_nbest: int, max_mbr: int = 0) -> int:
     """How many compiled keys requests can ask for: n-best 1..min(b, max_nbest) per beam size,
-    and n-best 1..max_nbest for each of sampling's four filter switches."""
-    return sum(min(b, max_nbest) for b in set(beam_sizes)) + 4 * max_nbest
+    and 1..max(max_nbest, max_mbr) samples for each of sampling's four filter switches."""
+    return sum(min(b, max_nbest) for b in set(beam_sizes)) + 4 * max(max_nbest, max_mbr)
 
 
 def source_widths(translator) -> tuple[int, ...]:
@@ -57,13 +58,18 @@ def all_widths(widest: int) -> range:
 
 
 def warm_up_shapes(
-    translator, beam_sizes: Sequence[int], max_nbest: int, max_batch: int, full_beam_sizes: Sequence[int] = ()
+    translator,
+    beam_sizes: Sequence[int],
+    max_nbest: int,
+    max_batch: int,
+    full_beam_sizes: Sequence[int] = (),
+    max_mbr: int = 0,
 ) -> list[BatchShape]:
     """The shapes compiled before /health: the covering shapes of every accepted search (each row
     count at the widest sources), and every shape of n-best-1 searches with `full_beam_sizes`."""
     widest = source_widths(translator)
     rows = [translator.inference.padded_rows(n) for n in inference.row_counts(max_batch)]
-    shapes = [BatchShape(key, r, widest) for key in covering_keys(beam_sizes, max_nbest) for r in rows]
+    shapes = [BatchShape(key, r, widest) for key in covering_keys(beam_sizes, max_nbest, max_mbr) for r in rows]
     for beam in full_beam_sizes:
         key = SearchOptions(beam_size=beam, with_scores=True).compiled_key()
         # Ensemble members read their own sources; the first member's width stands for all here.
@@ -170,10 +176,11 @@ def compile_ahead(
     max_batch: int,
     full_beam_sizes: Sequence[int] = (),
     log: Callable[[str], None] = lambda message: None,
+    max_mbr: int = 0,
 ) -> ShapeRegistry:
     """The server's warm-up: compiles `warm_up_shapes` and starts routing the Translator's batches
     through a ShapeRegistry (with its background compiler), which it returns."""
-    registry = ShapeRegistry(translator, accepted_key_count(beam_sizes, max_nbest), log)
-    registry.warm_up(warm_up_shapes(translator, beam_sizes, max_nbest, max_batch, full_beam_sizes))
+    registry = ShapeRegistry(translator, accepted_key_count(beam_sizes, max_nbest, max_mbr), log)
+    registry.warm_up(warm_up_shapes(translator, beam_sizes, max_nbest, max_batch, full_beam_sizes, max_mbr))
     registry.start()
     return registry

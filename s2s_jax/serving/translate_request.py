@@ -36,7 +36,12 @@ SPLIT = (
 )
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
-    ">= nbest (sampling draws nbest samples)"
+    ">= nbest (sampling draws nbest samples; with mbr, the best distinct samples)"
+)
+MBR = (
+    "minimum Bayes risk decoding: draw this many samples (temperature, top_k, top_p and seed apply; "
+    "beam_size and sample do not) and answer the one with the highest expected mbr_metric against the "
+    "others; its score is that expected utility (0-100); omitted: off"
 )
 
 
@@ -79,6 +84,8 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+    mbr: json_int(ge=2) | None = Field(None, description=MBR)
+    mbr_metric: Literal["chrf", "bleu"] = Field("chrf", description="mbr's utility: sentence chrF or BLEU")
     split: bool = Field(False, description=SPLIT)
 
     # The characters a single text may hold without `split`, when that is less than with it
@@ -106,11 +113,22 @@ def _text_form(value: Any) -> str | None:
 
 
 def translate_request_model(
-    beam_sizes: tuple[int, ...], max_nbest: int, max_chars: int, max_texts: int, max_request_chars: int | None = None
+    beam_sizes: tuple[int, ...],
+    max_nbest: int,
+    max_chars: int,
+    max_texts: int,
+    max_request_chars: int | None = None,
+    max_mbr: int = 0,
 ) -> type[TranslateRequest]:
     """TranslateRequest with one server's limits as constraints (and so in its schema). With
     `max_request_chars` (> max_chars), a single text with `split` may be that long: the schema
-    says so with an if/else on `split`, and validation agrees."""
+    says so with an if/else on `split`, and validation agrees. `max_mbr` below 2 leaves MBR off
+    (the field only takes null)."""
+    mbr = (
+        (json_int(ge=2, le=max_mbr) | None, Field(None, description=f"{MBR}; at most {max_mbr}"))
+        if max_mbr >= 2
+        else (None, Field(None, description="minimum Bayes risk decoding: off on this server"))
+    )
     one_text = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=max_chars)]
     document = max(max_chars, max_request_chars or max_chars)
     single = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=document)]
@@ -140,6 +158,7 @@ def translate_request_model(
             Field(None, description="1 = greedy; one of the server's beam sizes; omitted: the model's default"),
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
+        mbr=mbr,
     )
     model.unsplit_chars = max_chars if document > max_chars else None
     return model
