@@ -19,28 +19,38 @@ import numpy as np
 from s2s_jax import parallel
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
-from s2s_jax.decoding import inference
+from s2s_jax.decoding import inference, word_scores
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.word_scores import WordScore
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.workdir import checkpoints, run_config
 
-__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "Member", "Score", "SearchOptions", "Translator", "WordScore", "attention_maps"]
 
 
 @dataclasses.dataclass
 class Hypothesis:
+    """One translation. With SearchOptions(token_scores=True) also each token's log-probability
+    (the EOS's last, when the search ended with one) and the words of `text` with theirs
+    (s2s_jax/decoding/word_scores.py)."""
+
     text: str
     score: float
     tokens: list[int]
+    token_log_probs: list[float] | None = None
+    words: list[WordScore] | None = None
 
 
 @dataclasses.dataclass
 class Score:
-    """A given translation's log-probability: the sum over its tokens and EOS, and per token."""
+    """A given translation's log-probability: the sum over its tokens and EOS, and per token;
+    with `word_scores` asked, each token's term (EOS last) and each word's."""
 
     total: float
     length: int  # target tokens + EOS
+    token_log_probs: list[float] | None = None
+    words: list[WordScore] | None = None
 
     @property
     def per_token(self) -> float:
@@ -184,8 +194,9 @@ class Translator:
         A line longer than data.max_len subword tokens is cut to that length, with a warning.
         `prefixes` (one per line, "" = none) forces the start of each translation: the
         output is the prefix, normalised and tokenized like the targets, followed by the
-        search's continuation (whose score it reports). `opts` may be one setting per
-        line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+        search's continuation (whose score it reports; its words count as probability 1).
+        `opts` may be one setting per line and `sample_keys` a (seed, index) per line, as
+        `Inference.run` takes them; lines whose setting has token_scores get `words`.
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
@@ -201,10 +212,17 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
         )
+        settings = [opts] * len(lines) if isinstance(opts, SearchOptions) else list(opts)
         return [
-            [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
-            for candidates in results
+            [self._hypothesis(c, one.token_scores) for c in candidates] for candidates, one in zip(results, settings)
         ]
+
+    def _hypothesis(self, candidate: inference.ScoredTokens, with_words: bool) -> Hypothesis:
+        text = self.tgt_tokenizer.detokenize([candidate.tokens])[0]
+        if not with_words or candidate.token_scores is None:
+            return Hypothesis(text, candidate.score, candidate.tokens)
+        per_token = candidate.token_scores
+        return Hypothesis(text, candidate.score, candidate.tokens, per_token, self._words(candidate.tokens, per_token))
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs
@@ -277,18 +295,27 @@ class Translator:
         targets: list[str],
         batch_size: int = 64,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+        word_scores: bool = False,
     ) -> list[Score]:
         """The model's log-probability of each target line as the translation of its line.
 
         Targets are normalised and tokenized like the training targets; sources as in
         `translate` (cut to data.max_len with a warning). An ensemble scores with its
-        averaged distribution.
+        averaged distribution. `word_scores`: also each token's and each word's term.
         """
         if isinstance(lines, str) or isinstance(targets, str):
             raise TypeError("score takes lists of lines, not strings")
         params, sources = self._inputs(lines, warn)
         results = self.inference.score(params, sources, self._target_ids(targets), batch_size)
-        return [Score(c.score, len(c.tokens) + 1) for c in results]
+        if not word_scores:
+            return [Score(c.score, len(c.tokens) + 1) for c in results]
+        return [
+            Score(c.score, len(c.tokens) + 1, c.token_scores, self._words(c.tokens, c.token_scores)) for c in results
+        ]
+
+    def _words(self, tokens: list[int], token_log_probs: list[float]) -> list[WordScore]:
+        """The words of output `tokens` with their log-probabilities (word_scores.py)."""
+        return word_scores.words(self.tgt_tokenizer, tokens, token_log_probs)
 
 
 def attention_maps(
