@@ -79,6 +79,17 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         )
         heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap table tbody tr")
         assert len(heat_rows) == len(want[0].tokens) + 1  # one per output piece and </s>
+        # Word confidence (on by default): a word is shaded when its probability is below the threshold.
+        words = translator.translate([sentence], SearchOptions(beam_size=3, alpha=0.6, token_scores=True))[0][0].words
+        probs = sorted(w.prob for w in words)
+        threshold = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2 if len(probs) > 1 else 1.0
+        box = browser.find_element(By.ID, "threshold")
+        box.clear()
+        box.send_keys(f"{threshold:.6f}")
+        spans = browser.find_elements(By.CSS_SELECTOR, "#translation span")
+        assert [s.text for s in spans] == [w.text for w in words]
+        shaded = [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#translation span.unsure")]
+        assert shaded == [w.text for w in words if w.prob < threshold] and shaded
         browser.find_element(By.ID, "source").clear()
         browser.find_element(By.ID, "source").send_keys("a" * 2001)
         browser.find_element(By.ID, "translate").click()

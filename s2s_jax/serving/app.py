@@ -104,11 +104,17 @@ class Alignment(BaseModel):
     weights: list[list[float]] = Field(description="attention weights [len(tgt)][len(src)]")
 
 
+class Word(BaseModel):
+    text: str
+    prob: float = Field(description="the model's probability of the word given the source and the words before it")
+
+
 class Translation(BaseModel):
     text: str
     score: float
     nbest: list[Candidate]
     alignment: Alignment | None = None
+    words: list[Word] | None = Field(None, description="the translation's words (with word_scores)")
 
 
 class TranslateResponse(BaseModel):
@@ -222,6 +228,7 @@ class Batcher:
                 text=h[0].text,
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
+                words=None if h[0].words is None else [Word(text=w.text, prob=round(w.prob, 6)) for w in h[0].words],
             )
             for h in hyps
         ]
@@ -282,6 +289,8 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         top_k=request.top_k,
         top_p=request.top_p,
         with_scores=True,
+        no_repeat_ngram=request.no_repeat_ngram,
+        token_scores=request.word_scores,
     )
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts

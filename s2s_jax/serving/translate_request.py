@@ -58,6 +58,10 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+    word_scores: bool = Field(False, description="each word of the translation with its probability (`words`)")
+    no_repeat_ngram: json_int(ge=0, le=2**31 - 1) = Field(
+        0, description="no n-gram of this many tokens twice in a translation; 0 = off"
+    )
 
 
 def _text_form(value: Any) -> str | None:
