@@ -207,3 +207,37 @@ def test_decode_no_repeat_ngram_on_a_trained_model(trained_workdir, tmp_path, ca
         out, err = capsys.readouterr()
         assert status == 0, err
         assert out.splitlines() == [h[0].text for h in want]
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_an_export_with_the_ban_translates_as_decode_does(trained_workdir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from s2s_jax.decoding import export
+    from s2s_jax.decoding.translator import Translator
+
+    directory = str(tmp_path / "artefact")
+    manifest = export.export_model(
+        trained_workdir.workdir, directory, rows=[4], beam_size=3, no_repeat_ngram=1, log=lambda m: None
+    )
+    assert manifest["searches"]["greedy"] == {"beam_size": 1, "alpha": 0.6, "no_repeat_ngram": 1}
+    lines = ["the the the red red cat cat", "a big big big dog sees the dog", "cat"]
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    translator = Translator(trained_workdir.workdir)
+    alpha = manifest["searches"]["default"]["alpha"]
+    for name, opts in (
+        ("default", SearchOptions(beam_size=3, alpha=alpha, no_repeat_ngram=1)),
+        ("greedy", SearchOptions(no_repeat_ngram=1)),
+    ):
+        result = subprocess.run(
+            [sys.executable, os.path.join(directory, "translate.py"), "--input", str(source), "--search", name],
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines() == [h[0].text for h in translator.translate(lines, opts)]
