@@ -30,25 +30,32 @@ def banned_by_hand(tokens: list[int], n: int, vocab: int) -> set[int]:
     return {tokens[j] for j in range(n - 1, len(tokens)) if tuple(tokens[j - n + 1 : j]) == suffix}
 
 
-def test_banned_tokens_match_a_plain_python_check():
+def test_the_incremental_check_bans_what_a_plain_python_one_does():
     rng = np.random.default_rng(0)
-    rows, width, vocab = 64, 12, 6
+    rows, width, vocab = 48, 12, 6
     tokens = rng.integers(3, vocab, (rows, width))  # few symbols: many repeats
-    step = rng.integers(0, width + 1, rows)
     n = rng.integers(0, 6, rows)
-    got = np.asarray(repetition.banned_tokens(jnp.asarray(tokens), jnp.asarray(step), jnp.asarray(n), vocab))
-    for r in range(rows):
-        want = banned_by_hand(tokens[r, : step[r]].tolist(), int(n[r]), vocab)
-        assert set(np.nonzero(got[r])[0].tolist()) == want, (tokens[r, : step[r]], n[r])
-    # One step for every row (the greedy loop's scalar step) gives the same as per-row steps.
-    same = repetition.banned_tokens(jnp.asarray(tokens), 7, jnp.asarray(n), vocab)
-    np.testing.assert_array_equal(same, repetition.banned_tokens(jnp.asarray(tokens), jnp.full(rows, 7), n, vocab))
+    state = repetition.start(jnp.asarray(n), rows, width)
+    buffer = jnp.zeros((rows, width), jnp.int32)  # PAD until written, as in the searches
+    for step in range(width):
+        got = np.asarray(repetition.banned_tokens(buffer, step, state, vocab))
+        for r in range(rows):
+            want = banned_by_hand(tokens[r, :step].tolist(), int(n[r]), vocab)
+            assert set(np.nonzero(got[r])[0].tolist()) == want, (tokens[r, :step], n[r])
+        new = jnp.asarray(tokens[:, step], jnp.int32)
+        state = repetition.extend(state, buffer, new)
+        buffer = buffer.at[:, step].set(new)
 
 
 def test_eos_is_never_banned():
-    scores = jnp.zeros((1, 5))
-    blocked = repetition.block_repeats(scores, jnp.array([[EOS, 3, EOS, 3]]), 4, 2, eos_id=EOS)
-    assert np.isfinite(np.asarray(blocked)[0, EOS])
+    sequence = [3, EOS, 3]  # with n = 2, EOS would complete the bigram (3, EOS) a second time
+    state, buffer = repetition.start(2, 1, 4), jnp.zeros((1, 4), jnp.int32)
+    for step, token in enumerate(sequence):
+        state = repetition.extend(state, buffer, jnp.array([token]))
+        buffer = buffer.at[0, step].set(token)
+    assert np.asarray(repetition.banned_tokens(buffer, 3, state, 5))[0].tolist() == [False, False, True, False, False]
+    blocked = np.asarray(repetition.block(jnp.zeros((1, 5)), buffer, 3, state, eos_id=EOS))
+    assert np.all(np.isfinite(blocked))
     assert repetition.repeated_ngrams([3, 4, 3, 4, 5], 2) == [(3, 4)]
 
 

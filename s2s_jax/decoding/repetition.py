@@ -3,9 +3,13 @@
 Before each step the search bans every token that would complete an n-gram the hypothesis
 already contains: token w is banned after y_0 .. y_{t-1} when some earlier position j has
 y_{j-N+1} .. y_{j-1} == y_{t-N+1} .. y_{t-1} and y_j == w (fairseq's `--no-repeat-ngram-size`).
-The check runs inside the jitted search on the fixed-shape token buffer: N - 1 comparisons of
-the buffer with the current suffix, one [rows, T] array each, then one scatter into the
-vocabulary. N is a traced per-row value (0 = off), so rows with different N share a program.
+
+The check is incremental and elementwise, with fixed shapes: each hypothesis carries `run`
+[T], run[j] = how many tokens before position j equal the same number of tokens at the end of
+the hypothesis (their common suffix). Then y_j is banned exactly when j < t and
+run[j] >= N - 1, and appending y_t gives run'[j] = run[j - 1] + 1 where y_{j-1} == y_t, else 0.
+No loop over N: one compare, one shift and one scatter into the vocabulary per step, and N is
+a traced per-row value (0 = off), so rows with different N share one compiled program.
 
 EOS is never banned, so a hypothesis can always end. The n-grams are those of the searched
 tokens: a forced prefix is not among them. Banned tokens get -inf before the search picks;
@@ -14,43 +18,52 @@ the scores the search reports stay the model's log-probabilities of the chosen t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 
-def banned_tokens(tokens: jax.Array, step: jax.Array, n: jax.Array, vocab: int) -> jax.Array:
-    """bool [R, vocab]: the tokens that would complete an n-gram of size n[r] already in row r.
+class RepeatState(NamedTuple):
+    """What a search carries for the check: the n-gram size (a scalar, or [R]) and `run` [R, T]."""
 
-    `tokens` int [R, T] holds each row's first `step` tokens (the rest is ignored); `step` is a
-    scalar or int [R]; `n` int [R] or a scalar, 0 (or 1 > step) bans nothing for that row.
-    """
+    n: jax.Array
+    run: jax.Array
+
+    def take(self, rows: jax.Array) -> RepeatState:
+        """The hypotheses `rows` (beam search reorders them), under one shared n-gram size."""
+        return RepeatState(self.n, self.run[rows])
+
+
+def start(n: jax.Array | int, rows: int, width: int) -> RepeatState:
+    """The state before the first token: `n` a scalar or int [rows] (0 = off), buffers of `width`."""
+    return RepeatState(jnp.asarray(n, jnp.int32), jnp.zeros((rows, width), jnp.int32))
+
+
+def banned_tokens(tokens: jax.Array, step: jax.Array, state: RepeatState, vocab: int) -> jax.Array:
+    """bool [R, vocab]: the tokens that would complete an n-gram already among the first `step`
+    of `tokens` [R, T] (`step` a scalar or [R])."""
     rows, width = tokens.shape
+    n = jnp.broadcast_to(state.n, (rows,))[:, None]
     step = jnp.broadcast_to(jnp.asarray(step, jnp.int32), (rows,))[:, None]
-    n = jnp.broadcast_to(jnp.asarray(n, jnp.int32), (rows,))[:, None]
-    j = jnp.arange(width, dtype=jnp.int32)[None, :]  # the position of the token that would repeat
-    # The n-gram ending at j lies inside the tokens, and so does the one the next token would end.
-    candidate = (n > 0) & (j >= n - 1) & (j < step) & (step >= n - 1)
-
-    def compare(d: jax.Array, match: jax.Array) -> jax.Array:
-        """Token d + 1 places before j against token d + 1 places before the next one (d < n - 1)."""
-        before_j = jnp.take_along_axis(tokens, jnp.clip(j - 1 - d, 0, width - 1), axis=1)
-        before_next = jnp.take_along_axis(tokens, jnp.clip(step - 1 - d, 0, width - 1), axis=1)
-        return match & ((d >= n - 1) | (before_j == before_next))
-
-    # Rows with n > step + 1 have no candidate: the loop runs only as far as some row needs.
-    last = jnp.minimum(jnp.max(n), jnp.max(step) + 1) - 1
-    match = lax.fori_loop(0, last, compare, candidate)
+    match = (n > 0) & (jnp.arange(width)[None, :] < step) & (state.run >= n - 1)
     # A scatter of the repeated tokens; positions that do not match go out of range and are dropped.
     target = jnp.where(match, tokens, vocab)
     return jnp.zeros((rows, vocab), bool).at[jnp.arange(rows)[:, None], target].set(True, mode="drop")
 
 
-def block_repeats(scores: jax.Array, tokens: jax.Array, step: jax.Array, n: jax.Array, eos_id: int) -> jax.Array:
+def block(scores: jax.Array, tokens: jax.Array, step: jax.Array, state: RepeatState, eos_id: int) -> jax.Array:
     """`scores` [R, V] with the tokens `banned_tokens` names (EOS excepted) set to -inf."""
-    banned = banned_tokens(tokens, step, n, scores.shape[-1])
-    banned = banned & (jnp.arange(scores.shape[-1]) != eos_id)
+    banned = banned_tokens(tokens, step, state, scores.shape[-1]) & (jnp.arange(scores.shape[-1]) != eos_id)
     return jnp.where(banned, -jnp.inf, scores)
+
+
+def extend(state: RepeatState, tokens: jax.Array, new: jax.Array) -> RepeatState:
+    """The state after appending `new` [R] to hypotheses whose tokens so far are in `tokens` [R, T]
+    (the new token may already be written there: only positions before it are read)."""
+    before = jnp.roll(tokens, 1, axis=1)  # column j holds y_{j-1}
+    run = jnp.where(before == new[:, None], jnp.roll(state.run, 1, axis=1) + 1, 0)
+    return RepeatState(state.n, run.at[:, 0].set(0))
 
 
 def repeated_ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:

@@ -89,7 +89,7 @@ class _LoopState(NamedTuple):
     state: Any
     log_prob: jax.Array  # float32 [N]: the chosen tokens' summed log-probabilities
     token_logp: Any = None  # float32 [N, max_steps]: each chosen token's log-probability, when asked
-    no_repeat: Any = None  # int32 [N]: the n-gram size each row may not repeat (0 = any), when asked
+    no_repeat: Any = None  # repetition.RepeatState of each row (its n-gram size [N], 0 = any), when asked
 
 
 def _decode_loop(
@@ -131,7 +131,9 @@ def _decode_loop(
         state=state,
         log_prob=jnp.zeros((n,), jnp.float32),
         token_logp=jnp.zeros((n, max_steps), jnp.float32) if return_token_log_probs else None,
-        no_repeat=None if no_repeat_ngram is None else jnp.broadcast_to(jnp.asarray(no_repeat_ngram, jnp.int32), (n,)),
+        no_repeat=None
+        if no_repeat_ngram is None
+        else repetition.start(jnp.broadcast_to(jnp.asarray(no_repeat_ngram, jnp.int32), (n,)), n, max_steps),
     )
 
     def cond(s: _LoopState) -> jax.Array:
@@ -145,7 +147,7 @@ def _decode_loop(
             raw = logits.astype(jnp.float32)
             logits = _forbid_eos(raw, s.step, min_length, eos_id)
             if s.no_repeat is not None:
-                logits = repetition.block_repeats(logits, s.tokens, s.step, s.no_repeat, eos_id)
+                logits = repetition.block(logits, s.tokens, s.step, s.no_repeat, eos_id)
             token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
             log_prob, token_logps = s.log_prob, s.token_logp
             if return_log_prob or token_logps is not None:
@@ -164,7 +166,7 @@ def _decode_loop(
                 state=new_state,
                 log_prob=log_prob,
                 token_logp=token_logps,
-                no_repeat=s.no_repeat,
+                no_repeat=None if s.no_repeat is None else repetition.extend(s.no_repeat, s.tokens, token),
             )
 
         return body
@@ -372,7 +374,7 @@ class _BeamState(NamedTuple):
     # Each token's log-probability, reordered with its hypothesis (float32 [K, max_steps]), when asked.
     live_token_logp: Any = None
     fin_token_logp: Any = None
-    no_repeat: Any = None  # int32 scalar: the n-gram size no hypothesis may repeat (0 = any), when asked
+    no_repeat: Any = None  # repetition.RepeatState of the K hypotheses (one n-gram size, 0 = any), when asked
 
 
 def _beam_init(
@@ -400,7 +402,7 @@ def _beam_init(
         fin_lengths=jnp.zeros((k,), jnp.int32),
         live_token_logp=empty_logp,
         fin_token_logp=empty_logp,
-        no_repeat=None if no_repeat is None else jnp.asarray(no_repeat, jnp.int32),
+        no_repeat=None if no_repeat is None else repetition.start(no_repeat, k, max_steps),
     )
 
 
@@ -442,7 +444,7 @@ def _beam_step(
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     logp = _forbid_eos(logp, s.step, min_length, eos_id)
     if s.no_repeat is not None:
-        logp = repetition.block_repeats(logp, s.live_tokens, s.step, s.no_repeat, eos_id)
+        logp = repetition.block(logp, s.live_tokens, s.step, s.no_repeat, eos_id)
     vocab = logp.shape[-1]
     cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
     cand_beam, cand_token = flat // vocab, flat % vocab
@@ -465,6 +467,9 @@ def _beam_step(
         cand_token_logp = s.live_token_logp[cand_beam].at[:, s.step].set(logp.reshape(-1)[flat])
         live_token_logp = cand_token_logp[live_idx]
         fin_token_logp = jnp.concatenate([s.fin_token_logp, cand_token_logp])[fin_idx]
+    no_repeat = None
+    if s.no_repeat is not None:
+        no_repeat = repetition.extend(s.no_repeat.take(cand_beam), cand_tokens, cand_token).take(live_idx)
 
     return _BeamState(
         step=length,
@@ -477,7 +482,7 @@ def _beam_step(
         fin_lengths=fin_lengths,
         live_token_logp=live_token_logp,
         fin_token_logp=fin_token_logp,
-        no_repeat=s.no_repeat,
+        no_repeat=no_repeat,
     )
 
 
