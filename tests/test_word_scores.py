@@ -168,7 +168,10 @@ def engine(request):
     [
         SearchOptions(with_scores=True, token_scores=True),
         SearchOptions(beam_size=3, nbest=2, alpha=0.0, token_scores=True),
-        SearchOptions(sample=True, nbest=2, temperature=1.5, with_scores=True, token_scores=True),
+        pytest.param(
+            SearchOptions(sample=True, nbest=2, temperature=1.5, with_scores=True, token_scores=True),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["greedy", "beam", "sample"],
 )
@@ -192,14 +195,27 @@ def test_token_scores_sum_to_the_score_and_equal_the_teacher_forced_ones(engine,
     scored = engine.score(params, srcs, [c.tokens for _, c in ended])
     for (_, c), s in zip(ended, scored):
         np.testing.assert_allclose(s.token_scores, c.token_scores, rtol=1e-4, atol=1e-4)
-    # Batch invariance: each source alone gives the same values.
-    alone = engine.run(params, sources, opts, batch_size=1)
-    for a, b in zip(alone, results):
+
+
+@pytest.mark.slow  # compiles the searches for more batch shapes
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_token_scores_do_not_depend_on_the_batch(engine, beam_size):
+    engine, params, sources = engine
+    opts = SearchOptions(beam_size=beam_size, nbest=beam_size, alpha=0.0, with_scores=True, token_scores=True)
+    batched = engine.run(params, sources, opts, batch_size=8)
+    for a, b in zip(engine.run(params, sources, opts, batch_size=1), batched):
         assert [c.tokens for c in a] == [c.tokens for c in b]
         for x, y in zip(a, b):
             np.testing.assert_allclose(x.token_scores, y.token_scores, rtol=1e-5, atol=1e-5)
+    reordered = engine.run(params, _reversed(sources), opts, batch_size=4)[::-1]
+    assert [[c.tokens for c in r] for r in reordered] == [[c.tokens for c in r] for r in batched]
 
 
+def _reversed(sources):
+    return sources[::-1] if isinstance(sources, list) else tuple(member[::-1] for member in sources)
+
+
+@pytest.mark.slow  # the search-level tests above check the same on the plain searches
 def test_token_scores_leave_the_outputs_and_scores_as_they_are(engine):
     engine, params, sources = engine
     for opts in (SearchOptions(with_scores=True), SearchOptions(beam_size=3, nbest=2)):
