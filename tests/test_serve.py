@@ -201,7 +201,8 @@ def test_info_and_openapi(server, trained_workdir):
     schema = httpx.get(f"{server.url}/openapi.json").json()
     response = schema["paths"]["/translate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert response["$ref"].endswith("/TranslateResponse")
-    assert set(schema["components"]["schemas"]["Translation"]["properties"]) == {"text", "score", "nbest", "alignment"}
+    translation = set(schema["components"]["schemas"]["Translation"]["properties"])
+    assert translation == {"text", "score", "nbest", "alignment", "words"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
 
@@ -447,7 +448,7 @@ class _SlowTranslator:
     def translate(self, texts, opts, batch_size, sample_keys, warn):
         self.calls.append(list(texts))
         time.sleep(self.seconds)
-        return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[])] for t in texts]
+        return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[], words=None)] for t in texts]
 
 
 @pytest.mark.parametrize("rejoin", [True, False])
