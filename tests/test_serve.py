@@ -68,6 +68,19 @@ def test_alignment_and_attention_matrix(server, translator):
         assert all(len(row) == len(alignment["src"]) and abs(sum(row) - 1) < 1e-2 for row in alignment["weights"])
 
 
+def test_word_scores_and_no_repeat_ngram_equal_the_translators(server, translator):
+    """`words` only when asked; a request with them shares its search with one without."""
+    request = {"text": LINES[:2], "beam_size": 3, "word_scores": True, "no_repeat_ngram": 2}
+    got = server.post(request).json()["translations"]
+    opts = SearchOptions(beam_size=3, with_scores=True, token_scores=True, no_repeat_ngram=2)
+    want = translator.translate(LINES[:2], opts)
+    for t, (h, *_) in zip(got, want):
+        assert t["text"] == h.text
+        assert [w["text"] for w in t["words"]] == [w.text for w in h.words]
+        assert [w["prob"] for w in t["words"]] == pytest.approx([w.prob for w in h.words], abs=1e-4)
+    assert server.post({"text": LINES[0]}).json()["translations"][0]["words"] is None
+
+
 def test_concurrent_requests_are_served_by_one_search(server):
     """Two requests sent together (within max_wait_ms=300) make one search call."""
     before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
@@ -124,6 +137,7 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         ({"text": "a" * 2001}, 422, "text"),
         ({"text": ["a", "b" * 2001]}, 422, "text[1]"),
         ({"text": ["a"] * 65}, 422, "text"),
+        ({"text": "a", "no_repeat_ngram": -1}, 422, "no_repeat_ngram"),
     ],
     ids=[
         "text-type",
@@ -139,6 +153,7 @@ def test_a_seeded_sample_does_not_depend_on_its_batch(server):
         "too-long",
         "too-long-in-list",
         "too-many",
+        "no-repeat-ngram",
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
@@ -186,7 +201,8 @@ def test_info_and_openapi(server, trained_workdir):
     schema = httpx.get(f"{server.url}/openapi.json").json()
     response = schema["paths"]["/translate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert response["$ref"].endswith("/TranslateResponse")
-    assert set(schema["components"]["schemas"]["Translation"]["properties"]) == {"text", "score", "nbest", "alignment"}
+    translation = set(schema["components"]["schemas"]["Translation"]["properties"])
+    assert translation == {"text", "score", "nbest", "alignment", "words"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
 
@@ -432,7 +448,7 @@ class _SlowTranslator:
     def translate(self, texts, opts, batch_size, sample_keys, warn):
         self.calls.append(list(texts))
         time.sleep(self.seconds)
-        return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[])] for t in texts]
+        return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[], words=None)] for t in texts]
 
 
 @pytest.mark.parametrize("rejoin", [True, False])

@@ -79,9 +79,22 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         )
         heat_rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap table tbody tr")
         assert len(heat_rows) == len(want[0].tokens) + 1  # one per output piece and </s>
-        # "split sentences" is on: a paragraph's sentences translated one by one, its blank line kept.
+        # Word confidence (on by default): a word is shaded when its probability is below the threshold.
+        words = translator.translate([sentence], SearchOptions(beam_size=3, alpha=0.6, token_scores=True))[0][0].words
+        probs = sorted(w.prob for w in words)
+        threshold = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2 if len(probs) > 1 else 1.0
+        box = browser.find_element(By.ID, "threshold")
+        box.clear()
+        box.send_keys(f"{threshold:.6f}")
+        spans = browser.find_elements(By.CSS_SELECTOR, "#translation span")
+        assert [s.text for s in spans] == [w.text for w in words]
+        shaded = [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#translation span.unsure")]
+        assert shaded == [w.text for w in words if w.prob < threshold] and shaded
+        # "split sentences" is on: a paragraph's sentences translated one by one, its blank line kept,
+        # and its words shaded in place.
         paragraph = "The red cat sees a dog. A small house!\n\nThe big car."
-        parts = translator.translate([paragraph], SearchOptions(beam_size=3, alpha=0.6), split_sentences=True)[0]
+        paragraph_opts = SearchOptions(beam_size=3, alpha=0.6, token_scores=True)
+        parts = translator.translate([paragraph], paragraph_opts, split_sentences=True)[0]
         assert browser.find_element(By.ID, "split").is_selected()
         browser.find_element(By.ID, "source").clear()
         browser.find_element(By.ID, "source").send_keys(paragraph)
@@ -91,6 +104,8 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         wait.until(lambda b: b.find_element(By.ID, "translation").text not in ("", "…", want[0].text))
         assert browser.find_element(By.ID, "translation").get_property("textContent") == parts[0].text
         assert "\n\n" in parts[0].text
+        spans = browser.find_elements(By.CSS_SELECTOR, "#translation span")
+        assert [s.get_property("textContent") for s in spans] == [w.text for w in parts[0].words]
         browser.find_element(By.ID, "split").click()  # off: the 2000-character cap is per text again
         browser.find_element(By.ID, "source").clear()
         browser.find_element(By.ID, "source").send_keys("a" * 2001)

@@ -15,11 +15,21 @@ def key(**kwargs) -> SearchOptions:
     return SearchOptions(with_scores=True, **kwargs).compiled_key()
 
 
+# Word scores and the n-gram check, each asked for or not.
+EXTRAS = [{"token_scores": t, "no_repeat_ngram": r} for t in (False, True) for r in (0, 3)]
+
+
 def accepted_keys(beam_sizes, max_nbest) -> set[SearchOptions]:
     """Every compiled key a request may ask for, as request_options builds them."""
-    beams = {key(beam_size=b, nbest=n) for b in beam_sizes for n in range(1, min(b, max_nbest) + 1)}
+    beams = {
+        key(beam_size=b, nbest=n, **x) for b in beam_sizes for n in range(1, min(b, max_nbest) + 1) for x in EXTRAS
+    }
     samples = {
-        key(sample=True, nbest=n, top_k=k, top_p=p) for n in range(1, max_nbest + 1) for k in (0, 3) for p in (1.0, 0.9)
+        key(sample=True, nbest=n, top_k=k, top_p=p, **x)
+        for n in range(1, max_nbest + 1)
+        for k in (0, 3)
+        for p in (1.0, 0.9)
+        for x in EXTRAS
     }
     return beams | samples
 

@@ -19,15 +19,18 @@ from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
 from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.decoding.search import length_penalty
 from s2s_jax.decoding.translator import Hypothesis, Translator
+from s2s_jax.decoding.word_scores import format_probs
 from s2s_jax.errors import CheckpointError, DataError
 
 
 def format_hypotheses(hyps: list[Hypothesis], nbest: int, line: int) -> list[str]:
     """The text alone, or with --nbest > 1 one `line<TAB>rank<TAB>score<TAB>text` row per hypothesis
-    (line: the input line, counted from 0; rank 0 is the best)."""
+    (line: the input line, counted from 0; rank 0 is the best); hypotheses with words (--word_scores)
+    get `<TAB>` and their words' probabilities after the text."""
+    texts = [h.text if h.words is None else f"{h.text}\t{format_probs(h.words)}" for h in hyps]
     if nbest == 1:
-        return [hyps[0].text]
-    return [f"{line}\t{k}\t{h.score:.4f}\t{h.text}" for k, h in enumerate(hyps)]
+        return texts[:1]
+    return [f"{line}\t{k}\t{h.score:.4f}\t{text}" for k, (h, text) in enumerate(zip(hyps, texts))]
 
 
 def read_nbest(path: str, num_lines: int) -> list[tuple[int, str]]:
@@ -99,6 +102,8 @@ def _check_flags(flags) -> None:
         raise ValueError(f"--nbest must be at least 1, got {flags.nbest}")
     if flags.top_k < 0:
         raise ValueError(f"--top_k must be >= 0 (0 = off), got {flags.top_k}")
+    if getattr(flags, "no_repeat_ngram", 0) < 0:
+        raise ValueError(f"--no_repeat_ngram must be >= 0 (0 = off), got {flags.no_repeat_ngram}")
     if flags.output != "-":
         directory = os.path.dirname(os.path.abspath(flags.output))
         if not os.path.isdir(directory):
@@ -171,6 +176,8 @@ def run(flags) -> int:
             top_k=flags.top_k,
             top_p=flags.top_p,
             with_scores=flags.nbest > 1 and not mbr,
+            no_repeat_ngram=getattr(flags, "no_repeat_ngram", 0),
+            token_scores=getattr(flags, "word_scores", False),
         )
         (mbr.search_options(opts) if mbr else opts).check()
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
@@ -269,11 +276,14 @@ def _score(flags, translator: Translator, batch_size: int) -> int:
         lines, refs = _read_input(flags.input), read_lines(flags.reference, allow_empty=True)
         if len(refs) != len(lines):
             raise DataError(f"{flags.reference} has {len(refs)} lines, the input has {len(lines)}")
-        scores = translator.score(lines, refs, batch_size=batch_size)
+        scores = translator.score(lines, refs, batch_size=batch_size, word_scores=getattr(flags, "word_scores", False))
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return _write_lines(flags.output, [f"{s.total:.4f}\t{s.per_token:.4f}" for s in scores])
+    rows = [
+        f"{s.total:.4f}\t{s.per_token:.4f}" + ("" if s.words is None else f"\t{format_probs(s.words)}") for s in scores
+    ]
+    return _write_lines(flags.output, rows)
 
 
 def _rescore(flags, translator: Translator, alpha: float, batch_size: int) -> int:
@@ -382,6 +392,17 @@ def _define_flags() -> None:
         ["samples", "nbest"],
         "--mbr's candidates: samples (with --temperature, --top_k, --top_p, --seed) or the beam's n-best "
         "(--beam_size, widened to --mbr, and --alpha).",
+    )
+    flags.DEFINE_integer(
+        "no_repeat_ngram",
+        0,
+        "No n-gram of this many tokens twice in a translation (greedy, beam and sampling; 0 = off).",
+    )
+    flags.DEFINE_bool(
+        "word_scores",
+        False,
+        "After each translation a tab and its words' probabilities, space-separated, one per whitespace word "
+        "(with --score: a third column, for the reference's words; the EOS term belongs to no word).",
     )
     flags.DEFINE_string("reference", None, "Reference file: print corpus BLEU and chrF (sacrebleu) to stderr.")
     flags.DEFINE_string(

@@ -81,10 +81,13 @@ def export_model(
     beam_size: int | None = None,
     alpha: float | None = None,
     log: Callable[[str], None] = print,
+    no_repeat_ngram: int = 0,
 ) -> dict:
     """Writes the artefact for `workdir` into `output` (created; must be empty or absent); returns the manifest.
 
-    The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise.
+    The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise;
+    `no_repeat_ngram` > 0 builds the n-gram ban into both searches. (Word scores are not exported: the functions
+    return tokens and scores only.)
     """
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise ValueError(f"--output {output} exists and is not an empty directory")
@@ -102,9 +105,13 @@ def export_model(
             f"at least {needed[-1]}, got {widths[-1]}"
         )
     default = SearchOptions.from_config(config.decode)
-    default = SearchOptions(beam_size=beam_size or default.beam_size, alpha=default.alpha if alpha is None else alpha)
+    default = SearchOptions(
+        beam_size=beam_size or default.beam_size,
+        alpha=default.alpha if alpha is None else alpha,
+        no_repeat_ngram=no_repeat_ngram,
+    )
     default.check()
-    searches = {"default": default, "greedy": SearchOptions()}
+    searches = {"default": default, "greedy": SearchOptions(no_repeat_ngram=no_repeat_ngram)}
     if searches["default"] == searches["greedy"]:
         del searches["greedy"]
     os.makedirs(output, exist_ok=True)
@@ -125,7 +132,7 @@ def export_model(
         "jax_version": jax.__version__,
         "workdir": os.path.abspath(workdir),
         "step": member.meta.get("step"),
-        "searches": {name: {"beam_size": o.beam_size, "alpha": o.alpha} for name, o in searches.items()},
+        "searches": {name: _described(o) for name, o in searches.items()},
         "functions": functions,
         "rows": rows,
         "widths": widths,
@@ -146,6 +153,13 @@ def export_model(
     with open(os.path.join(output, export_loader.REQUIREMENTS_FILE), "w", encoding="utf-8") as f:
         f.write(requirements_text())
     return manifest
+
+
+def _described(opts: SearchOptions) -> dict:
+    """A search as the manifest lists it (no_repeat_ngram only when it is on)."""
+    return {"beam_size": opts.beam_size, "alpha": opts.alpha} | (
+        {"no_repeat_ngram": opts.no_repeat_ngram} if opts.no_repeat_ngram else {}
+    )
 
 
 def _export_searches(

@@ -56,6 +56,8 @@ class SearchOptions:
     top_k: int = 0
     top_p: float = 1.0
     with_scores: bool = False  # greedy/sampling: report the outputs' log-probabilities (else 0)
+    no_repeat_ngram: int = 0  # no n-gram of this size twice in an output (0 = off; repetition.py)
+    token_scores: bool = False  # report each output token's log-probability (ScoredTokens.token_scores)
 
     @classmethod
     def from_config(cls, decode_cfg) -> SearchOptions:
@@ -73,13 +75,15 @@ class SearchOptions:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.no_repeat_ngram < 2**31:
+            raise ValueError(f"no_repeat_ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
 
     def compiled_key(self) -> SearchOptions:
         """What a search compiles for: sizes and switches, not float values.
 
-        alpha, temperature, top_k and top_p reach the search as traced per-row values,
-        so settings that differ only in them share one compiled search (and one batch);
-        top_k > 0 and top_p < 1 only switch their filter on.
+        alpha, temperature, top_k, top_p and no_repeat_ngram reach the search as traced
+        per-row values, so settings that differ only in them share one compiled search (and
+        one batch); top_k > 0, top_p < 1 and no_repeat_ngram > 0 only switch their code on.
         """
         return dataclasses.replace(
             self,
@@ -87,11 +91,15 @@ class SearchOptions:
             temperature=1.0,
             top_k=int(self.sample and self.top_k > 0),
             top_p=0.5 if self.sample and self.top_p < 1.0 else 1.0,
+            no_repeat_ngram=int(self.no_repeat_ngram > 0),
         )
 
     def batch_key(self) -> SearchOptions:
-        """What sources must share to be searched in one batch: all but the per-row values."""
-        return dataclasses.replace(self, alpha=0.0, temperature=1.0, top_k=0, top_p=1.0)
+        """What sources must share to be searched in one batch: all but the per-row values (and
+        token_scores: a batch reports them for every row when one row asks)."""
+        return dataclasses.replace(
+            self, alpha=0.0, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram=0, token_scores=False
+        )
 
     def row_values(self) -> tuple[float, float, int, float]:
         """(alpha, temperature, top_k, top_p): the traced per-row settings."""
@@ -112,8 +120,9 @@ class BatchShape:
         output tokens: more rows and wider sources are padding (filler rows and padded positions
         never change another row's output: the batch-invariance tests), a larger n-best ends in
         the same hypotheses (beam search keeps `beam_size` of them and cuts the list last; sample
-        k draws from its own key), and a filter switched on passes a row that does not use it
-        through unchanged (top_k 0, top_p 1.0). Scores may differ in the last float bits, as
+        k draws from its own key), a filter switched on passes a row that does not use it
+        through unchanged (top_k 0, top_p 1.0, no_repeat_ngram 0), and token scores are an extra
+        output. Scores may differ in the last float bits, as
         they do between batch shapes anyway: XLA's kernels depend on the shape."""
         mine, theirs = self.key, other.key
         return (
@@ -121,6 +130,8 @@ class BatchShape:
             and mine.nbest >= theirs.nbest
             and mine.top_k >= theirs.top_k
             and mine.top_p <= theirs.top_p
+            and mine.no_repeat_ngram >= theirs.no_repeat_ngram
+            and mine.token_scores >= theirs.token_scores
             and self.rows >= other.rows
             and len(self.widths) == len(other.widths)
             and all(a >= b for a, b in zip(self.widths, other.widths))
@@ -129,10 +140,13 @@ class BatchShape:
 
 @dataclasses.dataclass
 class ScoredTokens:
-    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
+    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam),
+    and when asked each token's log-probability (EOS last when the output ended with it; a forced
+    prefix's tokens 0.0): their sum is the score before length normalisation."""
 
     tokens: list[int]
     score: float
+    token_scores: list[float] | None = None
 
 
 def max_steps_for(max_src_len: int, decode_cfg) -> int:
@@ -166,10 +180,11 @@ def source_width(tokens: int) -> int:
 
 def row_settings(settings: Sequence[SearchOptions], sample_keys: Sequence[tuple[int, int]]) -> dict:
     """The per-row arrays a compiled search reads (`search_batch`'s `rows`): each row's alpha,
-    temperature, top_k, top_p and sampling key (seed, index)."""
+    temperature, top_k, top_p, no_repeat_ngram and sampling key (seed, index)."""
     alpha, temperature, top_k, top_p = zip(*(one.row_values() for one in settings))
     seed, index = zip(*sample_keys)
     return {
+        "no_repeat_ngram": np.asarray([one.no_repeat_ngram for one in settings], np.int32),
         "alpha": np.asarray(alpha, np.float32),
         "temperature": np.asarray(temperature, np.float32),
         "top_k": np.asarray(top_k, np.int32),
@@ -206,6 +221,16 @@ def _cut(row: np.ndarray) -> list[int]:
             break
         out.append(token)
     return out
+
+
+def _scored_tokens(forced: list[int], tokens: np.ndarray, score: float, token_logp: np.ndarray | None) -> ScoredTokens:
+    """One search output as a ScoredTokens: the forced prefix and the tokens up to EOS, and with
+    `token_logp` the log-probabilities of those tokens and the EOS (the prefix's as 0.0)."""
+    out = _cut(tokens)
+    if token_logp is None:
+        return ScoredTokens(forced + out, float(score))
+    ended = len(out) < len(tokens) and int(tokens[len(out)]) == EOS_ID
+    return ScoredTokens(forced + out, float(score), [0.0] * len(forced) + token_logp[: len(out) + ended].tolist())
 
 
 def _encoded(
@@ -255,7 +280,8 @@ def search_batch(
     compact: bool = True,
 ):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
-    traceable function `Inference` compiles (and export.py exports) for each compiled key.
+    traceable function `Inference` compiles (and export.py exports) for each compiled key; with
+    `opts.token_scores` also each token's log-probability [B, nbest, max_steps].
 
     `models`, `weights`, `params` and `srcs` hold one entry per ensemble member (one for a single
     model, weight 1.0); `srcs` are `pad_batch` batches, `caps` [B] the rows' output-length caps.
@@ -265,23 +291,31 @@ def search_batch(
     is the same either way.
 
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
-    settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
-    row r's sample k draws from fold_in(fold_in(key(seed[r]), index[r]), k) (`_sample_batch`), so
-    its samples do not depend on its batch.
+    settings (alpha, temperature, top_k, top_p, no_repeat_ngram) and sampling keys (seed, index),
+    `row_settings`: row r's sample k draws from fold_in(fold_in(key(seed[r]), index[r]), k)
+    (`_sample_batch`), so its samples do not depend on its batch.
     """
     memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
 
+    # Switched on by the compiled key: the n-gram sizes are per-row values, the token scores an output.
+    more = {
+        "no_repeat_ngram": rows["no_repeat_ngram"] if opts.no_repeat_ngram else None,
+        "return_token_log_probs": opts.token_scores,
+    }
+
     def scored(out):
-        """(tokens, scores): the log-probabilities accumulated in the loop when with_scores asks, else zeros."""
-        return (out[0], out[2]) if opts.with_scores else (out[0], jnp.zeros(out[0].shape[0]))
+        """(tokens, scores[, token scores]): the log-probabilities accumulated in the loop when
+        with_scores asks, else zeros."""
+        scores = out[2] if opts.with_scores else jnp.zeros(out[0].shape[0])
+        return (out[0], scores) + ((out[-1],) if opts.token_scores else ())
 
     if opts.sample:
-        return _sample_batch(step_fn, memory, state, opts, max_steps, caps, rows, start, scored)
+        return _sample_batch(step_fn, memory, state, opts, max_steps, caps, rows, start, scored, more)
     if opts.beam_size == 1:
-        tokens, scores = scored(
+        found = scored(
             search.greedy_search(
                 step_fn,
                 memory,
@@ -291,10 +325,11 @@ def search_batch(
                 bos_id=start,
                 return_log_prob=opts.with_scores,
                 compact=compact,
+                **more,
             )
         )
-        return tokens[:, None], scores[:, None]
-    tokens, scores, _ = search.batch_beam_search(
+        return tuple(x[:, None] for x in found)
+    found = search.batch_beam_search(
         step_fn,
         memory,
         state,
@@ -305,15 +340,18 @@ def search_batch(
         nbest=opts.nbest,
         bos_id=start,
         compact=compact,
+        **more,
     )
-    return tokens, scores
+    return found[:2] + found[3:]
 
 
-def _sample_batch(step_fn, memory, state, opts: SearchOptions, max_steps: int, caps, rows: dict, start, scored):
-    """(tokens [B, nbest, max_steps], scores [B, nbest]): `opts.nbest` samples of each row, drawn as
-    one batch of B * nbest rows (row r's sample k is row r * nbest + k, one loop however many samples
-    are asked for) with the key fold_in(fold_in(key(seed[r]), index[r]), k): it depends only on the
-    source, its seed, index and k."""
+def _sample_batch(
+    step_fn, memory, state, opts: SearchOptions, max_steps: int, caps, rows: dict, start, scored, more: dict
+):
+    """(tokens [B, nbest, max_steps], scores [B, nbest][, token scores [B, nbest, max_steps]]):
+    `opts.nbest` samples of each row, drawn as one batch of B * nbest rows (row r's sample k is row
+    r * nbest + k, one loop however many samples are asked for) with the key
+    fold_in(fold_in(key(seed[r]), index[r]), k): it depends only on the source, its seed, index and k."""
     n = opts.nbest
     keys = jax.vmap(lambda seed, index: jax.random.fold_in(jax.random.key(seed), index))(rows["seed"], rows["index"])
     keys = jax.vmap(lambda key: jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(n)))(keys).reshape(-1)
@@ -321,7 +359,9 @@ def _sample_batch(step_fn, memory, state, opts: SearchOptions, max_steps: int, c
     def repeated(tree):
         return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), tree)
 
-    tokens, scores = scored(
+    if more["no_repeat_ngram"] is not None:
+        more = {**more, "no_repeat_ngram": repeated(more["no_repeat_ngram"])}
+    outs = scored(
         search.sample(
             step_fn,
             repeated(memory),
@@ -334,15 +374,18 @@ def _sample_batch(step_fn, memory, state, opts: SearchOptions, max_steps: int, c
             top_p=repeated(rows["top_p"]) if opts.top_p < 1.0 else 1.0,
             bos_id=repeated(start) if jnp.ndim(start) else start,
             return_log_prob=opts.with_scores,
+            **more,
         )
     )
-    return tokens.reshape(-1, n, tokens.shape[-1]), scores.reshape(-1, n)
+    return tuple(x.reshape(-1, n, *x.shape[1:]) for x in outs)
 
 
 def _teacher_forced_log_prob(models, weights, params, srcs, tgt, lengths):
-    """Sum of log p(token | source, prefix) over the first `lengths` tokens of each row of tgt."""
+    """(sum, per token [N, T]) of log p(token | source, prefix) over the first `lengths` tokens of
+    each row of tgt."""
     memory, state, step_fn = _encoded(models, weights, params, srcs)
-    return search.sequence_log_prob(step_fn, memory, state, tgt, lengths)
+    token_logp = search.token_log_probs(step_fn, memory, state, tgt, lengths)
+    return jnp.sum(token_logp, axis=1), token_logp  # search.sequence_log_prob's sum
 
 
 def ensemble_weights(weights: Sequence[float] | None, members: int) -> tuple[float, ...]:
@@ -536,8 +579,11 @@ class Inference:
             first,
             top_k=max(s.top_k for s in settings) if settings else 0,
             top_p=min(s.top_p for s in settings) if settings else 1.0,
+            no_repeat_ngram=max(s.no_repeat_ngram for s in settings) if settings else 0,
+            token_scores=any(s.token_scores for s in settings),
         )
-        results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
+        empty = [] if union.token_scores else None
+        results = [[ScoredTokens([], 0.0, empty) for _ in range(first.nbest)] for _ in range(n)]
         chunks = self.batches(sources[0], batch_size)
         choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
@@ -557,11 +603,14 @@ class Inference:
                 placed.get("prefix_len"),
                 segments=segments,
             )
-            tokens, scores = (parallel.to_host(x) for x in out)
+            tokens, scores, *token_logp = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
                 results[i] = [
-                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(first.nbest)
+                    _scored_tokens(
+                        forced, tokens[row, k], scores[row, k], token_logp[0][row, k] if token_logp else None
+                    )
+                    for k in range(first.nbest)
                 ]
         return results
 
@@ -581,8 +630,8 @@ class Inference:
 
         The score sums log p over the target's tokens and the EOS after them, under the
         distribution the searches use (PAD and BOS excluded; an ensemble's averaged one), so
-        scoring a beam search output with alpha=0 gives its beam score back. An empty source
-        is read as EOS alone.
+        scoring a beam search output with alpha=0 gives its beam score back; `token_scores`
+        holds the terms, one per token and the EOS. An empty source is read as EOS alone.
         """
         params, sources = self._members(params, sources)
         if len(sources[0]) != len(targets):
@@ -599,7 +648,10 @@ class Inference:
             tgt, lengths = pad_batch(targets, chunk, rows, eos=True)
             srcs = tuple(pad_batch(member, chunk, rows, eos=True)[0] for member in sources)
             placed = parallel.shard_batch(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
-            logp = parallel.to_host(self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"]))
+            logp, token_logp = (
+                parallel.to_host(x) for x in self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"])
+            )
             for row, i in enumerate(chunk):
-                results[i] = ScoredTokens(list(targets[i]), float(logp[row]))
+                per_token = token_logp[row, : len(targets[i]) + 1].tolist()
+                results[i] = ScoredTokens(list(targets[i]), float(logp[row]), per_token)
         return results

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from s2s_jax.decoding import repetition
+
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NEG_INF = -jnp.inf
@@ -86,6 +88,8 @@ class _LoopState(NamedTuple):
     finished: jax.Array  # bool [N]
     state: Any
     log_prob: jax.Array  # float32 [N]: the chosen tokens' summed log-probabilities
+    token_logp: Any = None  # float32 [N, max_steps]: each chosen token's log-probability, when asked
+    no_repeat: Any = None  # repetition.RepeatState of each row (its n-gram size [N], 0 = any), when asked
 
 
 def _decode_loop(
@@ -102,12 +106,17 @@ def _decode_loop(
     pad_id: int,
     return_log_prob: bool = False,
     compact: bool = False,
+    no_repeat_ngram: jax.Array | int | None = None,
+    return_token_log_probs: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Left-to-right decoding where `choose(logits [N, V], step) -> tokens [N]` picks each token.
 
     Returns (tokens, lengths), and with `return_log_prob` also each row's summed model
     log-probability of its tokens (EOS included), accumulated as it decodes: what
-    `sequence_log_prob` gives for the output, without a second pass over max_steps.
+    `sequence_log_prob` gives for the output, without a second pass over max_steps; with
+    `return_token_log_probs` last each token's own log-probability [N, max_steps] (0 after
+    the end), what `token_log_probs` gives. `no_repeat_ngram` (int [N] or a scalar, 0 = off):
+    `choose` never sees tokens that would repeat an n-gram of that size (repetition.py).
     With `compact` (only for a `choose` that treats rows alike: argmax) finished rows
     stop being computed once half the rows have finished, and so on by halves.
     """
@@ -121,6 +130,10 @@ def _decode_loop(
         finished=caps <= 0,
         state=state,
         log_prob=jnp.zeros((n,), jnp.float32),
+        token_logp=jnp.zeros((n, max_steps), jnp.float32) if return_token_log_probs else None,
+        no_repeat=None
+        if no_repeat_ngram is None
+        else repetition.start(jnp.broadcast_to(jnp.asarray(no_repeat_ngram, jnp.int32), (n,)), n, max_steps),
     )
 
     def cond(s: _LoopState) -> jax.Array:
@@ -133,11 +146,16 @@ def _decode_loop(
             logits, new_state = step_fn(memory, s.state, s.last)
             raw = logits.astype(jnp.float32)
             logits = _forbid_eos(raw, s.step, min_length, eos_id)
+            if s.no_repeat is not None:
+                logits = repetition.block(logits, s.tokens, s.step, s.no_repeat, eos_id)
             token = jnp.where(s.finished, pad_id, choose(logits, s.step).astype(jnp.int32))
-            log_prob = s.log_prob
-            if return_log_prob:
+            log_prob, token_logps = s.log_prob, s.token_logp
+            if return_log_prob or token_logps is not None:
                 token_logp = jnp.take_along_axis(jax.nn.log_softmax(raw, axis=-1), token[:, None], axis=-1)[:, 0]
-                log_prob = log_prob + jnp.where(s.finished, 0.0, token_logp)
+                token_logp = jnp.where(s.finished, 0.0, token_logp)
+                log_prob = log_prob + token_logp if return_log_prob else log_prob
+                if token_logps is not None:
+                    token_logps = token_logps.at[:, s.step].set(token_logp)
             # Finished rows keep stepping (on PAD) but their outputs are discarded.
             return _LoopState(
                 step=s.step + 1,
@@ -147,15 +165,20 @@ def _decode_loop(
                 finished=s.finished | (token == eos_id) | (s.step + 1 >= caps),
                 state=new_state,
                 log_prob=log_prob,
+                token_logp=token_logps,
+                no_repeat=None if s.no_repeat is None else repetition.extend(s.no_repeat, s.tokens, token),
             )
 
         return body
 
     if not compact or n <= COMPACT_MIN_ROWS:
         out = lax.while_loop(cond, body_for(memory, caps), init)
-        return (out.tokens, out.lengths, out.log_prob) if return_log_prob else (out.tokens, out.lengths)
-    tokens, lengths, log_prob = _compacting_while_loop(cond, body_for, init, memory, caps)
-    return (tokens, lengths, log_prob) if return_log_prob else (tokens, lengths)
+        tokens, lengths, log_prob, token_logp = out.tokens, out.lengths, out.log_prob, out.token_logp
+    else:
+        tokens, lengths, log_prob, token_logp = _compacting_while_loop(cond, body_for, init, memory, caps)
+    return (
+        (tokens, lengths) + ((log_prob,) if return_log_prob else ()) + ((token_logp,) if return_token_log_probs else ())
+    )
 
 
 def _compacting_while_loop(
@@ -164,14 +187,15 @@ def _compacting_while_loop(
     init: _LoopState,
     memory: Any,
     caps: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`lax.while_loop(cond, body_for(memory, caps), init)`'s (tokens, lengths, log_prob), computed in
-    stages: each stage runs until at most half its rows are still decoding, then the live rows
-    move to the front and the next stage continues with half as many rows (static shapes, one
+) -> tuple[Any, ...]:
+    """`lax.while_loop(cond, body_for(memory, caps), init)`'s (tokens, lengths, log_prob, token_logp),
+    computed in stages: each stage runs until at most half its rows are still decoding, then the live
+    rows move to the front and the next stage continues with half as many rows (static shapes, one
     while loop each); the rows' results are written back to their places after every stage."""
-    tokens, lengths, log_prob = init.tokens, init.lengths, init.log_prob
-    where = jnp.arange(tokens.shape[0])  # the original row of each stage row
-    s, rows = init, tokens.shape[0]
+    results = lambda s: (s.tokens, s.lengths, s.log_prob, s.token_logp)  # noqa: E731
+    out = results(init)
+    where = jnp.arange(init.tokens.shape[0])  # the original row of each stage row
+    s, rows = init, init.tokens.shape[0]
     while True:
         next_rows = max((rows + 1) // 2, COMPACT_MIN_ROWS) if rows > COMPACT_MIN_ROWS else 0
 
@@ -180,25 +204,15 @@ def _compacting_while_loop(
 
         # Each stage is traced with its own rows' memory and caps.
         s = lax.while_loop(stage_cond, body_for(memory, caps), s)
-        tokens = tokens.at[where].set(s.tokens)
-        lengths = lengths.at[where].set(s.lengths)
-        log_prob = log_prob.at[where].set(s.log_prob)
+        out = jax.tree.map(lambda full, part, where=where: full.at[where].set(part), out, results(s))
         if next_rows == 0:
             break
         keep = jnp.argsort(s.finished, stable=True)[:next_rows]  # live rows first
         take = lambda tree, keep=keep: jax.tree.map(lambda a: a[keep], tree)  # noqa: E731
         memory, caps, where = take(memory), caps[keep], where[keep]
-        s = _LoopState(
-            step=s.step,
-            tokens=s.tokens[keep],
-            last=s.last[keep],
-            lengths=s.lengths[keep],
-            finished=s.finished[keep],
-            state=take(s.state),
-            log_prob=s.log_prob[keep],
-        )
+        s = s._replace(**{name: take(getattr(s, name)) for name in s._fields if name != "step"})
         rows = next_rows
-    return tokens, lengths, log_prob
+    return out
 
 
 def greedy_search(
@@ -214,9 +228,12 @@ def greedy_search(
     pad_id: int = PAD_ID,
     return_log_prob: bool = False,
     compact: bool = True,
+    no_repeat_ngram: jax.Array | int | None = None,
+    return_token_log_probs: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Argmax decoding of a batch -> (tokens int32 [N, max_steps], lengths int32 [N]), and with
-    `return_log_prob` the outputs' log-probabilities [N].
+    `return_log_prob` the outputs' log-probabilities [N], with `return_token_log_probs` last
+    each token's [N, max_steps]; `no_repeat_ngram` as `_decode_loop` takes it.
 
     `compact`: once half the rows have finished, the others continue as a batch of half the
     size (and so on, down to COMPACT_MIN_ROWS rows), so finished sentences stop costing steps.
@@ -238,6 +255,8 @@ def greedy_search(
         pad_id=pad_id,
         return_log_prob=return_log_prob,
         compact=compact,
+        no_repeat_ngram=no_repeat_ngram,
+        return_token_log_probs=return_token_log_probs,
     )
 
 
@@ -294,9 +313,12 @@ def sample(
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
     return_log_prob: bool = False,
+    no_repeat_ngram: jax.Array | int | None = None,
+    return_token_log_probs: bool = False,
 ) -> tuple[jax.Array, ...]:
     """Ancestral sampling -> (tokens [N, max_steps], lengths [N]); same conventions as greedy
-    (with `return_log_prob` also the samples' log-probabilities under the untempered model).
+    (with `return_log_prob` also the samples' log-probabilities under the untempered model, and
+    with `return_token_log_probs` each token's).
 
     Logits are divided by `temperature` (> 0; use `greedy_search` for the
     temperature-0 limit), then filtered by `filter_logits`; `temperature`,
@@ -330,6 +352,8 @@ def sample(
         eos_id=eos_id,
         pad_id=pad_id,
         return_log_prob=return_log_prob,
+        no_repeat_ngram=no_repeat_ngram,
+        return_token_log_probs=return_token_log_probs,
     )
 
 
@@ -347,11 +371,25 @@ class _BeamState(NamedTuple):
     fin_tokens: jax.Array  # int32 [K, max_steps], best first
     fin_scores: jax.Array  # float32 [K]: length-normalised; -inf marks an empty slot
     fin_lengths: jax.Array  # int32 [K]
+    # Each token's log-probability, reordered with its hypothesis (float32 [K, max_steps]), when asked.
+    live_token_logp: Any = None
+    fin_token_logp: Any = None
+    no_repeat: Any = None  # repetition.RepeatState of the K hypotheses (one n-gram size, 0 = any), when asked
 
 
-def _beam_init(state: Any, *, k: int, max_steps: int, bos_id: jax.Array | int, pad_id: int) -> _BeamState:
+def _beam_init(
+    state: Any,
+    *,
+    k: int,
+    max_steps: int,
+    bos_id: jax.Array | int,
+    pad_id: int,
+    no_repeat: jax.Array | None = None,
+    token_log_probs: bool = False,
+) -> _BeamState:
     """One sentence's search state before its first step (`state` without a batch dim)."""
     empty_tokens = jnp.full((k, max_steps), pad_id, jnp.int32)
+    empty_logp = jnp.zeros((k, max_steps), jnp.float32) if token_log_probs else None
     return _BeamState(
         step=jnp.int32(0),
         live_tokens=empty_tokens,
@@ -362,6 +400,9 @@ def _beam_init(state: Any, *, k: int, max_steps: int, bos_id: jax.Array | int, p
         fin_tokens=empty_tokens,
         fin_scores=jnp.full((k,), NEG_INF, jnp.float32),
         fin_lengths=jnp.zeros((k,), jnp.int32),
+        live_token_logp=empty_logp,
+        fin_token_logp=empty_logp,
+        no_repeat=None if no_repeat is None else repetition.start(no_repeat, k, max_steps),
     )
 
 
@@ -402,6 +443,8 @@ def _beam_step(
     logits, new_state = step_fn(memory, s.live_state, s.live_last)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     logp = _forbid_eos(logp, s.step, min_length, eos_id)
+    if s.no_repeat is not None:
+        logp = repetition.block(logp, s.live_tokens, s.step, s.no_repeat, eos_id)
     vocab = logp.shape[-1]
     cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
     cand_beam, cand_token = flat // vocab, flat % vocab
@@ -419,6 +462,14 @@ def _beam_step(
     fin_tokens = jnp.concatenate([s.fin_tokens, cand_tokens])[fin_idx]
     new_lengths = jnp.full((2 * k,), length, jnp.int32)
     fin_lengths = jnp.concatenate([s.fin_lengths, new_lengths])[fin_idx]
+    live_token_logp = fin_token_logp = None
+    if s.live_token_logp is not None:
+        cand_token_logp = s.live_token_logp[cand_beam].at[:, s.step].set(logp.reshape(-1)[flat])
+        live_token_logp = cand_token_logp[live_idx]
+        fin_token_logp = jnp.concatenate([s.fin_token_logp, cand_token_logp])[fin_idx]
+    no_repeat = None
+    if s.no_repeat is not None:
+        no_repeat = repetition.extend(s.no_repeat.take(cand_beam), cand_tokens, cand_token).take(live_idx)
 
     return _BeamState(
         step=length,
@@ -429,6 +480,9 @@ def _beam_step(
         fin_tokens=fin_tokens,
         fin_scores=fin_scores,
         fin_lengths=fin_lengths,
+        live_token_logp=live_token_logp,
+        fin_token_logp=fin_token_logp,
+        no_repeat=no_repeat,
     )
 
 
@@ -446,7 +500,9 @@ def beam_search(
     bos_id: jax.Array | int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    no_repeat_ngram: jax.Array | int | None = None,
+    return_token_log_probs: bool = False,
+) -> tuple[jax.Array, ...]:
     """Beam search for ONE sentence (`memory`/`state` without a batch dim).
 
     Returns the `nbest` best finished hypotheses, best first: tokens int32
@@ -461,19 +517,32 @@ def beam_search(
     which makes beam_size=1 exactly greedy search. Hypotheses hitting
     `max_length` (clipped to [1, max_steps]) without EOS count as finished.
     The search stops once no live beam can beat the worst of the K finished
-    hypotheses (`_beam_running`).
+    hypotheses (`_beam_running`). `no_repeat_ngram` (0 = off) bans tokens that would repeat an
+    n-gram of that size in a hypothesis (repetition.py); `return_token_log_probs` adds each
+    token's log-probability [nbest, max_steps] (0 after the end; the sum is the score's
+    numerator), carried with its hypothesis.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
     k = beam_size
     cap = _beam_cap(max_length, max_steps)
     memory = jax.tree.map(lambda x: _expand(x, k), memory)
+    init = _beam_init(
+        state,
+        k=k,
+        max_steps=max_steps,
+        bos_id=bos_id,
+        pad_id=pad_id,
+        no_repeat=no_repeat_ngram,
+        token_log_probs=return_token_log_probs,
+    )
     out = lax.while_loop(
         lambda s: _beam_running(s, cap, alpha, max_steps),
         lambda s: _beam_step(step_fn, memory, s, cap, alpha, k=k, min_length=min_length, eos_id=eos_id),
-        _beam_init(state, k=k, max_steps=max_steps, bos_id=bos_id, pad_id=pad_id),
+        init,
     )
-    return out.fin_tokens[:nbest], out.fin_scores[:nbest], out.fin_lengths[:nbest]
+    found = (out.fin_tokens[:nbest], out.fin_scores[:nbest], out.fin_lengths[:nbest])
+    return found + ((out.fin_token_logp[:nbest],) if return_token_log_probs else ())
 
 
 def batch_beam_search(
@@ -491,14 +560,18 @@ def batch_beam_search(
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
     compact: bool = True,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    no_repeat_ngram: jax.Array | int | None = None,
+    return_token_log_probs: bool = False,
+) -> tuple[jax.Array, ...]:
     """`beam_search` over a leading batch dim of memory/state (and max_length [N]).
 
     `bos_id` may be an int32 [N] array: each row's first input token (the last token
     of a forced prefix, with `state` advanced through the rest of it); `alpha` may be
-    a float32 [N] array, each row's length penalty (a traced value: no compile per value).
-    Returns tokens [N, nbest, max_steps], scores [N, nbest], lengths [N, nbest], the same
-    as `jax.vmap(beam_search)`. `step_fn` sees arrays of leading dim beam_size, vmapped.
+    a float32 [N] array, each row's length penalty (a traced value: no compile per value), and
+    so may `no_repeat_ngram` (int32 [N]). Returns tokens [N, nbest, max_steps], scores [N, nbest],
+    lengths [N, nbest] (and with `return_token_log_probs` token log-probabilities [N, nbest,
+    max_steps]), the same as `jax.vmap(beam_search)`. `step_fn` sees arrays of leading dim
+    beam_size, vmapped.
 
     `compact`: once half the sentences have finished, the others continue as a batch of
     half the size (and so on, down to COMPACT_MIN_ROWS decoder rows), so finished
@@ -512,7 +585,11 @@ def batch_beam_search(
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
     alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
     memory = jax.tree.map(jax.vmap(lambda x: _expand(x, k)), memory)
-    s = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))(state, starts)
+    ngrams = None if no_repeat_ngram is None else jnp.broadcast_to(jnp.asarray(no_repeat_ngram, jnp.int32), (n,))
+    init = functools.partial(
+        _beam_init, k=k, max_steps=max_steps, pad_id=pad_id, token_log_probs=return_token_log_probs
+    )
+    s = jax.vmap(lambda st, b, g: init(st, bos_id=b, no_repeat=g))(state, starts, ngrams)
 
     running = jax.vmap(lambda s, cap, a: _beam_running(s, cap, a, max_steps))
     step = jax.vmap(functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
@@ -531,20 +608,22 @@ def batch_beam_search(
         )
 
     min_rows = max(-(-COMPACT_MIN_ROWS // k), 1)  # sentences
-    fin = (s.fin_tokens, s.fin_scores, s.fin_lengths)
+    finished = lambda s: (s.fin_tokens, s.fin_scores, s.fin_lengths, s.fin_token_logp)  # noqa: E731
+    fin = finished(s)
     where, rows = jnp.arange(n), n
     while True:
         next_rows = max((rows + 1) // 2, min_rows) if compact and rows > min_rows else 0
         s = stage(s, memory, caps, alphas, next_rows)
-        fin = tuple(f.at[where].set(x) for f, x in zip(fin, (s.fin_tokens, s.fin_scores, s.fin_lengths)))
+        fin = jax.tree.map(lambda f, x, where=where: f.at[where].set(x), fin, finished(s))
         if next_rows == 0:
             break
         # Running sentences first; the next stage is traced with the kept rows only.
         keep = jnp.argsort(~running(s, caps, alphas), stable=True)[:next_rows]
         s, memory, caps, alphas, where = jax.tree.map(lambda a, keep=keep: a[keep], (s, memory, caps, alphas, where))
         rows = next_rows
-    tokens, scores, lengths = fin
-    return tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest]
+    tokens, scores, lengths, token_logp = fin
+    found = (tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest])
+    return found + ((token_logp[:, :nbest],) if return_token_log_probs else ())
 
 
 def advance(
@@ -604,7 +683,20 @@ def sequence_log_prob(
     The model's own scores for given outputs (EOS included when it is within
     the length): rescoring, or checking a search's scores.
     """
+    return jnp.sum(token_log_probs(step_fn, memory, state, tokens, lengths, bos_id=bos_id), axis=1)
+
+
+def token_log_probs(
+    step_fn: StepFn,
+    memory: Any,
+    state: Any,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    *,
+    bos_id: jax.Array | int = BOS_ID,
+) -> jax.Array:
+    """log p(token | prefix) of each of the first `lengths[i]` tokens of each row, 0 after -> [N, T]."""
     logp = jax.nn.log_softmax(teacher_forced_logits(step_fn, memory, state, tokens, bos_id=bos_id))
     token_logp = jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     within = jnp.arange(tokens.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
-    return jnp.sum(jnp.where(within, token_logp, 0.0), axis=1)
+    return jnp.where(within, token_logp, 0.0)

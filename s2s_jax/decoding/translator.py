@@ -21,29 +21,39 @@ from s2s_jax import parallel
 from s2s_jax.data import sentences
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
-from s2s_jax.decoding import inference
+from s2s_jax.decoding import inference, word_scores
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.mbr import MBROptions, ranking
+from s2s_jax.decoding.word_scores import WordScore
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.workdir import checkpoints, run_config
 
-__all__ = ["Hypothesis", "MBROptions", "Member", "Score", "SearchOptions", "Translator", "attention_maps"]
+__all__ = ["Hypothesis", "MBROptions", "Member", "Score", "SearchOptions", "Translator", "WordScore", "attention_maps"]
 
 
 @dataclasses.dataclass
 class Hypothesis:
+    """One translation. With SearchOptions(token_scores=True) also each token's log-probability
+    (the EOS's last, when the search ended with one) and the words of `text` with theirs
+    (s2s_jax/decoding/word_scores.py)."""
+
     text: str
     score: float
     tokens: list[int]
+    token_log_probs: list[float] | None = None
+    words: list[WordScore] | None = None
 
 
 @dataclasses.dataclass
 class Score:
-    """A given translation's log-probability: the sum over its tokens and EOS, and per token."""
+    """A given translation's log-probability: the sum over its tokens and EOS, and per token;
+    with `word_scores` asked, each token's term (EOS last) and each word's."""
 
     total: float
     length: int  # target tokens + EOS
+    token_log_probs: list[float] | None = None
+    words: list[WordScore] | None = None
 
     @property
     def per_token(self) -> float:
@@ -100,16 +110,25 @@ class Member:
 
 def _joined(document: sentences.Segmented, parts: list[list[Hypothesis]], mean: bool = False) -> list[Hypothesis]:
     """A paragraph's candidates from its sentences' n-best lists: candidate k joins each one's k-th,
-    its score their sum (their mean with `mean`)."""
+    its score their sum (their mean with `mean`), its tokens, token scores and words theirs."""
     ranks = min((len(p) for p in parts), default=1)
     return [
         Hypothesis(
             document.join([p[k].text for p in parts]),
             float(sum(p[k].score for p in parts)) / (max(len(parts), 1) if mean else 1),
             [token for p in parts for token in p[k].tokens],
+            _concatenated([p[k].token_log_probs for p in parts]),
+            _concatenated([p[k].words for p in parts]),
         )
         for k in range(ranks)
     ]
+
+
+def _concatenated(lists: list[list | None]) -> list | None:
+    """The sentences' per-token or per-word lists in order; None unless every sentence has one."""
+    if not lists or any(x is None for x in lists):
+        return None
+    return [item for x in lists for item in x]
 
 
 def _check_target_vocabularies(members: list[Member]) -> None:
@@ -206,14 +225,15 @@ class Translator:
         A line longer than data.max_len subword tokens is cut to that length, with a warning.
         `prefixes` (one per line, "" = none) forces the start of each translation: the
         output is the prefix, normalised and tokenized like the targets, followed by the
-        search's continuation (whose score it reports). `opts` may be one setting per
-        line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+        search's continuation (whose score it reports; its words count as probability 1).
+        `opts` may be one setting per line and `sample_keys` a (seed, index) per line, as
+        `Inference.run` takes them; lines whose setting has token_scores get `words`.
 
         `split_sentences`: each line is a paragraph (line breaks allowed), cut into sentences
         (s2s_jax/data/sentences.py); the sentences of all lines are translated in one call and each
         line's translations joined with its own whitespace. Candidate k joins every sentence's
-        k-th hypothesis (score: their sum, with `mbr` their mean; tokens: theirs in order);
-        `opts` and `sample_keys`, when given per line, apply to each of its sentences.
+        k-th hypothesis (score: their sum, with `mbr` their mean; tokens and words: theirs in
+        order); `opts` and `sample_keys`, when given per line, apply to each of its sentences.
 
         With `mbr`, `opts` says how to draw each line's `mbr.size` candidates (samples or the
         beam's n-best, `MBROptions.search_options`), and the hypotheses are the distinct
@@ -243,9 +263,9 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
         )
+        settings = [opts] * len(lines) if isinstance(opts, SearchOptions) else list(opts)
         hyps = [
-            [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
-            for candidates in results
+            [self._hypothesis(c, one.token_scores) for c in candidates] for candidates, one in zip(results, settings)
         ]
         return hyps if mbr is None else [self._mbr_ranked(h, mbr) for h in hyps]
 
@@ -255,7 +275,7 @@ class Translator:
         drawn = [h for h in candidates if math.isfinite(h.score)] or candidates[:1]
         tokenize = self.config.decode.get("bleu_tokenize") or None
         return [
-            Hypothesis(drawn[i].text, utility, drawn[i].tokens)
+            dataclasses.replace(drawn[i], score=utility)
             for i, utility in ranking([h.text for h in drawn], mbr.metric, tokenize)
         ]
 
@@ -295,6 +315,13 @@ class Translator:
         )
         mean = mbr is not None  # expected utilities (0-100) average over the sentences; log-probabilities add
         return [_joined(d, parts, mean) for d, parts in zip(documents, sentences.regroup(documents, results))]
+
+    def _hypothesis(self, candidate: inference.ScoredTokens, with_words: bool) -> Hypothesis:
+        text = self.tgt_tokenizer.detokenize([candidate.tokens])[0]
+        if not with_words or candidate.token_scores is None:
+            return Hypothesis(text, candidate.score, candidate.tokens)
+        per_token = candidate.token_scores
+        return Hypothesis(text, candidate.score, candidate.tokens, per_token, self._words(candidate.tokens, per_token))
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs
@@ -392,18 +419,27 @@ class Translator:
         targets: list[str],
         batch_size: int = 64,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
+        word_scores: bool = False,
     ) -> list[Score]:
         """The model's log-probability of each target line as the translation of its line.
 
         Targets are normalised and tokenized like the training targets; sources as in
         `translate` (cut to data.max_len with a warning). An ensemble scores with its
-        averaged distribution.
+        averaged distribution. `word_scores`: also each token's and each word's term.
         """
         if isinstance(lines, str) or isinstance(targets, str):
             raise TypeError("score takes lists of lines, not strings")
         params, sources = self._inputs(lines, warn)
         results = self.inference.score(params, sources, self._target_ids(targets), batch_size)
-        return [Score(c.score, len(c.tokens) + 1) for c in results]
+        if not word_scores:
+            return [Score(c.score, len(c.tokens) + 1) for c in results]
+        return [
+            Score(c.score, len(c.tokens) + 1, c.token_scores, self._words(c.tokens, c.token_scores)) for c in results
+        ]
+
+    def _words(self, tokens: list[int], token_log_probs: list[float]) -> list[WordScore]:
+        """The words of output `tokens` with their log-probabilities (word_scores.py)."""
+        return word_scores.words(self.tgt_tokenizer, tokens, token_log_probs)
 
 
 def attention_maps(

@@ -112,11 +112,17 @@ class Alignment(BaseModel):
     weights: list[list[float]] = Field(description="attention weights [len(tgt)][len(src)]")
 
 
+class Word(BaseModel):
+    text: str
+    prob: float = Field(description="the model's probability of the word given the source and the words before it")
+
+
 class Translation(BaseModel):
     text: str
     score: float
     nbest: list[Candidate]
     alignment: Alignment | None = None
+    words: list[Word] | None = Field(None, description="the translation's words (with word_scores)")
 
 
 class TranslateResponse(BaseModel):
@@ -238,6 +244,7 @@ class Batcher:
                 text=h[0].text,
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
+                words=None if h[0].words is None else [Word(text=w.text, prob=round(w.prob, 6)) for w in h[0].words],
             )
             for h in hyps
         ]
@@ -300,6 +307,8 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         top_k=request.top_k,
         top_p=request.top_p,
         with_scores=True,
+        no_repeat_ngram=request.no_repeat_ngram,
+        token_scores=request.word_scores,
     )
     mbr = request_mbr(request)
     if mbr is not None:
@@ -544,7 +553,7 @@ class _Service:
 def _joined(document: sentences.Segmented, parts: list[Translation], mean: bool = False) -> Translation:
     """A split text's translation from its sentences': the texts joined with its own spacing, the
     scores summed (averaged with `mean`: MBR's expected utilities), candidate k joining each
-    sentence's k-th; the alignment of a one-sentence text."""
+    sentence's k-th; the words of all sentences in order; the alignment of a one-sentence text."""
     if not parts:  # blank: the translator's empty hypothesis, the whitespace kept
         return Translation(text=document.join([]), score=0.0, nbest=[Candidate(text=document.join([]), score=0.0)])
     ranks = min(len(p.nbest) for p in parts)
@@ -556,7 +565,8 @@ def _joined(document: sentences.Segmented, parts: list[Translation], mean: bool 
         for k in range(ranks)
     ]
     alignment = parts[0].alignment if len(parts) == 1 else None
-    return Translation(text=nbest[0].text, score=nbest[0].score, nbest=nbest, alignment=alignment)
+    words = None if any(p.words is None for p in parts) else [w for p in parts for w in p.words]
+    return Translation(text=nbest[0].text, score=nbest[0].score, nbest=nbest, alignment=alignment, words=words)
 
 
 def _member_info(member) -> dict:

@@ -32,10 +32,12 @@ def covering_keys(beam_sizes: Sequence[int], max_nbest: int, max_mbr: int = 0) -
     the most samples a request may ask for (max_nbest, or max_mbr for minimum Bayes risk) and
     both filters switched on. Sampling's cost grows with its samples and the filters sort the
     vocabulary, so one sample without and one with both filters (its most common settings) have
-    keys of their own."""
-    keys = [SearchOptions(beam_size=b, nbest=min(b, max_nbest), with_scores=True) for b in sorted(set(beam_sizes))]
+    keys of their own. All of them report token scores and have the n-gram check switched on (a
+    row with no_repeat_ngram 0 passes through it unchanged)."""
+    extras = {"with_scores": True, "token_scores": True, "no_repeat_ngram": 1}
+    keys = [SearchOptions(beam_size=b, nbest=min(b, max_nbest), **extras) for b in sorted(set(beam_sizes))]
     keys += [
-        SearchOptions(sample=True, nbest=n, top_k=k, top_p=p, with_scores=True)
+        SearchOptions(sample=True, nbest=n, top_k=k, top_p=p, **extras)
         for n, k, p in ((1, 0, 1.0), (1, 1, 0.5), (max(max_nbest, max_mbr), 1, 0.5))
     ]
     return list(dict.fromkeys(key.compiled_key() for key in keys))
@@ -43,8 +45,9 @@ def covering_keys(beam_sizes: Sequence[int], max_nbest: int, max_mbr: int = 0) -
 
 def accepted_key_count(beam_sizes: Sequence[int], max_nbest: int, max_mbr: int = 0) -> int:
     """How many compiled keys requests can ask for: n-best 1..min(b, max_nbest) per beam size,
-    and 1..max(max_nbest, max_mbr) samples for each of sampling's four filter switches."""
-    return sum(min(b, max_nbest) for b in set(beam_sizes)) + 4 * max(max_nbest, max_mbr)
+    and 1..max(max_nbest, max_mbr) samples for each of sampling's four filter switches, each with
+    and without word scores and the n-gram check."""
+    return 4 * (sum(min(b, max_nbest) for b in set(beam_sizes)) + 4 * max(max_nbest, max_mbr))
 
 
 def source_widths(translator) -> tuple[int, ...]:

@@ -87,6 +87,10 @@ class TranslateRequest(BaseModel):
     mbr: json_int(ge=2) | None = Field(None, description=MBR)
     mbr_metric: Literal["chrf", "bleu"] = Field("chrf", description="mbr's utility: sentence chrF or BLEU")
     split: bool = Field(False, description=SPLIT)
+    word_scores: bool = Field(False, description="each word of the translation with its probability (`words`)")
+    no_repeat_ngram: json_int(ge=0, le=2**31 - 1) = Field(
+        0, description="no n-gram of this many tokens twice in a translation; 0 = off"
+    )
 
     # The characters a single text may hold without `split`, when that is less than with it
     # (translate_request_model sets it).
