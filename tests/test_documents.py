@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from s2s_jax.cli import decode as decode_cli
 from s2s_jax.data import sentences
 from s2s_jax.decoding.inference import SearchOptions
+from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.decoding.translator import Hypothesis, Translator
 from s2s_jax.serving import app as serving
 from s2s_jax.serving.translate_request import translate_request_model
@@ -205,6 +206,24 @@ def test_a_paragraph_of_k_sentences_is_their_k_translations_joined(translator, o
     if opts.nbest == 2:
         second = [h[1].text for h in one_by_one]
         assert got[0][1].text == "  " + " ".join(second[:3]) + "\n\n\t" + second[3] + "  "
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_a_paragraphs_words_and_mbr_pick_are_its_sentences(translator):
+    """With word scores a paragraph's words are its sentences' in order; with MBR over the n-best
+    each sentence's pick is the one it gets alone, and the paragraph's score their mean utility."""
+    opts = SearchOptions(beam_size=3, alpha=0.6, token_scores=True)
+    alone = [translator.translate([s], opts)[0][0] for s in SENTENCES]
+    got = translator.translate([PARAGRAPH], opts, split_sentences=True)[0][0]
+    assert [w.text for w in got.words] == [w.text for h in alone for w in h.words]
+    assert [w.prob for w in got.words] == pytest.approx([w.prob for h in alone for w in h.words], rel=1e-4)
+    assert got.token_log_probs == pytest.approx([x for h in alone for x in h.token_log_probs], abs=1e-4)
+
+    mbr = MBROptions(4, "chrf", "nbest")
+    alone = [translator.translate([s], SearchOptions(beam_size=4), mbr=mbr)[0][0] for s in SENTENCES]
+    got = translator.translate([PARAGRAPH], SearchOptions(beam_size=4), split_sentences=True, mbr=mbr)[0][0]
+    assert got.text == "  " + " ".join(h.text for h in alone[:3]) + "\n\n\t" + alone[3].text + "  "
+    assert got.score == pytest.approx(sum(h.score for h in alone) / len(alone), abs=1e-4)
 
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
