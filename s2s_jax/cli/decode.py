@@ -13,6 +13,7 @@ import sys
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu
+from s2s_jax.cli.decode_constraints import line_constraints
 from s2s_jax.data.text import lines_from_bytes, read_lines
 from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
 from s2s_jax.decoding.search import length_penalty
@@ -64,6 +65,10 @@ def _interactive(translator: Translator, opts: SearchOptions, flags) -> None:
         print("\n".join(format_hypotheses(hyps, opts.nbest, 0)), flush=True)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _positive_or_default(name: str, value, default):
     if value is None:
         return default
@@ -108,7 +113,9 @@ def _check_flags(flags) -> None:
     _ensemble_weights(flags)
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
-    for name in ("input", "reference", "rescore", "prefix"):
+    if (getattr(flags, "constraints", None) or getattr(flags, "terminology", None)) and flags.sample:
+        raise ValueError("--constraints and --terminology need beam search, not --sample")
+    for name in ("input", "reference", "rescore", "prefix", "constraints", "terminology"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
             raise DataError(f"--{name} {path}: file not found")
@@ -130,12 +137,18 @@ def run(flags) -> int:
             with_scores=flags.nbest > 1,
         )
         opts.check()
+        constrained = getattr(flags, "constraints", None) or getattr(flags, "terminology", None)
+        if constrained and opts.beam_size == 1:
+            raise ValueError(
+                "--constraints and --terminology need beam search: pass --beam_size 2 or more "
+                "(greedy search cannot look ahead to place them)"
+            )
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if getattr(flags, "score", False):
             return _score(flags, translator, batch_size)
         if getattr(flags, "rescore", None):
             return _rescore(flags, translator, opts.alpha, batch_size)
-        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None):
+        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None) and not constrained:
             _interactive(translator, opts, flags)
             return 0
         lines = _read_input(flags.input)
@@ -144,10 +157,17 @@ def run(flags) -> int:
             prefixes = read_lines(flags.prefix, allow_empty=True)
             if len(prefixes) != len(lines):
                 raise DataError(f"--prefix {flags.prefix} has {len(prefixes)} lines, the input has {len(lines)}")
+        constraints = line_constraints(flags, translator, lines, _warn)
         show = flags.input != "-" and sys.stderr.isatty()
         progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
         results = translator.translate(
-            lines, opts, batch_size=batch_size, seed=flags.seed, progress=progress, prefixes=prefixes
+            lines,
+            opts,
+            batch_size=batch_size,
+            seed=flags.seed,
+            progress=progress,
+            prefixes=prefixes,
+            constraints=constraints,
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -317,6 +337,18 @@ def _define_flags() -> None:
         None,
         "A file with one line per input line (empty = none): each translation starts with that line's words, "
         "forced, and the search continues after them (its score is the continuation's).",
+    )
+    flags.DEFINE_string(
+        "constraints",
+        None,
+        "A file with one line per input line: the phrases (tab-separated; none on an empty line) that line's "
+        "translation must contain, normalised and tokenized like the targets. Beam search only (--beam_size >= 2).",
+    )
+    flags.DEFINE_string(
+        "terminology",
+        None,
+        "A dictionary, 'source term<TAB>target term' a line: a source line that contains a source term (whole "
+        "words, normalised like the sources) gets its target term as a constraint. Beam search only.",
     )
     flags.DEFINE_string(
         "rescore",

@@ -36,12 +36,16 @@ import numpy as np
 
 from s2s_jax import parallel
 from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding import search
 from s2s_jax.models import time_segments
 from s2s_jax.models.seq2seq import Seq2Seq
 from s2s_jax.models.time_segments import Segments
 
 SOURCE_LENGTH_MULTIPLE = 8  # batch source lengths are rounded up to this
+CONSTRAINED_SEARCH = (
+    "constraints need beam search with beam_size >= 2: greedy search and sampling cannot look ahead to place them"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +133,13 @@ class BatchShape:
 
 @dataclasses.dataclass
 class ScoredTokens:
-    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam)."""
+    """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam);
+    `constraints_met` is False for a constrained search's output cut at its length cap without
+    every phrase."""
 
     tokens: list[int]
     score: float
+    constraints_met: bool = True
 
 
 def max_steps_for(max_src_len: int, decode_cfg) -> int:
@@ -198,6 +205,23 @@ def pad_batch(
     return out, lengths
 
 
+def constrained_sources(constraints: Sequence[Sequence[Sequence[int]]] | None, n: int, opts: SearchOptions) -> set[int]:
+    """The indices of the sources with phrases; ValueError when `constraints` does not hold one list
+    per source, when the search is not a beam search, or when a source has more than
+    constraints.MAX_TOKENS constraint tokens."""
+    if constraints is None:
+        return set()
+    if len(constraints) != n:
+        raise ValueError(f"{len(constraints)} constraint lists for {n} sources")
+    constrained = {i for i, phrases in enumerate(constraints) if dba.phrase_set(phrases)}
+    if constrained and (opts.sample or opts.beam_size == 1):
+        raise ValueError(CONSTRAINED_SEARCH)
+    for i in sorted(constrained):
+        if (count := dba.token_count(constraints[i])) > dba.MAX_TOKENS:
+            raise ValueError(f"source {i}: its constraints have {count} target tokens, at most {dba.MAX_TOKENS}")
+    return constrained
+
+
 def _cut(row: np.ndarray) -> list[int]:
     """Ids up to the first EOS (or PAD)."""
     out = []
@@ -253,6 +277,7 @@ def search_batch(
     prefix_len=None,
     segments: tuple[Segments | None, ...] | None = None,
     compact: bool = True,
+    constraints: dba.Constraints | None = None,
 ):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
     traceable function `Inference` compiles (and export.py exports) for each compiled key.
@@ -267,6 +292,9 @@ def search_batch(
     `opts` is a compiled key (SearchOptions.compiled_key); `rows` holds the per-row traced
     settings (alpha, temperature, top_k, top_p) and sampling keys (seed, index), `row_settings`:
     row r draws from fold_in(key(seed[r]), index[r]), so its sample does not depend on its batch.
+
+    `constraints` (beam search only; `constraints.pack`, [B, ...]): phrases each row's output must
+    contain; the result then has a third entry, bool [B, nbest]: whether each output contains them.
     """
     memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
@@ -315,7 +343,9 @@ def search_batch(
             )
         )
         return tokens[:, None], scores[:, None]
-    tokens, scores, _ = search.batch_beam_search(
+    if constraints is not None and (opts.sample or opts.beam_size == 1):
+        raise ValueError(CONSTRAINED_SEARCH)
+    out = search.batch_beam_search(
         step_fn,
         memory,
         state,
@@ -326,8 +356,9 @@ def search_batch(
         nbest=opts.nbest,
         bos_id=start,
         compact=compact,
+        constraints=constraints,
     )
-    return tokens, scores
+    return (out[0], out[1]) if constraints is None else (out[0], out[1], out[3])
 
 
 def _teacher_forced_log_prob(models, weights, params, srcs, tgt, lengths):
@@ -435,9 +466,13 @@ class Inference:
                 self._compiled.pop(next(iter(self._compiled)))
         return fn
 
-    def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-        """Indices of the non-empty sources, sorted by length and cut into batches."""
-        order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
+    def batches(
+        self, sources: Sequence[Sequence[int]], batch_size: int, among: Iterable[int] | None = None
+    ) -> list[list[int]]:
+        """Indices of the non-empty sources (of those in `among`, default all), sorted by length and
+        cut into batches."""
+        among = range(len(sources)) if among is None else among
+        order = sorted((i for i in among if len(sources[i])), key=lambda i: len(sources[i]))
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     def padded_rows(self, rows: int) -> int:
@@ -493,6 +528,7 @@ class Inference:
         progress: Callable[[Iterable], Iterable] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
+        constraints: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> list[list[ScoredTokens]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
@@ -503,7 +539,10 @@ class Inference:
         With `prefixes` (target ids per source; empty = none) each output is its prefix
         followed by the search's continuation from the decoder state after the prefix;
         scores are the continuation's, and its length cap is the row's cap minus the
-        prefix (at least 1).
+        prefix (at least 1). With `constraints` (per source a list of phrases, target ids; none =
+        unconstrained) beam search finds outputs that contain every phrase of their source
+        (s2s_jax/decoding/constraints.py; after the prefix, if any); the sources with phrases are
+        batched apart from the others, which get exactly the unconstrained search.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -528,15 +567,30 @@ class Inference:
             top_k=max(s.top_k for s in settings) if settings else 0,
             top_p=min(s.top_p for s in settings) if settings else 1.0,
         )
-        results = [[ScoredTokens([], 0.0) for _ in range(first.nbest)] for _ in range(n)]
+        constrained = constrained_sources(constraints, n, first)
+        # An empty source's empty output contains none of its phrases.
+        results = [[ScoredTokens([], 0.0, i not in constrained) for _ in range(first.nbest)] for i in range(n)]
         chunks = self.batches(sources[0], batch_size)
+        if constrained:  # constrained sources search apart: the others keep the plain beam search
+            plain = (i for i in range(n) if i not in constrained)
+            chunks = self.batches(sources[0], batch_size, plain) + self.batches(
+                sources[0], batch_size, sorted(constrained)
+            )
         choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
-            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose else None
+            batch_constrained = chunk[0] in constrained
+            shape = (
+                choose(self.batch_shape(sources, chunk, batch_size, union))
+                if choose and not batch_constrained
+                else None
+            )
             search_fn = self.search_fn(union if shape is None else shape.key)
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys, shape)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
+            if batch_constrained:
+                filler = [[]] * (arrays["caps"].shape[0] - len(chunk))
+                arrays["constraints"] = dba.pack([constraints[i] for i in chunk] + filler)
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
             out = search_fn(
@@ -547,12 +601,16 @@ class Inference:
                 placed.get("prefix"),
                 placed.get("prefix_len"),
                 segments=segments,
+                constraints=placed.get("constraints"),
             )
-            tokens, scores = (parallel.to_host(x) for x in out)
+            tokens, scores, *met = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
                 results[i] = [
-                    ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k])) for k in range(first.nbest)
+                    ScoredTokens(
+                        forced + _cut(tokens[row, k]), float(scores[row, k]), bool(met[0][row, k]) if met else True
+                    )
+                    for k in range(first.nbest)
                 ]
         return results
 

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from s2s_jax.decoding import constraints as dba
+
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 NEG_INF = -jnp.inf
@@ -375,8 +377,10 @@ def _beam_cap(max_length: jax.Array | int | None, max_steps: int) -> jax.Array:
     return jnp.clip(jnp.asarray(cap, jnp.int32), 1, max_steps)
 
 
-def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_steps: int) -> jax.Array:
-    """Whether a live beam can still beat the worst of the K finished hypotheses.
+def _beam_running(
+    s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_steps: int, floor: jax.Array | None = None
+) -> jax.Array:
+    """Whether a live beam can still beat the worst of the K finished hypotheses (or `floor`).
 
     Log-probs only decrease, so a live beam's best final score is
     logp / max(lp(t + 1), lp(cap)), which is logp when alpha = 0.
@@ -384,7 +388,7 @@ def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_s
     penalty = jnp.maximum(length_penalty(s.step + 1, alpha), length_penalty(cap, alpha))
     best_possible = jnp.max(s.live_logp) / penalty
     # -inf vs -inf (no live beam left) also stops.
-    return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
+    return (s.step < max_steps) & (best_possible > (jnp.min(s.fin_scores) if floor is None else floor))
 
 
 def _beam_step(
@@ -430,6 +434,25 @@ def _beam_step(
         fin_scores=fin_scores,
         fin_lengths=fin_lengths,
     )
+
+
+def _constrained_step(
+    step_fn: StepFn,
+    memory: Any,
+    s: dba.ConstrainedBeam,
+    cap: jax.Array,
+    alpha: float | jax.Array,
+    cons: dba.Constraints,
+    *,
+    k: int,
+    min_length: int,
+    eos_id: int,
+) -> dba.ConstrainedBeam:
+    """`_beam_step` with constraints: the model's step here, the choice of beams in constraints.py."""
+    logits, new_state = step_fn(memory, s.beam.live_state, s.beam.live_last)
+    logp = _forbid_eos(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), s.beam.step, min_length, eos_id)
+    penalty = length_penalty(s.beam.step + 1, alpha)
+    return dba.beam_step(s, logp, new_state, cap, penalty, cons, k=k, eos_id=eos_id)
 
 
 def beam_search(
@@ -491,7 +514,8 @@ def batch_beam_search(
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
     compact: bool = True,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    constraints: dba.Constraints | None = None,
+) -> tuple[jax.Array, ...]:
     """`beam_search` over a leading batch dim of memory/state (and max_length [N]).
 
     `bos_id` may be an int32 [N] array: each row's first input token (the last token
@@ -503,6 +527,11 @@ def batch_beam_search(
     `compact`: once half the sentences have finished, the others continue as a batch of
     half the size (and so on, down to COMPACT_MIN_ROWS decoder rows), so finished
     sentences stop costing steps; without it every sentence steps until the last ends.
+
+    `constraints` (constraints.Constraints with a leading batch dim, `constraints.pack`): phrases
+    each output must contain, searched by dynamic beam allocation (s2s_jax/decoding/constraints.py);
+    the result then has a fourth entry, bool [N, nbest]: whether the hypothesis contains them all
+    (False only for one cut at its length cap, returned when no complete one was found).
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
@@ -512,39 +541,56 @@ def batch_beam_search(
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
     alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
     memory = jax.tree.map(jax.vmap(lambda x: _expand(x, k)), memory)
-    s = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))(state, starts)
+    init = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))
+    if constraints is None:
+        s = init(state, starts)
+        running = jax.vmap(lambda s, cap, a, c: _beam_running(s, cap, a, max_steps))
+        plain_step = functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)
+        step = jax.vmap(lambda m, s, cap, a, c: plain_step(m, s, cap, a))
+        finished = lambda s, cons: (s.fin_tokens, s.fin_scores, s.fin_lengths)  # noqa: E731
+    else:
+        s = jax.vmap(functools.partial(dba.init, k=k))(init(state, starts), constraints)
+        running = jax.vmap(lambda s, cap, a, c: _beam_running(s.beam, cap, a, max_steps, dba.floor(s, c)))
+        step = jax.vmap(functools.partial(_constrained_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
+        finished = lambda s, cons: (  # noqa: E731
+            s.beam.fin_tokens,
+            s.beam.fin_scores,
+            s.beam.fin_lengths,
+            jax.vmap(dba.complete)(s, cons),
+        )
 
-    running = jax.vmap(lambda s, cap, a: _beam_running(s, cap, a, max_steps))
-    step = jax.vmap(functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
-
-    def body(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array) -> _BeamState:
+    def body(s: Any, memory: Any, caps: jax.Array, alphas: jax.Array, cons: Any) -> Any:
         """Every sentence steps; those that have stopped keep their state (as a vmapped while_loop does)."""
-        go = running(s, caps, alphas)
-        new = step(memory, s, caps, alphas)
+        go = running(s, caps, alphas, cons)
+        new = step(memory, s, caps, alphas, cons)
         keep = lambda a, b: jnp.where(go.reshape(go.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         return jax.tree.map(keep, new, s)
 
-    def stage(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array, stop_at: int) -> _BeamState:
+    def stage(s: Any, memory: Any, caps: jax.Array, alphas: jax.Array, cons: Any, stop_at: int) -> Any:
         """Steps until at most `stop_at` sentences are still running."""
         return lax.while_loop(
-            lambda s: jnp.sum(running(s, caps, alphas)) > stop_at, lambda s: body(s, memory, caps, alphas), s
+            lambda s: jnp.sum(running(s, caps, alphas, cons)) > stop_at,
+            lambda s: body(s, memory, caps, alphas, cons),
+            s,
         )
 
     min_rows = max(-(-COMPACT_MIN_ROWS // k), 1)  # sentences
-    fin = (s.fin_tokens, s.fin_scores, s.fin_lengths)
+    cons = constraints
+    fin = finished(s, cons)
     where, rows = jnp.arange(n), n
     while True:
         next_rows = max((rows + 1) // 2, min_rows) if compact and rows > min_rows else 0
-        s = stage(s, memory, caps, alphas, next_rows)
-        fin = tuple(f.at[where].set(x) for f, x in zip(fin, (s.fin_tokens, s.fin_scores, s.fin_lengths)))
+        s = stage(s, memory, caps, alphas, cons, next_rows)
+        fin = tuple(f.at[where].set(x) for f, x in zip(fin, finished(s, cons)))
         if next_rows == 0:
             break
         # Running sentences first; the next stage is traced with the kept rows only.
-        keep = jnp.argsort(~running(s, caps, alphas), stable=True)[:next_rows]
-        s, memory, caps, alphas, where = jax.tree.map(lambda a, keep=keep: a[keep], (s, memory, caps, alphas, where))
+        keep = jnp.argsort(~running(s, caps, alphas, cons), stable=True)[:next_rows]
+        s, memory, caps, alphas, cons, where = jax.tree.map(
+            lambda a, keep=keep: a[keep], (s, memory, caps, alphas, cons, where)
+        )
         rows = next_rows
-    tokens, scores, lengths = fin
-    return tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest]
+    return tuple(f[:, :nbest] for f in fin)
 
 
 def advance(

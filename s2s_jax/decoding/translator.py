@@ -18,7 +18,7 @@ import numpy as np
 
 from s2s_jax import parallel
 from s2s_jax.data.text import normalize
-from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
+from s2s_jax.data.tokenizer import BOS_ID, UNK_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
@@ -33,6 +33,7 @@ class Hypothesis:
     text: str
     score: float
     tokens: list[int]
+    constraints_met: bool = True  # False: a constrained translation cut at its length cap without every phrase
 
 
 @dataclasses.dataclass
@@ -178,6 +179,7 @@ class Translator:
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
         prefixes: list[str] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
@@ -186,11 +188,18 @@ class Translator:
         output is the prefix, normalised and tokenized like the targets, followed by the
         search's continuation (whose score it reports). `opts` may be one setting per
         line and `sample_keys` a (seed, index) per line, as `Inference.run` takes them.
+
+        `constraints` (one list of phrases per line, [] = none; beam search only): each translation
+        contains its line's phrases, normalised and tokenized like the targets, searched by
+        dynamic beam allocation (s2s_jax/decoding/constraints.py). A line whose phrases do not fit
+        within its length cap gets the best partial translation (`constraints_met` False), with a
+        warning.
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
+        wanted = None if constraints is None else self.constraint_ids(constraints, warn)
         results = self.inference.run(
             params,
             sources,
@@ -200,11 +209,40 @@ class Translator:
             progress=progress,
             prefixes=forced,
             sample_keys=sample_keys,
+            constraints=wanted,
         )
+        for number, (candidates, phrases) in enumerate(zip(results, wanted or []), 1):
+            if phrases and not candidates[0].constraints_met:
+                warn(
+                    f"line {number}: no translation with every constraint fits within the length cap; "
+                    "the best partial one is returned"
+                )
         return [
-            [Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens) for c in candidates]
+            [
+                Hypothesis(self.tgt_tokenizer.detokenize([c.tokens])[0], c.score, c.tokens, c.constraints_met)
+                for c in candidates
+            ]
             for candidates in results
         ]
+
+    def constraint_ids(
+        self, constraints: list[list[str]], warn: Callable[[str], None] = lambda msg: None
+    ) -> list[list[list[int]]]:
+        """Each line's phrases as target ids (normalised and tokenized like the targets); phrases
+        that normalise to nothing are dropped. Warns about a phrase with characters the target
+        vocabulary lacks: it comes out as the unknown piece."""
+        if isinstance(constraints, str) or any(isinstance(row, str) for row in constraints):
+            raise TypeError("constraints take one list of phrases per line")
+        flat = [phrase for row in constraints for phrase in row]
+        ids = iter(self._target_ids(flat) if flat else [])
+        out = []
+        for number, row in enumerate(constraints, 1):
+            phrases = [next(ids) for _ in row]
+            for text, tokens in zip(row, phrases):
+                if UNK_ID in tokens:
+                    warn(f"line {number}: the constraint {text!r} has characters the target vocabulary lacks")
+            out.append([p for p in phrases if p])
+        return out
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs
