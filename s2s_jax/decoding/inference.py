@@ -601,7 +601,8 @@ class Inference:
                 placed.get("prefix"),
                 placed.get("prefix_len"),
                 segments=segments,
-                constraints=placed.get("constraints"),
+                # Only when given: a keyword the warm-up (compile_shape) does not pass would compile again.
+                **({"constraints": placed["constraints"]} if batch_constrained else {}),
             )
             tokens, scores, *met = (parallel.to_host(x) for x in out)
             for row, i in enumerate(chunk):
