@@ -549,3 +549,41 @@ def test_constraints_that_cannot_fit_the_length_cap_warn_naming_the_line(trained
         "warning: line 4: no translation with every constraint fits within the length cap; "
         "the best partial one is returned"
     ]
+
+
+# ----------------------------------------------------------------------------
+# The server (a serve.py process on the trained toy model)
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_server_takes_constraints_per_text(trained_workdir):
+    from tests.serving_helpers import Server
+
+    translator = Translator(trained_workdir.workdir)
+    args = ("--max_batch=4", "--beam_sizes=1,3", "--max_nbest=2")
+    server = Server(trained_workdir.workdir, *args, cache=trained_workdir.cache).wait_ready()
+    try:
+        texts, wanted = SENTENCES[:3], [["godtac"], [], ["racgib", "oder"]]
+        response = server.post({"text": texts, "beam_size": 3, "nbest": 2, "constraints": wanted})
+        assert response.status_code == 200, response.text
+        got = response.json()["translations"]
+        want = translator.translate(texts, SearchOptions(beam_size=3, nbest=2, with_scores=True), constraints=wanted)
+        assert [t["text"] for t in got] == [h[0].text for h in want]
+        assert [t["constraints_met"] for t in got] == [True, None, True]
+        assert "godtac" in got[0]["text"] and "racgib" in got[2]["text"] and "oder" in got[2]["text"]
+        partial = server.post({"text": "dog", "beam_size": 3, "constraints": [["godo " * 8]]}).json()
+        assert partial["translations"][0]["constraints_met"] is False
+        for payload, message in [
+            ({"text": texts, "beam_size": 3, "constraints": [["a"]]}, "constraints: 1 lists for 3 texts"),
+            ({"text": "a", "beam_size": 1, "constraints": [["a"]]}, "constraints: need beam search"),
+            ({"text": "a", "beam_size": 3, "constraints": [["dog " * 40]]}, "constraints: text 0 has"),
+            ({"text": "a", "beam_size": 3, "constraints": [["a"] * 9]}, "constraints"),
+            ({"text": "a", "beam_size": 3, "constraints": [["a" * 201]]}, "constraints"),
+        ]:
+            response = server.post(payload)
+            assert response.status_code == 422 and response.json()["detail"].startswith(message), response.text
+            assert response.json()["field"].startswith("constraints")
+        assert server.post({"text": "a", "beam_size": 1, "constraints": [[" "]]}).status_code == 200  # no phrase
+    finally:
+        assert server.stop() == 0, server.output

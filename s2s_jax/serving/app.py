@@ -39,6 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.serving import shapes
 from s2s_jax.serving.body_limit import BodyLimit, body_cap
@@ -109,6 +110,9 @@ class Translation(BaseModel):
     score: float
     nbest: list[Candidate]
     alignment: Alignment | None = None
+    constraints_met: bool | None = Field(
+        None, description="with constraints: whether the translation contains them all (false: cut at the length cap)"
+    )
 
 
 class TranslateResponse(BaseModel):
@@ -128,6 +132,7 @@ class _Job:
     alignment: bool
     arrived: float
     future: asyncio.Future
+    constraints: list[str] = dataclasses.field(default_factory=list)
 
 
 class QueueFull(Exception):
@@ -147,13 +152,24 @@ class Batcher:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2s-search")
         self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
 
-    def submit(self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool) -> list[asyncio.Future]:
+    def submit(
+        self,
+        texts: Sequence[str],
+        opts: SearchOptions,
+        seed: int,
+        alignment: bool,
+        constraints: Sequence[list[str]] | None = None,
+    ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future()) for j, t in enumerate(texts)]
+        constraints = constraints or [[] for _ in texts]
+        jobs = [
+            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), c)
+            for j, (t, c) in enumerate(zip(texts, constraints))
+        ]
         self.pending.extend(jobs)
         self._wake.set()
         return [job.future for job in jobs]
@@ -212,6 +228,7 @@ class Batcher:
             batch_size=self.settings.max_batch,
             sample_keys=[job.sample_key for job in batch],
             warn=lambda message: None,
+            **({"constraints": [job.constraints for job in batch]} if any(job.constraints for job in batch) else {}),
         )
         self.search_calls += 1
         self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
@@ -222,8 +239,9 @@ class Batcher:
                 text=h[0].text,
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
+                constraints_met=h[0].constraints_met if job.constraints else None,
             )
-            for h in hyps
+            for h, job in zip(hyps, batch)
         ]
         aligned = [i for i, job in enumerate(batch) if job.alignment and texts[i].strip()]
         if aligned and self._has_attention:
@@ -285,6 +303,31 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
     )
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
+
+
+def request_constraints(
+    request: TranslateRequest, texts: list[str], opts: SearchOptions, translator
+) -> list[list[str]]:
+    """Each text's constraint phrases (control characters as spaces, blank ones dropped); ApiError 422
+    when the lists do not match the texts, when the search is not a beam search, or when a text's
+    phrases pass the cap of constraint tokens (s2s_jax/decoding/constraints.py)."""
+    if request.constraints is None:
+        return [[] for _ in texts]
+    if len(request.constraints) != len(texts):
+        raise ApiError(
+            422, f"constraints: {len(request.constraints)} lists for {len(texts)} texts (one per text)", "constraints"
+        )
+    rows = [[p for p in (clean_text(phrase).strip() for phrase in row) if p] for row in request.constraints]
+    if any(rows) and (opts.sample or opts.beam_size == 1):
+        raise ApiError(422, "constraints: need beam search (beam_size >= 2, no sampling)", "constraints")
+    for i, phrases in enumerate(translator.constraint_ids(rows)):
+        if (count := dba.token_count(phrases)) > dba.MAX_TOKENS:
+            raise ApiError(
+                422,
+                f"constraints: text {i} has {count} target tokens of constraints, at most {dba.MAX_TOKENS}",
+                "constraints",
+            )
+    return rows
 
 
 def clean_text(text: str) -> str:
@@ -468,9 +511,12 @@ class _Service:
         current = self.ready_state()
         texts = [request.text] if isinstance(request.text, str) else request.text
         opts = request_options(request, current["translator"], self.settings)
+        constraints = request_constraints(request, texts, opts, current["translator"])
         seed = secrets.randbits(32) if request.seed is None else request.seed
         try:
-            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment)
+            futures = current["batcher"].submit(
+                [clean_text(t) for t in texts], opts, seed, request.alignment, constraints
+            )
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
         return TranslateResponse(translations=await self._answers(futures))

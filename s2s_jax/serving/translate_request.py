@@ -18,6 +18,12 @@ from pydantic_core import PydanticCustomError
 # The tags of `text`'s two forms, as they appear in pydantic's error locations.
 TEXT_TAGS = ("one", "list")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_PHRASES = 8  # constraint phrases per text
+MAX_PHRASE_CHARS = 200  # characters per constraint phrase
+CONSTRAINTS = (
+    "per text, the phrases its translation must contain (beam search only: beam_size >= 2, no sampling); "
+    "at most 32 target tokens per text"
+)
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
     ">= nbest (sampling draws nbest samples)"
@@ -58,6 +64,7 @@ class TranslateRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="1.0 = off")
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
+    constraints: list[list[str]] | None = Field(None, description=CONSTRAINTS)
 
 
 def _text_form(value: Any) -> str | None:
@@ -82,6 +89,8 @@ def translate_request_model(
         Field(description=f"one text or a list of at most {max_texts}, each at most {max_chars} characters"),
     ]
     beam = Annotated[Literal[tuple(beam_sizes)], BeforeValidator(_json_integer)]  # type: ignore[valid-type]
+    phrase = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=MAX_PHRASE_CHARS)]
+    phrases = Annotated[list[phrase], Field(max_length=MAX_PHRASES)]
     return create_model(
         "TranslateRequest",
         __base__=TranslateRequest,
@@ -91,4 +100,12 @@ def translate_request_model(
             Field(None, description="1 = greedy; one of the server's beam sizes; omitted: the model's default"),
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
+        constraints=(
+            Annotated[list[phrases], Field(max_length=max_texts)] | None,
+            Field(
+                None,
+                description=f"{CONSTRAINTS}; one list per text, each of at most {MAX_PHRASES} phrases "
+                f"of at most {MAX_PHRASE_CHARS} characters",
+            ),
+        ),
     )
