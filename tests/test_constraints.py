@@ -587,3 +587,19 @@ def test_the_server_takes_constraints_per_text(trained_workdir):
         assert server.post({"text": "a", "beam_size": 1, "constraints": [[" "]]}).status_code == 200  # no phrase
     finally:
         assert server.stop() == 0, server.output
+
+
+def test_the_benchmark_picks_one_or_two_reference_words_the_output_lacks():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "constraints.py"
+    spec = importlib.util.spec_from_file_location("constraints_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    outputs = ["A dog runs on the grass.", "Two men.", "A cat."]
+    refs = ["A brown dog runs across the lawn.", "Two men.", "The cat sleeps, a cat."]
+    picked = bench.pick_constraints(outputs, refs, seed=0)
+    assert picked == bench.pick_constraints(outputs, refs, seed=0)
+    assert 1 <= len(picked[0]) <= 2 and set(picked[0]) <= {"brown", "across", "lawn"}
+    assert picked[1] == [] and set(picked[2]) <= {"The", "sleeps"}
