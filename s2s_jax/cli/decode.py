@@ -13,7 +13,7 @@ import sys
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu
-from s2s_jax.cli.decode_constraints import line_constraints
+from s2s_jax.cli.decode_constraints import constrained_search, line_constraints
 from s2s_jax.data.text import lines_from_bytes, read_lines
 from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
 from s2s_jax.decoding.search import length_penalty
@@ -113,8 +113,6 @@ def _check_flags(flags) -> None:
     _ensemble_weights(flags)
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
-    if (getattr(flags, "constraints", None) or getattr(flags, "terminology", None)) and flags.sample:
-        raise ValueError("--constraints and --terminology need beam search, not --sample")
     for name in ("input", "reference", "rescore", "prefix", "constraints", "terminology"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
@@ -137,12 +135,7 @@ def run(flags) -> int:
             with_scores=flags.nbest > 1,
         )
         opts.check()
-        constrained = getattr(flags, "constraints", None) or getattr(flags, "terminology", None)
-        if constrained and opts.beam_size == 1:
-            raise ValueError(
-                "--constraints and --terminology need beam search: pass --beam_size 2 or more "
-                "(greedy search cannot look ahead to place them)"
-            )
+        constrained = constrained_search(flags, opts)
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if getattr(flags, "score", False):
             return _score(flags, translator, batch_size)

@@ -7,8 +7,21 @@ from collections.abc import Callable
 
 from s2s_jax.data.constraint_files import TermMatcher, read_constraints, read_terminology
 from s2s_jax.decoding import constraints as dba
+from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.errors import DataError
+
+
+def constrained_search(flags, opts: SearchOptions) -> bool:
+    """Whether --constraints or --terminology is given; ValueError when the search cannot place them."""
+    constrained = bool(getattr(flags, "constraints", None) or getattr(flags, "terminology", None))
+    if constrained and (opts.sample or opts.beam_size == 1):
+        how = "not --sample" if opts.sample else "pass --beam_size 2 or more"
+        raise ValueError(
+            f"--constraints and --terminology need beam search: {how} (greedy search and sampling cannot look "
+            "ahead to place them)"
+        )
+    return constrained
 
 
 def line_constraints(

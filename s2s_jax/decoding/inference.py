@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +220,15 @@ def constrained_sources(constraints: Sequence[Sequence[Sequence[int]]] | None, n
         if (count := dba.token_count(constraints[i])) > dba.MAX_TOKENS:
             raise ValueError(f"source {i}: its constraints have {count} target tokens, at most {dba.MAX_TOKENS}")
     return constrained
+
+
+def _candidates(out: list[np.ndarray], row: int, forced: list[int], nbest: int) -> list[ScoredTokens]:
+    """One row's n-best from a search's host arrays (tokens, scores[, constraints met]), after its forced prefix."""
+    tokens, scores, *met = out
+    return [
+        ScoredTokens(forced + _cut(tokens[row, k]), float(scores[row, k]), bool(met[0][row, k]) if met else True)
+        for k in range(nbest)
+    ]
 
 
 def _cut(row: np.ndarray) -> list[int]:
@@ -467,13 +476,15 @@ class Inference:
         return fn
 
     def batches(
-        self, sources: Sequence[Sequence[int]], batch_size: int, among: Iterable[int] | None = None
+        self, sources: Sequence[Sequence[int]], batch_size: int, apart: Collection[int] = ()
     ) -> list[list[int]]:
-        """Indices of the non-empty sources (of those in `among`, default all), sorted by length and
-        cut into batches."""
-        among = range(len(sources)) if among is None else among
-        order = sorted((i for i in among if len(sources[i])), key=lambda i: len(sources[i]))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        """Indices of the non-empty sources, sorted by length and cut into batches; the sources in
+        `apart` are cut into batches of their own."""
+        out = []
+        for group in (set(range(len(sources))) - set(apart), set(apart)):
+            order = sorted((i for i in sorted(group) if len(sources[i])), key=lambda i: len(sources[i]))
+            out += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return out
 
     def padded_rows(self, rows: int) -> int:
         """A batch's `rows` rounded up to a multiple of the device count (one share per device)."""
@@ -570,27 +581,18 @@ class Inference:
         constrained = constrained_sources(constraints, n, first)
         # An empty source's empty output contains none of its phrases.
         results = [[ScoredTokens([], 0.0, i not in constrained) for _ in range(first.nbest)] for i in range(n)]
-        chunks = self.batches(sources[0], batch_size)
-        if constrained:  # constrained sources search apart: the others keep the plain beam search
-            plain = (i for i in range(n) if i not in constrained)
-            chunks = self.batches(sources[0], batch_size, plain) + self.batches(
-                sources[0], batch_size, sorted(constrained)
-            )
+        # Constrained sources search in batches of their own: the others keep the plain beam search.
+        chunks = self.batches(sources[0], batch_size, apart=constrained)
         choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
-            batch_constrained = chunk[0] in constrained
-            shape = (
-                choose(self.batch_shape(sources, chunk, batch_size, union))
-                if choose and not batch_constrained
-                else None
-            )
+            phrases = [constraints[i] for i in chunk] if chunk[0] in constrained else None
+            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose and not phrases else None
             search_fn = self.search_fn(union if shape is None else shape.key)
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys, shape)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
-            if batch_constrained:
-                filler = [[]] * (arrays["caps"].shape[0] - len(chunk))
-                arrays["constraints"] = dba.pack([constraints[i] for i in chunk] + filler)
+            if phrases:
+                arrays["constraints"] = dba.pack(phrases + [[]] * (arrays["caps"].shape[0] - len(chunk)))
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
             out = search_fn(
@@ -602,17 +604,11 @@ class Inference:
                 placed.get("prefix_len"),
                 segments=segments,
                 # Only when given: a keyword the warm-up (compile_shape) does not pass would compile again.
-                **({"constraints": placed["constraints"]} if batch_constrained else {}),
+                **({"constraints": placed["constraints"]} if phrases else {}),
             )
-            tokens, scores, *met = (parallel.to_host(x) for x in out)
+            out = [parallel.to_host(x) for x in out]
             for row, i in enumerate(chunk):
-                forced = list(prefixes[i]) if prefixes is not None else []
-                results[i] = [
-                    ScoredTokens(
-                        forced + _cut(tokens[row, k]), float(scores[row, k]), bool(met[0][row, k]) if met else True
-                    )
-                    for k in range(first.nbest)
-                ]
+                results[i] = _candidates(out, row, list(prefixes[i]) if prefixes is not None else [], first.nbest)
         return results
 
     def compile_shape(self, params, shape: BatchShape) -> None:

@@ -455,6 +455,25 @@ def _constrained_step(
     return dba.beam_step(s, logp, new_state, cap, penalty, cons, k=k, eos_id=eos_id)
 
 
+def _batch_beam_parts(
+    step_fn: StepFn, *, constrained: bool, k: int, max_steps: int, min_length: int, eos_id: int
+) -> tuple[Callable, Callable, Callable]:
+    """batch_beam_search's vmapped (running, step, finished), each taking the sentences' constraints
+    last (None without: the plain beam step); `finished` gives (tokens, scores, lengths[, complete])."""
+    if not constrained:
+        plain_step = functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)
+        return (
+            jax.vmap(lambda s, cap, a, c: _beam_running(s, cap, a, max_steps)),
+            jax.vmap(lambda m, s, cap, a, c: plain_step(m, s, cap, a)),
+            lambda s, cons: (s.fin_tokens, s.fin_scores, s.fin_lengths),
+        )
+    return (
+        jax.vmap(lambda s, cap, a, c: _beam_running(s.beam, cap, a, max_steps, dba.floor(s, c))),
+        jax.vmap(functools.partial(_constrained_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)),
+        lambda s, cons: (s.beam.fin_tokens, s.beam.fin_scores, s.beam.fin_lengths, jax.vmap(dba.complete)(s, cons)),
+    )
+
+
 def beam_search(
     step_fn: StepFn,
     memory: Any,
@@ -541,23 +560,12 @@ def batch_beam_search(
     starts = jnp.broadcast_to(jnp.asarray(bos_id, jnp.int32), (n,))
     alphas = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (n,))
     memory = jax.tree.map(jax.vmap(lambda x: _expand(x, k)), memory)
-    init = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))
-    if constraints is None:
-        s = init(state, starts)
-        running = jax.vmap(lambda s, cap, a, c: _beam_running(s, cap, a, max_steps))
-        plain_step = functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)
-        step = jax.vmap(lambda m, s, cap, a, c: plain_step(m, s, cap, a))
-        finished = lambda s, cons: (s.fin_tokens, s.fin_scores, s.fin_lengths)  # noqa: E731
-    else:
-        s = jax.vmap(functools.partial(dba.init, k=k))(init(state, starts), constraints)
-        running = jax.vmap(lambda s, cap, a, c: _beam_running(s.beam, cap, a, max_steps, dba.floor(s, c)))
-        step = jax.vmap(functools.partial(_constrained_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
-        finished = lambda s, cons: (  # noqa: E731
-            s.beam.fin_tokens,
-            s.beam.fin_scores,
-            s.beam.fin_lengths,
-            jax.vmap(dba.complete)(s, cons),
-        )
+    s = jax.vmap(lambda st, b: _beam_init(st, k=k, max_steps=max_steps, bos_id=b, pad_id=pad_id))(state, starts)
+    if constraints is not None:
+        s = jax.vmap(functools.partial(dba.init, k=k))(s, constraints)
+    running, step, finished = _batch_beam_parts(
+        step_fn, constrained=constraints is not None, k=k, max_steps=max_steps, min_length=min_length, eos_id=eos_id
+    )
 
     def body(s: Any, memory: Any, caps: jax.Array, alphas: jax.Array, cons: Any) -> Any:
         """Every sentence steps; those that have stopped keep their state (as a vmapped while_loop does)."""
