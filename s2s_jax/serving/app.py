@@ -133,6 +133,7 @@ class _Job:
     arrived: float
     future: asyncio.Future
     constraints: list[str] = dataclasses.field(default_factory=list)
+    all_constraints: bool = True  # False: phrases past the cap were left out
 
 
 class QueueFull(Exception):
@@ -159,6 +160,7 @@ class Batcher:
         seed: int,
         alignment: bool,
         constraints: Sequence[list[str]] | None = None,
+        whole: Sequence[bool] | None = None,
     ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
@@ -166,9 +168,10 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         constraints = constraints or [[] for _ in texts]
+        whole = whole or [True for _ in texts]
         jobs = [
-            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), c)
-            for j, (t, c) in enumerate(zip(texts, constraints))
+            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), c, w)
+            for j, (t, c, w) in enumerate(zip(texts, constraints, whole))
         ]
         self.pending.extend(jobs)
         self._wake.set()
@@ -239,7 +242,7 @@ class Batcher:
                 text=h[0].text,
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
-                constraints_met=h[0].constraints_met if job.constraints else None,
+                constraints_met=h[0].constraints_met and job.all_constraints if job.constraints else None,
             )
             for h, job in zip(hyps, batch)
         ]
@@ -274,10 +277,15 @@ def default_options(translator) -> SearchOptions:
     return SearchOptions(beam_size=cfg.beam_size, alpha=cfg.alpha, with_scores=True)
 
 
-def request_options(request: TranslateRequest, translator, settings: ServeSettings) -> SearchOptions:
+def request_options(
+    request: TranslateRequest, translator, settings: ServeSettings, constrained: bool = False
+) -> SearchOptions:
     """The request's SearchOptions. An omitted beam size is the model's default; an nbest above
     the beam size widens the beam to the smallest allowed size >= nbest (sampling ignores the
-    beam size). The request model enforces the limits; ApiError 422 for a request built without it."""
+    beam size). With constraints (`constrained`) the search is a beam search of at least 2: `sample`
+    is ignored and a beam of 1 widens to the smallest allowed size >= 2 (the request model has no
+    constraints field when there is none). The request model enforces the limits; ApiError 422 for a
+    request built without it."""
     if request.beam_size is not None and request.beam_size not in settings.beam_sizes:
         sizes = ", ".join(map(str, settings.beam_sizes))
         raise ApiError(
@@ -287,15 +295,17 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         raise ApiError(422, f"nbest: at most {settings.max_nbest}", "nbest")
     default = default_options(translator)
     beam = default.beam_size if request.beam_size is None else request.beam_size
-    if request.sample:
+    sample = request.sample and not constrained
+    least = max(request.nbest, 2 if constrained else 1)
+    if sample:
         beam = 1
-    elif request.nbest > beam:
-        beam = min(size for size in settings.beam_sizes if size >= request.nbest)
+    elif least > beam:
+        beam = min(size for size in settings.beam_sizes if size >= least)
     opts = SearchOptions(
         beam_size=beam,
         alpha=default.alpha if request.alpha is None else request.alpha,
         nbest=request.nbest,
-        sample=request.sample,
+        sample=sample,
         temperature=request.temperature,
         top_k=request.top_k,
         top_p=request.top_p,
@@ -305,29 +315,25 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
     return opts
 
 
-def request_constraints(
-    request: TranslateRequest, texts: list[str], opts: SearchOptions, translator
-) -> list[list[str]]:
-    """Each text's constraint phrases (control characters as spaces, blank ones dropped); ApiError 422
-    when the lists do not match the texts, when the search is not a beam search, or when a text's
-    phrases pass the cap of constraint tokens (s2s_jax/decoding/constraints.py)."""
-    if request.constraints is None:
-        return [[] for _ in texts]
-    if len(request.constraints) != len(texts):
-        raise ApiError(
-            422, f"constraints: {len(request.constraints)} lists for {len(texts)} texts (one per text)", "constraints"
-        )
-    rows = [[p for p in (clean_text(phrase).strip() for phrase in row) if p] for row in request.constraints]
-    if any(rows) and (opts.sample or opts.beam_size == 1):
-        raise ApiError(422, "constraints: need beam search (beam_size >= 2, no sampling)", "constraints")
-    for i, phrases in enumerate(translator.constraint_ids(rows)):
-        if (count := dba.token_count(phrases)) > dba.MAX_TOKENS:
-            raise ApiError(
-                422,
-                f"constraints: text {i} has {count} target tokens of constraints, at most {dba.MAX_TOKENS}",
-                "constraints",
-            )
-    return rows
+def request_constraints(request: TranslateRequest, texts: list[str], translator) -> tuple[list[list[str]], list[bool]]:
+    """Each text's constraint phrases (list i for text i: texts past the lists' end have none, lists
+    past the last text are ignored; control characters as spaces, blank phrases dropped), and whether
+    each text kept all of them: phrases that would take a text past the cap of constraint tokens
+    (s2s_jax/decoding/constraints.py) are left out, the earlier ones kept. Not errors: the schema
+    cannot say them (as for `nbest`, see translate_request.py)."""
+    given = list(request.constraints or [])[: len(texts)]
+    given += [[] for _ in range(len(texts) - len(given))]
+    rows, whole = [], []
+    for row in given:
+        phrases = [p for p in (clean_text(phrase).strip() for phrase in row) if p]
+        kept, kept_ids = [], []
+        for phrase, ids in zip(phrases, translator.constraint_ids([[p] for p in phrases])):
+            if dba.token_count(kept_ids + ids) <= dba.MAX_TOKENS:
+                kept.append(phrase)
+                kept_ids += ids
+        rows.append(kept)
+        whole.append(len(kept) == len(phrases))
+    return rows, whole
 
 
 def clean_text(text: str) -> str:
@@ -510,12 +516,12 @@ class _Service:
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
         current = self.ready_state()
         texts = [request.text] if isinstance(request.text, str) else request.text
-        opts = request_options(request, current["translator"], self.settings)
-        constraints = request_constraints(request, texts, opts, current["translator"])
+        constraints, whole = request_constraints(request, texts, current["translator"])
+        opts = request_options(request, current["translator"], self.settings, constrained=any(constraints))
         seed = secrets.randbits(32) if request.seed is None else request.seed
         try:
             futures = current["batcher"].submit(
-                [clean_text(t) for t in texts], opts, seed, request.alignment, constraints
+                [clean_text(t) for t in texts], opts, seed, request.alignment, constraints, whole
             )
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None

@@ -3,8 +3,9 @@
 `translate_request_model(...)` builds the request model of one server: the beam sizes it allows
 (an enum), its most n-best, characters per text and texts per request are pydantic constraints,
 so the published /openapi.json says them and validation enforces them (422, `field` naming the
-field). The one rule the schema cannot say is not a rule: an n-best above the beam size widens
-the beam (see `NBEST`).
+field). The rules the schema cannot say are not rules: an n-best above the beam size widens
+the beam (see `NBEST`), and constraints make the search a beam search, with no more than the cap
+of constraint tokens per text (see `CONSTRAINTS`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_PHRASES = 8  # constraint phrases per text
 MAX_PHRASE_CHARS = 200  # characters per constraint phrase
 CONSTRAINTS = (
-    "per text, the phrases its translation must contain (beam search only: beam_size >= 2, no sampling); "
-    "at most 32 target tokens per text"
+    "list i: the phrases the translation of text i must contain (texts past the lists have none). They "
+    "make the search a beam search of at least 2 (sample ignored, a beam of 1 widened); phrases past 32 "
+    "target tokens per text are left out (constraints_met false)"
 )
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
@@ -90,7 +92,8 @@ def translate_request_model(
     ]
     beam = Annotated[Literal[tuple(beam_sizes)], BeforeValidator(_json_integer)]  # type: ignore[valid-type]
     phrase = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=MAX_PHRASE_CHARS)]
-    phrases = Annotated[list[phrase], Field(max_length=MAX_PHRASES)]
+    # Without a beam size of 2 or more the server cannot search constraints: no phrase is valid.
+    phrases = Annotated[list[phrase], Field(max_length=MAX_PHRASES if max(beam_sizes) >= 2 else 0)]
     return create_model(
         "TranslateRequest",
         __base__=TranslateRequest,
