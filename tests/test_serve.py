@@ -201,8 +201,8 @@ def test_info_and_openapi(server, trained_workdir):
     schema = httpx.get(f"{server.url}/openapi.json").json()
     response = schema["paths"]["/translate"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert response["$ref"].endswith("/TranslateResponse")
-    translation = set(schema["components"]["schemas"]["Translation"]["properties"])
-    assert translation == {"text", "score", "nbest", "alignment", "words"}
+    properties = set(schema["components"]["schemas"]["Translation"]["properties"])
+    assert properties == {"text", "score", "nbest", "alignment", "words", "constraints_met"}
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<textarea" in page.text and "://" not in page.text  # no CDN, no external asset
 

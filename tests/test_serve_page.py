@@ -115,3 +115,33 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
     finally:
         browser.quit()
         assert server.stop() == 0, server.output
+
+
+def test_a_constraint_typed_on_the_page_appears_in_the_translation(trained_workdir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    sentence, phrase = "a small house", "godtac"
+    translator = Translator(trained_workdir.workdir)
+    want = translator.translate([sentence], SearchOptions(beam_size=3, alpha=0.6), constraints=[[phrase]])[0][0]
+    assert phrase in want.text and want.constraints_met
+    args = ("--max_batch=4", "--beam_sizes=1,3", "--max_nbest=3")
+    server = Server(trained_workdir.workdir, *args, cache=trained_workdir.cache).wait_ready()
+    browser = _browser()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "model"), "checkpoint step 40"))
+        browser.find_element(By.ID, "source").send_keys(sentence)
+        browser.find_element(By.ID, "constraints").send_keys(" " + phrase + " ; ")
+        Select(browser.find_element(By.ID, "beam_size")).select_by_value("3")
+        browser.find_element(By.ID, "translate").click()
+        wait.until(
+            lambda b: b.find_element(By.ID, "translation").text not in ("", "…") or b.find_element(By.ID, "error").text
+        )
+        assert browser.find_element(By.ID, "error").text == ""
+        assert browser.find_element(By.ID, "translation").text == want.text.strip()
+    finally:
+        browser.quit()
+        assert server.stop() == 0, server.output

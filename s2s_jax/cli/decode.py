@@ -14,6 +14,7 @@ import sys
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu
+from s2s_jax.cli.decode_constraints import constrained_search, line_constraints
 from s2s_jax.data.text import lines_from_bytes, read_lines
 from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
 from s2s_jax.decoding.mbr import MBROptions
@@ -70,6 +71,10 @@ def _interactive(translator: Translator, opts: SearchOptions, flags, mbr: MBROpt
         print("\n".join(format_hypotheses(hyps[: flags.nbest], flags.nbest, 0)), flush=True)
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _positive_or_default(name: str, value, default):
     if value is None:
         return default
@@ -118,7 +123,7 @@ def _check_flags(flags) -> None:
     if getattr(flags, "sentence_bleu", 0) < 0:
         raise ValueError(f"--sentence_bleu must be >= 0 (0 = off), got {flags.sentence_bleu}")
     _mbr_options(flags)
-    for name in ("input", "reference", "rescore", "prefix"):
+    for name in ("input", "reference", "rescore", "prefix", "constraints", "terminology"):
         path = getattr(flags, name, None)
         if path and path != "-" and not os.path.isfile(path):
             raise DataError(f"--{name} {path}: file not found")
@@ -180,12 +185,13 @@ def run(flags) -> int:
             token_scores=getattr(flags, "word_scores", False),
         )
         (mbr.search_options(opts) if mbr else opts).check()
+        constrained = constrained_search(flags, opts)
         batch_size = _positive_or_default("batch_size", flags.batch_size, cfg.batch_size)
         if getattr(flags, "score", False):
             return _score(flags, translator, batch_size)
         if getattr(flags, "rescore", None):
             return _rescore(flags, translator, opts.alpha, batch_size)
-        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None):
+        if flags.input == "-" and sys.stdin.isatty() and not getattr(flags, "prefix", None) and not constrained:
             _interactive(translator, opts, flags, mbr)
             return 0
         lines = _read_input(flags.input)
@@ -194,6 +200,7 @@ def run(flags) -> int:
             prefixes = read_lines(flags.prefix, allow_empty=True)
             if len(prefixes) != len(lines):
                 raise DataError(f"--prefix {flags.prefix} has {len(prefixes)} lines, the input has {len(lines)}")
+        constraints = line_constraints(flags, translator, lines, _warn)
         show = flags.input != "-" and sys.stderr.isatty()
         progress = (lambda chunks: tqdm(chunks, desc="translate", unit="batch")) if show else None
         results = translator.translate(
@@ -205,6 +212,7 @@ def run(flags) -> int:
             prefixes=prefixes,
             split_sentences=getattr(flags, "split_sentences", False),
             mbr=mbr,
+            constraints=constraints,
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -410,6 +418,18 @@ def _define_flags() -> None:
         None,
         "A file with one line per input line (empty = none): each translation starts with that line's words, "
         "forced, and the search continues after them (its score is the continuation's).",
+    )
+    flags.DEFINE_string(
+        "constraints",
+        None,
+        "A file with one line per input line: the phrases (tab-separated; none on an empty line) that line's "
+        "translation must contain, normalised and tokenized like the targets. Beam search only (--beam_size >= 2).",
+    )
+    flags.DEFINE_string(
+        "terminology",
+        None,
+        "A dictionary, 'source term<TAB>target term' a line: a source line that contains a source term (whole "
+        "words, normalised like the sources) gets its target term as a constraint. Beam search only.",
     )
     flags.DEFINE_string(
         "rescore",

@@ -61,6 +61,16 @@ def segment(text: str, language: str = DEFAULT_LANGUAGE, max_chars: int | None =
     return Segmented(tuple(sentences), tuple(gaps))
 
 
+def unsplit(text: str) -> Segmented:
+    """`text` as one sentence, its surrounding whitespace the gaps: a text to translate whole
+    among split ones (no sentences when it is blank)."""
+    core = text.strip()
+    if not core:
+        return Segmented((), (text,))
+    start = text.index(core)
+    return Segmented((core,), (text[:start], text[start + len(core) :]))
+
+
 def _line_sentences(line: str, language: str) -> tuple[list[tuple[str, str]], str]:
     """([(whitespace before, sentence), ...], trailing whitespace) of one line. The segmenter's
     sentences are found in the line by position, so its own whitespace handling does not matter;

@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +36,16 @@ import numpy as np
 
 from s2s_jax import parallel
 from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
+from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding import search
 from s2s_jax.models import time_segments
 from s2s_jax.models.seq2seq import Seq2Seq
 from s2s_jax.models.time_segments import Segments
 
 SOURCE_LENGTH_MULTIPLE = 8  # batch source lengths are rounded up to this
+CONSTRAINED_SEARCH = (
+    "constraints need beam search with beam_size >= 2: greedy search and sampling cannot look ahead to place them"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,11 +146,13 @@ class BatchShape:
 class ScoredTokens:
     """One output: its ids (without EOS) and score (a log-probability, length-normalised for beam),
     and when asked each token's log-probability (EOS last when the output ended with it; a forced
-    prefix's tokens 0.0): their sum is the score before length normalisation."""
+    prefix's tokens 0.0): their sum is the score before length normalisation. `constraints_met` is
+    False for a constrained search's output cut at its length cap without every phrase."""
 
     tokens: list[int]
     score: float
     token_scores: list[float] | None = None
+    constraints_met: bool = True
 
 
 def max_steps_for(max_src_len: int, decode_cfg) -> int:
@@ -211,6 +217,40 @@ def pad_batch(
         if eos:
             out[row, n] = EOS_ID
     return out, lengths
+
+
+def constrained_sources(constraints: Sequence[Sequence[Sequence[int]]] | None, n: int, opts: SearchOptions) -> set[int]:
+    """The indices of the sources with phrases; ValueError when `constraints` does not hold one list
+    per source, when the search is not a beam search, or when a source has more than
+    constraints.MAX_TOKENS constraint tokens."""
+    if constraints is None:
+        return set()
+    if len(constraints) != n:
+        raise ValueError(f"{len(constraints)} constraint lists for {n} sources")
+    constrained = {i for i, phrases in enumerate(constraints) if dba.phrase_set(phrases)}
+    if constrained and (opts.sample or opts.beam_size == 1):
+        raise ValueError(CONSTRAINED_SEARCH)
+    for i in sorted(constrained):
+        if (count := dba.token_count(constraints[i])) > dba.MAX_TOKENS:
+            raise ValueError(f"source {i}: its constraints have {count} target tokens, at most {dba.MAX_TOKENS}")
+    return constrained
+
+
+def _candidates(
+    out: list[np.ndarray], row: int, forced: list[int], nbest: int, token_scores: bool
+) -> list[ScoredTokens]:
+    """One row's n-best from a search's host arrays (tokens, scores[, token scores][, constraints
+    met]), after its forced prefix."""
+    tokens, scores, *rest = out
+    token_logp = rest.pop(0) if token_scores else None
+    met = rest[0] if rest else None
+    return [
+        dataclasses.replace(
+            _scored_tokens(forced, tokens[row, k], scores[row, k], None if token_logp is None else token_logp[row, k]),
+            constraints_met=True if met is None else bool(met[row, k]),
+        )
+        for k in range(nbest)
+    ]
 
 
 def _cut(row: np.ndarray) -> list[int]:
@@ -278,6 +318,7 @@ def search_batch(
     prefix_len=None,
     segments: tuple[Segments | None, ...] | None = None,
     compact: bool = True,
+    constraints: dba.Constraints | None = None,
 ):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
     traceable function `Inference` compiles (and export.py exports) for each compiled key; with
@@ -294,6 +335,9 @@ def search_batch(
     settings (alpha, temperature, top_k, top_p, no_repeat_ngram) and sampling keys (seed, index),
     `row_settings`: row r's sample k draws from fold_in(fold_in(key(seed[r]), index[r]), k)
     (`_sample_batch`), so its samples do not depend on its batch.
+
+    `constraints` (beam search only; `constraints.pack`, [B, ...]): phrases each row's output must
+    contain; the result then ends with bool [B, nbest]: whether each output contains them.
     """
     memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
     start = search.BOS_ID
@@ -312,6 +356,8 @@ def search_batch(
         scores = out[2] if opts.with_scores else jnp.zeros(out[0].shape[0])
         return (out[0], scores) + ((out[-1],) if opts.token_scores else ())
 
+    if constraints is not None and (opts.sample or opts.beam_size == 1):
+        raise ValueError(CONSTRAINED_SEARCH)
     if opts.sample:
         return _sample_batch(step_fn, memory, state, opts, max_steps, caps, rows, start, scored, more)
     if opts.beam_size == 1:
@@ -340,9 +386,10 @@ def search_batch(
         nbest=opts.nbest,
         bos_id=start,
         compact=compact,
+        constraints=constraints,
         **more,
     )
-    return found[:2] + found[3:]
+    return found[:2] + found[3:]  # without the lengths (found[2])
 
 
 def _sample_batch(
@@ -487,10 +534,16 @@ class Inference:
                 self._compiled.pop(next(iter(self._compiled)))
         return fn
 
-    def batches(self, sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-        """Indices of the non-empty sources, sorted by length and cut into batches."""
-        order = sorted((i for i, ids in enumerate(sources) if len(ids)), key=lambda i: len(sources[i]))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    def batches(
+        self, sources: Sequence[Sequence[int]], batch_size: int, apart: Collection[int] = ()
+    ) -> list[list[int]]:
+        """Indices of the non-empty sources, sorted by length and cut into batches; the sources in
+        `apart` are cut into batches of their own."""
+        out = []
+        for group in (set(range(len(sources))) - set(apart), set(apart)):
+            order = sorted((i for i in sorted(group) if len(sources[i])), key=lambda i: len(sources[i]))
+            out += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return out
 
     def padded_rows(self, rows: int) -> int:
         """A batch's `rows` rounded up to a multiple of the device count (one share per device)."""
@@ -545,6 +598,7 @@ class Inference:
         progress: Callable[[Iterable], Iterable] | None = None,
         prefixes: Sequence[Sequence[int]] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
+        constraints: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> list[list[ScoredTokens]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
@@ -555,7 +609,10 @@ class Inference:
         With `prefixes` (target ids per source; empty = none) each output is its prefix
         followed by the search's continuation from the decoder state after the prefix;
         scores are the continuation's, and its length cap is the row's cap minus the
-        prefix (at least 1).
+        prefix (at least 1). With `constraints` (per source a list of phrases, target ids; none =
+        unconstrained) beam search finds outputs that contain every phrase of their source
+        (s2s_jax/decoding/constraints.py; after the prefix, if any); the sources with phrases are
+        batched apart from the others, which get exactly the unconstrained search.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -582,16 +639,25 @@ class Inference:
             no_repeat_ngram=max(s.no_repeat_ngram for s in settings) if settings else 0,
             token_scores=any(s.token_scores for s in settings),
         )
+        constrained = constrained_sources(constraints, n, first)
+        # An empty source's empty output contains none of its phrases.
         empty = [] if union.token_scores else None
-        results = [[ScoredTokens([], 0.0, empty) for _ in range(first.nbest)] for _ in range(n)]
-        chunks = self.batches(sources[0], batch_size)
+        results = [
+            [ScoredTokens([], 0.0, empty, constraints_met=i not in constrained) for _ in range(first.nbest)]
+            for i in range(n)
+        ]
+        # Constrained sources search in batches of their own: the others keep the plain beam search.
+        chunks = self.batches(sources[0], batch_size, apart=constrained)
         choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
-            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose else None
+            phrases = [constraints[i] for i in chunk] if chunk[0] in constrained else None
+            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose and not phrases else None
             search_fn = self.search_fn(union if shape is None else shape.key)
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys, shape)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
+            if phrases:
+                arrays["constraints"] = dba.pack(phrases + [[]] * (arrays["caps"].shape[0] - len(chunk)))
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
             placed = parallel.shard_batch(self.mesh, arrays)
             out = search_fn(
@@ -602,16 +668,13 @@ class Inference:
                 placed.get("prefix"),
                 placed.get("prefix_len"),
                 segments=segments,
+                # Only when given: a keyword the warm-up (compile_shape) does not pass would compile again.
+                **({"constraints": placed["constraints"]} if phrases else {}),
             )
-            tokens, scores, *token_logp = (parallel.to_host(x) for x in out)
+            out = [parallel.to_host(x) for x in out]
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
-                results[i] = [
-                    _scored_tokens(
-                        forced, tokens[row, k], scores[row, k], token_logp[0][row, k] if token_logp else None
-                    )
-                    for k in range(first.nbest)
-                ]
+                results[i] = _candidates(out, row, forced, first.nbest, union.token_scores)
         return results
 
     def compile_shape(self, params, shape: BatchShape) -> None:

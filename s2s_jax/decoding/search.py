@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding import repetition
 
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
@@ -416,8 +417,10 @@ def _beam_cap(max_length: jax.Array | int | None, max_steps: int) -> jax.Array:
     return jnp.clip(jnp.asarray(cap, jnp.int32), 1, max_steps)
 
 
-def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_steps: int) -> jax.Array:
-    """Whether a live beam can still beat the worst of the K finished hypotheses.
+def _beam_running(
+    s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_steps: int, floor: jax.Array | None = None
+) -> jax.Array:
+    """Whether a live beam can still beat the worst of the K finished hypotheses (or `floor`).
 
     Log-probs only decrease, so a live beam's best final score is
     logp / max(lp(t + 1), lp(cap)), which is logp when alpha = 0.
@@ -425,7 +428,7 @@ def _beam_running(s: _BeamState, cap: jax.Array, alpha: float | jax.Array, max_s
     penalty = jnp.maximum(length_penalty(s.step + 1, alpha), length_penalty(cap, alpha))
     best_possible = jnp.max(s.live_logp) / penalty
     # -inf vs -inf (no live beam left) also stops.
-    return (s.step < max_steps) & (best_possible > jnp.min(s.fin_scores))
+    return (s.step < max_steps) & (best_possible > (jnp.min(s.fin_scores) if floor is None else floor))
 
 
 def _beam_step(
@@ -483,6 +486,53 @@ def _beam_step(
         live_token_logp=live_token_logp,
         fin_token_logp=fin_token_logp,
         no_repeat=no_repeat,
+    )
+
+
+def _constrained_step(
+    step_fn: StepFn,
+    memory: Any,
+    s: dba.ConstrainedBeam,
+    cap: jax.Array,
+    alpha: float | jax.Array,
+    cons: dba.Constraints,
+    *,
+    k: int,
+    min_length: int,
+    eos_id: int,
+) -> dba.ConstrainedBeam:
+    """`_beam_step` with constraints: the model's step here, the choice of beams in constraints.py."""
+    logits, new_state = step_fn(memory, s.beam.live_state, s.beam.live_last)
+    logp = _forbid_eos(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), s.beam.step, min_length, eos_id)
+    if s.beam.no_repeat is not None:
+        logp = repetition.block(logp, s.beam.live_tokens, s.beam.step, s.beam.no_repeat, eos_id)
+    penalty = length_penalty(s.beam.step + 1, alpha)
+    return dba.beam_step(s, logp, new_state, cap, penalty, cons, k=k, eos_id=eos_id)
+
+
+def _batch_beam_parts(
+    step_fn: StepFn, *, constrained: bool, k: int, max_steps: int, min_length: int, eos_id: int
+) -> tuple[Callable, Callable, Callable]:
+    """batch_beam_search's vmapped (running, step, finished), each taking the sentences' constraints
+    last (None without: the plain beam step); `finished` gives (tokens, scores, lengths, token
+    log-probabilities, complete), the last two None when not asked for / unconstrained."""
+    if not constrained:
+        plain_step = functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)
+        return (
+            jax.vmap(lambda s, cap, a, c: _beam_running(s, cap, a, max_steps)),
+            jax.vmap(lambda m, s, cap, a, c: plain_step(m, s, cap, a)),
+            lambda s, cons: (s.fin_tokens, s.fin_scores, s.fin_lengths, s.fin_token_logp, None),
+        )
+    return (
+        jax.vmap(lambda s, cap, a, c: _beam_running(s.beam, cap, a, max_steps, dba.floor(s, c))),
+        jax.vmap(functools.partial(_constrained_step, step_fn, k=k, min_length=min_length, eos_id=eos_id)),
+        lambda s, cons: (
+            s.beam.fin_tokens,
+            s.beam.fin_scores,
+            s.beam.fin_lengths,
+            s.beam.fin_token_logp,
+            jax.vmap(dba.complete)(s, cons),
+        ),
     )
 
 
@@ -562,6 +612,7 @@ def batch_beam_search(
     compact: bool = True,
     no_repeat_ngram: jax.Array | int | None = None,
     return_token_log_probs: bool = False,
+    constraints: dba.Constraints | None = None,
 ) -> tuple[jax.Array, ...]:
     """`beam_search` over a leading batch dim of memory/state (and max_length [N]).
 
@@ -576,6 +627,12 @@ def batch_beam_search(
     `compact`: once half the sentences have finished, the others continue as a batch of
     half the size (and so on, down to COMPACT_MIN_ROWS decoder rows), so finished
     sentences stop costing steps; without it every sentence steps until the last ends.
+
+    `constraints` (constraints.Constraints with a leading batch dim, `constraints.pack`): phrases
+    each output must contain, searched by dynamic beam allocation (s2s_jax/decoding/constraints.py);
+    the result then ends with bool [N, nbest] (after the token log-probabilities, when asked):
+    whether the hypothesis contains them all (False only for one cut at its length cap, returned
+    when no complete one was found). A `no_repeat_ngram` ban holds against a phrase too.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
@@ -590,40 +647,44 @@ def batch_beam_search(
         _beam_init, k=k, max_steps=max_steps, pad_id=pad_id, token_log_probs=return_token_log_probs
     )
     s = jax.vmap(lambda st, b, g: init(st, bos_id=b, no_repeat=g))(state, starts, ngrams)
+    if constraints is not None:
+        s = jax.vmap(functools.partial(dba.init, k=k))(s, constraints)
+    running, step, finished = _batch_beam_parts(
+        step_fn, constrained=constraints is not None, k=k, max_steps=max_steps, min_length=min_length, eos_id=eos_id
+    )
 
-    running = jax.vmap(lambda s, cap, a: _beam_running(s, cap, a, max_steps))
-    step = jax.vmap(functools.partial(_beam_step, step_fn, k=k, min_length=min_length, eos_id=eos_id))
-
-    def body(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array) -> _BeamState:
+    def body(s: Any, memory: Any, caps: jax.Array, alphas: jax.Array, cons: Any) -> Any:
         """Every sentence steps; those that have stopped keep their state (as a vmapped while_loop does)."""
-        go = running(s, caps, alphas)
-        new = step(memory, s, caps, alphas)
+        go = running(s, caps, alphas, cons)
+        new = step(memory, s, caps, alphas, cons)
         keep = lambda a, b: jnp.where(go.reshape(go.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         return jax.tree.map(keep, new, s)
 
-    def stage(s: _BeamState, memory: Any, caps: jax.Array, alphas: jax.Array, stop_at: int) -> _BeamState:
+    def stage(s: Any, memory: Any, caps: jax.Array, alphas: jax.Array, cons: Any, stop_at: int) -> Any:
         """Steps until at most `stop_at` sentences are still running."""
         return lax.while_loop(
-            lambda s: jnp.sum(running(s, caps, alphas)) > stop_at, lambda s: body(s, memory, caps, alphas), s
+            lambda s: jnp.sum(running(s, caps, alphas, cons)) > stop_at,
+            lambda s: body(s, memory, caps, alphas, cons),
+            s,
         )
 
     min_rows = max(-(-COMPACT_MIN_ROWS // k), 1)  # sentences
-    finished = lambda s: (s.fin_tokens, s.fin_scores, s.fin_lengths, s.fin_token_logp)  # noqa: E731
-    fin = finished(s)
+    cons = constraints
+    fin = finished(s, cons)
     where, rows = jnp.arange(n), n
     while True:
         next_rows = max((rows + 1) // 2, min_rows) if compact and rows > min_rows else 0
-        s = stage(s, memory, caps, alphas, next_rows)
-        fin = jax.tree.map(lambda f, x, where=where: f.at[where].set(x), fin, finished(s))
+        s = stage(s, memory, caps, alphas, cons, next_rows)
+        fin = jax.tree.map(lambda f, x, where=where: f.at[where].set(x), fin, finished(s, cons))
         if next_rows == 0:
             break
         # Running sentences first; the next stage is traced with the kept rows only.
-        keep = jnp.argsort(~running(s, caps, alphas), stable=True)[:next_rows]
-        s, memory, caps, alphas, where = jax.tree.map(lambda a, keep=keep: a[keep], (s, memory, caps, alphas, where))
+        keep = jnp.argsort(~running(s, caps, alphas, cons), stable=True)[:next_rows]
+        s, memory, caps, alphas, cons, where = jax.tree.map(
+            lambda a, keep=keep: a[keep], (s, memory, caps, alphas, cons, where)
+        )
         rows = next_rows
-    tokens, scores, lengths, token_logp = fin
-    found = (tokens[:, :nbest], scores[:, :nbest], lengths[:, :nbest])
-    return found + ((token_logp[:, :nbest],) if return_token_log_probs else ())
+    return tuple(f[:, :nbest] for f in fin if f is not None)
 
 
 def advance(

@@ -20,7 +20,7 @@ import numpy as np
 from s2s_jax import parallel
 from s2s_jax.data import sentences
 from s2s_jax.data.text import normalize
-from s2s_jax.data.tokenizer import BOS_ID, Tokenizer, load_workdir_tokenizers
+from s2s_jax.data.tokenizer import BOS_ID, UNK_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference, word_scores
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
@@ -43,6 +43,7 @@ class Hypothesis:
     tokens: list[int]
     token_log_probs: list[float] | None = None
     words: list[WordScore] | None = None
+    constraints_met: bool = True  # False: a constrained translation cut at its length cap without every phrase
 
 
 @dataclasses.dataclass
@@ -219,6 +220,7 @@ class Translator:
         sample_keys: Sequence[tuple[int, int]] | None = None,
         split_sentences: bool = False,
         mbr: MBROptions | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
 
@@ -239,9 +241,17 @@ class Translator:
         beam's n-best, `MBROptions.search_options`), and the hypotheses are the distinct
         candidates best first by minimum Bayes risk, each scored by its expected utility
         (s2s_jax/decoding/mbr.py).
+
+        `constraints` (one list of phrases per line, [] = none; beam search only, not with
+        `split_sentences` or `mbr`): each translation contains its line's phrases, normalised and
+        tokenized like the targets, searched by dynamic beam allocation
+        (s2s_jax/decoding/constraints.py). A line whose phrases do not fit within its length cap
+        gets the best partial translation (`constraints_met` False), with a warning.
         """
         if isinstance(lines, str):
             raise TypeError("translate takes a list of lines, not one string")
+        if constraints is not None and (split_sentences or mbr is not None):
+            raise ValueError("constraints belong to a whole line's single search: not with split_sentences or mbr")
         if split_sentences:
             if prefixes is not None:
                 raise ValueError("prefixes force the start of a line's translation: not with split_sentences")
@@ -253,6 +263,7 @@ class Translator:
             )
         params, sources = self._inputs(lines, warn)
         forced = None if prefixes is None else self._target_ids(prefixes)
+        wanted = None if constraints is None else self.constraint_ids(constraints, warn)
         results = self.inference.run(
             params,
             sources,
@@ -262,7 +273,14 @@ class Translator:
             progress=progress,
             prefixes=forced,
             sample_keys=sample_keys,
+            constraints=wanted,
         )
+        for number, (candidates, phrases) in enumerate(zip(results, wanted or []), 1):
+            if phrases and not candidates[0].constraints_met:
+                warn(
+                    f"line {number}: no translation with every constraint fits within the length cap; "
+                    "the best partial one is returned"
+                )
         settings = [opts] * len(lines) if isinstance(opts, SearchOptions) else list(opts)
         hyps = [
             [self._hypothesis(c, one.token_scores) for c in candidates] for candidates, one in zip(results, settings)
@@ -318,10 +336,31 @@ class Translator:
 
     def _hypothesis(self, candidate: inference.ScoredTokens, with_words: bool) -> Hypothesis:
         text = self.tgt_tokenizer.detokenize([candidate.tokens])[0]
+        met = candidate.constraints_met
         if not with_words or candidate.token_scores is None:
-            return Hypothesis(text, candidate.score, candidate.tokens)
+            return Hypothesis(text, candidate.score, candidate.tokens, constraints_met=met)
         per_token = candidate.token_scores
-        return Hypothesis(text, candidate.score, candidate.tokens, per_token, self._words(candidate.tokens, per_token))
+        words = self._words(candidate.tokens, per_token)
+        return Hypothesis(text, candidate.score, candidate.tokens, per_token, words, constraints_met=met)
+
+    def constraint_ids(
+        self, constraints: list[list[str]], warn: Callable[[str], None] = lambda msg: None
+    ) -> list[list[list[int]]]:
+        """Each line's phrases as target ids (normalised and tokenized like the targets); phrases
+        that normalise to nothing are dropped. Warns about a phrase with characters the target
+        vocabulary lacks: it comes out as the unknown piece."""
+        if isinstance(constraints, str) or any(isinstance(row, str) for row in constraints):
+            raise TypeError("constraints take one list of phrases per line")
+        flat = [phrase for row in constraints for phrase in row]
+        ids = iter(self._target_ids(flat) if flat else [])
+        out = []
+        for number, row in enumerate(constraints, 1):
+            phrases = [next(ids) for _ in row]
+            for text, tokens in zip(row, phrases):
+                if UNK_ID in tokens:
+                    warn(f"line {number}: the constraint {text!r} has characters the target vocabulary lacks")
+            out.append([p for p in phrases if p])
+        return out
 
     def nbest(
         self, lines: list[str], n: int, beam_size: int | None = None, alpha: float | None = None, **kwargs

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from s2s_jax.data import sentences
+from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.mbr import MBROptions
 from s2s_jax.serving import shapes
@@ -123,6 +124,9 @@ class Translation(BaseModel):
     nbest: list[Candidate]
     alignment: Alignment | None = None
     words: list[Word] | None = Field(None, description="the translation's words (with word_scores)")
+    constraints_met: bool | None = Field(
+        None, description="with constraints: whether the translation contains them all (false: cut at the length cap)"
+    )
 
 
 class TranslateResponse(BaseModel):
@@ -143,6 +147,8 @@ class _Job:
     arrived: float
     future: asyncio.Future
     mbr: MBROptions | None = None
+    constraints: list[str] = dataclasses.field(default_factory=list)
+    all_constraints: bool = True  # False: phrases past the cap were left out
 
     def batch_key(self) -> tuple:
         """What jobs must share to be translated in one call."""
@@ -167,14 +173,26 @@ class Batcher:
         self._has_attention = any(m.config.model.attention != "none" for m in translator.members)
 
     def submit(
-        self, texts: Sequence[str], opts: SearchOptions, seed: int, alignment: bool, mbr: MBROptions | None = None
+        self,
+        texts: Sequence[str],
+        opts: SearchOptions,
+        seed: int,
+        alignment: bool,
+        mbr: MBROptions | None = None,
+        constraints: Sequence[list[str]] | None = None,
+        whole: Sequence[bool] | None = None,
     ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        jobs = [_Job(t, opts, (seed, j), alignment, now, loop.create_future(), mbr) for j, t in enumerate(texts)]
+        constraints = constraints or [[] for _ in texts]
+        whole = whole or [True for _ in texts]
+        jobs = [  # a text with constraints is searched by beam search, without MBR
+            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), None if c else mbr, c, w)
+            for j, (t, c, w) in enumerate(zip(texts, constraints, whole))
+        ]
         self.pending.extend(jobs)
         self._wake.set()
         return [job.future for job in jobs]
@@ -234,6 +252,7 @@ class Batcher:
             sample_keys=[job.sample_key for job in batch],
             warn=lambda message: None,
             mbr=batch[0].mbr,
+            **({"constraints": [job.constraints for job in batch]} if any(job.constraints for job in batch) else {}),
         )
         self.search_calls += 1
         self.batch_texts = (self.batch_texts + [len(batch)])[-1000:]
@@ -245,8 +264,9 @@ class Batcher:
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
                 words=None if h[0].words is None else [Word(text=w.text, prob=round(w.prob, 6)) for w in h[0].words],
+                constraints_met=h[0].constraints_met and job.all_constraints if job.constraints else None,
             )
-            for h in hyps
+            for h, job in zip(hyps, batch)
         ]
         aligned = [i for i, job in enumerate(batch) if job.alignment and texts[i].strip()]
         if aligned and self._has_attention:
@@ -279,10 +299,15 @@ def default_options(translator) -> SearchOptions:
     return SearchOptions(beam_size=cfg.beam_size, alpha=cfg.alpha, with_scores=True)
 
 
-def request_options(request: TranslateRequest, translator, settings: ServeSettings) -> SearchOptions:
+def request_options(
+    request: TranslateRequest, translator, settings: ServeSettings, constrained: bool = False
+) -> SearchOptions:
     """The request's SearchOptions. An omitted beam size is the model's default; an nbest above
     the beam size widens the beam to the smallest allowed size >= nbest (sampling ignores the
-    beam size). The request model enforces the limits; ApiError 422 for a request built without it."""
+    beam size). With constraints (`constrained`) the search is a beam search of at least 2: `sample`
+    is ignored and a beam of 1 widens to the smallest allowed size >= 2 (the request model has no
+    constraints field when there is none). The request model enforces the limits; ApiError 422 for a
+    request built without it."""
     if request.beam_size is not None and request.beam_size not in settings.beam_sizes:
         sizes = ", ".join(map(str, settings.beam_sizes))
         raise ApiError(
@@ -294,15 +319,17 @@ def request_options(request: TranslateRequest, translator, settings: ServeSettin
         raise ApiError(422, f"mbr: at most {settings.max_mbr}", "mbr")
     default = default_options(translator)
     beam = default.beam_size if request.beam_size is None else request.beam_size
-    if request.sample:
+    sample = request.sample and not constrained
+    least = max(request.nbest, 2 if constrained else 1)
+    if sample:
         beam = 1
-    elif request.nbest > beam:
-        beam = min(size for size in settings.beam_sizes if size >= request.nbest)
+    elif least > beam:
+        beam = min(size for size in settings.beam_sizes if size >= least)
     opts = SearchOptions(
         beam_size=beam,
         alpha=default.alpha if request.alpha is None else request.alpha,
         nbest=request.nbest,
-        sample=request.sample,
+        sample=sample,
         temperature=request.temperature,
         top_k=request.top_k,
         top_p=request.top_p,
@@ -322,6 +349,27 @@ def request_mbr(request: TranslateRequest) -> MBROptions | None:
     if request.mbr is None:
         return None
     return MBROptions(request.mbr, request.mbr_metric, "samples")
+
+
+def request_constraints(request: TranslateRequest, texts: list[str], translator) -> tuple[list[list[str]], list[bool]]:
+    """Each text's constraint phrases (list i for text i: texts past the lists' end have none, lists
+    past the last text are ignored; control characters as spaces, blank phrases dropped), and whether
+    each text kept all of them: phrases that would take a text past the cap of constraint tokens
+    (s2s_jax/decoding/constraints.py) are left out, the earlier ones kept. Not errors: the schema
+    cannot say them (as for `nbest`, see translate_request.py)."""
+    given = list(request.constraints or [])[: len(texts)]
+    given += [[] for _ in range(len(texts) - len(given))]
+    rows, whole = [], []
+    for row in given:
+        phrases = [p for p in (clean_text(phrase).strip() for phrase in row) if p]
+        kept, kept_ids = [], []
+        for phrase, ids in zip(phrases, translator.constraint_ids([[p] for p in phrases])):
+            if dba.token_count(kept_ids + ids) <= dba.MAX_TOKENS:
+                kept.append(phrase)
+                kept_ids += ids
+        rows.append(kept)
+        whole.append(len(kept) == len(phrases))
+    return rows, whole
 
 
 def clean_text(text: str) -> str:
@@ -510,18 +558,26 @@ class _Service:
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
         current = self.ready_state()
         texts = [request.text] if isinstance(request.text, str) else request.text
-        opts = request_options(request, current["translator"], self.settings)
+        constraints, whole = request_constraints(request, texts, current["translator"])
+        opts = request_options(request, current["translator"], self.settings, constrained=any(constraints))
         seed = secrets.randbits(32) if request.seed is None else request.seed
         documents = None
-        if request.split:
+        if request.split:  # a text with constraints is translated whole: they hold for all of it
             language = current["translator"].source_language
-            documents = [sentences.segment(t, language, self.settings.max_chars) for t in texts]
+            documents = [
+                sentences.unsplit(t) if c else sentences.segment(t, language, self.settings.max_chars)
+                for t, c in zip(texts, constraints)
+            ]
             texts = sentences.flatten(documents)
+            constraints = [c for d, c in zip(documents, constraints) for _ in d.sentences]
+            whole = [w for d, w in zip(documents, whole) for _ in d.sentences]
             if len(texts) > self.settings.max_queue:
                 raise ApiError(429, f"split: {len(texts)} sentences, more than max_queue={self.settings.max_queue}")
         mbr = request_mbr(request)
         try:
-            futures = current["batcher"].submit([clean_text(t) for t in texts], opts, seed, request.alignment, mbr)
+            futures = current["batcher"].submit(
+                [clean_text(t) for t in texts], opts, seed, request.alignment, mbr, constraints, whole
+            )
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
         translations = await self._answers(futures)
@@ -566,7 +622,10 @@ def _joined(document: sentences.Segmented, parts: list[Translation], mean: bool 
     ]
     alignment = parts[0].alignment if len(parts) == 1 else None
     words = None if any(p.words is None for p in parts) else [w for p in parts for w in p.words]
-    return Translation(text=nbest[0].text, score=nbest[0].score, nbest=nbest, alignment=alignment, words=words)
+    met = parts[0].constraints_met if len(parts) == 1 else None  # constraints keep a text whole
+    return Translation(
+        text=nbest[0].text, score=nbest[0].score, nbest=nbest, alignment=alignment, words=words, constraints_met=met
+    )
 
 
 def _member_info(member) -> dict:

@@ -3,8 +3,9 @@
 `translate_request_model(...)` builds the request model of one server: the beam sizes it allows
 (an enum), its most n-best, characters per text and texts per request are pydantic constraints,
 so the published /openapi.json says them and validation enforces them (422, `field` naming the
-field). The one rule the schema cannot say is not a rule: an n-best above the beam size widens
-the beam (see `NBEST`).
+field). The rules the schema cannot say are not rules: an n-best above the beam size widens
+the beam (see `NBEST`), and constraints make the search a beam search, with no more than the cap
+of constraint tokens per text (see `CONSTRAINTS`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ SPLIT = (
     "their translations with the text's own spacing; max_chars then applies per sentence (a longer one is cut at "
     "spaces) and a single text may hold up to max_request_chars. Candidate k joins each sentence's k-th, its "
     "score their sum; the alignment only for a text of one sentence"
+)
+MAX_PHRASES = 8  # constraint phrases per text
+MAX_PHRASE_CHARS = 200  # characters per constraint phrase
+CONSTRAINTS = (
+    "list i: the phrases the translation of text i must contain (texts past the lists have none). They "
+    "make the search a beam search of at least 2 (sample ignored, a beam of 1 widened) and hold for the whole "
+    "text (it is not split, mbr does not apply to it); phrases past 32 target tokens per text are left out "
+    "(constraints_met false)"
 )
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
@@ -91,6 +100,7 @@ class TranslateRequest(BaseModel):
     no_repeat_ngram: json_int(ge=0, le=2**31 - 1) = Field(
         0, description="no n-gram of this many tokens twice in a translation; 0 = off"
     )
+    constraints: list[list[str]] | None = Field(None, description=CONSTRAINTS)
 
     # The characters a single text may hold without `split`, when that is less than with it
     # (translate_request_model sets it).
@@ -152,6 +162,9 @@ def translate_request_model(
         ),
     ]
     beam = Annotated[Literal[tuple(beam_sizes)], BeforeValidator(_json_integer)]  # type: ignore[valid-type]
+    phrase = Annotated[str, BeforeValidator(_valid_unicode), Field(max_length=MAX_PHRASE_CHARS)]
+    # Without a beam size of 2 or more the server cannot search constraints: no phrase is valid.
+    phrases = Annotated[list[phrase], Field(max_length=MAX_PHRASES if max(beam_sizes) >= 2 else 0)]
     model = create_model(
         "TranslateRequest",
         __base__=TranslateRequest,
@@ -163,6 +176,14 @@ def translate_request_model(
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
         mbr=mbr,
+        constraints=(
+            Annotated[list[phrases], Field(max_length=max_texts)] | None,
+            Field(
+                None,
+                description=f"{CONSTRAINTS}; one list per text, each of at most {MAX_PHRASES} phrases "
+                f"of at most {MAX_PHRASE_CHARS} characters",
+            ),
+        ),
     )
     model.unsplit_chars = max_chars if document > max_chars else None
     return model
