@@ -237,13 +237,14 @@ def constrained_sources(constraints: Sequence[Sequence[Sequence[int]]] | None, n
 
 
 def _candidates(
-    out: list[np.ndarray], row: int, forced: list[int], nbest: int, token_scores: bool
+    out: list[np.ndarray], row: int, forced: list[int], nbest: int, constrained: bool
 ) -> list[ScoredTokens]:
     """One row's n-best from a search's host arrays (tokens, scores[, token scores][, constraints
-    met]), after its forced prefix."""
+    met]: the compiled key says whether token scores are there, a covering one may add them),
+    after its forced prefix."""
     tokens, scores, *rest = out
-    token_logp = rest.pop(0) if token_scores else None
-    met = rest[0] if rest else None
+    met = rest.pop() if constrained else None
+    token_logp = rest[0] if rest else None
     return [
         dataclasses.replace(
             _scored_tokens(forced, tokens[row, k], scores[row, k], None if token_logp is None else token_logp[row, k]),
@@ -674,7 +675,7 @@ class Inference:
             out = [parallel.to_host(x) for x in out]
             for row, i in enumerate(chunk):
                 forced = list(prefixes[i]) if prefixes is not None else []
-                results[i] = _candidates(out, row, forced, first.nbest, union.token_scores)
+                results[i] = _candidates(out, row, forced, first.nbest, bool(phrases))
         return results
 
     def compile_shape(self, params, shape: BatchShape) -> None:

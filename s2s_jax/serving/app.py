@@ -338,7 +338,7 @@ def request_options(
         token_scores=request.word_scores,
     )
     mbr = request_mbr(request)
-    if mbr is not None:
+    if mbr is not None and not constrained:  # texts with constraints keep the beam; the others' jobs sample
         opts = mbr.search_options(opts)
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
