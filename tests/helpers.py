@@ -213,3 +213,21 @@ def decode_flags(workdirs, **overrides) -> types.SimpleNamespace:
     )
     values.update(overrides)
     return types.SimpleNamespace(**values)
+
+
+# The decode settings and the tiny attention model the search-level tests share.
+TINY_DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """(Seq2Seq, params): a 1-layer Luong-attention model over a 12-token vocabulary, initialised
+    with `seed`; `overrides` change its ModelConfig fields."""
+    import jax
+    import jax.numpy as jnp
+
+    from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
+
+    cfg = dict(src_vocab_size=12, tgt_vocab_size=12, emb_dim=8, hidden_size=16, num_layers=1, dropout=0.0)
+    model = Seq2Seq(ModelConfig(**{**cfg, "attention": "luong_general", **overrides}))
+    tokens = jnp.ones((1, 4), jnp.int32)
+    return model, model.init(jax.random.key(seed), tokens, tokens)["params"]

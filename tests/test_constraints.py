@@ -26,8 +26,7 @@ from s2s_jax.decoding import repetition, search
 from s2s_jax.decoding.inference import Inference, SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.errors import DataError
-from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
-from tests.helpers import decode_flags
+from tests.helpers import TINY_DECODE, decode_flags, tiny_model
 
 PAD, BOS, EOS = 0, 1, 2
 V, H = 6, 8
@@ -404,22 +403,7 @@ def test_terms_match_whole_words_after_normalisation_longest_first():
 # Through Inference (tiny seq2seq models, an ensemble too)
 # ----------------------------------------------------------------------------
 
-DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
-
-
-def tiny_model(seed: int):
-    cfg = ModelConfig(
-        src_vocab_size=12,
-        tgt_vocab_size=12,
-        emb_dim=8,
-        hidden_size=16,
-        num_layers=1,
-        dropout=0.0,
-        attention="luong_general",
-    )
-    model = Seq2Seq(cfg)
-    params = model.init(jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
-    return model, params
+DECODE = TINY_DECODE
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
 from s2s_jax.decoding import search
 from s2s_jax.decoding.inference import Inference, SearchOptions, ensemble_weights, ensemble_weights_flag
 from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
-from tests.helpers import decode_flags
+from tests.helpers import TINY_DECODE, decode_flags
 
-DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
+DECODE = TINY_DECODE
 
 
 def make(seed: int, **overrides):

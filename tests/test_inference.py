@@ -4,7 +4,6 @@ decode.py translate alike, and loading a Translator pulls in no training code.""
 import dataclasses
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -13,25 +12,15 @@ import pytest
 
 from s2s_jax.decoding import inference
 from s2s_jax.decoding.inference import Inference, SearchOptions
-from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
-from tests.helpers import ROOT
+from s2s_jax.models.seq2seq import Seq2Seq
+from tests.helpers import ROOT, TINY_DECODE, tiny_model
 
-DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
+DECODE = TINY_DECODE
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = ModelConfig(
-        src_vocab_size=12,
-        tgt_vocab_size=12,
-        emb_dim=8,
-        hidden_size=16,
-        num_layers=1,
-        dropout=0.0,
-        attention="luong_general",
-    )
-    model = Seq2Seq(cfg)
-    params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    model, params = tiny_model(0)
     rng = np.random.default_rng(0)
     sources = [rng.integers(4, 12, size=rng.integers(1, 11)).tolist() for _ in range(13)]
     sources[4] = []  # an empty line

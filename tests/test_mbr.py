@@ -10,8 +10,6 @@ import random
 import time
 
 import httpx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -23,11 +21,10 @@ from s2s_jax.decoding.inference import Inference, SearchOptions
 from s2s_jax.decoding.mbr import MBROptions, ranking
 from s2s_jax.decoding.pairwise_metrics import bleu_matrix, chrf_matrix, utility_matrix
 from s2s_jax.decoding.translator import Translator
-from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 from s2s_jax.serving import app as serving
 from s2s_jax.serving import shapes
 from s2s_jax.serving.translate_request import translate_request_model
-from tests.helpers import decode_flags, run_cli
+from tests.helpers import decode_flags, run_cli, tiny_model
 from tests.serving_helpers import in_process
 from tests.test_inference import DECODE
 
@@ -151,17 +148,7 @@ def test_mbr_options_are_checked_and_draw_their_candidates():
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = ModelConfig(
-        src_vocab_size=12,
-        tgt_vocab_size=12,
-        emb_dim=8,
-        hidden_size=16,
-        num_layers=1,
-        dropout=0.0,
-        attention="luong_general",
-    )
-    model = Seq2Seq(cfg)
-    params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    model, params = tiny_model(0)
     rng = np.random.default_rng(1)
     sources = [rng.integers(4, 12, size=rng.integers(1, 9)).tolist() for _ in range(7)]
     return Inference(model, DECODE, max_src_len=10), params, sources

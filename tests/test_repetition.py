@@ -16,8 +16,7 @@ import pytest
 from s2s_jax.cli import decode as decode_cli
 from s2s_jax.decoding import repetition, search
 from s2s_jax.decoding.inference import Inference, SearchOptions
-from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
-from tests.helpers import decode_flags
+from tests.helpers import decode_flags, tiny_model
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -140,18 +139,7 @@ DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=6, beam_size=1, alpha=0.
 
 @pytest.fixture(scope="module")
 def looping():
-    model = Seq2Seq(
-        ModelConfig(
-            src_vocab_size=12,
-            tgt_vocab_size=12,
-            emb_dim=8,
-            hidden_size=16,
-            num_layers=1,
-            dropout=0.0,
-            attention="luong_general",
-        )
-    )
-    params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    model, params = tiny_model(0)
     output = params["decoder"]["output"]
     # A strong output layer over a bias that favours two tokens and all but forbids EOS: "7 7 7 ...".
     output["kernel"] = 3.0 * output["kernel"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +16,7 @@ import pytest
 from s2s_jax.cli import decode as decode_cli
 from s2s_jax.decoding import search, word_scores
 from s2s_jax.decoding.inference import BatchShape, Inference, SearchOptions
-from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
-from tests.helpers import decode_flags
+from tests.helpers import TINY_DECODE, decode_flags, tiny_model
 
 # ---------------------------------------------------------------------------
 # The searches on a tiny random RNN in pure JAX (PAD and BOS never emitted)
@@ -126,22 +124,11 @@ def test_beam_token_log_probs_follow_their_hypothesis(compact):
 # The inference path: single models and ensembles
 # ---------------------------------------------------------------------------
 
-DECODE = types.SimpleNamespace(max_len_a=1.5, max_len_b=4, beam_size=1, alpha=0.6, batch_size=16)
+DECODE = TINY_DECODE
 
 
-def tiny_model(seed: int):
-    model = Seq2Seq(
-        ModelConfig(
-            src_vocab_size=12,
-            tgt_vocab_size=12,
-            emb_dim=8,
-            hidden_size=16,
-            num_layers=1,
-            dropout=0.0,
-            attention="luong_general",
-        )
-    )
-    params = model.init(jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+def trained_like_model(seed: int):
+    model, params = tiny_model(seed)
     # A trained model never emits PAD or BOS (outputs are cut at PAD, their values would not be);
     # a larger output layer and EOS bias give outputs of many lengths, some ended by EOS.
     output = params["decoder"]["output"]
@@ -152,7 +139,7 @@ def tiny_model(seed: int):
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["single", "ensemble"])
 def engine(request):
-    members = [tiny_model(seed) for seed in range(request.param)]
+    members = [trained_like_model(seed) for seed in range(request.param)]
     rng = np.random.default_rng(0)
     sources = [rng.integers(4, 12, size=rng.integers(1, 9)).tolist() for _ in range(16)]
     sources[3] = []
