@@ -660,7 +660,7 @@ class Inference:
             if phrases:
                 arrays["constraints"] = dba.pack(phrases + [[]] * (arrays["caps"].shape[0] - len(chunk)))
             segments = tuple(time_segments.for_tokens(src) for src in arrays["srcs"]) if self.skip_padding else None
-            placed = parallel.shard_batch(self.mesh, arrays)
+            placed = parallel.search_inputs(self.mesh, arrays)
             out = search_fn(
                 params,
                 placed["srcs"],
@@ -682,7 +682,7 @@ class Inference:
         """Compiles the search of `shape` as `run` calls it (the same arguments' shapes, types and
         placement), running it once on an all-PAD batch whose rows end at once."""
         arrays = self._arrays(tuple([] for _ in shape.widths), [], shape.rows, [], [], shape)
-        placed = parallel.shard_batch(self.mesh, arrays)
+        placed = parallel.search_inputs(self.mesh, arrays)
         params = (params,) if len(self.models) == 1 else tuple(params)
         fn = self.search_fn(shape.key)
         jax.block_until_ready(fn(params, placed["srcs"], placed["caps"], placed["rows"], None, None, segments=None))
@@ -711,7 +711,7 @@ class Inference:
             rows = parallel.round_up_rows(batch_rows(len(chunk), batch_size), self.mesh)
             tgt, lengths = pad_batch(targets, chunk, rows, eos=True)
             srcs = tuple(pad_batch(member, chunk, rows, eos=True)[0] for member in sources)
-            placed = parallel.shard_batch(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
+            placed = parallel.search_inputs(self.mesh, {"srcs": srcs, "tgt": tgt, "lengths": lengths})
             logp, token_logp = (
                 parallel.to_host(x) for x in self._score_fn(params, placed["srcs"], placed["tgt"], placed["lengths"])
             )
