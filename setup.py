@@ -1,11 +1,12 @@
-"""Builds the optional fused CPU recurrence (s2s_jax/kernels/cpu, an XLA FFI custom call).
+"""Builds the optional compiled CPU kernels (s2s_jax/kernels/cpu, XLA FFI custom calls).
 
-Everything else about the package is in pyproject.toml. The kernel is compiled with the
-machine's C++ compiler against the XLA FFI headers that jaxlib ships (a build requirement).
-Its inner loops are compiled for the baseline instruction set and, on x86-64, for AVX2+FMA
-and for AVX-512, and the library picks one at run time: never -march=native. Where the build
-fails (no compiler, no headers) the package installs without it and runs the nn.scan
-recurrence instead (s2s_jax.kernels.recurrence.available() is False).
+Everything else about the package is in pyproject.toml. Each kernel is its own extension
+(the fused recurrence, the int8 matmul), compiled with the machine's C++ compiler against the
+XLA FFI headers that jaxlib ships (a build requirement), so one that fails to build leaves the
+other. Their inner loops are compiled for the baseline instruction set and, on x86-64, for
+wider ones (AVX2, AVX-512, AVX-512 VNNI), and each library picks one at run time: never
+-march=native. Where a build fails (no compiler, no headers) the package installs without it
+and runs the pure-JAX path instead (the kernel module's available() is False).
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ from setuptools.command.build_ext import build_ext
 KERNELS = "s2s_jax/kernels/cpu"
 FLAGS = ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden", "-Wno-psabi"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-ISA_VARIANTS = [  # x86: (source, its own flags); the others are stubs that report "no variant"
-    ("recurrence_avx2.cc", ["-mavx2", "-mfma"]),
-    ("recurrence_avx512.cc", ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"]),
-]
+AVX512 = ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"]
+ISA_VARIANTS = {  # x86: (source, its own flags) per extension; elsewhere they are stubs that report "no variant"
+    "s2s_jax.kernels.recurrence_cpu": [
+        ("recurrence_avx2.cc", ["-mavx2", "-mfma"]),
+        ("recurrence_avx512.cc", AVX512),
+    ],
+    "s2s_jax.kernels.int8_cpu": [
+        ("int8_avx2.cc", ["-mavx2"]),
+        ("int8_avx512vnni.cc", [*AVX512, "-mavx512vnni"]),
+    ],
+}
 
 
 class BuildKernels(build_ext):
@@ -36,7 +44,7 @@ class BuildKernels(build_ext):
         except ImportError as err:
             raise CompileError(f"jaxlib (for the XLA FFI headers) is not importable: {err}") from err
         ext.include_dirs.append(os.path.join(os.path.dirname(jaxlib.__file__), "include"))
-        for source, flags in ISA_VARIANTS if X86 else []:
+        for source, flags in ISA_VARIANTS[ext.name] if X86 else []:
             objects = self.compiler.compile(
                 [f"{KERNELS}/{source}"], output_dir=self.build_temp, extra_postargs=FLAGS + ["-fPIC", *flags]
             )
@@ -44,17 +52,27 @@ class BuildKernels(build_ext):
         super().build_extension(ext)
 
 
+def kernel(name: str, sources: list[str], headers: list[str]) -> Extension:
+    """One optional kernel library: its dispatcher and baseline loops, plus the variants' stubs off x86."""
+    variants = [] if X86 else [source for source, _ in ISA_VARIANTS[f"s2s_jax.kernels.{name}"]]
+    return Extension(
+        f"s2s_jax.kernels.{name}",
+        sources=[f"{KERNELS}/{source}" for source in sources + variants],
+        depends=[f"{KERNELS}/{header}" for header in headers],
+        extra_compile_args=FLAGS,
+        language="c++",
+        optional=True,
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "s2s_jax.kernels.recurrence_cpu",
-            sources=[f"{KERNELS}/recurrence_ffi.cc", f"{KERNELS}/recurrence_generic.cc"]
-            + ([] if X86 else [f"{KERNELS}/{source}" for source, _ in ISA_VARIANTS]),
-            depends=[f"{KERNELS}/recurrence_kernels.h", f"{KERNELS}/recurrence_types.h"],
-            extra_compile_args=FLAGS,
-            language="c++",
-            optional=True,
-        )
+        kernel(
+            "recurrence_cpu",
+            ["recurrence_ffi.cc", "recurrence_generic.cc"],
+            ["recurrence_kernels.h", "recurrence_types.h"],
+        ),
+        kernel("int8_cpu", ["int8_ffi.cc", "int8_generic.cc"], ["int8_loops.h", "int8_types.h"]),
     ],
     cmdclass={"build_ext": BuildKernels},
 )

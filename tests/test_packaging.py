@@ -264,3 +264,12 @@ def test_an_install_with_a_compiler_built_the_fused_recurrence():
 
     assert recurrence.available(), recurrence.unavailable_reason()
     assert recurrence.isa() in ("avx512", "avx2", "generic")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler on the PATH")
+def test_an_install_with_a_compiler_built_the_int8_matmul():
+    """The int8 kernel is a second optional extension (setup.py): the same rule as the recurrence's."""
+    from s2s_jax.kernels import int8
+
+    assert int8.available(), int8.unavailable_reason()
+    assert int8.isa() in ("avx512vnni", "avx2", "generic")
