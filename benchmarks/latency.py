@@ -124,9 +124,9 @@ def measure_protocol_ours(args, lengths: list[int]) -> dict:
     bias = params["decoder"]["output"]["bias"]
     params["decoder"]["output"]["bias"] = bias.at[EOS_ID].set(-1e9)
     if args.int8:
-        from s2s_jax.models import int8_params
+        from s2s_jax.models import int8_weights
 
-        model, params = int8_params.quantized(model, params)
+        model, params = int8_weights.quantized(model, params)
     with config.unlocked():
         config.decode.max_len_a, config.decode.max_len_b = 1.0, 0
     inference = Inference(model, config.decode, max(lengths))

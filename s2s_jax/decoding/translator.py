@@ -26,6 +26,7 @@ from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.mbr import MBROptions, ranking
 from s2s_jax.decoding.word_scores import WordScore
+from s2s_jax.models import int8_weights
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
 from s2s_jax.workdir import checkpoints, run_config
 
@@ -85,11 +86,14 @@ class Member:
     attention_fn: Callable | None = dataclasses.field(default=None, repr=False)  # jitted once, on first use
 
     @classmethod
-    def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh) -> Member:
+    def load(cls, workdir: str, checkpoint: str, mesh: jax.sharding.Mesh, int8: bool = False) -> Member:
+        """`int8`: the model reads int8 copies of its weight matrices (s2s_jax/models/int8_weights.py)."""
         config = run_config.load(workdir)
         src_tokenizer, tgt_tokenizer = load_workdir_tokenizers(workdir)
         params, meta = checkpoints.load_params(workdir, checkpoint)
         model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size)
+        if int8:
+            model, params = int8_weights.quantized(model, params)
         return cls(workdir, config, src_tokenizer, tgt_tokenizer, model, parallel.replicate(params, mesh), meta)
 
     def normalized(self, texts: list[str]) -> list[str]:
@@ -161,14 +165,23 @@ class Translator:
     the target vocabulary. The first member's config supplies the decode defaults and the
     target-side normalisation, including `model.skip_padding` (each batch's source time-segment
     profile is compiled for, s2s_jax/models/time_segments.py; the server turns it off on its translator).
+
+    `int8`: every member reads int8 copies of its weight matrices, made at load time (CPU serving
+    latency: s2s_jax/models/int8_weights.py); outputs may differ slightly from the float32 model's.
     """
 
-    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best", weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        workdir: str | Sequence[str],
+        checkpoint: str = "best",
+        weights: Sequence[float] | None = None,
+        int8: bool = False,
+    ):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
         mesh = parallel.make_mesh()
-        self.members = [Member.load(w, checkpoint, mesh) for w in workdirs]
+        self.members = [Member.load(w, checkpoint, mesh, int8=int8) for w in workdirs]
         _check_target_vocabularies(self.members)
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2s_jax.models import int8_weights
+
 
 @dataclasses.dataclass(frozen=True)
 class Scoring:
@@ -38,16 +40,20 @@ class Attention(nn.Module):
     kind: str
     hidden_size: int
     dtype: Any = jnp.float32
+    int8: bool = False  # int8 weight matrices (s2s_jax/models/int8_weights.py)
 
     def setup(self):
         if self.kind not in SCORINGS:
             raise ValueError(f"model.attention must be one of {', '.join(SCORINGS)}, not {self.kind!r}")
         scoring = SCORINGS[self.kind]
         if scoring.project_keys:
-            self.key_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="key")
+            self.key_proj = self._dense(self.hidden_size, "key")
         if scoring.additive:
-            self.query_proj = nn.Dense(self.hidden_size, use_bias=False, dtype=self.dtype, name="query")
-            self.energy = nn.Dense(1, use_bias=False, dtype=self.dtype, name="energy")
+            self.query_proj = self._dense(self.hidden_size, "query")
+            self.energy = self._dense(1, "energy")
+
+    def _dense(self, features: int, name: str) -> nn.Module:
+        return int8_weights.dense(features, int8_weights=self.int8, use_bias=False, dtype=self.dtype, name=name)
 
     def keys(self, values: jax.Array) -> jax.Array:
         """[B, S, Hv] encoder outputs -> [B, S, H] keys, once per sentence."""

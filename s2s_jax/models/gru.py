@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.kernels import recurrence as kernel
+from s2s_jax.models import int8_weights
 from s2s_jax.models.lstm import run_recurrence, step_lengths
 from s2s_jax.models.time_segments import Segments
 
@@ -43,13 +44,14 @@ class _Recurrence(nn.Module):
 
     hidden_size: int
     dtype: Any = jnp.float32
+    int8: bool = False  # W_hh in int8 (s2s_jax/models/int8_weights.py)
 
     @nn.compact
     def __call__(self, h: jax.Array, inputs: tuple[jax.Array, jax.Array]):
         x_proj, mask = inputs
-        kernel = self.param("kernel", nn.initializers.orthogonal(), (self.hidden_size, 3 * self.hidden_size))
+        orthogonal = nn.initializers.orthogonal()
+        h_proj = int8_weights.recurrent_product(self, h, self.hidden_size, 3, self.dtype, self.int8, orthogonal)
         bias_n = self.param("bias_n", nn.initializers.zeros_init(), (self.hidden_size,))
-        h_proj = jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
         new_h = gru_update(x_proj.astype(jnp.float32), h_proj, bias_n, h)
         if mask is None:  # every position real
             return new_h, new_h.astype(self.dtype)
@@ -82,6 +84,7 @@ class GRULayer(nn.Module):
     unroll: int = 1
     dtype: Any = jnp.float32
     fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
+    int8: bool = False  # int8 weight matrices (s2s_jax/models/int8_weights.py)
 
     @nn.compact
     def __call__(
@@ -93,11 +96,13 @@ class GRULayer(nn.Module):
     ):
         if initial_carry is None:
             initial_carry = jnp.zeros((inputs.shape[0], self.hidden_size), jnp.float32)
-        x_proj = nn.Dense(3 * self.hidden_size, dtype=self.dtype, name="input")(inputs)
+        x_proj = int8_weights.dense(3 * self.hidden_size, int8_weights=self.int8, dtype=self.dtype, name="input")(
+            inputs
+        )
         if self.fused and inputs.shape[1] > 1:
             return _FusedRecurrence(self.hidden_size, name="recurrent")(
                 initial_carry, x_proj, step_lengths(x_proj, mask)
             )
         return run_recurrence(
-            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
+            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments, self.int8
         )

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.kernels import recurrence as kernel
-from s2s_jax.models import time_segments
+from s2s_jax.models import int8_weights, time_segments
 from s2s_jax.models.time_segments import Segments
 
 Carry = tuple[jax.Array, jax.Array]  # (c, h), each [B, H]
@@ -55,13 +55,15 @@ class _Recurrence(nn.Module):
 
     hidden_size: int
     dtype: Any = jnp.float32
+    int8: bool = False  # W_hh in int8 (s2s_jax/models/int8_weights.py)
 
     @nn.compact
     def __call__(self, carry: Carry, inputs: tuple[jax.Array, jax.Array]):
         c, h = carry
         x_proj, mask = inputs
-        kernel = self.param("kernel", nn.initializers.orthogonal(), (self.hidden_size, 4 * self.hidden_size))
-        gates = x_proj + jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)).astype(x_proj.dtype)
+        orthogonal = nn.initializers.orthogonal()
+        product = int8_weights.recurrent_product(self, h, self.hidden_size, 4, self.dtype, self.int8, orthogonal)
+        gates = x_proj + product.astype(x_proj.dtype)
         new_c, new_h = lstm_gates(gates.astype(jnp.float32), c)
         if mask is None:
             return (new_c, new_h), new_h.astype(self.dtype)
@@ -103,6 +105,7 @@ class LSTMLayer(nn.Module):
     unroll: int = 1
     dtype: Any = jnp.float32
     fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
+    int8: bool = False  # int8 weight matrices (s2s_jax/models/int8_weights.py)
 
     @nn.compact
     def __call__(
@@ -116,8 +119,9 @@ class LSTMLayer(nn.Module):
         if initial_carry is None:
             zeros = jnp.zeros((batch, self.hidden_size), jnp.float32)
             initial_carry = (zeros, zeros)
-        x_proj = nn.Dense(
+        x_proj = int8_weights.dense(
             4 * self.hidden_size,
+            int8_weights=self.int8,
             dtype=self.dtype,
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
@@ -126,7 +130,7 @@ class LSTMLayer(nn.Module):
             recurrent = _FusedRecurrence(self.hidden_size, name="recurrent")
             return recurrent(initial_carry, x_proj, step_lengths(x_proj, mask))
         return run_recurrence(
-            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments
+            _Recurrence, self.hidden_size, self.dtype, self.unroll, initial_carry, x_proj, mask, segments, self.int8
         )
 
 
@@ -145,6 +149,7 @@ def run_recurrence(
     x_proj: jax.Array,
     mask: jax.Array | None,
     segments: Segments | None = None,
+    int8: bool = False,
 ) -> tuple[jax.Array, Any]:
     """`step` (a cell's one-step module over precomputed input projections) over time, as the
     submodule "recurrent" of the calling layer -> (outputs [B, T, H], final carry).
@@ -157,7 +162,7 @@ def run_recurrence(
     position, emitting its carry; the final carry is read at each row's last real position and
     the outputs are zeroed at padding once, after the loop.
     """
-    cell = step(hidden_size, dtype, name="recurrent")
+    cell = step(hidden_size, dtype, int8, name="recurrent")
     if x_proj.shape[1] == 1:
         step_mask = None if mask is None else mask[:, 0]
         carry, output = cell(carry, (x_proj[:, 0], step_mask))

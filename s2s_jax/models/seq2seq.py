@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.data.tokenizer import BOS_ID, PAD_ID
-from s2s_jax.models import recurrences, time_segments
+from s2s_jax.models import int8_weights, recurrences, time_segments
 from s2s_jax.models.attention import Attention
 from s2s_jax.models.gru import GRULayer
 from s2s_jax.models.lstm import LSTMLayer, reverse_padded
@@ -68,6 +68,7 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru: CELLS
     dtype: Any = jnp.float32
     recurrence: str = "scan"  # scan | fused, resolved from `model.recurrence` (s2s_jax.models.recurrences)
+    int8: bool = False  # int8 weight matrices for CPU serving (s2s_jax/models/int8_weights.py), set at load time
 
     @property
     def fused(self) -> bool:
@@ -124,7 +125,7 @@ class Encoder(nn.Module):
         for layer in range(cfg.num_layers):
             if layer > 0:
                 x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
-            make = lambda name: layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, name=name)  # noqa: E731
+            make = lambda name: layer_type(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, cfg.int8, name=name)  # noqa: E731
             fwd_out, fwd_carry = make(f"layer_{layer}")(x, mask, segments=segments)
             if cfg.bidirectional:
                 bwd_out, bwd_carry = make(f"layer_{layer}_bwd")(reverse_padded(x, lengths), mask, segments=segments)
@@ -156,9 +157,10 @@ class Bridge(nn.Module):
         hidden = CELLS[cfg.cell].hidden
         state = []
         for layer, (fwd, bwd) in enumerate(carries):
-            h = jnp.tanh(nn.Dense(cfg.hidden_size, name=f"h_{layer}")(jnp.concatenate([hidden(fwd), hidden(bwd)], -1)))
+            dense = lambda name: int8_weights.dense(cfg.hidden_size, int8_weights=cfg.int8, name=name)  # noqa: E731
+            h = jnp.tanh(dense(f"h_{layer}")(jnp.concatenate([hidden(fwd), hidden(bwd)], -1)))
             if cfg.cell == "lstm":
-                c = nn.Dense(cfg.hidden_size, name=f"c_{layer}")(jnp.concatenate([fwd[0], bwd[0]], -1))
+                c = dense(f"c_{layer}")(jnp.concatenate([fwd[0], bwd[0]], -1))
                 state.append((c, h))
             else:
                 state.append(h)
@@ -182,17 +184,21 @@ class Decoder(nn.Module):
         cfg = self.config
         self.embed = nn.Embed(cfg.tgt_vocab_size, cfg.emb_dim, name="embed")
         self.layers = [
-            CELLS[cfg.cell].layer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, name=f"layer_{i}")
+            CELLS[cfg.cell].layer(cfg.hidden_size, cfg.scan_unroll, cfg.dtype, cfg.fused, cfg.int8, name=f"layer_{i}")
             for i in range(cfg.num_layers)
         ]
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.attention != "none":
-            self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.dtype, name="attention")
-            self.combine = nn.Dense(cfg.hidden_size, use_bias=False, dtype=cfg.dtype, name="combine")
+            self.attention = Attention(cfg.attention, cfg.hidden_size, cfg.dtype, cfg.int8, name="attention")
+            self.combine = int8_weights.dense(
+                cfg.hidden_size, int8_weights=cfg.int8, use_bias=False, dtype=cfg.dtype, name="combine"
+            )
         if cfg.tie_embeddings and cfg.hidden_size != cfg.emb_dim:
-            self.pre_output = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, name="pre_output")
+            self.pre_output = int8_weights.dense(cfg.emb_dim, int8_weights=cfg.int8, dtype=cfg.dtype, name="pre_output")
         if not cfg.tie_embeddings:
-            self.output = nn.Dense(cfg.tgt_vocab_size, dtype=cfg.dtype, name="output")
+            self.output = int8_weights.dense(cfg.tgt_vocab_size, int8_weights=cfg.int8, dtype=cfg.dtype, name="output")
+        elif cfg.int8:  # embedding^T as an int8 matrix of its own; the table stays float32 for lookups
+            self.tied_output = int8_weights.Int8Dense(cfg.tgt_vocab_size, use_bias=False, name=int8_weights.TIED_OUTPUT)
 
     @property
     def uses_feed(self) -> bool:
@@ -210,6 +216,8 @@ class Decoder(nn.Module):
         if self.config.tie_embeddings:
             if self.config.hidden_size != self.config.emb_dim:
                 h = self.pre_output(h)
+            if self.config.int8:
+                return self.tied_output(h)
             return self.embed.attend(h.astype(jnp.float32))
         return self.output(h).astype(jnp.float32)
 

@@ -546,6 +546,7 @@ class _Service:
             "languages": members[0]["languages"],
             "step": members[0]["step"],
             "attention": any(m.config.model.attention != "none" for m in translator.members),
+            "int8": translator.model.config.int8,
             "defaults": {"beam_size": default.beam_size, "alpha": default.alpha},
             "limits": {k: v for k, v in dataclasses.asdict(self.settings).items() if k != "api_key"},
             "batches": {
