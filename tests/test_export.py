@@ -193,3 +193,33 @@ def test_export_errors_are_one_line(trained_workdir, exported, tmp_path, capsys)
     assert status == 1 and err == "error: --rows must be comma-separated integers, got four\n"
     status, err = run(workdir=str(tmp_path / "none"))
     assert status == 1 and err.startswith("error: ") and "none" in err
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_an_int8_export_carries_int8_weights_and_equals_decode_int8(trained_workdir, tmp_path):
+    """The artefact multiplies by its int8 matrices in plain XLA (no custom call), which is bit for bit
+    the kernel's arithmetic: its translations are the in-process int8 model's."""
+    import numpy as np
+
+    from s2s_jax.decoding.translator import Translator
+
+    directory = str(tmp_path / "int8")
+    manifest = export.export_model(trained_workdir.workdir, directory, rows=[4], beam_size=3, int8=True, log=print)
+    assert manifest["int8"] is True
+    with np.load(os.path.join(directory, "params.npz")) as params:
+        assert any(name.endswith("kernel_int8") and params[name].dtype == np.int8 for name in params.files)
+        assert not any(name.endswith("/kernel") for name in params.files)
+    with open(os.path.join(directory, "default_4x16.jaxexport"), "rb") as f:
+        assert b"s2s_int8_matmul" not in f.read()
+    with open(trained_workdir.paths["valid_src"], encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out = tmp_path / "out.txt"
+    env = dict(os.environ, PYTHONPATH=blocking_path(tmp_path), JAX_PLATFORMS="cpu")
+    run = [sys.executable, os.path.join(directory, "translate.py"), "--output", str(out), "--search", "default"]
+    result = subprocess.run(
+        run, input="\n".join(lines) + "\n", env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    opts = SearchOptions(beam_size=3, alpha=manifest["searches"]["default"]["alpha"])
+    want = [h[0].text for h in Translator(trained_workdir.workdir, int8=True).translate(lines, opts)]
+    assert out.read_text(encoding="utf-8").split("\n")[:-1] == want

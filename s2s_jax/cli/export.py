@@ -41,6 +41,7 @@ def run(flags) -> int:
             flags.beam_size,
             flags.alpha,
             no_repeat_ngram=getattr(flags, "no_repeat_ngram", 0),
+            int8=getattr(flags, "int8", False),
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -66,6 +67,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("widths", None, "Source widths, EOS included (default: multiples of 16 up to data.max_len + 1).")
     flags.DEFINE_integer("beam_size", None, "The default search's beam size (1 = greedy); default: decode.beam_size.")
     flags.DEFINE_float("alpha", None, "The default search's length penalty; default: decode.alpha.")
+    flags.DEFINE_bool("int8", False, "Export int8 weight matrices (as decode.py --int8 reads them); same outputs.")
     flags.DEFINE_integer(
         "no_repeat_ngram", 0, "Both searches never repeat an n-gram of this many tokens (as decode.py's; 0 = off)."
     )

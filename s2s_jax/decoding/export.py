@@ -29,6 +29,7 @@ import numpy as np
 from s2s_jax.decoding import export_loader, inference
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
+from s2s_jax.kernels import int8 as int8_kernel
 
 LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_loader.py")
 
@@ -82,16 +83,19 @@ def export_model(
     alpha: float | None = None,
     log: Callable[[str], None] = print,
     no_repeat_ngram: int = 0,
+    int8: bool = False,
 ) -> dict:
     """Writes the artefact for `workdir` into `output` (created; must be empty or absent); returns the manifest.
 
     The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise;
     `no_repeat_ngram` > 0 builds the n-gram ban into both searches. (Word scores are not exported: the functions
-    return tokens and scores only.)
+    return tokens and scores only.) `int8`: the artefact carries int8 weight matrices
+    (s2s_jax/models/int8_weights.py) and multiplies by them in plain XLA (the int8 kernel is a custom
+    call that exists only where s2s_jax is installed); its outputs equal `decode.py --int8`'s.
     """
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise ValueError(f"--output {output} exists and is not an empty directory")
-    translator = Translator(workdir, checkpoint)
+    translator = Translator(workdir, checkpoint, int8=int8)
     member = translator.members[0]
     config, engine = member.config, translator.inference
     needed = default_widths(config.data.max_len)
@@ -118,10 +122,11 @@ def export_model(
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    # The artefact runs the scan recurrences: the fused CPU kernel is a custom call that exists
-    # only where s2s_jax is installed, and the same parameters give the same outputs either way.
+    # The artefact runs the scan recurrences and the int8 products in plain XLA: the CPU kernels are
+    # custom calls that exist only where s2s_jax is installed; the outputs are the same either way.
     model = member.model.clone(config=dataclasses.replace(member.model.config, recurrence="scan"))
-    functions, platforms = _export_searches(model, engine.max_steps, searches, spec, rows, widths, output, log)
+    with int8_kernel.portable():
+        functions, platforms = _export_searches(model, engine.max_steps, searches, spec, rows, widths, output, log)
     models = {}
     for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
         models[side] = os.path.basename(tokenizer.model_path)
@@ -142,6 +147,7 @@ def export_model(
         "max_len_b": config.decode.max_len_b,
         "lowercase": bool(config.data.lowercase),
         "d2l_preprocess": bool(config.data.d2l_preprocess),
+        "int8": int8,
         "src_model": models["src"],
         "tgt_model": models["tgt"],
         "requirements": export_loader.REQUIREMENTS_FILE,

@@ -18,6 +18,8 @@ Inference only: `matmul` has no gradient.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import importlib.util
@@ -124,8 +126,22 @@ def _kernel(x: jax.Array, m: Int8Matrix) -> jax.Array:
     return jax.ffi.ffi_call("s2s_int8_matmul", out, vmap_method="sequential")(x, m.packed, m.scale, k=np.int64(m.k))
 
 
+_PORTABLE = contextvars.ContextVar("s2s_int8_portable", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+    """Within it, `matmul` traces to the pure-JAX path only (no custom call): for a program that
+    must run where s2s_jax is not installed (export.py's artefacts). Same results, bit for bit."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
 def _rows(x: jax.Array, m: Int8Matrix) -> jax.Array:
-    if x.shape[0] == 0 or int8_cpu is None:
+    if x.shape[0] == 0 or int8_cpu is None or _PORTABLE.get():
         return _reference(x, m)
     # The kernel where this lowers for the CPU, the dot_general elsewhere (GPU, TPU).
     return lax.platform_dependent(x, m, cpu=_kernel, default=_reference)
