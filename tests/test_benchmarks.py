@@ -9,6 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchma
 
 import _rounds  # noqa: E402
 import bench_decode  # noqa: E402
+import latency  # noqa: E402
 import versus_pytorch  # noqa: E402
 
 
@@ -151,3 +152,18 @@ def test_run_json_returns_the_last_object_and_fails_in_one_line():
         )
     with pytest.raises(_rounds.RunError, match="no JSON"):
         _rounds.run_json([sys.executable, "-c", "print('hello')"], "silent")
+
+
+def test_latency_percentiles_and_protocol_lengths():
+    """p50/p90 pick the nearest rank of the sorted per-sentence times; protocol sources are a line's words + EOS."""
+    times = [0.001 * k for k in range(1, 11)]  # 1..10 ms, shuffled order must not matter
+    assert latency.summary_ms(times[::-1]) == {"p50": 5.0, "p90": 9.0, "mean": 5.5}
+    assert latency.protocol_lengths(["a b c", "x", " ".join(["w"] * 100)]) == [4, 2, 64]
+
+
+def test_latency_rounds_run_every_contender(tmp_path):
+    args = latency.parse_args(["--rounds", "1", "--workdir", str(tmp_path), "--input", __file__])
+    names = list(latency.contenders(args))
+    assert names[:4] == ["protocol ours", "protocol ours int8", "protocol torch", "protocol torch int8"]
+    assert names[4:] == ["trained", "trained shortlist", "trained int8", "trained shortlist int8"]
+    assert latency.contenders(args)["protocol torch int8"][-3:] == ["--protocol", "--torch", "--int8"]
