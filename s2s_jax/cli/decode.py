@@ -169,7 +169,12 @@ def _mbr_options(flags) -> MBROptions | None:
 def run(flags) -> int:
     try:
         _check_flags(flags)
-        translator = Translator(flags.workdir, flags.checkpoint, weights=_ensemble_weights(flags))
+        translator = Translator(
+            flags.workdir,
+            flags.checkpoint,
+            weights=_ensemble_weights(flags),
+            shortlist=getattr(flags, "shortlist", False),
+        )
         cfg = translator.config.decode
         mbr = _mbr_options(flags)
         opts = SearchOptions(
@@ -467,6 +472,12 @@ def _define_flags() -> None:
         "Directory: write one attention heatmap PNG per input line (the first --workdir's model's attention).",
     )
     flags.DEFINE_integer("batch_size", None, "Sentences per batch; default: the config's decode.batch_size.")
+    flags.DEFINE_bool(
+        "shortlist",
+        False,
+        "Restrict each sentence's output to its vocabulary shortlist (the first --workdir's, built by "
+        "`python shortlist.py --workdir W`): a smaller output layer per step, for speed.",
+    )
     flags.DEFINE_bool(
         "split_sentences",
         False,

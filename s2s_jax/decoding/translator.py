@@ -22,6 +22,7 @@ from s2s_jax.data import sentences
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, UNK_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference, word_scores
+from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.mbr import MBROptions, ranking
@@ -161,14 +162,29 @@ class Translator:
     the target vocabulary. The first member's config supplies the decode defaults and the
     target-side normalisation, including `model.skip_padding` (each batch's source time-segment
     profile is compiled for, s2s_jax/models/time_segments.py; the server turns it off on its translator).
+
+    With `shortlist`, every search restricts each sentence's output to its vocabulary shortlist,
+    the one the first workdir holds (`python shortlist.py --workdir W` builds it; read with the
+    first member's source ids, applied to every member alike: s2s_jax/decoding/shortlist.py).
     """
 
-    def __init__(self, workdir: str | Sequence[str], checkpoint: str = "best", weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        workdir: str | Sequence[str],
+        checkpoint: str = "best",
+        weights: Sequence[float] | None = None,
+        shortlist: bool = False,
+    ):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
+        # Before the checkpoints load: a missing shortlist is the quicker error.
+        self.shortlist = lexical.load(workdirs[0]) if shortlist else None
         mesh = parallel.make_mesh()
         self.members = [Member.load(w, checkpoint, mesh) for w in workdirs]
+        if self.shortlist is not None:
+            first = self.members[0]
+            self.shortlist.check(workdirs[0], first.src_tokenizer.vocab_size, first.tgt_tokenizer.vocab_size)
         _check_target_vocabularies(self.members)
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
@@ -274,6 +290,7 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
             constraints=wanted,
+            shortlist=self.shortlist,
         )
         for number, (candidates, phrases) in enumerate(zip(results, wanted or []), 1):
             if phrases and not candidates[0].constraints_met:
