@@ -21,6 +21,7 @@ from s2s_jax.decoding.inference import BatchShape, Inference, SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.errors import DataError
 from s2s_jax.models.seq2seq import Seq2Seq
+from s2s_jax.serving import shapes
 from tests.helpers import TINY_DECODE, decode_flags, tiny_model
 
 V = 300  # target vocabulary of the search tests: larger than the smallest padded union (128)
@@ -353,3 +354,19 @@ def test_inference_without_a_shortlist_is_unchanged():
         listed = engine.run(params, SOURCES, opts, shortlist=everything)
         assert first_tokens(plain) == first_tokens(listed)
         np.testing.assert_allclose([r[0].score for r in plain], [r[0].score for r in listed], rtol=1e-4, atol=1e-4)
+
+
+def test_the_servers_warm_up_covers_every_shortlist_size_with_the_largest():
+    translator = types.SimpleNamespace(
+        shortlist=empty_shortlist(),
+        members=[types.SimpleNamespace(config=types.SimpleNamespace(data=types.SimpleNamespace(max_len=10)))],
+        inference=types.SimpleNamespace(padded_rows=lambda n: n),
+    )
+    assert shapes.shortlist_sizes(translator) == [128, 256, V]
+    assert shapes.shortlist_sizes(types.SimpleNamespace(shortlist=None)) == [0]
+    covering = shapes.warm_up_shapes(translator, [1, 4], 1, 2)
+    assert {s.shortlist for s in covering} == {V}
+    own = BatchShape(SearchOptions(beam_size=4, with_scores=True).compiled_key(), 1, (8,), 128)
+    assert any(s.covers(own) for s in covering)
+    full = shapes.warm_up_shapes(translator, [1, 4], 1, 2, full_beam_sizes=[4])
+    assert {s.shortlist for s in full if s.key.beam_size == 4 and s.widths == (8,)} == {128, 256, V}
