@@ -15,7 +15,7 @@ import pytest
 
 from s2s_jax.cli import decode as decode_cli
 from s2s_jax.cli import shortlist as shortlist_cli
-from s2s_jax.decoding import inference, search
+from s2s_jax.decoding import export, export_loader, inference, search
 from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.inference import BatchShape, Inference, SearchOptions
 from s2s_jax.decoding.translator import Translator
@@ -370,3 +370,33 @@ def test_the_servers_warm_up_covers_every_shortlist_size_with_the_largest():
     assert any(s.covers(own) for s in covering)
     full = shapes.warm_up_shapes(translator, [1, 4], 1, 2, full_beam_sizes=[4])
     assert {s.shortlist for s in full if s.key.beam_size == 4 and s.widths == (8,)} == {128, 256, V}
+
+
+def test_the_exported_loader_builds_the_same_sets_and_batches():
+    table = np.zeros((12, 3), np.int32)
+    table[3:] = [[20 + p, 150 + p, 1] for p in range(3, 12)]
+    shortlist = lexical.Shortlist(table, np.asarray([4, 9], np.int32), V)
+    rows = export_loader.shortlist_rows(shortlist.table, shortlist.frequent, V, SOURCES)
+    assert [r.tolist() for r in rows] == [shortlist.row_ids(s).tolist() for s in SOURCES]
+    for got, want in zip(export_loader.shortlist_batch(rows, 8, V, lexical.MIN_SIZE), shortlist.batch(rows, 8)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_an_export_with_the_shortlist_translates_as_the_translator_does(trained_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir.workdir, workdir)
+    with pytest.raises(DataError, match="no vocabulary shortlist"):
+        export.export_model(workdir, str(tmp_path / "none"), rows=[4], shortlist=True, log=lambda m: None)
+    assert shortlist_cli.run(build_flags(workdir, k=3, frequent=5)) == 0
+    directory = str(tmp_path / "artefact")
+    manifest = export.export_model(workdir, directory, rows=[4], beam_size=2, shortlist=True, log=lambda m: None)
+    assert manifest["shortlist"] == {"file": lexical.TABLE_FILE, "min_size": lexical.MIN_SIZE}
+    with open(trained_workdir.paths["valid_src"], encoding="utf-8") as f:
+        lines = f.read().splitlines()[:8]
+    loaded = export_loader.ExportedModel(directory)
+    translator = Translator(workdir, shortlist=True)
+    alpha = manifest["searches"]["default"]["alpha"]
+    for name, opts in (("default", SearchOptions(beam_size=2, alpha=alpha)), ("greedy", SearchOptions())):
+        want = [h[0].text for h in translator.translate(lines, opts, batch_size=4)]
+        assert loaded.translate(lines, name) == want

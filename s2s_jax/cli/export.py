@@ -41,6 +41,7 @@ def run(flags) -> int:
             flags.beam_size,
             flags.alpha,
             no_repeat_ngram=getattr(flags, "no_repeat_ngram", 0),
+            shortlist=getattr(flags, "shortlist", False),
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -68,6 +69,12 @@ def _define_flags() -> None:
     flags.DEFINE_float("alpha", None, "The default search's length penalty; default: decode.alpha.")
     flags.DEFINE_integer(
         "no_repeat_ngram", 0, "Both searches never repeat an n-gram of this many tokens (as decode.py's; 0 = off)."
+    )
+    flags.DEFINE_bool(
+        "shortlist",
+        False,
+        "Carry the workdir's vocabulary shortlist (built by `python shortlist.py --workdir W`) and apply it in "
+        "every search, as decode.py --shortlist does.",
     )
 
 
