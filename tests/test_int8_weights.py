@@ -135,3 +135,18 @@ def test_translator_int8_scores_close_to_float(trained_workdir):
     b = quantized.score(lines, texts)
     for x, y in zip(a, b):
         assert y.per_token == pytest.approx(x.per_token, abs=0.05)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_int8_shortlist_columns_equal_the_full_int8_layer(tied):
+    """A shortlist gathers columns of the int8 matrix and their scales: each row is quantized the same
+    way and each column's integer sum is the same, so the logits are the full layer's, bit for bit."""
+    overrides = dict(tie_embeddings=True, emb_dim=16) if tied else {}
+    model, params = _model(**overrides)
+    qmodel, qparams = int8_weights.quantized(model, params)
+    h = jax.random.normal(jax.random.key(5), (3, 32))
+    ids = jnp.array([2, 7, 3, 39, 11, 0], jnp.int32)
+    full = qmodel.apply({"params": qparams}, h, method=Seq2Seq.project)
+    layer = qmodel.apply({"params": qparams}, ids, method=lambda m, i: m.decoder.output_layer(i))
+    restricted = qmodel.apply({"params": qparams}, h, method=lambda m, x: m.decoder.project(x, layer))
+    np.testing.assert_array_equal(np.asarray(restricted), np.asarray(full)[:, np.asarray(ids)])

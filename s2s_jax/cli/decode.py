@@ -170,7 +170,11 @@ def run(flags) -> int:
     try:
         _check_flags(flags)
         translator = Translator(
-            flags.workdir, flags.checkpoint, weights=_ensemble_weights(flags), int8=getattr(flags, "int8", False)
+            flags.workdir,
+            flags.checkpoint,
+            weights=_ensemble_weights(flags),
+            int8=getattr(flags, "int8", False),
+            shortlist=getattr(flags, "shortlist", False),
         )
         cfg = translator.config.decode
         mbr = _mbr_options(flags)
@@ -475,6 +479,12 @@ def _define_flags() -> None:
         "Read int8 copies of the weight matrices, made at load time (each column quantized, each input row "
         "quantized as it comes): a quarter of the weight traffic per decoder step, for one-sentence latency on "
         "a CPU. Translations may differ slightly from the float32 model's.",
+    )
+    flags.DEFINE_bool(
+        "shortlist",
+        False,
+        "Restrict each sentence's output to its vocabulary shortlist (the first --workdir's, built by "
+        "`python shortlist.py --workdir W`): a smaller output layer per step, for speed.",
     )
     flags.DEFINE_bool(
         "split_sentences",

@@ -42,6 +42,7 @@ def run(flags) -> int:
             flags.alpha,
             no_repeat_ngram=getattr(flags, "no_repeat_ngram", 0),
             int8=getattr(flags, "int8", False),
+            shortlist=getattr(flags, "shortlist", False),
         )
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -70,6 +71,12 @@ def _define_flags() -> None:
     flags.DEFINE_bool("int8", False, "Export int8 weight matrices (as decode.py --int8 reads them); same outputs.")
     flags.DEFINE_integer(
         "no_repeat_ngram", 0, "Both searches never repeat an n-gram of this many tokens (as decode.py's; 0 = off)."
+    )
+    flags.DEFINE_bool(
+        "shortlist",
+        False,
+        "Carry the workdir's vocabulary shortlist (built by `python shortlist.py --workdir W`) and apply it in "
+        "every search, as decode.py --shortlist does.",
     )
 
 

@@ -69,6 +69,7 @@ def run(flags) -> int:
     import uvicorn
 
     from s2s_jax.decoding.inference import ensemble_weights_flag
+    from s2s_jax.decoding.shortlist import load as load_shortlist
     from s2s_jax.decoding.translator import Translator
     from s2s_jax.errors import CheckpointError, DataError
     from s2s_jax.serving.app import create_app
@@ -79,6 +80,8 @@ def run(flags) -> int:
         for workdir in flags.workdir:  # a wrong path is an error now, not a 503 later
             if not os.path.isfile(os.path.join(workdir, "config.json")):
                 raise DataError(f"{workdir} is not a training workdir (no config.json)")
+        if flags.shortlist:
+            load_shortlist(flags.workdir[0])  # no shortlist: an error now, not a 503 later
     except (ValueError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -88,7 +91,9 @@ def run(flags) -> int:
 
     def load() -> Translator:
         try:
-            return Translator(flags.workdir, flags.checkpoint, weights=weights, int8=flags.int8)
+            return Translator(
+                flags.workdir, flags.checkpoint, weights=weights, int8=flags.int8, shortlist=flags.shortlist
+            )
         except (DataError, CheckpointError, ValueError) as err:
             raise RuntimeError(str(err)) from None
 
@@ -110,6 +115,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number | avg:K.")
     flags.DEFINE_bool(
         "int8", False, "Serve int8 copies of the weight matrices (made at load time): lower latency on a CPU."
+    )
+    flags.DEFINE_bool(
+        "shortlist",
+        False,
+        "Restrict each text's output to its vocabulary shortlist (the first --workdir's, built by "
+        "`python shortlist.py --workdir W`).",
     )
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 to listen on every interface).")
     flags.DEFINE_integer("port", 8000, "Port to listen on.")

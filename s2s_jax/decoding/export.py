@@ -9,6 +9,10 @@ The directory holds
   manifest.json (shapes, length caps, normalisation, platform);
 - translate.py (s2s_jax/decoding/export_loader.py), which needs only jax, jaxlib, numpy, sentencepiece and
   flatbuffers, and requirements.txt, which pins them to the versions this export ran with.
+With `shortlist` (`export.py --shortlist`) the run's vocabulary shortlist travels too
+(shortlist.npz, s2s_jax/decoding/shortlist.py): each function then also takes the batch's
+shortlist ids [S] and row mask [rows, S], S a symbolic dimension (one function for every size),
+and the loader builds them as decode.py --shortlist does.
 The functions are those decode.py runs (s2s_jax.decoding.inference), so the loader's output equals
 decode.py's. The artefact runs on the platform it was exported on (`jax.default_backend()`).
 """
@@ -27,6 +31,7 @@ import jax
 import numpy as np
 
 from s2s_jax.decoding import export_loader, inference
+from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.kernels import int8 as int8_kernel
@@ -47,14 +52,15 @@ def default_widths(max_len: int) -> list[int]:
 
 
 def _search_function(model, opts: SearchOptions, max_steps: int) -> Callable:
-    """(params, src [R, W], caps [R]) -> (tokens [R, max_steps], scores [R]): the best output
-    of decode.py's search for these options."""
+    """(params, src [R, W], caps [R][, shortlist ids [S], mask [R, S]]) -> (tokens [R, max_steps],
+    scores [R]): the best output of decode.py's search for these options."""
 
-    def search(params, src, caps):
+    def search(params, src, caps, *shortlist):
         per_row = inference.row_settings([opts] * src.shape[0], [(0, 0)] * src.shape[0])  # constants in the export
         tokens, scores = inference.search_batch(
-            (model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps, per_row
-        )
+            (model,), (1.0,), opts.compiled_key(), max_steps, (params,), (src,), caps, per_row,
+            shortlist=tuple(shortlist) or None,
+        )  # fmt: skip
         return tokens[:, 0], scores[:, 0]
 
     return jax.jit(search)
@@ -84,8 +90,10 @@ def export_model(
     log: Callable[[str], None] = print,
     no_repeat_ngram: int = 0,
     int8: bool = False,
+    shortlist: bool = False,
 ) -> dict:
     """Writes the artefact for `workdir` into `output` (created; must be empty or absent); returns the manifest.
+    With `shortlist` the workdir's vocabulary shortlist goes with it and every search applies it.
 
     The default search is the config's (decode.beam_size, decode.alpha) unless `beam_size` / `alpha` say otherwise;
     `no_repeat_ngram` > 0 builds the n-gram ban into both searches. (Word scores are not exported: the functions
@@ -95,7 +103,7 @@ def export_model(
     """
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
         raise ValueError(f"--output {output} exists and is not an empty directory")
-    translator = Translator(workdir, checkpoint, int8=int8)
+    translator = Translator(workdir, checkpoint, int8=int8, shortlist=shortlist)
     member = translator.members[0]
     config, engine = member.config, translator.inference
     needed = default_widths(config.data.max_len)
@@ -125,8 +133,13 @@ def export_model(
     # The artefact runs the scan recurrences and the int8 products in plain XLA: the CPU kernels are
     # custom calls that exist only where s2s_jax is installed; the outputs are the same either way.
     model = member.model.clone(config=dataclasses.replace(member.model.config, recurrence="scan"))
+    listed = translator.shortlist is not None
     with int8_kernel.portable():
-        functions, platforms = _export_searches(model, engine.max_steps, searches, spec, rows, widths, output, log)
+        functions, platforms = _export_searches(
+            model, engine.max_steps, searches, spec, rows, widths, output, log, listed
+        )  # fmt: skip
+    if listed:
+        lexical.save(translator.shortlist, output)
     models = {}
     for side, tokenizer in (("src", member.src_tokenizer), ("tgt", member.tgt_tokenizer)):
         models[side] = os.path.basename(tokenizer.model_path)
@@ -151,6 +164,7 @@ def export_model(
         "src_model": models["src"],
         "tgt_model": models["tgt"],
         "requirements": export_loader.REQUIREMENTS_FILE,
+        "shortlist": {"file": lexical.TABLE_FILE, "min_size": lexical.MIN_SIZE} if listed else None,
     }
     with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
@@ -177,10 +191,12 @@ def _export_searches(
     widths: Sequence[int],
     output: str,
     log: Callable[[str], None],
+    shortlist: bool = False,
 ) -> tuple[dict, list[str]]:
     """Writes one serialized function per search and rows x width shape into `output`; returns the
     manifest's `functions` ({search: {"RxW": file}}, "greedy" the default's when they are the same)
-    and the platforms they run on."""
+    and the platforms they run on. With `shortlist` they take its ids [S] and mask [rows, S], S symbolic."""
+    (size,) = jax.export.symbolic_shape("shortlist")
     functions: dict[str, dict[str, str]] = {}
     platforms: list[str] = []
     for name, opts in searches.items():
@@ -189,8 +205,13 @@ def _export_searches(
         for r in rows:
             for w in widths:
                 start = time.perf_counter()
+                listed = (
+                    (jax.ShapeDtypeStruct((size,), np.int32), jax.ShapeDtypeStruct((r, size), np.bool_))
+                    if shortlist
+                    else ()
+                )
                 exported = jax.export.export(fn)(
-                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32)
+                    spec, jax.ShapeDtypeStruct((r, w), np.int32), jax.ShapeDtypeStruct((r,), np.int32), *listed
                 )
                 filename = f"{name}_{r}x{w}.jaxexport"
                 with open(os.path.join(output, filename), "wb") as f:

@@ -13,6 +13,9 @@ max_len_a * (source tokens + EOS) + max_len_b, and the same searches, serialised
 StableHLO at the batch shapes manifest.json lists (a batch uses the smallest exported
 rows and source width that hold it). One output line per input line; an empty input
 line gives an empty output line. From Python: `ExportedModel(DIR).translate(lines)`.
+An artefact exported with --shortlist restricts each sentence's output to its vocabulary
+shortlist as decode.py --shortlist does (`shortlist_rows`, `shortlist_batch`: written out again
+below, checked against s2s_jax.decoding.shortlist by the tests).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 from jax import export  # noqa: E402
 
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 FORMAT = 1  # manifest.json's "format": what this loader reads
 
 # Text normalisation: the same as s2s_jax.data.text.normalize.
@@ -100,6 +103,31 @@ def read_lines(path: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def shortlist_rows(table: np.ndarray, frequent: np.ndarray, vocab: int, sources: list[list[int]]) -> list:
+    """Each source's sorted target ids: the frequent pieces, EOS, UNK and its pieces' table rows
+    (s2s_jax.decoding.shortlist.Shortlist.row_ids)."""
+    out = []
+    for source in sources:
+        source = np.asarray(source, np.int64)
+        source = source[(source >= 0) & (source < table.shape[0])]
+        ids = np.unique(np.concatenate([frequent, [EOS_ID, UNK_ID], table[source].ravel()]).astype(np.int32))
+        out.append(ids[~np.isin(ids, (PAD_ID, BOS_ID)) & (ids < vocab)])
+    return out
+
+
+def shortlist_batch(rows: list, num_rows: int, vocab: int, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [S], mask [num_rows, S]): the rows' union padded with PAD to a power of two from
+    `min_size` (at most `vocab`), and each row's own ids (s2s_jax.decoding.shortlist.Shortlist.batch)."""
+    union = np.unique(np.concatenate([*rows, [EOS_ID, UNK_ID]]).astype(np.int32))
+    size = min(max(min_size, 1 << max(len(union) - 1, 0).bit_length()), vocab)
+    ids = np.full((size,), PAD_ID, np.int32)
+    ids[: len(union)] = union
+    mask = np.zeros((num_rows, size), bool)
+    for r, row in enumerate(rows):
+        mask[r, : len(union)] = np.isin(union, row)
+    return ids, mask
+
+
 def _nested(flat: dict[str, np.ndarray]) -> dict:
     """{'a/b': x} -> {'a': {'b': x}}: the parameter tree the exported functions take."""
     tree: dict = {}
@@ -135,6 +163,11 @@ class ExportedModel:
         self.src = spm.SentencePieceProcessor(model_file=os.path.join(directory, self.manifest["src_model"]))
         self.tgt = spm.SentencePieceProcessor(model_file=os.path.join(directory, self.manifest["tgt_model"]))
         self._functions: dict[tuple[str, int, int], object] = {}
+        self.shortlist = None  # (table, frequent, target vocabulary size, smallest size) when exported with one
+        if self.manifest.get("shortlist"):
+            with np.load(os.path.join(directory, self.manifest["shortlist"]["file"])) as data:
+                table, frequent, vocab = data["table"], data["frequent"], int(data["tgt_vocab_size"])
+            self.shortlist = (table, frequent, vocab, int(self.manifest["shortlist"]["min_size"]))
 
     def _function(self, search: str, rows: int, width: int):
         key = (search, rows, width)
@@ -177,7 +210,12 @@ class ExportedModel:
                 src[row, len(ids[i])] = EOS_ID
             cap = np.ceil(m["max_len_a"] * np.array(lengths) + m["max_len_b"]).astype(np.int32)
             caps[: len(chunk)] = np.minimum(np.maximum(cap, 1), m["max_steps"])
-            tokens, _ = self._function(search, rows, width)(self.params, src, caps)
+            listed = ()
+            if self.shortlist is not None:
+                table, frequent, vocab, min_size = self.shortlist
+                sets = shortlist_rows(table, frequent, vocab, [ids[i] for i in chunk])
+                listed = shortlist_batch(sets, rows, vocab, min_size)
+            tokens, _ = self._function(search, rows, width)(self.params, src, caps, *listed)
             tokens = np.asarray(tokens)
             for row, i in enumerate(chunk):
                 out = []

@@ -38,6 +38,8 @@ from s2s_jax import parallel
 from s2s_jax.data.tokenizer import EOS_ID, PAD_ID
 from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding import search
+from s2s_jax.decoding import shortlist as lexical
+from s2s_jax.decoding.shortlist import Shortlist
 from s2s_jax.models import time_segments
 from s2s_jax.models.seq2seq import Seq2Seq
 from s2s_jax.models.time_segments import Segments
@@ -113,11 +115,13 @@ class SearchOptions:
 @dataclasses.dataclass(frozen=True)
 class BatchShape:
     """What one compiled search program is for: its compiled key (SearchOptions.compiled_key),
-    the batch rows and each ensemble member's source width."""
+    the batch rows, each ensemble member's source width and the padded size of its vocabulary
+    shortlist (0: the whole vocabulary, s2s_jax/decoding/shortlist.py)."""
 
     key: SearchOptions
     rows: int
     widths: tuple[int, ...]
+    shortlist: int = 0
 
     def covers(self, other: BatchShape) -> bool:
         """Whether a batch of shape `other` can run on this program and give every row the same
@@ -126,8 +130,8 @@ class BatchShape:
         the same hypotheses (beam search keeps `beam_size` of them and cuts the list last; sample
         k draws from its own key), a filter switched on passes a row that does not use it
         through unchanged (top_k 0, top_p 1.0, no_repeat_ngram 0), and token scores are an extra
-        output. Scores may differ in the last float bits, as
-        they do between batch shapes anyway: XLA's kernels depend on the shape."""
+        output; a larger shortlist is padding too (each row keeps its own set). Scores may differ
+        in the last float bits, as they do between batch shapes anyway: XLA's kernels depend on the shape."""
         mine, theirs = self.key, other.key
         return (
             (mine.beam_size, mine.sample, mine.with_scores) == (theirs.beam_size, theirs.sample, theirs.with_scores)
@@ -139,6 +143,8 @@ class BatchShape:
             and self.rows >= other.rows
             and len(self.widths) == len(other.widths)
             and all(a >= b for a, b in zip(self.widths, other.widths))
+            and (self.shortlist == 0) == (other.shortlist == 0)
+            and self.shortlist >= other.shortlist
         )
 
 
@@ -236,6 +242,23 @@ def constrained_sources(constraints: Sequence[Sequence[Sequence[int]]] | None, n
     return constrained
 
 
+def _row_lists(
+    shortlist: Shortlist,
+    sources: Sequence[Sequence[int]],
+    chunk: list[int],
+    prefixes: Sequence[Sequence[int]] | None,
+    constraints: Sequence[Sequence[Sequence[int]]] | None,
+) -> list[np.ndarray]:
+    """Each row's shortlist set: its source pieces' lists and the target ids it must be able to
+    produce (its constraint phrases' and forced prefix's)."""
+    out = []
+    for i in chunk:
+        extra = [t for phrase in (constraints[i] if constraints is not None else []) for t in phrase]
+        extra += list(prefixes[i]) if prefixes is not None else []
+        out.append(shortlist.row_ids(sources[i], extra))
+    return out
+
+
 def _candidates(
     out: list[np.ndarray], row: int, forced: list[int], nbest: int, constrained: bool
 ) -> list[ScoredTokens]:
@@ -280,12 +303,16 @@ def _encoded(
     params: tuple,
     srcs: tuple,
     segments: tuple[Segments | None, ...] | None = None,
+    shortlist: tuple | None = None,
 ):
     """(memory, decoder state, step_fn) for a batch of sources: what every search starts from.
 
     One model's own step function, or for an ensemble (`params` and `srcs` hold one entry per
     member) one over tuples of the members' memories and states whose logits are the weighted
     mean of their log-probabilities. `segments`: each member source's time-segment profile.
+    `shortlist` (ids [S], mask [B, S]; `Shortlist.batch`): each member's output layer is gathered
+    for the ids once, here, and its steps give NEVER outside each row's set (shortlist.py); the
+    mask joins each member's memory, so it follows its rows through every search.
     """
     segments = segments or (None,) * len(models)
     encoded = [
@@ -295,6 +322,14 @@ def _encoded(
     step_fns = [
         functools.partial(model.apply, {"params": p}, method=Seq2Seq.decode_step) for model, p in zip(models, params)
     ]
+    if shortlist is not None:
+        ids, mask = shortlist
+        vocab = models[0].config.tgt_vocab_size
+        step_fns = [
+            lexical.restricted_step(fn, model.apply({"params": p}, ids, method=Seq2Seq.output_layer), ids, vocab)
+            for fn, model, p in zip(step_fns, models, params)
+        ]
+        encoded = [((memory, mask), state) for memory, state in encoded]
     if len(models) == 1:
         return encoded[0][0], encoded[0][1], step_fns[0]
 
@@ -320,6 +355,7 @@ def search_batch(
     segments: tuple[Segments | None, ...] | None = None,
     compact: bool = True,
     constraints: dba.Constraints | None = None,
+    shortlist: tuple | None = None,
 ):
     """(tokens [B, nbest, max_steps], scores [B, nbest]) for one batch: encoder and search, the
     traceable function `Inference` compiles (and export.py exports) for each compiled key; with
@@ -339,8 +375,11 @@ def search_batch(
 
     `constraints` (beam search only; `constraints.pack`, [B, ...]): phrases each row's output must
     contain; the result then ends with bool [B, nbest]: whether each output contains them.
+
+    `shortlist` (ids int32 [S], mask bool [B, S]; `Shortlist.batch`): each row outputs only its
+    own set of target ids (s2s_jax/decoding/shortlist.py).
     """
-    memory, state, step_fn = _encoded(models, weights, params, srcs, segments)
+    memory, state, step_fn = _encoded(models, weights, params, srcs, segments, shortlist)
     start = search.BOS_ID
     if prefix is not None:
         state, start = search.advance(step_fn, memory, state, prefix, prefix_len)
@@ -550,11 +589,19 @@ class Inference:
         """A batch's `rows` rounded up to a multiple of the device count (one share per device)."""
         return parallel.round_up_rows(rows, self.mesh)
 
-    def batch_shape(self, sources: tuple, chunk: list[int], batch_size: int, key: SearchOptions) -> BatchShape:
-        """The shape of the batch of `chunk` (indices into each member's `sources`) searched with `key`."""
+    def batch_shape(
+        self, sources: tuple, chunk: list[int], batch_size: int, key: SearchOptions, shortlist: int = 0
+    ) -> BatchShape:
+        """The shape of the batch of `chunk` (indices into each member's `sources`) searched with `key`
+        (and a vocabulary shortlist of padded size `shortlist`, 0: none)."""
         rows = self.padded_rows(batch_rows(len(chunk), batch_size))
         widths = tuple(source_width(max((len(member[i]) + 1 for i in chunk), default=1)) for member in sources)
-        return BatchShape(key.compiled_key(), rows, widths)
+        return BatchShape(key.compiled_key(), rows, widths, shortlist)
+
+    def _placed_shortlist(self, ids: np.ndarray, mask: np.ndarray) -> tuple:
+        """(ids [S] on every device, mask [rows, S] split by rows like the batch)."""
+        mask = parallel.search_inputs(self.mesh, {"mask": mask})["mask"]
+        return (ids if parallel.num_devices(self.mesh) == 1 else parallel.replicate(ids, self.mesh)), mask
 
     def _arrays(
         self,
@@ -600,6 +647,7 @@ class Inference:
         prefixes: Sequence[Sequence[int]] | None = None,
         sample_keys: Sequence[tuple[int, int]] | None = None,
         constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+        shortlist: Shortlist | None = None,
     ) -> list[list[ScoredTokens]]:
         """The n-best candidates of every source (ids without EOS), in input order.
 
@@ -613,7 +661,9 @@ class Inference:
         prefix (at least 1). With `constraints` (per source a list of phrases, target ids; none =
         unconstrained) beam search finds outputs that contain every phrase of their source
         (s2s_jax/decoding/constraints.py; after the prefix, if any); the sources with phrases are
-        batched apart from the others, which get exactly the unconstrained search.
+        batched apart from the others, which get exactly the unconstrained search. With a
+        `shortlist` (s2s_jax/decoding/shortlist.py) each source's output uses only its own set of
+        target ids (from member 0's source ids, its phrases and its prefix).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -652,9 +702,14 @@ class Inference:
         choose = self.choose_shape if prefixes is None and not self.skip_padding else None
         for chunk in progress(chunks) if progress else chunks:
             phrases = [constraints[i] for i in chunk] if chunk[0] in constrained else None
-            shape = choose(self.batch_shape(sources, chunk, batch_size, union)) if choose and not phrases else None
+            lists = None if shortlist is None else _row_lists(shortlist, sources[0], chunk, prefixes, constraints)
+            size = 0 if lists is None else shortlist.size(lists)
+            own = self.batch_shape(sources, chunk, batch_size, union, size)
+            shape = choose(own) if choose and not phrases else None
             search_fn = self.search_fn(union if shape is None else shape.key)
             arrays = self._arrays(sources, chunk, batch_size, settings, sample_keys, shape)
+            if lists is not None:
+                ids, mask = shortlist.batch(lists, arrays["caps"].shape[0], (shape or own).shortlist)
             if prefixes is not None:
                 arrays.update(self._prefix_arrays(prefixes, chunk, arrays["caps"]))
             if phrases:
@@ -671,6 +726,7 @@ class Inference:
                 segments=segments,
                 # Only when given: a keyword the warm-up (compile_shape) does not pass would compile again.
                 **({"constraints": placed["constraints"]} if phrases else {}),
+                **({} if lists is None else {"shortlist": self._placed_shortlist(ids, mask)}),
             )
             out = [parallel.to_host(x) for x in out]
             for row, i in enumerate(chunk):
@@ -685,7 +741,12 @@ class Inference:
         placed = parallel.search_inputs(self.mesh, arrays)
         params = (params,) if len(self.models) == 1 else tuple(params)
         fn = self.search_fn(shape.key)
-        jax.block_until_ready(fn(params, placed["srcs"], placed["caps"], placed["rows"], None, None, segments=None))
+        more = {}
+        if shape.shortlist:
+            ids = np.full((shape.shortlist,), PAD_ID, np.int32)
+            more["shortlist"] = self._placed_shortlist(ids, np.zeros((shape.rows, shape.shortlist), bool))
+        out = fn(params, placed["srcs"], placed["caps"], placed["rows"], None, None, segments=None, **more)
+        jax.block_until_ready(out)
 
     def score(
         self, params, sources: Sequence[Sequence[int]] | tuple, targets: Sequence[Sequence[int]], batch_size: int = 64

@@ -22,6 +22,7 @@ from s2s_jax.data import sentences
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, UNK_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference, word_scores
+from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.alignment import MODES, format_alignment, word_weights
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.mbr import MBROptions, ranking
@@ -168,6 +169,10 @@ class Translator:
 
     `int8`: every member reads int8 copies of its weight matrices, made at load time (CPU serving
     latency: s2s_jax/models/int8_weights.py); outputs may differ slightly from the float32 model's.
+
+    With `shortlist`, every search restricts each sentence's output to its vocabulary shortlist,
+    the one the first workdir holds (`python shortlist.py --workdir W` builds it; read with the
+    first member's source ids, applied to every member alike: s2s_jax/decoding/shortlist.py).
     """
 
     def __init__(
@@ -176,12 +181,18 @@ class Translator:
         checkpoint: str = "best",
         weights: Sequence[float] | None = None,
         int8: bool = False,
+        shortlist: bool = False,
     ):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
             raise ValueError("a Translator needs at least one workdir")
+        # Before the checkpoints load: a missing shortlist is the quicker error.
+        self.shortlist = lexical.load(workdirs[0]) if shortlist else None
         mesh = parallel.make_mesh()
         self.members = [Member.load(w, checkpoint, mesh, int8=int8) for w in workdirs]
+        if self.shortlist is not None:
+            first = self.members[0]
+            self.shortlist.check(workdirs[0], first.src_tokenizer.vocab_size, first.tgt_tokenizer.vocab_size)
         _check_target_vocabularies(self.members)
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
@@ -287,6 +298,7 @@ class Translator:
             prefixes=forced,
             sample_keys=sample_keys,
             constraints=wanted,
+            shortlist=self.shortlist,
         )
         for number, (candidates, phrases) in enumerate(zip(results, wanted or []), 1):
             if phrases and not candidates[0].constraints_met:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from s2s_jax.data.tokenizer import BOS_ID, PAD_ID
+from s2s_jax.kernels import int8
 from s2s_jax.models import int8_weights, recurrences, time_segments
 from s2s_jax.models.attention import Attention
 from s2s_jax.models.gru import GRULayer
@@ -211,15 +212,45 @@ class Decoder(nn.Module):
             x = jnp.concatenate([x, context.astype(x.dtype)], axis=-1)
         return x
 
-    def project(self, h: jax.Array) -> jax.Array:
-        """The output layer: top vectors [..., H] -> float32 logits [..., V]."""
+    def project(self, h: jax.Array, output: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """The output layer: top vectors [..., H] -> float32 logits [..., V]; with `output` (an
+        `output_layer` for S ids) only those columns, [..., S]."""
         if self.config.tie_embeddings:
             if self.config.hidden_size != self.config.emb_dim:
                 h = self.pre_output(h)
+            if output is not None:
+                return self._restricted(h, output, jnp.float32)
             if self.config.int8:
                 return self.tied_output(h)
             return self.embed.attend(h.astype(jnp.float32))
+        if output is not None:
+            return self._restricted(h, output, self.config.dtype)
         return self.output(h).astype(jnp.float32)
+
+    @staticmethod
+    def _restricted(h: jax.Array, output: tuple, dtype: Any) -> jax.Array:
+        """h @ an `output_layer` (float, or int8 for an int8 model) + its bias, float32 logits [..., S]."""
+        kernel, bias = output
+        if isinstance(kernel, int8.Int8Matrix):
+            return int8.matmul(h.astype(jnp.float32), kernel) + bias
+        return (h.astype(dtype) @ kernel.astype(dtype) + bias).astype(jnp.float32)
+
+    def output_layer(self, ids: jax.Array) -> tuple[jax.Array | int8.Int8Matrix, jax.Array]:
+        """The output layer's columns for target `ids` [S]: (kernel [E or H, S], bias [S]), what
+        `project` reads instead of the whole layer (a vocabulary shortlist); an int8 model's kernel
+        is those columns of its int8 matrix, with their scales."""
+        cfg = self.config
+        if cfg.int8:
+            params = (self.tied_output if cfg.tie_embeddings else self.output).variables["params"]
+            rows = cfg.emb_dim if cfg.tie_embeddings else cfg.hidden_size
+            kernel = int8.Int8Matrix(params["kernel_int8"][:, ids], params["kernel_scale"][ids], k=rows)
+            bias = jnp.zeros(ids.shape, jnp.float32) if cfg.tie_embeddings else params["bias"][ids]
+            return kernel, bias
+        if cfg.tie_embeddings:
+            kernel = jnp.asarray(self.embed.embedding, jnp.float32)[ids].T
+            return kernel, jnp.zeros(ids.shape, jnp.float32)
+        params = self.output.variables["params"]
+        return params["kernel"][:, ids], params["bias"][ids].astype(cfg.dtype)
 
     def _logits(self, h: jax.Array, train: bool) -> jax.Array:
         return self.project(self.dropout(h, deterministic=not train))
@@ -332,13 +363,18 @@ class Seq2Seq(nn.Module):
         return memory, state
 
     def decode_step(
-        self, memory: Memory, state: State, tokens: jax.Array, *, train: bool = False
+        self, memory: Memory, state: State, tokens: jax.Array, *, train: bool = False, output=None
     ) -> tuple[jax.Array, State]:
         """One decoder step: tokens [B] -> float32 logits [B, V].
 
         <pad> and <bos> are never valid outputs, so their logits are pushed to
         -1e9 here (not in training, where label smoothing must stay finite).
+        With `output` (`output_layer(ids)` for S target ids, gathered once per batch) the logits are
+        those ids' alone, [B, S], unmasked: the caller maps them back (s2s_jax/decoding/shortlist.py).
         """
+        if output is not None:
+            h, state, _ = self.decoder(tokens[:, None], memory, state, train=train, features=True)
+            return self.decoder.project(h[:, 0], output), state
         logits, state, _ = self.decoder(tokens[:, None], memory, state, train=train)
         logits = logits[:, 0].at[:, jnp.array([PAD_ID, BOS_ID])].set(-1e9)
         return logits, state
@@ -356,6 +392,10 @@ class Seq2Seq(nn.Module):
     def project(self, h: jax.Array) -> jax.Array:
         """The output layer alone: [..., H] -> float32 logits [..., V]."""
         return self.decoder.project(h)
+
+    def output_layer(self, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The output layer's (kernel [E or H, S], bias [S]) for target `ids` [S]: `decode_step`'s `output`."""
+        return self.decoder.output_layer(ids)
 
     def attention_weights(self, src: jax.Array, tgt_in: jax.Array) -> jax.Array:
         """Teacher-forced attention weights [B, T, S] (for heatmaps of a known output)."""

@@ -554,6 +554,7 @@ class _Service:
                 "mean_texts": float(np.mean(current["batcher"].batch_texts or [0])),
             },
             "shapes": current["shapes"].info(),
+            "shortlist": getattr(translator, "shortlist", None) is not None,
         }
 
     async def translate(self, request: TranslateRequest) -> TranslateResponse:

@@ -9,7 +9,9 @@ produce (`BatchShape.covers`: the largest n-best and both sampling filters at th
 width, for each row count): a batch whose own shape is not compiled yet runs on the smallest
 compiled shape that covers it, which gives every row the same translation (its score up to float
 rounding, as when it shares a batch with other texts), while its own shape compiles on a
-background thread; once that is done the batch runs on its own shape.
+background thread; once that is done the batch runs on its own shape. With a vocabulary
+shortlist (`Translator(shortlist=True)`) its padded size is part of a shape: the covering shapes
+have the largest (the vocabulary), and `full_beam_sizes` compile every size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from s2s_jax.decoding import inference
+from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.inference import BatchShape, SearchOptions
 
 
@@ -55,6 +58,13 @@ def source_widths(translator) -> tuple[int, ...]:
     return tuple(inference.source_width(member.config.data.max_len + 1) for member in translator.members)
 
 
+def shortlist_sizes(translator) -> list[int]:
+    """The padded shortlist sizes a batch can have, ascending ([0]: no shortlist)."""
+    if getattr(translator, "shortlist", None) is None:
+        return [0]
+    return lexical.union_sizes(translator.shortlist.tgt_vocab_size)
+
+
 def all_widths(widest: int) -> range:
     """Every source width a batch can have, up to `widest`."""
     return range(inference.SOURCE_LENGTH_MULTIPLE, widest + 1, inference.SOURCE_LENGTH_MULTIPLE)
@@ -69,16 +79,19 @@ def warm_up_shapes(
     max_mbr: int = 0,
 ) -> list[BatchShape]:
     """The shapes compiled before /health: the covering shapes of every accepted search (each row
-    count at the widest sources), and every shape of n-best-1 searches with `full_beam_sizes`."""
+    count at the widest sources and the largest shortlist size), and every shape of n-best-1
+    searches with `full_beam_sizes`."""
     widest = source_widths(translator)
+    sizes = shortlist_sizes(translator)
     rows = [translator.inference.padded_rows(n) for n in inference.row_counts(max_batch)]
-    shapes = [BatchShape(key, r, widest) for key in covering_keys(beam_sizes, max_nbest, max_mbr) for r in rows]
+    covering = covering_keys(beam_sizes, max_nbest, max_mbr)
+    shapes = [BatchShape(key, r, widest, sizes[-1]) for key in covering for r in rows]
     for beam in full_beam_sizes:
         key = SearchOptions(beam_size=beam, with_scores=True).compiled_key()
         # Ensemble members read their own sources; the first member's width stands for all here.
         for width in all_widths(widest[0]):
             widths = tuple(min(width, w) for w in widest)
-            shapes += [BatchShape(key, r, widths) for r in rows]
+            shapes += [BatchShape(key, r, widths, size) for r in rows for size in sizes]
     return list(dict.fromkeys(shapes))
 
 
@@ -131,7 +144,9 @@ class ShapeRegistry:
                 self.request_compiles += 1
                 return shape
             self.covered_batches += 1
-            return min(covering, key=lambda s: (s.rows, sum(s.widths), s.key.nbest, s.key.top_k, -s.key.top_p))
+            return min(
+                covering, key=lambda s: (s.rows, sum(s.widths), s.shortlist, s.key.nbest, s.key.top_k, -s.key.top_p)
+            )
 
     def start(self) -> None:
         """Starts the background compiler and routes the Translator's batches through `choose`."""
