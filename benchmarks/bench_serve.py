@@ -2,6 +2,8 @@
 """Load test of the translation server on loopback; prints one JSON object.
 
     .venv/bin/python benchmarks/bench_serve.py --workdir runs/m30k_att --input $M/test_2016_flickr.de
+    .venv/bin/python benchmarks/bench_serve.py --workdir runs/m30k_tuned --input $M/test_2016_flickr.de \
+        --clients 1,32 --no-unbatched --no-offline --server-args="--int8 --shortlist"
 
 For each mode (greedy, beam with the model's decode.beam_size) and each client count
 (1, 8, 32), that many client threads each send single sentences from --input (one
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import threading
@@ -138,12 +141,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="the server's --max_batch and the offline batch size")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument(
+        "--server-args",
+        default="",
+        help='more serve.py flags, one string (e.g. --server-args="--int8 --shortlist"); the offline '
+        "Translator gets the same int8/shortlist options",
+    )
+    ap.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True, help="also time Translator")
+    ap.add_argument(
         "--unbatched",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the largest client count against --max_batch=1",
     )
     args = ap.parse_args()
+    extra = shlex.split(args.server_args)
     sentences = [s for s in read_lines(args.input, allow_empty=True) if s.strip()]
     clients = [int(c) for c in args.clients.split(",")]
     with open(os.path.join(args.workdir, "config.json")) as f:
@@ -156,6 +167,7 @@ def main() -> None:
         "seconds": args.seconds,
         "max_batch": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
+        "server_args": extra,
         "cpu": os.cpu_count(),
         "runs": [],
     }
@@ -171,6 +183,7 @@ def main() -> None:
             f"--beam_sizes=1,{beam}",
             f"--warm_up_beam_sizes=1,{beam}",
             f"--max_nbest={beam}",  # at most the largest beam size
+            *extra,
             cache=os.environ.get("S2S_JAX_CACHE", "off"),
         )
         server.wait_ready(600)
@@ -198,9 +211,12 @@ def main() -> None:
                     print(json.dumps(run), file=sys.stderr, flush=True)
         finally:
             result.setdefault("exit_codes", {})[name] = server.stop()
+    if not args.offline:
+        print(json.dumps(result, indent=1))
+        return
     from s2s_jax.decoding.translator import Translator
 
-    translator = Translator(args.workdir)
+    translator = Translator(args.workdir, int8="--int8" in extra, shortlist="--shortlist" in extra)
     result["offline"] = {
         mode: offline(translator, sentences, beams[mode], args.batch_size) for mode in args.modes.split(",")
     }
