@@ -114,6 +114,13 @@ def load(
     }
 
 
+def wait_compiled(url: str, timeout: float = 600.0) -> None:
+    """Until the server's /info reports no shape compiling in the background (or `timeout` s)."""
+    stop_at = time.monotonic() + timeout
+    while httpx.get(f"{url}/info").json()["shapes"]["compiling"] and time.monotonic() < stop_at:
+        time.sleep(1.0)
+
+
 def offline(translator, sentences: list[str], beam_size: int, batch_size: int) -> dict:
     """decode.py's path in process: Translator.translate over all sentences at once (sorted by length
     across the whole input), and over consecutive chunks of batch_size sentences (each sorted only
@@ -148,6 +155,20 @@ def main() -> None:
     )
     ap.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True, help="also time Translator")
     ap.add_argument(
+        "--full-warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--warm_up_beam_sizes=1,BEAM: every shape compiled before /health (--no-full-warm-up: the covering "
+        "shapes only, the server's default; each batch's own shape then compiles in the background)",
+    )
+    ap.add_argument(
+        "--warm-seconds",
+        type=float,
+        default=0.0,
+        help="before each measured run, the same load for this long (not counted), then a wait until /info "
+        "reports no shape compiling: the steady state after first traffic",
+    )
+    ap.add_argument(
         "--unbatched",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -181,7 +202,7 @@ def main() -> None:
             f"--max_batch={max_batch}",
             f"--max_wait_ms={args.max_wait_ms}",
             f"--beam_sizes=1,{beam}",
-            f"--warm_up_beam_sizes=1,{beam}",
+            *([f"--warm_up_beam_sizes=1,{beam}"] if args.full_warm_up else []),
             f"--max_nbest={beam}",  # at most the largest beam size
             *extra,
             cache=os.environ.get("S2S_JAX_CACHE", "off"),
@@ -191,6 +212,9 @@ def main() -> None:
         try:
             for mode in args.modes.split(","):
                 for count in counts:
+                    if args.warm_seconds > 0:
+                        load(server.url, sentences, count, args.warm_seconds, beams[mode])
+                        wait_compiled(server.url)
                     before = httpx.get(f"{server.url}/info").json()["batches"]["search_calls"]
                     cpu_before = cpu_seconds(server.process.pid), cpu_seconds(os.getpid())
                     run = load(server.url, sentences, count, args.seconds, beams[mode])
