@@ -111,9 +111,10 @@ void ParallelChunks(ffi::ThreadPool& pool, int64_t chunks, int64_t helpers, cons
   }
 }
 
-// Below this many multiply-adds one thread is faster than waking the pool (a [512, 1536]
-// matrix times one row is ~0.8 M, a few microseconds).
-constexpr int64_t kParallelMacs = int64_t{8} << 20;
+// Below this many multiply-adds one thread is faster than waking the pool. At one row a step's
+// int8 matrices (several MB together) stream from L3, and two cores stream them faster than one:
+// batch-1 greedy on the protocol model 5.2 ms/sentence at 8 M, 4.1 ms at 256 K (benchmarks/README.md).
+constexpr int64_t kParallelMacs = int64_t{1} << 18;
 
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y, int64_t k) {
