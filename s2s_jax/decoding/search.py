@@ -431,6 +431,31 @@ def _beam_running(
     return (s.step < max_steps) & (best_possible > (jnp.min(s.fin_scores) if floor is None else floor))
 
 
+def _best_candidates(
+    logits: jax.Array, live_logp: jax.Array, allowed: Callable[[jax.Array], jax.Array], n: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The n best extensions (live_logp[b] + log_softmax(logits[b])[t], with `allowed` setting the
+    tokens a hypothesis may not take to -inf) over every hypothesis b and token t: (their scores,
+    hypotheses, tokens, token log-probabilities), best first.
+
+    Adding a hypothesis's score keeps its tokens' order, so each row's n best logits hold the n best
+    overall: only K x n candidates get the log-softmax's subtraction and the final top-k, not K x V
+    (at batch 1 the vocabulary-wide passes were a third of a beam step). Their log-probabilities are
+    log_softmax's own arithmetic, (x - max) - log(sum(exp(x - max))), on the same values."""
+    x = logits.astype(jnp.float32)
+    vocab = x.shape[-1]
+    x_max = jnp.max(x, axis=-1, keepdims=True)
+    shifted_lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
+    if n >= vocab:  # a tiny vocabulary: every token is a candidate
+        logp = allowed((x - x_max) - shifted_lse)
+        scores, flat = lax.top_k((live_logp[:, None] + logp).reshape(-1), n)
+        return scores, flat // vocab, flat % vocab, logp.reshape(-1)[flat]
+    top_x, top_t = lax.top_k(allowed(x), n)  # [K, n] per row
+    logp = (top_x - x_max) - shifted_lse
+    scores, pick = lax.top_k((live_logp[:, None] + logp).reshape(-1), n)
+    return scores, pick // n, top_t.reshape(-1)[pick], logp.reshape(-1)[pick]
+
+
 def _beam_step(
     step_fn: StepFn,
     memory: Any,
@@ -444,13 +469,14 @@ def _beam_step(
 ) -> _BeamState:
     """One step of one sentence's search; `memory` has the leading dim K."""
     logits, new_state = step_fn(memory, s.live_state, s.live_last)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    logp = _forbid_eos(logp, s.step, min_length, eos_id)
-    if s.no_repeat is not None:
-        logp = repetition.block(logp, s.live_tokens, s.step, s.no_repeat, eos_id)
-    vocab = logp.shape[-1]
-    cand_logp, flat = lax.top_k((s.live_logp[:, None] + logp).reshape(-1), 2 * k)
-    cand_beam, cand_token = flat // vocab, flat % vocab
+
+    def allowed(scores: jax.Array) -> jax.Array:
+        scores = _forbid_eos(scores, s.step, min_length, eos_id)
+        if s.no_repeat is not None:
+            scores = repetition.block(scores, s.live_tokens, s.step, s.no_repeat, eos_id)
+        return scores
+
+    cand_logp, cand_beam, cand_token, cand_token_logp = _best_candidates(logits, s.live_logp, allowed, 2 * k)
     cand_tokens = s.live_tokens[cand_beam].at[:, s.step].set(cand_token)  # [2K, T]
     length = s.step + 1
     ended = (cand_token == eos_id) | (length >= cap)
@@ -467,7 +493,7 @@ def _beam_step(
     fin_lengths = jnp.concatenate([s.fin_lengths, new_lengths])[fin_idx]
     live_token_logp = fin_token_logp = None
     if s.live_token_logp is not None:
-        cand_token_logp = s.live_token_logp[cand_beam].at[:, s.step].set(logp.reshape(-1)[flat])
+        cand_token_logp = s.live_token_logp[cand_beam].at[:, s.step].set(cand_token_logp)
         live_token_logp = cand_token_logp[live_idx]
         fin_token_logp = jnp.concatenate([s.fin_token_logp, cand_token_logp])[fin_idx]
     no_repeat = None
