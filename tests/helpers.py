@@ -231,3 +231,12 @@ def tiny_model(seed: int = 0, **overrides):
     model = Seq2Seq(ModelConfig(**{**cfg, "attention": "luong_general", **overrides}))
     tokens = jnp.ones((1, 4), jnp.int32)
     return model, model.init(jax.random.key(seed), tokens, tokens)["params"]
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo; empty where it cannot be read): which kernel ISAs can run."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()

@@ -25,6 +25,7 @@ from s2s_jax.models.lstm import LSTMLayer
 from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 from s2s_jax.models.time_segments import for_batch
 from s2s_jax.training.losses import compact_cross_entropy
+from tests.helpers import cpu_flags
 
 pytestmark = pytest.mark.skipif(not kernel.available(), reason="the fused kernel is not built here")
 
@@ -135,14 +136,6 @@ def test_fused_model_equals_the_scan_model_padded_and_segmented(overrides):
         np.testing.assert_allclose(fused[0], scan[0], rtol=1e-5)
         for f, s in zip(jax.tree.leaves(fused[1]), jax.tree.leaves(scan[1])):
             np.testing.assert_allclose(f, s, rtol=1e-4, atol=1e-6)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2"])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from s2s_jax.kernels import int8
+from tests.helpers import cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_kernel = pytest.mark.skipif(not int8.available(), reason="the int8 kernel is not built here")
@@ -107,14 +108,6 @@ def test_the_kernel_runs_on_the_cpu():
     text = jax.jit(int8.matmul).lower(x, int8.quantize(w)).as_text()
     assert "s2s_int8_matmul" in text
     assert int8.isa() in ("avx512vnni", "avx2", "generic")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 @needs_kernel
