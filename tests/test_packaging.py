@@ -255,6 +255,7 @@ def test_the_built_package_ships_the_configs_and_commands_and_no_top_level_confi
     assert "s2s-decode = s2s_jax.cli.decode:main" in entry_text
     assert "s2s-prepare = s2s_jax.cli.prepare:main" in entry_text
     assert "s2s-shortlist = s2s_jax.cli.shortlist:main" in entry_text
+    assert "s2s-distill = s2s_jax.cli.distill:main" in entry_text
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler on the PATH")
