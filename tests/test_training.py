@@ -97,6 +97,27 @@ def test_accumulating_four_micro_batches_equals_one_batch_of_them_all():
     assert int(got["step"]) == 1
 
 
+def test_the_ema_warmup_decay_follows_its_formula_and_never_exceeds_the_decay():
+    got = [float(loop.ema_decay_at(t, 0.998, True)) for t in (0, 8, 90, 10_000)]
+    np.testing.assert_allclose(got, [0.1, 0.5, 0.91, 0.998], rtol=1e-6)
+    assert loop.ema_decay_at(0, 0.998, False) == 0.998
+
+
+def test_with_the_warmup_the_first_update_moves_the_ema_nine_tenths_of_the_way(setup):
+    model, optimizer, _, batch = setup
+    key = jax.random.key(0)
+    state = loop.init_train_state(model, optimizer, seed=1, ema=True)
+    start = jax.tree.map(jnp.array, state["params"])
+    step = loop.make_train_step(model, optimizer, ema_decay=0.998, ema_warmup=True)
+    moved, _ = step(state, batch, key)
+    jax.tree.map(
+        lambda e, old, new: np.testing.assert_allclose(e, 0.1 * old + 0.9 * new, rtol=1e-5, atol=1e-7),
+        moved["ema"],
+        start,
+        moved["params"],
+    )
+
+
 @pytest.mark.slow
 def test_an_ema_with_decay_0_is_the_parameters_and_averaging_copies_gives_them_back(setup, tmp_path):
     model, optimizer, _, batch = setup

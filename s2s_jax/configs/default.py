@@ -108,6 +108,9 @@ def train_config() -> ml_collections.ConfigDict:
     train.ema_decay = (
         0.0  # > 0: keep an exponential moving average of the parameters; validation, best/ and decoding use it
     )
+    # With ema_decay: the decay at update t is min(ema_decay, (1 + t) / (10 + t)), so early validations
+    # average recent weights instead of the initial ones (TensorFlow's num_updates rule).
+    train.ema_warmup = False
     train.teacher_forcing_ratio = 1.0  # < 1: scheduled sampling with the model's own greedy tokens
     train.dtype = "float32"  # float32 | bfloat16: compute dtype; parameters, optimizer state and loss stay float32
     train.on_nonfinite = "stop"  # stop | skip: what to do when a step's loss or gradient is NaN/Inf

@@ -123,10 +123,27 @@ def _loss_sums(model: Seq2Seq, label_smoothing: float, teacher_forcing_ratio: fl
     return sums
 
 
-def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads, out: dict, ema_decay: float):
+def ema_decay_at(step, ema_decay: float, ema_warmup: bool):
+    """The EMA's decay for the update after `step` updates: `ema_decay`, or with `ema_warmup`
+    min(ema_decay, (1 + step) / (10 + step)), so the average forgets the initial weights early on
+    (0.1 at the first update, 0.5 at the ninth) and early validations of an EMA run mean something."""
+    if not ema_warmup:
+        return ema_decay
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def _apply_update(
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    grads,
+    out: dict,
+    ema_decay: float,
+    ema_warmup: bool = False,
+):
     """The optimizer update for a mean-per-token gradient, then the EMA (when the state keeps one):
-    ema = decay * ema + (1 - decay) * params. A step whose loss or gradient is not finite leaves
-    the state untouched and reports `nonfinite = 1`."""
+    ema = decay * ema + (1 - decay) * params, decay from `ema_decay_at`. A step whose loss or
+    gradient is not finite leaves the state untouched and reports `nonfinite = 1`."""
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(out["loss_sum"]) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -142,8 +159,9 @@ def _apply_update(optimizer: optax.GradientTransformation, state: TrainState, gr
     if "lr_scale" in state:
         new_state["lr_scale"] = state["lr_scale"]
     if "ema" in state:
+        decay = ema_decay_at(state["step"], ema_decay, ema_warmup)
         new_state["ema"] = jax.tree.map(
-            lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e), state["ema"], new_state["params"]
+            lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e), state["ema"], new_state["params"]
         )
     return new_state, dict(out, grad_norm=grad_norm, nonfinite=1 - finite.astype(jnp.int32))
 
@@ -154,6 +172,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     teacher_forcing_ratio: float = 1.0,
     ema_decay: float = 0.0,
+    ema_warmup: bool = False,
 ) -> Callable:
     """One jit-compiled update: (state, batch, base_key, segments=None) -> (state, metrics); `state`
     is donated. `segments` is the batch's source and decoder input static time-segment profiles
@@ -173,7 +192,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict, base_key: jax.Array, segments: BatchSegments | None = None):
         key = jax.random.fold_in(base_key, state["step"])
         grads, out = jax.grad(loss_fn, has_aux=True)(state["params"], batch, key, segments)
-        return _apply_update(optimizer, state, grads, out, ema_decay)
+        return _apply_update(optimizer, state, grads, out, ema_decay, ema_warmup)
 
     return train_step
 
@@ -185,6 +204,7 @@ def make_accumulating_train_step(
     teacher_forcing_ratio: float = 1.0,
     replicated: jax.sharding.Sharding | None = None,
     ema_decay: float = 0.0,
+    ema_warmup: bool = False,
 ) -> Callable:
     """One update from several micro-batches: (state, [batch, ...], base_key) -> (state, metrics).
 
@@ -210,7 +230,7 @@ def make_accumulating_train_step(
     @functools.partial(jax.jit, donate_argnums=0, out_shardings=replicated)
     def update(state: TrainState, grad_sums, out: dict):
         grads = jax.tree.map(lambda g: g / jnp.maximum(out["tokens"], 1.0), grad_sums)
-        return _apply_update(optimizer, state, grads, out, ema_decay)
+        return _apply_update(optimizer, state, grads, out, ema_decay, ema_warmup)
 
     def train_step(
         state: TrainState,
@@ -456,10 +476,16 @@ def _compiled_train_step(
             train_cfg.teacher_forcing_ratio,
             parallel.replicated(mesh),
             train_cfg.ema_decay,
+            train_cfg.ema_warmup,
         )
     return parallel.data_parallel_train_step(
         make_train_step(
-            model, optimizer, train_cfg.label_smoothing, train_cfg.teacher_forcing_ratio, train_cfg.ema_decay
+            model,
+            optimizer,
+            train_cfg.label_smoothing,
+            train_cfg.teacher_forcing_ratio,
+            train_cfg.ema_decay,
+            train_cfg.ema_warmup,
         ),
         mesh,
     )

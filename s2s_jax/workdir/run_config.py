@@ -42,6 +42,7 @@ _FIXED_ON_RESUME = (
         "train.batch_size",
         "train.max_tokens",
         "train.ema_decay",
+        "train.ema_warmup",
         "train.early_stop_metric",
         "train.lr_schedule",
     )
