@@ -34,8 +34,7 @@ class Request:
 
     teachers: tuple[str, ...]  # absolute workdir paths
     checkpoint: str
-    source: str  # absolute path of the training source file
-    source_sha256: str
+    source_sha256: str  # the training source file's (its path may move)
     beam_size: int
     alpha: float
     batch_size: int
@@ -140,7 +139,6 @@ def source_request(
     return Request(
         teachers=tuple(os.path.abspath(t) for t in teachers),
         checkpoint=checkpoint,
-        source=os.path.abspath(source),
         source_sha256=file_digest(source),
         beam_size=beam_size,
         alpha=float(alpha),
