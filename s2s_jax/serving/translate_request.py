@@ -101,6 +101,12 @@ class TranslateRequest(BaseModel):
         0, description="no n-gram of this many tokens twice in a translation; 0 = off"
     )
     constraints: list[list[str]] | None = Field(None, description=CONSTRAINTS)
+    target_lang: str | None = Field(
+        None,
+        max_length=16,
+        description="the language to translate into, one of /info's target_languages: required for a model "
+        "with several, optional for one",
+    )
 
     # The characters a single text may hold without `split`, when that is less than with it
     # (translate_request_model sets it).
