@@ -320,3 +320,11 @@ def test_the_server_takes_target_lang_and_lists_the_languages(multilingual_workd
         assert "one of fr, de, cs" in missing.json()["detail"]
         wrong = client.post("/translate", json={"text": "the red cat", "target_lang": "it"})
         assert wrong.status_code == 422 and "into fr, de, cs only" in wrong.json()["detail"]
+
+
+@pytest.mark.slow
+def test_export_refuses_a_model_that_tags_its_sources(multilingual_workdir, tmp_path):
+    from s2s_jax.decoding.export import export_model
+
+    with pytest.raises(ValueError, match="tags its sources"):
+        export_model(multilingual_workdir.workdir, str(tmp_path / "out"), log=lambda message: None)
