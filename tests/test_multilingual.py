@@ -296,10 +296,12 @@ def test_decode_needs_a_known_target_language(multilingual_workdir, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_the_server_takes_target_lang_and_lists_the_languages(multilingual_workdir):
+@pytest.mark.parametrize("in_schema", [True, False], ids=["schema", "checked-after-load"])
+def test_the_server_takes_target_lang_and_lists_the_languages(multilingual_workdir, in_schema):
     translator = Translator(multilingual_workdir.workdir)
     settings = serving.ServeSettings(max_batch=2, beam_sizes=(1,), max_nbest=1, max_mbr=0)
-    app = serving.create_app(lambda: Translator(multilingual_workdir.workdir), settings, log=lambda message: None)
+    load = lambda: Translator(multilingual_workdir.workdir)  # noqa: E731
+    app = serving.create_app(load, settings, log=lambda message: None, target_languages=TARGETS if in_schema else None)
     with in_process(app) as url, httpx.Client(base_url=url, timeout=120) as client:
         deadline = time.monotonic() + 300
         while client.get("/health").status_code != 200:
@@ -317,9 +319,14 @@ def test_the_server_takes_target_lang_and_lists_the_languages(multilingual_workd
             assert got[lang] == [h[0].text for h in translator.translate(texts, target_lang=lang)]
         missing = client.post("/translate", json={"text": "the red cat"})
         assert missing.status_code == 422 and missing.json()["field"] == "target_lang"
-        assert "one of fr, de, cs" in missing.json()["detail"]
         wrong = client.post("/translate", json={"text": "the red cat", "target_lang": "it"})
-        assert wrong.status_code == 422 and "into fr, de, cs only" in wrong.json()["detail"]
+        assert wrong.status_code == 422 and wrong.json()["field"] == "target_lang"
+        if in_schema:  # the published schema says the choices, and that one is required
+            schema = client.get("/openapi.json").json()["components"]["schemas"]["TranslateRequest"]
+            assert schema["properties"]["target_lang"]["enum"] == TARGETS and "target_lang" in schema["required"]
+        else:
+            assert "one of fr, de, cs" in missing.json()["detail"]
+            assert "into fr, de, cs only" in wrong.json()["detail"]
 
 
 @pytest.mark.slow

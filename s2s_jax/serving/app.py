@@ -389,10 +389,15 @@ def clean_text(text: str) -> str:
 
 
 def create_app(
-    load: Callable[[], Any], settings: ServeSettings = ServeSettings(), log: Callable[[str], None] = print
+    load: Callable[[], Any],
+    settings: ServeSettings = ServeSettings(),
+    log: Callable[[str], None] = print,
+    target_languages: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app. `load()` returns the Translator; it runs (with the warm-up) in a
-    background thread after startup, and /health answers 503 until both are done."""
+    background thread after startup, and /health answers 503 until both are done.
+    `target_languages`, the model's (read from its config before it loads), put target_lang's
+    choices in the request schema; without them it is checked once the model is loaded."""
     settings.check()
     service = _Service(load, settings, log)
     app = FastAPI(
@@ -430,6 +435,7 @@ def create_app(
         settings.max_texts,
         settings.max_request_chars,
         settings.max_mbr,
+        target_languages,
     )
     app.add_api_route(
         "/translate",
