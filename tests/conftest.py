@@ -18,7 +18,13 @@ import types  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.helpers import TINY_TRAIN_FLAGS, cli_cache, run_cli, write_tiny_corpus  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    TINY_TRAIN_FLAGS,
+    cli_cache,
+    run_cli,
+    write_multilingual_corpus,
+    write_tiny_corpus,
+)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # In-process compilations are cached across test runs (the edit-test loop recompiles little);
@@ -47,3 +53,23 @@ def trained_workdir(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "valid BLEU" in result.stdout
     return types.SimpleNamespace(workdir=workdir, paths=paths, cache=cache, args=args)
+
+
+# One model for three pairs (English into three toy languages, tagged), sampled at temperature 2.
+MULTILINGUAL_PAIRS = "en-fr,en-de,en-cs"
+
+
+@pytest.fixture(scope="session")
+def multilingual_workdir(tmp_path_factory):
+    """The tiny attention model trained by train.py on three language pairs (about 30 s), shared by
+    the tests that read a finished multilingual workdir: (workdir, prefixes, compile cache, args)."""
+    base = tmp_path_factory.mktemp("multilingual")
+    prefixes = write_multilingual_corpus(str(base))
+    workdir, cache = str(base / "run"), cli_cache()
+    args = ["train.py", "--config=configs/default.py", f"--workdir={workdir}", *TINY_TRAIN_FLAGS]
+    args += [f"--config.data.pairs={MULTILINGUAL_PAIRS}", "--config.data.pair_temperature=2.0"]
+    args += ["--config.train.num_steps=120", "--config.train.eval_every=60", "--config.train.checkpoint_every=60"]
+    args += [f"--config.data.{key}={path}" for key, path in prefixes.items()]
+    result = run_cli(args, env_cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return types.SimpleNamespace(workdir=workdir, prefixes=prefixes, cache=cache, args=args)

@@ -90,6 +90,31 @@ def write_tiny_corpus(directory: str, n_train: int = 200, n_valid: int = 20, see
     return paths
 
 
+# Toy languages for multilingual tests: each word of WORDS_EN spelled another way.
+TOY_LANGUAGES = {
+    "en": lambda w: w,
+    "fr": lambda w: w[::-1] + "o",
+    "de": lambda w: w + "en",
+    "cs": lambda w: "z" + w,
+}
+
+
+def write_multilingual_corpus(
+    directory: str, n_train: int = 200, n_valid: int = 20, seed: int = 0, test_languages=("en", "fr", "de")
+) -> dict:
+    """Four-way parallel files named by language, as Multi30k's: {train,valid}.{en,fr,de,cs} and
+    test.LANG for `test_languages`; {'train_prefix', 'valid_prefix', 'test_prefix'} -> prefix."""
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_valid)):
+        sentences = [[rng.choice(WORDS_EN) for _ in range(rng.randint(2, 7))] for _ in range(n)]
+        for language, spell in TOY_LANGUAGES.items():
+            if split == "test" and language not in test_languages:
+                continue
+            with open(os.path.join(directory, f"{split}.{language}"), "w", encoding="utf-8") as f:
+                f.write("".join(" ".join(spell(w) for w in words) + "\n" for words in sentences))
+    return {f"{split}_prefix": os.path.join(directory, split) for split in ("train", "valid", "test")}
+
+
 def tiny_config(paths: dict, **train_overrides):
     config = default.get_config()
     for key, value in paths.items():

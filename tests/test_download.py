@@ -66,12 +66,12 @@ def test_multi30k_through_a_mirror_is_unpacked_where_the_config_flags_point(serv
     for name, text in multi30k_texts().items():
         with open(os.path.join(data_dir, "multi30k", name), encoding="utf-8") as f:
             assert f.read() == text
-    assert all(count == 1 for count in server.counts.values()) and len(server.counts) == 6
+    assert all(count == 1 for count in server.counts.values()) and len(server.counts) == len(multi30k_texts())
     assert "--config.data.valid_tgt=" in download.config_flags(paths)
 
     # Cached: a second run fetches nothing.
     download.download("multi30k", data_dir, mirror=server.url, verify=False, log=lambda m: None)
-    assert sum(server.counts.values()) == 6
+    assert sum(server.counts.values()) == len(multi30k_texts())
     assert not [p for p in os.listdir(os.path.join(data_dir, "multi30k")) if p.startswith(".download")]
 
 
@@ -131,7 +131,7 @@ def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsy
     )
     assert rc == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: could not download 6 file(s)")
+    assert err.startswith(f"error: could not download {len(download._MULTI30K_SHA256)} file(s)")
     assert "/train.de.gz: " in err  # the URL that failed, and why
     expected = os.path.join(data_dir, "multi30k", "train.de")
     assert f"{expected}  <-  gunzip of https://raw.githubusercontent.com/multi30k/dataset/" in err

@@ -72,7 +72,8 @@ def test_an_unknown_name_is_a_flag_error_listing_the_names(tmp_path, monkeypatch
     message = str(caught.value)
     assert "'multi30' is neither a config file nor a built-in config name" in message
     assert (
-        "built-in names: cmn_eng, default, fra_eng, multi30k, multi30k_attention, multi30k_tuned, quickstart" in message
+        "built-in names: cmn_eng, default, fra_eng, multi30k, multi30k_attention, multi30k_en2many, multi30k_many2en, "
+        "multi30k_student, multi30k_tuned, quickstart" in message
     )
 
 
@@ -89,7 +90,7 @@ def test_train_py_reports_an_unknown_name_in_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "FATAL Flags parsing error: flag --config=quikstart: 'quikstart' is neither" in result.stderr
-    assert "multi30k_attention, multi30k_tuned, quickstart" in result.stderr
+    assert "multi30k_many2en, multi30k_student, multi30k_tuned, quickstart" in result.stderr
     assert not os.path.exists(tmp_path / "w")
 
 

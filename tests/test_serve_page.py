@@ -72,6 +72,7 @@ def test_type_a_sentence_press_translate_see_the_translation(trained_workdir):
         )
         assert browser.find_element(By.ID, "error").text == ""
         assert browser.find_element(By.ID, "translation").text == want[0].text
+        assert not browser.find_element(By.ID, "target_lang").is_displayed()  # one target language: no choice
         rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tr")
         assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [h.text for h in want]
         assert [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows] == pytest.approx(
@@ -136,6 +137,37 @@ def test_a_constraint_typed_on_the_page_appears_in_the_translation(trained_workd
         browser.find_element(By.ID, "source").send_keys(sentence)
         browser.find_element(By.ID, "constraints").send_keys(" " + phrase + " ; ")
         Select(browser.find_element(By.ID, "beam_size")).select_by_value("3")
+        browser.find_element(By.ID, "translate").click()
+        wait.until(
+            lambda b: b.find_element(By.ID, "translation").text not in ("", "…") or b.find_element(By.ID, "error").text
+        )
+        assert browser.find_element(By.ID, "error").text == ""
+        assert browser.find_element(By.ID, "translation").text == want.text.strip()
+    finally:
+        browser.quit()
+        assert server.stop() == 0, server.output
+
+
+def test_a_multilingual_model_gets_a_language_selector(multilingual_workdir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    sentence = "the red cat sees a dog"
+    translator = Translator(multilingual_workdir.workdir)
+    want = translator.translate([sentence], SearchOptions(beam_size=1), target_lang="de")[0][0]
+    args = ("--max_batch=2", "--beam_sizes=1", "--max_nbest=1", "--max_mbr=0")
+    server = Server(multilingual_workdir.workdir, *args, cache=multilingual_workdir.cache).wait_ready()
+    browser = _browser()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "model"), "into fr, de, cs"))
+        assert browser.find_element(By.ID, "target_lang").is_displayed()
+        choices = Select(browser.find_element(By.ID, "target_lang"))
+        assert [o.get_attribute("value") for o in choices.options] == ["fr", "de", "cs"]
+        choices.select_by_value("de")
+        browser.find_element(By.ID, "source").send_keys(sentence)
         browser.find_element(By.ID, "translate").click()
         wait.until(
             lambda b: b.find_element(By.ID, "translation").text not in ("", "…") or b.find_element(By.ID, "error").text

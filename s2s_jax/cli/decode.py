@@ -175,7 +175,9 @@ def run(flags) -> int:
             weights=_ensemble_weights(flags),
             int8=getattr(flags, "int8", False),
             shortlist=getattr(flags, "shortlist", False),
+            target_lang=getattr(flags, "target_lang", None),
         )
+        translator.check_target()  # a model with several target languages needs --target_lang
         cfg = translator.config.decode
         mbr = _mbr_options(flags)
         opts = SearchOptions(
@@ -380,6 +382,12 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string(
         "checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest training checkpoints)."
+    )
+    flags.DEFINE_string(
+        "target_lang",
+        None,
+        "The language to translate into (e.g. fr): required for a model trained on several language pairs "
+        "with several target languages (data.pairs); for a model with one, optional and checked.",
     )
     flags.DEFINE_string("input", "-", "Input file, one sentence a line; - for stdin.")
     flags.DEFINE_string("output", "-", "Output file; - for stdout.")

@@ -68,11 +68,13 @@ def settings_from_flags(flags) -> ServeSettings:
 def run(flags) -> int:
     import uvicorn
 
+    from s2s_jax.data import languages
     from s2s_jax.decoding.inference import ensemble_weights_flag
     from s2s_jax.decoding.shortlist import load as load_shortlist
     from s2s_jax.decoding.translator import Translator
     from s2s_jax.errors import CheckpointError, DataError
     from s2s_jax.serving.app import create_app
+    from s2s_jax.workdir import run_config
 
     try:
         settings = settings_from_flags(flags)
@@ -82,7 +84,8 @@ def run(flags) -> int:
                 raise DataError(f"{workdir} is not a training workdir (no config.json)")
         if flags.shortlist:
             load_shortlist(flags.workdir[0])  # no shortlist: an error now, not a 503 later
-    except (ValueError, DataError) as err:
+        targets = languages.run_languages(run_config.load(flags.workdir[0]).data).targets  # the request schema's
+    except (ValueError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
@@ -97,7 +100,7 @@ def run(flags) -> int:
         except (DataError, CheckpointError, ValueError) as err:
             raise RuntimeError(str(err)) from None
 
-    app = create_app(load, settings, log)
+    app = create_app(load, settings, log, targets)
     log(f"serving {', '.join(flags.workdir)} on http://{flags.host}:{flags.port}/ (ready once /health answers 200)")
     # uvicorn re-raises the signal that stopped it once it has drained; ignoring SIGTERM
     # there makes a requested stop exit 0.

@@ -11,12 +11,13 @@ from s2s_jax.workdir.run_config import get_dotted
 
 def choices() -> dict[str, tuple[str, ...]]:
     """The accepted values of every name-valued key, read from the registries that build them."""
-    from s2s_jax.data import tokenizer
+    from s2s_jax.data import languages, tokenizer
     from s2s_jax.models import attention, recurrences, seq2seq
     from s2s_jax.training import optimizers, policies
 
     return {
         "data.spm_model_type": tokenizer.MODEL_TYPES,
+        "data.lang_tags": languages.LANG_TAGS,
         "model.attention": attention.KINDS,
         "model.cell": tuple(seq2seq.CELLS),
         "model.recurrence": recurrences.RECURRENCES,
@@ -95,6 +96,7 @@ def validate(config) -> None:
         if get_dotted(config, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {get_dotted(config, key)!r}")
     _validate_tokenizer_sources(config)
+    _validate_pairs(config.data)
     from s2s_jax.models import recurrences, seq2seq
     from s2s_jax.models.attention import SCORINGS
 
@@ -130,3 +132,30 @@ def _validate_tokenizer_sources(config) -> None:
         raise ConfigError("train.init_from takes that run's tokenizer(s): leave data.spm_model* empty")
     if config.train.init_keep_optimizer and not config.train.init_from:
         raise ConfigError("train.init_keep_optimizer needs train.init_from")
+
+
+def _validate_pairs(data) -> None:
+    """data.pairs names its files by prefix: not with the single-pair file keys (or their stand-ins)."""
+    from s2s_jax.data import languages
+
+    temperature = data.get("pair_temperature", 1.0)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"data.pair_temperature must be a positive finite number, got {temperature}")
+    if not data.get("pairs", ""):
+        given = [k for k in ("train_prefix", "valid_prefix", "test_prefix") if data.get(k, "")]
+        if given:
+            raise ConfigError(f"data.{given[0]} names files per language pair: set data.pairs too")
+        return
+    languages.parse_pairs(data.pairs)
+    single = [f"{split}_{side}" for split in ("train", "valid", "test") for side in ("src", "tgt", "tsv")]
+    clash = [k for k in single if data[k]] + [k for k in ("quickstart_corpus", "holdout_valid") if data[k]]
+    if clash:
+        raise ConfigError(
+            f"data.pairs and data.{clash[0]} together: a multilingual run names its files with "
+            "data.train_prefix, data.valid_prefix and data.test_prefix; leave the single-pair keys empty"
+        )
+    for key in ("train_prefix", "valid_prefix"):
+        if not data[key]:
+            raise ConfigError(f"data.pairs needs data.{key} (e.g. 'multi30k/{key.split('_')[0]}')")
+    if not data.joint_vocab:
+        raise ConfigError("data.pairs trains one joint sentencepiece model over every pair: set data.joint_vocab=True")

@@ -35,13 +35,29 @@ def data_config() -> ml_collections.ConfigDict:
     data.test_src = ""
     data.test_tgt = ""
     data.test_tsv = ""
+    # Several language pairs in one model: data.pairs lists them ("de-en,fr-en,cs-en"; "" = the
+    # single pair above) and the files are named by language: data.train_prefix="multi30k/train"
+    # means multi30k/train.de + multi30k/train.en for de-en (resolved against data.dir like the
+    # paths above; data.{train,valid,test}_{src,tgt,tsv} stay empty). Every pair needs its training
+    # and validation files; a pair without test files is left out of testing with a note.
+    # One joint sentencepiece model is trained over all pairs' text.
+    data.pairs = ""
+    data.train_prefix = ""
+    data.valid_prefix = ""
+    data.test_prefix = ""
+    # Target-language tags, "<2fr>" before each source (one sentencepiece piece, s2s_jax/data/languages.py);
+    # auto: when the pairs have more than one target language.
+    data.lang_tags = "auto"  # auto | always | never
+    # Sampling across pairs, each epoch: pair i's share of the epoch ~ n_i^(1/T) for n_i training pairs
+    # (1 = proportional to size; > 1 flattens: small pairs up-sampled, large ones down-sampled).
+    data.pair_temperature = 1.0
     data.tsv_src_col = 0  # which TSV columns hold source and target (Tatoeba: 0 = English, 1 = other)
     data.tsv_tgt_col = 1
     data.quickstart_corpus = False  # generate the offline English->French numbers/dates corpus into WORKDIR/corpus
     data.lowercase = False
     data.d2l_preprocess = False  # d2l.ai's text preprocessing: "i lost." -> "i lost ." (and ’ -> '), inputs too
-    data.max_train_pairs = 0  # use only the first N training pairs (0 = all)
-    data.valid_max_pairs = 2000  # validate on at most the first N pairs (0 = all)
+    data.max_train_pairs = 0  # use only the first N training pairs (0 = all); with data.pairs, N per pair
+    data.valid_max_pairs = 2000  # validate on at most the first N pairs (0 = all); with data.pairs, N per pair
     data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)
     data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
     data.joint_vocab = True  # one sentencepiece model for both sides, else one per side

@@ -31,6 +31,10 @@ holds it, and a pair whose sample fits no shape keeps its deterministic segmenta
 for that epoch (counted in `last_fallbacks`). The sampling is seeded by (seed, epoch),
 so an epoch's batches are still rebuilt exactly from two integers.
 
+Several language pairs: with `sampler(epoch) -> row indices` (s2s_jax/data/pair_sampling.py)
+an epoch holds the rows it draws (some repeated, some left out) instead of every row once; each
+drawn row goes to its usual shape. The draw is seeded by (seed, epoch) too.
+
 Why (seed, epoch) seeding: any epoch's order can be rebuilt from two
 integers, so a checkpoint only needs {"epoch", "index"} to resume the exact
 stream, and nothing has to be materialised ahead of time.
@@ -188,6 +192,7 @@ class BucketedBatches:
         max_tokens: int = 0,
         row_multiple: int = 1,
         resample: Callable[[int], tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]] | None = None,
+        sampler: Callable[[int], np.ndarray] | None = None,
     ):
         src = src_ids if isinstance(src_ids, Packed) else Packed.from_sequences(src_ids)
         tgt = tgt_ids if isinstance(tgt_ids, Packed) else Packed.from_sequences(tgt_ids)
@@ -207,6 +212,7 @@ class BucketedBatches:
         self._shapes = [shapes[b] for b in keep]
         self._members = [members[b] for b in keep]
         self._resample = resample
+        self._sampler = sampler
         self._sampled: tuple[int, Packed, Packed, list[np.ndarray]] | None = None  # the newest epoch's
         self.last_fallbacks = 0
         self.max_tokens = int(max_tokens)
@@ -223,6 +229,7 @@ class BucketedBatches:
                     [self.batch_size, self.seed],
                     [self.max_tokens, row_multiple] if self.max_tokens else [],
                     [1] if resample is not None else [],
+                    sampler.fingerprint() if sampler is not None else [],
                 ]
             )
             .astype(np.int64)
@@ -254,6 +261,8 @@ class BucketedBatches:
         """
         rng = np.random.default_rng((self.seed, epoch)) if shuffle else None
         src, tgt, members = self._sides(epoch)
+        if self._sampler is not None:
+            members = self._drawn(members, self._sampler(epoch))
         orders = [rng.permutation(m) if rng is not None else m for m in members]
         if self.max_tokens:
             orders = self._top_up(orders, src.lengths + 1, tgt.lengths + 1)
@@ -286,6 +295,13 @@ class BucketedBatches:
             self._sampled = (epoch, src, tgt, members)
             self.last_fallbacks = len(fallback)
         return self._sampled[1:]
+
+    def _drawn(self, members: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        """Each shape's members among an epoch's drawn `rows` (a row drawn twice is there twice)."""
+        shape_of = np.empty(self.num_pairs, np.int64)
+        for bucket, m in enumerate(members):
+            shape_of[m] = bucket
+        return [rows[shape_of[rows] == bucket] for bucket in range(len(members))]
 
     def _top_up(self, orders: list[np.ndarray], src_len: np.ndarray, tgt_len: np.ndarray) -> list[np.ndarray]:
         """Moves pairs from smaller buckets into each bigger bucket's partial last batch.
@@ -342,12 +358,14 @@ class BucketedBatches:
     def padding_efficiency(self) -> dict[str, float]:
         """Real tokens / array slots per side over one epoch's batches, filler rows included
         (1.0 = no padding), rounded for logs."""
-        slots_s = slots_t = 0
+        slots_s = slots_t = real_s = real_t = 0
+        src, tgt, _ = self._sides(0)  # epoch 0's segmentation, sampled or not
         for bucket, rows in self.plan(0, shuffle=False):
             s, t = self._shapes[bucket]
             slots_s, slots_t = slots_s + len(rows) * s, slots_t + len(rows) * t
-        src, tgt, _ = self._sides(0)  # epoch 0's segmentation, sampled or not
-        real_s, real_t = (int(side.lengths.sum()) + self.num_pairs for side in (src, tgt))  # + EOS / BOS
+            real = rows[rows >= 0]
+            real_s += int(src.lengths[real].sum()) + len(real)  # + EOS
+            real_t += int(tgt.lengths[real].sum()) + len(real)  # + BOS
         return {"src": round(real_s / slots_s, 4), "tgt": round(real_t / slots_t, 4)}
 
 

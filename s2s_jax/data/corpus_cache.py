@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from s2s_jax.data import languages
 from s2s_jax.data import text as text_lib
-from s2s_jax.data.text import Pair, split_files, stream_split
+from s2s_jax.data.text import Pair, split_files, stream_parallel, stream_split
 from s2s_jax.errors import DataError
 from s2s_jax.files import TEMPORARY_MARK, temporary_name
 
@@ -85,6 +86,19 @@ def _identity(paths: list[str]) -> list[dict]:
 def text_settings(config) -> dict:
     """Everything the cleaned training text depends on (its cache key, with the file paths)."""
     cfg = config.data
+    if cfg.get("pairs", ""):
+        files = languages.pair_files(cfg, "train")
+        return {
+            "format": FORMAT,
+            "kind": "pairs",
+            "paths": [os.path.realpath(p) for f in files for p in (f.src, f.tgt)],
+            "pairs": [f.pair.name for f in files],
+            "tags": [f.tag_language for f in files],
+            "lowercase": bool(cfg.lowercase),
+            "d2l": bool(cfg.d2l_preprocess),
+            "holdout": 0,
+            "holdout_seed": None,
+        }
     kind, paths = split_files(cfg, "train")
     holdout = int(cfg.holdout_valid) if not text_lib.has_split(cfg, "valid") else 0
     return {
@@ -102,6 +116,7 @@ def text_settings(config) -> dict:
 def tokenizer_settings(config) -> dict:
     cfg = config.data
     return {
+        "symbols": languages.run_languages(cfg).symbols,
         "vocab_size": int(cfg.vocab_size),
         "model_type": cfg.spm_model_type,
         "joint": bool(cfg.joint_vocab),
@@ -155,15 +170,49 @@ def _building(final: str) -> Iterator[str]:
 # ---------------------------------------------------------------------------
 
 
-def _clean_chunk(pairs: list[Pair], lowercase: bool, d2l: bool) -> tuple[list[str], list[str], int]:
-    """Normalised (source, target) lines of a chunk and how many pairs had an empty side (worker processes)."""
-    src, tgt = [], []
-    for s, t in pairs:
-        s, t = text_lib.normalize(s, lowercase, d2l), text_lib.normalize(t, lowercase, d2l)
-        if s and t:
-            src.append(s)
-            tgt.append(t)
-    return src, tgt, len(pairs) - len(src)
+Segment = tuple[int, "str | None", list[Pair]]  # (stream number, its tags' language, raw pairs)
+
+
+def _clean_chunk(chunk: list[Segment], lowercase: bool, d2l: bool) -> list[tuple[int, list[str], list[str], int]]:
+    """Of each segment of a chunk: (its stream, normalised source lines (tagged with the stream's
+    target language, if any), target lines, how many pairs had an empty side) (worker processes)."""
+    out = []
+    for stream, language, pairs in chunk:
+        src, tgt = [], []
+        for s, t in pairs:
+            s, t = text_lib.normalize(s, lowercase, d2l), text_lib.normalize(t, lowercase, d2l)
+            if s and t:
+                src.append(languages.tagged(s, language))
+                tgt.append(t)
+        out.append((stream, src, tgt, len(pairs) - len(src)))
+    return out
+
+
+def _train_streams(cfg) -> list[tuple[str | None, Iterator[Pair]]]:
+    """(target language of the tags, raw pairs) of each training stream: one per language pair,
+    or the single pair's files as one untagged stream."""
+    if cfg.get("pairs", ""):
+        return [(f.tag_language, stream_parallel(f.src, f.tgt)) for f in languages.pair_files(cfg, "train")]
+    return [(None, stream_split(cfg, "train"))]
+
+
+def _stream_chunks(cfg) -> Iterator[list[Segment]]:
+    """Every training stream's pairs in order, in chunks of CHUNK_PAIRS (a chunk may span streams:
+    a small multilingual corpus is still one chunk, cleaned without worker processes)."""
+    chunk: list[Segment] = []
+    size = 0
+    for number, (language, stream) in enumerate(_train_streams(cfg)):
+        part: list[Pair] = []
+        for pair in stream:
+            part.append(pair)
+            if size + len(part) == CHUNK_PAIRS:
+                yield [*chunk, (number, language, part)]
+                chunk, part, size = [], [], 0
+        if part:
+            chunk.append((number, language, part))
+            size += len(part)
+    if chunk:
+        yield chunk
 
 
 def _chunks(pairs: Iterator[Pair], size: int) -> Iterator[list[Pair]]:
@@ -226,10 +275,11 @@ def _pool(workers: int) -> Iterator[Callable]:
 def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
     """Writes level 1 of `config`'s training text into the directory `tmp`; its text.json."""
     cfg, settings = config.data, text_settings(config)
-    _, paths = split_files(cfg, "train")
+    paths = settings["paths"]
     identity = _identity(paths)
     started = time.perf_counter()
     total = empty = kept = 0
+    per_stream = [0] * max(len(settings.get("pairs", [])), 1)
     hashes: list[np.ndarray] = []
     heap: list[int] = []  # -hash of the `holdout` smallest distinct source hashes (a max-heap)
     members: set[int] = set()
@@ -240,9 +290,15 @@ def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
         open(os.path.join(tmp, "train.tgt"), "w", encoding="utf-8", newline="\n") as ft,
         _pool(workers) as run,
     ):
-        chunks = _chunks(stream_split(cfg, "train"), CHUNK_PAIRS)
-        for src, tgt, chunk_empty in run(_clean_chunk, chunks, bool(cfg.lowercase), bool(cfg.d2l_preprocess)):
+        chunks = _stream_chunks(cfg)
+        segments = (
+            segment
+            for cleaned in run(_clean_chunk, chunks, bool(cfg.lowercase), bool(cfg.d2l_preprocess))
+            for segment in cleaned
+        )
+        for stream, src, tgt, chunk_empty in segments:
             total, empty, kept = total + len(src) + chunk_empty, empty + chunk_empty, kept + len(src)
+            per_stream[stream] += len(src)
             fs.write("".join(s + "\n" for s in src))
             ft.write("".join(t + "\n" for t in tgt))
             if holdout:
@@ -261,6 +317,9 @@ def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
                 log(f"prepare: {total:,} pairs read")
     if kept == 0:
         raise DataError(f"no training pairs left: kept 0 of {total} pairs ({empty} empty) in {', '.join(paths)}")
+    for name, n in zip(settings.get("pairs", []), per_stream):
+        if n == 0:
+            raise DataError(f"pair {name}: no training pairs left in {', '.join(paths)} (all empty)")
     held = np.zeros(0, np.int64)
     if holdout and hashes:
         all_hashes = np.concatenate(hashes)
@@ -285,6 +344,7 @@ def _prepare_text(config, tmp: str, log: Callable[[str], None]) -> dict:
         "pairs": kept,
         "heldout_pairs": len(held),
         "valid_pairs": len(unique),
+        "pair_counts": [[name, n] for name, n in zip(settings["pairs"], per_stream)] if "pairs" in settings else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
     _write_json(os.path.join(tmp, "text.json"), meta)
@@ -328,9 +388,29 @@ class PreparedText:
     def num_pairs(self) -> int:
         return int(self.meta["pairs"])
 
+    @property
+    def pair_starts(self) -> list[tuple[str, int, int]]:
+        """(name, first line, end line) of each language pair's lines; [] for a single-pair corpus."""
+        out, start = [], 0
+        for name, n in self.meta.get("pair_counts") or []:
+            out.append((name, start, start + n))
+            start += n
+        return out
+
     def train_indices(self, max_train_pairs: int = 0) -> np.ndarray:
+        """The training lines (held-out ones left out); with `max_train_pairs` the first N, of each
+        language pair when there are several."""
         keep = np.setdiff1d(np.arange(self.num_pairs), self.heldout, assume_unique=True)
-        return keep[:max_train_pairs] if max_train_pairs else keep
+        if not max_train_pairs:
+            return keep
+        if not self.pair_starts:
+            return keep[:max_train_pairs]
+        return np.concatenate([keep[(keep >= a) & (keep < b)][:max_train_pairs] for _, a, b in self.pair_starts])
+
+    def pair_of(self, indices: np.ndarray) -> np.ndarray:
+        """The language pair (its number in data.pairs) of each line; all 0 for a single pair."""
+        ends = np.array([b for _, _, b in self.pair_starts] or [self.num_pairs], np.int64)
+        return np.searchsorted(ends, np.asarray(indices), side="right").astype(np.int64)
 
     def lines(self, side: str, indices: np.ndarray | None = None) -> list[str]:
         """Cleaned sentences of one side ('src' | 'tgt'), all or at `indices` (in index order)."""
@@ -397,7 +477,13 @@ def train_tokenizers(config, text: PreparedText, log: Callable[[str], None] = pr
         sides = [src + tgt] if cfg.joint_vocab else [src, tgt]
         with _building(directory) as tmp:
             for name, texts in zip(names, sides):
-                train_tokenizer(texts, os.path.join(tmp, name), int(cfg.vocab_size), cfg.spm_model_type)
+                train_tokenizer(
+                    texts,
+                    os.path.join(tmp, name),
+                    int(cfg.vocab_size),
+                    cfg.spm_model_type,
+                    user_defined_symbols=settings["symbols"],
+                )
         log(f"prepare: tokenizer trained on {len(chosen):,} pairs in {time.perf_counter() - started:.1f} s")
         return paths
 
@@ -419,9 +505,9 @@ class PreparedIds:
 
 
 def _encode_chunk(model: str, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    import sentencepiece as spm
+    from s2s_jax.data.tokenizer import Tokenizer
 
-    rows = spm.SentencePieceProcessor(model_file=model).encode(lines, out_type=int, num_threads=os.cpu_count() or 1)
+    rows = Tokenizer(model).tokenize(lines, num_threads=os.cpu_count() or 1)
     lengths = np.fromiter(map(len, rows), np.int32, len(rows))
     flat = np.fromiter((i for row in rows for i in row), np.int32, int(lengths.sum()))
     return flat, lengths

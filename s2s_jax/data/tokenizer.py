@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from s2s_jax.data import languages
 from s2s_jax.errors import DataError
 from s2s_jax.files import write_atomic
 
@@ -61,13 +62,31 @@ class Tokenizer:
         """Number of ids, specials included (may be below the requested size on a small corpus)."""
         return self._sp.get_piece_size()
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Subword ids of each text, without BOS/EOS (batching and the inference path add those)."""
+    def tokenize(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
+        """Subword ids of each text, without BOS/EOS (batching and the inference path add those).
+
+        A leading language tag ('<2fr> a man', s2s_jax/data/languages.py) is one piece: sentencepiece
+        puts a lone '▁' piece before a user-defined symbol at the start, which is dropped.
+        """
         if isinstance(texts, str):
             raise TypeError("tokenize takes a sequence of sentences, not one string")
         if not texts:
             return []
-        return self._sp.encode(list(texts), out_type=int)
+        texts = list(texts)
+        return self._untagged_space(texts, self._sp.encode(texts, out_type=int, num_threads=num_threads))
+
+    def _untagged_space(self, texts: list[str], rows: list[list[int]]) -> list[list[int]]:
+        """`rows` without the lone '▁' piece that comes before a leading language tag."""
+        space = self._sp.piece_to_id("\u2581")
+        for text, row in zip(texts, rows):
+            if len(row) > 1 and row[0] == space and languages.leading_tag(text):
+                del row[0]
+        return rows
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of `piece` when the model has it as one piece, else None."""
+        i = self._sp.piece_to_id(piece)
+        return None if i == UNK_ID and piece != self._sp.id_to_piece(UNK_ID) else i
 
     def sample(self, texts: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
         """Sampled segmentations (subword regularisation: alpha smooths the distribution, nbest
@@ -76,9 +95,9 @@ class Tokenizer:
         if not texts:
             return []
         spm.set_random_generator_seed(seed)
-        return self._sp.encode(
-            list(texts), out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest, num_threads=1
-        )
+        texts = list(texts)
+        rows = self._sp.encode(texts, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=nbest, num_threads=1)
+        return self._untagged_space(texts, rows)
 
     def detokenize(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Text of each id row, cut at its first EOS, with PAD and BOS dropped.
@@ -141,13 +160,15 @@ def train_tokenizer(
     model_type: str = "unigram",
     character_coverage: float = 1.0,
     byte_fallback: bool | None = None,
+    user_defined_symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """Trains a sentencepiece model on normalised `texts`, writes MODEL_PREFIX.model/.vocab.
 
     Deterministic: the same texts give a byte-identical .model file. A
     `vocab_size` too large for the corpus shrinks (see `Tokenizer.vocab_size`)
     instead of failing. `byte_fallback=None` turns byte fallback on when
-    `vocab_size >= BYTE_FALLBACK_MIN_VOCAB`. The .model file is written
+    `vocab_size >= BYTE_FALLBACK_MIN_VOCAB`. `user_defined_symbols` (language tags) are kept as
+    single pieces wherever they occur. The .model file is written
     atomically, so a crash never leaves a half-written model that a resumed
     run would load.
     """
@@ -172,6 +193,7 @@ def train_tokenizer(
             normalization_rule_name="identity",
             byte_fallback=byte_fallback,
             split_digits=True,
+            user_defined_symbols=list(user_defined_symbols),
             num_threads=_TRAIN_THREADS,
             minloglevel=2,
         )

@@ -13,7 +13,7 @@ import os
 import re
 import zlib
 
-from s2s_jax.data import batching, corpus_cache
+from s2s_jax.data import batching, corpus_cache, languages, pair_sampling
 from s2s_jax.data import text as text_lib
 from s2s_jax.data.tokenizer import Tokenizer, workdir_model_paths
 from s2s_jax.errors import DataError
@@ -31,6 +31,8 @@ class Corpus:
     valid_src_ids: list[list[int]]  # what validation translates (without EOS)
     valid_src_text: list[str]
     valid_refs: list[str]
+    # With several language pairs: (name, start, end) of each pair's slice of the validation lists.
+    valid_groups: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
 
     def train_iterator(self, local_rows=None) -> batching.TrainIterator:
         return batching.TrainIterator(self.train_batches, local_rows)
@@ -103,6 +105,12 @@ def tokenizers(config, workdir: str, text: corpus_cache.PreparedText, log=print)
         if not os.path.exists(path):
             _copy_tokenizer(model, path)
     src = Tokenizer(paths[0])
+    missing = [tag for tag in languages.run_languages(cfg).symbols if src.piece_id(tag) is None]
+    if missing:
+        raise DataError(
+            f"{models[0]} has no piece {missing[0]}: a multilingual run's sentencepiece model keeps each "
+            "target-language tag as one piece (user_defined_symbols); let the run train its own"
+        )
     return src, (src if cfg.joint_vocab else Tokenizer(paths[1]))
 
 
@@ -159,6 +167,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
                 for n, (tok, side) in enumerate(zip((src_tok, tgt_tok), texts))
             )
 
+    pair_ids = text.pair_of(keep)
     train_batches = batching.BucketedBatches(
         src_all.subset(keep),
         tgt_all.subset(keep),
@@ -169,21 +178,11 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         config.train.max_tokens,
         row_multiple,
         resample,
+        pair_sampling.sampler(pair_ids, len(text.pair_starts), cfg.get("pair_temperature", 1.0), config.seed),
     )
-
-    if cfg.holdout_valid and not text_lib.has_split(cfg, "valid"):
-        valid_pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
-        valid_stats = text_lib.FilterStats(meta["heldout_pairs"], len(valid_pairs), 0, 0)
-    else:
-        valid_pairs, valid_stats = text_lib.clean_pairs(
-            text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess
-        )
-    if cfg.valid_max_pairs and len(valid_pairs) > cfg.valid_max_pairs:
-        valid_pairs = valid_pairs[: cfg.valid_max_pairs]
-        valid_stats.kept = len(valid_pairs)
-        log(f"valid: capped at data.valid_max_pairs={cfg.valid_max_pairs} pairs")
-    if not valid_pairs:
-        raise DataError(f"no validation pairs left: {valid_stats.summary()} in {_files(cfg, 'valid')}")
+    if text.pair_starts:
+        log(f"train: {_pair_shares(text, pair_ids, cfg.get('pair_temperature', 1.0))}")
+    valid_pairs, valid_stats, groups = _validation_pairs(cfg, text, log)
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
     v_src = [ids[: cfg.max_len] for ids in v_src]
@@ -212,4 +211,51 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         v_src,
         [s for s, _ in valid_pairs],
         [t for _, t in valid_pairs],
+        groups,
     )
+
+
+def _pair_shares(text: corpus_cache.PreparedText, pair_ids, temperature: float) -> str:
+    """'de-en 28990 (33.3% of an epoch), ...': each pair's training rows and share."""
+    sizes = [int((pair_ids == p).sum()) for p in range(len(text.pair_starts))]
+    counts = pair_sampling.epoch_counts(sizes, temperature)
+    return ", ".join(
+        f"{name} {n} ({100 * c / counts.sum():.1f}% of an epoch)"
+        for (name, _, _), n, c in zip(text.pair_starts, sizes, counts)
+    ) + (f" (data.pair_temperature={temperature:g})" if temperature != 1.0 else "")
+
+
+def _capped(cfg, pairs: list, stats: text_lib.FilterStats, log, name: str = "") -> list:
+    """At most data.valid_max_pairs of `pairs` (the first), said in the log."""
+    if cfg.valid_max_pairs and len(pairs) > cfg.valid_max_pairs:
+        pairs = pairs[: cfg.valid_max_pairs]
+        stats.kept = len(pairs)
+        log(f"valid{' ' + name if name else ''}: capped at data.valid_max_pairs={cfg.valid_max_pairs} pairs")
+    return pairs
+
+
+def _validation_pairs(cfg, text: corpus_cache.PreparedText, log):
+    """(cleaned validation pairs, their counts, each language pair's slice (name, start, end) or []);
+    with several language pairs each one's sources tagged and capped by data.valid_max_pairs."""
+    if cfg.get("pairs", ""):
+        pairs, groups = [], []
+        stats = text_lib.FilterStats(0, 0, 0, 0)
+        for files in languages.pair_files(cfg, "valid", log):
+            raw = list(text_lib.stream_parallel(files.src, files.tgt))
+            cleaned, one = text_lib.clean_pairs(raw, cfg.lowercase, cfg.d2l_preprocess)
+            cleaned = _capped(cfg, cleaned, one, log, files.pair.name)
+            if not cleaned:
+                raise DataError(f"no validation pairs left for {files.pair.name}: {one.summary()} in {files.src}")
+            groups.append((files.pair.name, len(pairs), len(pairs) + len(cleaned)))
+            pairs += [(languages.tagged(s, files.tag_language), t) for s, t in cleaned]
+            stats = text_lib.FilterStats(stats.total + one.total, len(pairs), stats.empty + one.empty, 0)
+        return pairs, stats, groups
+    if cfg.holdout_valid and not text_lib.has_split(cfg, "valid"):
+        pairs = text.valid_pairs()  # held out by source sentence, duplicates dropped
+        stats = text_lib.FilterStats(text.meta["heldout_pairs"], len(pairs), 0, 0)
+    else:
+        pairs, stats = text_lib.clean_pairs(text_lib.load_corpus(cfg, "valid"), cfg.lowercase, cfg.d2l_preprocess)
+    pairs = _capped(cfg, pairs, stats, log)
+    if not pairs:
+        raise DataError(f"no validation pairs left: {stats.summary()} in {_files(cfg, 'valid')}")
+    return pairs, stats, []

@@ -105,6 +105,11 @@ def export_model(
         raise ValueError(f"--output {output} exists and is not an empty directory")
     translator = Translator(workdir, checkpoint, int8=int8, shortlist=shortlist)
     member = translator.members[0]
+    if member.languages.tags:
+        raise ValueError(
+            f"{workdir} tags its sources with a target language (data.pairs); the exported translate.py "
+            "does not: decode it with decode.py or the server"
+        )
     config, engine = member.config, translator.inference
     needed = default_widths(config.data.max_len)
     rows = sorted(set(rows or default_rows(config.decode.batch_size)))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from s2s_jax import parallel
-from s2s_jax.data import sentences
+from s2s_jax.data import languages, sentences
 from s2s_jax.data.text import normalize
 from s2s_jax.data.tokenizer import BOS_ID, UNK_ID, Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import inference, word_scores
@@ -97,16 +97,27 @@ class Member:
             model, params = int8_weights.quantized(model, params)
         return cls(workdir, config, src_tokenizer, tgt_tokenizer, model, parallel.replicate(params, mesh), meta)
 
+    @property
+    def languages(self) -> languages.RunLanguages:
+        """The run's language pairs, target languages and whether its sources carry tags."""
+        return languages.run_languages(self.config.data)
+
     def normalized(self, texts: list[str]) -> list[str]:
         """Text as this run's data config normalised its training pairs."""
         data_cfg = self.config.data
         return [normalize(_encodable(t), data_cfg.lowercase, data_cfg.d2l_preprocess) for t in texts]
 
-    def encode_lines(self, lines: list[str], warn: Callable[[str], None]) -> list[list[int]]:
-        """Source ids of each line (normalised like the training data), at most data.max_len."""
+    def encode_lines(
+        self, lines: list[str], warn: Callable[[str], None], target_lang: str | None = None
+    ) -> list[list[int]]:
+        """Source ids of each line (normalised like the training data, with the tag of `target_lang`
+        when the run tags its sources), at most data.max_len. ValueError for a target language the
+        run does not have, or none where it has several."""
         max_len = self.config.data.max_len
+        language = self.languages.source_tag_language(target_lang)
+        texts = [languages.tagged(t, language) if t else t for t in self.normalized(lines)]
         out = []
-        for number, row in enumerate(self.src_tokenizer.tokenize(self.normalized(lines)), 1):
+        for number, row in enumerate(self.src_tokenizer.tokenize(texts), 1):
             if len(row) > max_len:
                 warn(f"line {number}: {len(row)} tokens, truncated to data.max_len={max_len}")
                 row = row[:max_len]
@@ -173,6 +184,10 @@ class Translator:
     With `shortlist`, every search restricts each sentence's output to its vocabulary shortlist,
     the one the first workdir holds (`python shortlist.py --workdir W` builds it; read with the
     first member's source ids, applied to every member alike: s2s_jax/decoding/shortlist.py).
+
+    `target_lang`: the language to translate into, for a model trained on several language pairs
+    (`data.pairs`); required by each call (here or per call) when it has several target
+    languages (`target_languages`), optional and checked when it has one. ValueError otherwise.
     """
 
     def __init__(
@@ -182,6 +197,7 @@ class Translator:
         weights: Sequence[float] | None = None,
         int8: bool = False,
         shortlist: bool = False,
+        target_lang: str | None = None,
     ):
         workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
         if not workdirs:
@@ -196,6 +212,9 @@ class Translator:
         _check_target_vocabularies(self.members)
         first = self.members[0]
         self.config, self.tgt_tokenizer, self.meta = first.config, first.tgt_tokenizer, first.meta
+        if target_lang:
+            first.languages.check_target(target_lang)
+        self.target_lang = target_lang or None
         # The segmenter's rules for `split_sentences`: the source training file's extension, else English's.
         self.source_language = sentences.language_code(first.config.data.get("train_src", ""))
         self.inference = inference.Inference(
@@ -213,8 +232,19 @@ class Translator:
     src_tokenizer = property(lambda self: self.members[0].src_tokenizer)
     max_len = property(lambda self: self.members[0].config.data.max_len)
 
-    def _inputs(self, lines: list[str], warn: Callable[[str], None]) -> tuple[Any, Any]:
-        """(params, sources) as Inference takes them: one model's, or a tuple per member."""
+    @property
+    def target_languages(self) -> list[str]:
+        """The languages this model translates into ([] when its training files do not say)."""
+        return list(self.members[0].languages.targets)
+
+    def check_target(self, target_lang: str | None = None) -> str | None:
+        """The language a call with `target_lang` (else the Translator's) translates into; ValueError
+        naming the choices when it is none of them, or missing where there are several."""
+        return self.members[0].languages.check_target(target_lang or self.target_lang)
+
+    def _inputs(self, lines: list[str], warn: Callable[[str], None], target_lang: str | None = None) -> tuple[Any, Any]:
+        """(params, sources) as Inference takes them: one model's, or a tuple per member; the sources
+        tagged for `target_lang` (else the Translator's) where a member's run tags them."""
         seen: set[str] = set()
 
         def warn_once(message: str) -> None:
@@ -222,7 +252,8 @@ class Translator:
                 seen.add(message)
                 warn(message)
 
-        sources = [m.encode_lines(lines, warn_once) for m in self.members]
+        language = target_lang or self.target_lang
+        sources = [m.encode_lines(lines, warn_once, language) for m in self.members]
         return self.search_params, sources[0] if len(self.members) == 1 else tuple(sources)
 
     @property
@@ -245,8 +276,11 @@ class Translator:
         split_sentences: bool = False,
         mbr: MBROptions | None = None,
         constraints: list[list[str]] | None = None,
+        target_lang: str | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best hypotheses per input line, in input order; an empty line gives an empty hypothesis.
+
+        `target_lang` overrides the Translator's for this call (see the class docstring).
 
         A line longer than data.max_len subword tokens is cut to that length, with a warning.
         `prefixes` (one per line, "" = none) forces the start of each translation: the
@@ -279,13 +313,15 @@ class Translator:
         if split_sentences:
             if prefixes is not None:
                 raise ValueError("prefixes force the start of a line's translation: not with split_sentences")
-            return self._translate_paragraphs(lines, opts, sample_keys, batch_size, seed, progress, warn, mbr)
+            return self._translate_paragraphs(
+                lines, opts, sample_keys, batch_size, seed, progress, warn, mbr, target_lang
+            )
         if mbr is not None:
             mbr.check()
             opts = (
                 mbr.search_options(opts) if isinstance(opts, SearchOptions) else [mbr.search_options(o) for o in opts]
             )
-        params, sources = self._inputs(lines, warn)
+        params, sources = self._inputs(lines, warn, target_lang)
         forced = None if prefixes is None else self._target_ids(prefixes)
         wanted = None if constraints is None else self.constraint_ids(constraints, warn)
         results = self.inference.run(
@@ -332,6 +368,7 @@ class Translator:
         progress: Callable[[Iterable], Iterable] | None,
         warn: Callable[[str], None],
         mbr: MBROptions | None,
+        target_lang: str | None = None,
     ) -> list[list[Hypothesis]]:
         """`translate(split_sentences=True)`: one translate call over every line's sentences."""
         documents = [sentences.segment(line, self.source_language) for line in lines]
@@ -355,6 +392,7 @@ class Translator:
             warn=warn_where,
             sample_keys=None if sample_keys is None else [sample_keys[i] for i in owner],
             mbr=mbr,
+            target_lang=target_lang,
         )
         mean = mbr is not None  # expected utilities (0-100) average over the sentences; log-probabilities add
         return [_joined(d, parts, mean) for d, parts in zip(documents, sentences.regroup(documents, results))]
@@ -440,17 +478,19 @@ class Translator:
         """Target-side ids of given text (references, prefixes), normalised like the training targets."""
         return self.tgt_tokenizer.tokenize(self.members[0].normalized(texts))
 
-    def align(self, lines: list[str], outputs: list[list[int]], mode: str = "hard") -> list[str]:
+    def align(
+        self, lines: list[str], outputs: list[list[int]], mode: str = "hard", target_lang: str | None = None
+    ) -> list[str]:
         """Word alignment of each line with its output ids, from a teacher-forced pass's attention:
         `i-j` pairs (hard) or rows of weights (soft); s2s_jax/decoding/alignment.py says how pieces merge.
 
         An ensemble averages the word-level weights of its attention members (with their
         ensemble weights); members without attention are left out.
         """
-        return self.align_with_attention(lines, outputs, mode)[0]
+        return self.align_with_attention(lines, outputs, mode, target_lang)[0]
 
     def align_with_attention(
-        self, lines: list[str], outputs: list[list[int]], mode: str = "hard"
+        self, lines: list[str], outputs: list[list[int]], mode: str = "hard", target_lang: str | None = None
     ) -> tuple[list[str], list[dict]]:
         """`align`'s alignments and the piece-level attention maps (`attention_maps`) of the first
         member with attention, from the one teacher-forced pass per member that the alignment reads."""
@@ -463,7 +503,7 @@ class Translator:
         merged: list[np.ndarray] | None = None
         first_maps: list[dict] = []
         for member, weight in attending:
-            maps = attention_maps(member, lines, outputs)
+            maps = attention_maps(member, lines, outputs, target_lang=target_lang or self.target_lang)
             words = [word_weights(m["weights"], m["src"][:-1], m["tgt"][:-1]) for m in maps]
             if merged is None:
                 merged, first_maps = [weight / total * w for w in words], maps
@@ -484,6 +524,7 @@ class Translator:
         batch_size: int = 64,
         warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr),
         word_scores: bool = False,
+        target_lang: str | None = None,
     ) -> list[Score]:
         """The model's log-probability of each target line as the translation of its line.
 
@@ -493,7 +534,7 @@ class Translator:
         """
         if isinstance(lines, str) or isinstance(targets, str):
             raise TypeError("score takes lists of lines, not strings")
-        params, sources = self._inputs(lines, warn)
+        params, sources = self._inputs(lines, warn, target_lang)
         results = self.inference.score(params, sources, self._target_ids(targets), batch_size)
         if not word_scores:
             return [Score(c.score, len(c.tokens) + 1) for c in results]
@@ -507,16 +548,22 @@ class Translator:
 
 
 def attention_maps(
-    member: Member | Translator, lines: list[str], outputs: list[list[int]], batch_size: int = 64
+    member: Member | Translator,
+    lines: list[str],
+    outputs: list[list[int]],
+    batch_size: int = 64,
+    target_lang: str | None = None,
 ) -> list[dict]:
     """Teacher-forced attention weights of each (source line, output tokens) pair, with pieces.
 
     Returns, per line, {'weights': [T, S] array, 'src': source pieces, 'tgt': output pieces};
-    the output includes the final </s>, the source its </s>. A Translator gives its first member's.
+    the output includes the final </s>, the source its </s> (and its language tag, with `target_lang` on a
+    run that tags). A Translator gives its first member's.
     Lines go through in length-sorted, padded batches (padding gets no attention and the decoder
     is causal, so each line's weights are its own), compiling for a few shapes only.
     """
     if isinstance(member, Translator):
+        target_lang = target_lang or member.target_lang
         member = member.members[0]
     if member.config.model.attention == "none":
         raise ValueError("this model has no attention (model.attention=none): nothing to plot")
@@ -526,7 +573,7 @@ def attention_maps(
                 {"params": params}, src, tgt_in, method=Seq2Seq.attention_weights
             )
         )
-    src_ids = member.encode_lines(lines, warn=lambda msg: None)
+    src_ids = member.encode_lines(lines, warn=lambda msg: None, target_lang=target_lang)
     tgt_in = [[BOS_ID] + list(out) for out in outputs]
     maps = [{"weights": np.zeros((0, 0)), "src": [], "tgt": []} for _ in lines]
     order = sorted((i for i, ids in enumerate(src_ids) if ids), key=lambda i: (len(src_ids[i]), len(tgt_in[i])))

@@ -149,10 +149,11 @@ class _Job:
     mbr: MBROptions | None = None
     constraints: list[str] = dataclasses.field(default_factory=list)
     all_constraints: bool = True  # False: phrases past the cap were left out
+    target_lang: str | None = None
 
     def batch_key(self) -> tuple:
         """What jobs must share to be translated in one call."""
-        return self.opts.batch_key(), self.mbr
+        return self.opts.batch_key(), self.mbr, self.target_lang
 
 
 class QueueFull(Exception):
@@ -181,6 +182,7 @@ class Batcher:
         mbr: MBROptions | None = None,
         constraints: Sequence[list[str]] | None = None,
         whole: Sequence[bool] | None = None,
+        target_lang: str | None = None,
     ) -> list[asyncio.Future]:
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
@@ -190,7 +192,7 @@ class Batcher:
         constraints = constraints or [[] for _ in texts]
         whole = whole or [True for _ in texts]
         jobs = [  # a text with constraints is searched by beam search, without MBR
-            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), None if c else mbr, c, w)
+            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), None if c else mbr, c, w, target_lang)
             for j, (t, c, w) in enumerate(zip(texts, constraints, whole))
         ]
         self.pending.extend(jobs)
@@ -252,6 +254,7 @@ class Batcher:
             sample_keys=[job.sample_key for job in batch],
             warn=lambda message: None,
             mbr=batch[0].mbr,
+            target_lang=batch[0].target_lang,
             **({"constraints": [job.constraints for job in batch]} if any(job.constraints for job in batch) else {}),
         )
         self.search_calls += 1
@@ -271,13 +274,16 @@ class Batcher:
         aligned = [i for i, job in enumerate(batch) if job.alignment and texts[i].strip()]
         if aligned and self._has_attention:
             for i, alignment in zip(
-                aligned, self._alignments([texts[i] for i in aligned], [hyps[i][0].tokens for i in aligned])
+                aligned,
+                self._alignments(
+                    [texts[i] for i in aligned], [hyps[i][0].tokens for i in aligned], batch[0].target_lang
+                ),
             ):
                 out[i].alignment = alignment
         return out
 
-    def _alignments(self, texts: list[str], outputs: list[list[int]]) -> list[Alignment]:
-        pairs, maps = self.translator.align_with_attention(texts, outputs, "hard")
+    def _alignments(self, texts: list[str], outputs: list[list[int]], target_lang: str | None) -> list[Alignment]:
+        pairs, maps = self.translator.align_with_attention(texts, outputs, "hard", target_lang)
         return [
             Alignment(
                 pairs=p, src=m["src"], tgt=m["tgt"], weights=[[round(float(w), 4) for w in row] for row in m["weights"]]
@@ -383,10 +389,15 @@ def clean_text(text: str) -> str:
 
 
 def create_app(
-    load: Callable[[], Any], settings: ServeSettings = ServeSettings(), log: Callable[[str], None] = print
+    load: Callable[[], Any],
+    settings: ServeSettings = ServeSettings(),
+    log: Callable[[str], None] = print,
+    target_languages: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app. `load()` returns the Translator; it runs (with the warm-up) in a
-    background thread after startup, and /health answers 503 until both are done."""
+    background thread after startup, and /health answers 503 until both are done.
+    `target_languages`, the model's (read from its config before it loads), put target_lang's
+    choices in the request schema; without them it is checked once the model is loaded."""
     settings.check()
     service = _Service(load, settings, log)
     app = FastAPI(
@@ -424,6 +435,7 @@ def create_app(
         settings.max_texts,
         settings.max_request_chars,
         settings.max_mbr,
+        target_languages,
     )
     app.add_api_route(
         "/translate",
@@ -544,6 +556,7 @@ class _Service:
         return {
             "members": members,
             "languages": members[0]["languages"],
+            "target_languages": translator.target_languages,
             "step": members[0]["step"],
             "attention": any(m.config.model.attention != "none" for m in translator.members),
             "int8": translator.model.config.int8,
@@ -560,6 +573,10 @@ class _Service:
     async def translate(self, request: TranslateRequest) -> TranslateResponse:
         current = self.ready_state()
         texts = [request.text] if isinstance(request.text, str) else request.text
+        try:
+            target_lang = current["translator"].check_target(request.target_lang)
+        except ValueError as err:
+            raise ApiError(422, f"target_lang: {err}", "target_lang") from None
         constraints, whole = request_constraints(request, texts, current["translator"])
         opts = request_options(request, current["translator"], self.settings, constrained=any(constraints))
         seed = secrets.randbits(32) if request.seed is None else request.seed
@@ -578,7 +595,7 @@ class _Service:
         mbr = request_mbr(request)
         try:
             futures = current["batcher"].submit(
-                [clean_text(t) for t in texts], opts, seed, request.alignment, mbr, constraints, whole
+                [clean_text(t) for t in texts], opts, seed, request.alignment, mbr, constraints, whole, target_lang
             )
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None
@@ -643,6 +660,7 @@ def _member_info(member) -> dict:
         },
         "vocab": {"src": member.src_tokenizer.vocab_size, "tgt": member.tgt_tokenizer.vocab_size},
         "languages": {"src": _language(cfg.data, "src"), "tgt": _language(cfg.data, "tgt")},
+        "pairs": [pair.name for pair in member.languages.pairs],
     }
 
 

@@ -11,6 +11,7 @@ of constraint tokens per text (see `CONSTRAINTS`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -101,6 +102,12 @@ class TranslateRequest(BaseModel):
         0, description="no n-gram of this many tokens twice in a translation; 0 = off"
     )
     constraints: list[list[str]] | None = Field(None, description=CONSTRAINTS)
+    target_lang: str | None = Field(
+        None,
+        max_length=16,
+        description="the language to translate into, one of /info's target_languages: required for a model "
+        "with several, optional for one",
+    )
 
     # The characters a single text may hold without `split`, when that is less than with it
     # (translate_request_model sets it).
@@ -133,11 +140,13 @@ def translate_request_model(
     max_texts: int,
     max_request_chars: int | None = None,
     max_mbr: int = 0,
+    target_languages: Sequence[str] | None = None,
 ) -> type[TranslateRequest]:
     """TranslateRequest with one server's limits as constraints (and so in its schema). With
     `max_request_chars` (> max_chars), a single text with `split` may be that long: the schema
     says so with an if/else on `split`, and validation agrees. `max_mbr` below 2 leaves MBR off
-    (the field only takes null)."""
+    (the field only takes null). `target_languages` (the model's, when known before it loads) make
+    target_lang an enum of them: required with several, optional with one, only null with none."""
     mbr = (
         (json_int(ge=2, le=max_mbr) | None, Field(None, description=f"{MBR}; at most {max_mbr}"))
         if max_mbr >= 2
@@ -176,6 +185,7 @@ def translate_request_model(
         ),
         nbest=(json_int(ge=1, le=max_nbest), Field(1, description=NBEST)),
         mbr=mbr,
+        target_lang=_target_lang_field(target_languages),
         constraints=(
             Annotated[list[phrases], Field(max_length=max_texts)] | None,
             Field(
@@ -187,6 +197,19 @@ def translate_request_model(
     )
     model.unsplit_chars = max_chars if document > max_chars else None
     return model
+
+
+def _target_lang_field(target_languages: Sequence[str] | None) -> tuple[Any, Any]:
+    """target_lang's type and default for a model with these target languages (None: not known,
+    any code, checked once the model is loaded)."""
+    if target_languages is None:
+        return TranslateRequest.model_fields["target_lang"].annotation, TranslateRequest.model_fields["target_lang"]
+    if not target_languages:
+        return None, Field(None, description="this model's target language is not known: leave it out")
+    codes = Literal[tuple(target_languages)]  # type: ignore[valid-type]
+    if len(target_languages) == 1:
+        return codes | None, Field(None, description=f"the language to translate into: {target_languages[0]}")
+    return codes, Field(..., description=f"the language to translate into, one of {', '.join(target_languages)}")
 
 
 def _unsplit_cap(schema: dict[str, Any], cls: type[TranslateRequest]) -> None:

@@ -260,7 +260,12 @@ def make_eval_step(model: Seq2Seq) -> Callable:
 def evaluate(
     params, eval_step: Callable, inference: Inference, corpus: training_data.Corpus, config
 ) -> tuple[dict, list[str]]:
-    """Validation loss, perplexity and BLEU/chrF of the translations the run's decode settings give."""
+    """Validation loss, perplexity and BLEU/chrF of the translations the run's decode settings give.
+
+    With several language pairs, BLEU and chrF are each pair's (`valid_bleu/de-en`, ...) and
+    `valid_bleu` / `valid_chrf` their unweighted mean (what train.early_stop_metric reads); the
+    loss is over all validation tokens.
+    """
     nll_sum, tokens = 0.0, 0.0
     for batch in corpus.valid_batches.epoch(0, shuffle=False):
         out = jax.device_get(eval_step(params, batch))
@@ -271,14 +276,28 @@ def evaluate(
         params, corpus.valid_src_ids, SearchOptions.from_config(config.decode), batch_size=config.decode.batch_size
     )
     hyps = corpus.tgt_tokenizer.detokenize([candidates[0].tokens for candidates in results])
-    tokenize = config.decode.bleu_tokenize or None
-    scores = {
-        "valid_loss": valid_loss,
-        "valid_ppl": float(np.exp(min(valid_loss, 50.0))),
-        "valid_bleu": bleu.corpus_bleu(hyps, corpus.valid_refs, tokenize=tokenize),
-        "valid_chrf": bleu.corpus_chrf(hyps, corpus.valid_refs),
-    }
+    scores = {"valid_loss": valid_loss, "valid_ppl": float(np.exp(min(valid_loss, 50.0)))}
+    scores.update(translation_scores(hyps, corpus.valid_refs, corpus.valid_groups, config.decode.bleu_tokenize or None))
     return scores, hyps
+
+
+def translation_scores(
+    hyps: list[str], refs: list[str], groups: Sequence[tuple[str, int, int]], tokenize: str | None
+) -> dict:
+    """valid_bleu and valid_chrf of the translations; with `groups` (name, start, end) each group's
+    (`valid_bleu/NAME`) and, as valid_bleu / valid_chrf, their mean."""
+    if not groups:
+        return {
+            "valid_bleu": bleu.corpus_bleu(hyps, refs, tokenize=tokenize),
+            "valid_chrf": bleu.corpus_chrf(hyps, refs),
+        }
+    scores = {}
+    for name, start, end in groups:
+        scores[f"valid_bleu/{name}"] = bleu.corpus_bleu(hyps[start:end], refs[start:end], tokenize=tokenize)
+        scores[f"valid_chrf/{name}"] = bleu.corpus_chrf(hyps[start:end], refs[start:end])
+    for metric in ("valid_bleu", "valid_chrf"):
+        scores[metric] = float(np.mean([scores[f"{metric}/{name}"] for name, _, _ in groups]))
+    return scores
 
 
 class StopRequest(contextlib.AbstractContextManager):
@@ -632,8 +651,14 @@ class _TrainLoop:
         self.bar.write(
             f"step {step}: valid loss {scores['valid_loss']:.3f} ppl {scores['valid_ppl']:.2f} "
             f"BLEU {scores['valid_bleu']:.2f} chrF {scores['valid_chrf']:.2f}"
+            + "".join(
+                f"\n  {name}: BLEU {scores[f'valid_bleu/{name}']:.2f} chrF {scores[f'valid_chrf/{name}']:.2f}"
+                for name, _, _ in self.corpus.valid_groups
+            )
         )
-        samples = list(zip(self.corpus.valid_src_text, hyps, self.corpus.valid_refs))[: self.train_cfg.num_samples]
+        ranges = [(start, end) for _, start, end in self.corpus.valid_groups] or [(0, len(hyps))]  # each pair's
+        rows = [i for start, end in ranges for i in range(start, min(end, start + self.train_cfg.num_samples))]
+        samples = [(self.corpus.valid_src_text[i], hyps[i], self.corpus.valid_refs[i]) for i in rows]
         for src, hyp, ref in samples:
             self.bar.write(f"  src: {src}\n  hyp: {hyp}\n  ref: {ref}")
 

@@ -22,6 +22,8 @@ _FIXED_ON_RESUME = (
         "data.spm_nbest",
         "data.lowercase",
         "data.d2l_preprocess",
+        "data.pairs",
+        "data.lang_tags",
     )
     + tuple(
         f"model.{k}"
