@@ -130,8 +130,9 @@ def export_model(
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    # The artefact runs the scan recurrences and the int8 products in plain XLA: the CPU kernels are
-    # custom calls that exist only where s2s_jax is installed; the outputs are the same either way.
+    # The artefact runs the scan recurrences, the int8 products and beam search's top log-probabilities
+    # in plain XLA: the CPU kernels are custom calls that exist only where s2s_jax is installed; the
+    # outputs are the same either way.
     model = member.model.clone(config=dataclasses.replace(member.model.config, recurrence="scan"))
     listed = translator.shortlist is not None
     with kernels.portable():
