@@ -1,9 +1,9 @@
 """Builds the optional compiled CPU kernels (s2s_jax/kernels/cpu, XLA FFI custom calls).
 
 Everything else about the package is in pyproject.toml. Each kernel is its own extension
-(the fused recurrence, the int8 matmul), compiled with the machine's C++ compiler against the
-XLA FFI headers that jaxlib ships (a build requirement), so one that fails to build leaves the
-other. Their inner loops are compiled for the baseline instruction set and, on x86-64, for
+(the fused recurrence, the int8 matmul, the rows' top log-probabilities of beam search),
+compiled with the machine's C++ compiler against the XLA FFI headers that jaxlib ships (a
+build requirement), so one that fails to build leaves the others. Their inner loops are compiled for the baseline instruction set and, on x86-64, for
 wider ones (AVX2, AVX-512, AVX-512 VNNI), and each library picks one at run time: never
 -march=native. Where a build fails (no compiler, no headers) the package installs without it
 and runs the pure-JAX path instead (the kernel module's available() is False).
@@ -29,6 +29,10 @@ ISA_VARIANTS = {  # x86: (source, its own flags) per extension; elsewhere they a
     "s2s_jax.kernels.int8_cpu": [
         ("int8_avx2.cc", ["-mavx2"]),
         ("int8_avx512vnni.cc", [*AVX512, "-mavx512vnni"]),
+    ],
+    "s2s_jax.kernels.top_log_probs_cpu": [
+        ("top_log_probs_avx2.cc", ["-mavx2", "-mfma"]),
+        ("top_log_probs_avx512.cc", AVX512),
     ],
 }
 
@@ -73,6 +77,11 @@ setup(
             ["recurrence_kernels.h", "recurrence_types.h"],
         ),
         kernel("int8_cpu", ["int8_ffi.cc", "int8_generic.cc"], ["int8_loops.h", "int8_types.h"]),
+        kernel(
+            "top_log_probs_cpu",
+            ["top_log_probs_ffi.cc", "top_log_probs_generic.cc"],
+            ["top_log_probs_row.h", "top_log_probs_types.h"],
+        ),
     ],
     cmdclass={"build_ext": BuildKernels},
 )

@@ -68,7 +68,9 @@ def test_int8_logits_are_close_to_float32(name):
 
 
 def test_whole_model_kernel_equals_pure_jax_path(monkeypatch):
-    """The compiled kernel and the dot_general path give the same search, bit for bit."""
+    """The compiled kernel and the dot_general path give the same search: the same hypotheses, scores
+    within float rounding (a few encoder outputs differ in the last bit between the two paths, which
+    beam search's top_log_probs kernel, summing in double, passes on; XLA's float32 sum hid it)."""
     if not int8.available():
         pytest.skip(f"the int8 kernel is not built: {int8.unavailable_reason()}")
     model, params = _model(**ARCHITECTURES["gru_bi_luong_tied"])
@@ -85,8 +87,10 @@ def test_whole_model_kernel_equals_pure_jax_path(monkeypatch):
     with_kernel = jax.tree.map(np.asarray, beam())
     monkeypatch.setattr(int8, "int8_cpu", None)
     without = jax.tree.map(np.asarray, beam())
-    for a, b in zip(with_kernel, without):
-        np.testing.assert_array_equal(a, b)
+    tokens, scores, lengths = with_kernel
+    np.testing.assert_array_equal(tokens, without[0])
+    np.testing.assert_array_equal(lengths, without[2])
+    np.testing.assert_allclose(scores, without[1], rtol=1e-6)
 
 
 def test_int8_search_is_batch_invariant():

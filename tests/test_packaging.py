@@ -276,3 +276,12 @@ def test_an_install_with_a_compiler_built_the_int8_matmul():
 
     assert int8.available(), int8.unavailable_reason()
     assert int8.isa() in ("avx512vnni", "avx2", "generic")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler on the PATH")
+def test_an_install_with_a_compiler_built_the_top_log_probs_kernel():
+    """Beam search's top_log_probs kernel is a third optional extension (setup.py): the same rule."""
+    from s2s_jax.kernels import top_log_probs
+
+    assert top_log_probs.available(), top_log_probs.unavailable_reason()
+    assert top_log_probs.isa() in ("avx512", "avx2", "generic")

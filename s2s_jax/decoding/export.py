@@ -34,7 +34,7 @@ from s2s_jax.decoding import export_loader, inference
 from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.decoding.inference import SearchOptions
 from s2s_jax.decoding.translator import Translator
-from s2s_jax.kernels import int8 as int8_kernel
+from s2s_jax.kernels import loader as kernels
 
 LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_loader.py")
 
@@ -135,11 +135,12 @@ def export_model(
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    # The artefact runs the scan recurrences and the int8 products in plain XLA: the CPU kernels are
-    # custom calls that exist only where s2s_jax is installed; the outputs are the same either way.
+    # The artefact runs the scan recurrences, the int8 products and beam search's top log-probabilities
+    # in plain XLA: the CPU kernels are custom calls that exist only where s2s_jax is installed; the
+    # outputs are the same either way.
     model = member.model.clone(config=dataclasses.replace(member.model.config, recurrence="scan"))
     listed = translator.shortlist is not None
-    with int8_kernel.portable():
+    with kernels.portable():
         functions, platforms = _export_searches(
             model, engine.max_steps, searches, spec, rows, widths, output, log, listed
         )  # fmt: skip

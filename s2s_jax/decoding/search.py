@@ -29,6 +29,7 @@ from jax import lax
 
 from s2s_jax.decoding import constraints as dba
 from s2s_jax.decoding import repetition
+from s2s_jax.kernels import top_log_probs
 
 # Literal defaults (rather than importing the tokenizer) keep search model-agnostic.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -432,26 +433,32 @@ def _beam_running(
 
 
 def _best_candidates(
-    logits: jax.Array, live_logp: jax.Array, allowed: Callable[[jax.Array], jax.Array], n: int
+    logits: jax.Array, live_logp: jax.Array, allowed: Callable[[jax.Array], jax.Array] | None, n: int
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The n best extensions (live_logp[b] + log_softmax(logits[b])[t], with `allowed` setting the
-    tokens a hypothesis may not take to -inf) over every hypothesis b and token t: (their scores,
-    hypotheses, tokens, token log-probabilities), best first.
+    tokens a hypothesis may not take to -inf; None: none banned) over every hypothesis b and token
+    t: (their scores, hypotheses, tokens, token log-probabilities), best first.
 
     Adding a hypothesis's score keeps its tokens' order, so each row's n best logits hold the n best
     overall: only K x n candidates get the log-softmax's subtraction and the final top-k, not K x V
     (at batch 1 the vocabulary-wide passes were a third of a beam step). Their log-probabilities are
-    log_softmax's own arithmetic, (x - max) - log(sum(exp(x - max))), on the same values."""
+    log_softmax's own arithmetic, (x - max) - log(sum(exp(x - max))), on the same values. With none
+    banned, the rows' n best and their log-probabilities come from `top_log_probs` (one pass over
+    each row, a CPU kernel; the same candidates, log-probabilities within an ulp or two)."""
     x = logits.astype(jnp.float32)
     vocab = x.shape[-1]
-    x_max = jnp.max(x, axis=-1, keepdims=True)
-    shifted_lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
-    if n >= vocab:  # a tiny vocabulary: every token is a candidate
-        logp = allowed((x - x_max) - shifted_lse)
-        scores, flat = lax.top_k((live_logp[:, None] + logp).reshape(-1), n)
-        return scores, flat // vocab, flat % vocab, logp.reshape(-1)[flat]
-    top_x, top_t = lax.top_k(allowed(x), n)  # [K, n] per row
-    logp = (top_x - x_max) - shifted_lse
+    if allowed is None and n < vocab:
+        logp, top_t = top_log_probs.top_log_probs(x, n)  # [K, n] per row
+    else:
+        allowed = allowed or (lambda scores: scores)
+        x_max = jnp.max(x, axis=-1, keepdims=True)
+        shifted_lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
+        if n >= vocab:  # a tiny vocabulary: every token is a candidate
+            logp = allowed((x - x_max) - shifted_lse)
+            scores, flat = lax.top_k((live_logp[:, None] + logp).reshape(-1), n)
+            return scores, flat // vocab, flat % vocab, logp.reshape(-1)[flat]
+        top_x, top_t = lax.top_k(allowed(x), n)  # [K, n] per row
+        logp = (top_x - x_max) - shifted_lse
     scores, pick = lax.top_k((live_logp[:, None] + logp).reshape(-1), n)
     return scores, pick // n, top_t.reshape(-1)[pick], logp.reshape(-1)[pick]
 
@@ -476,7 +483,10 @@ def _beam_step(
             scores = repetition.block(scores, s.live_tokens, s.step, s.no_repeat, eos_id)
         return scores
 
-    cand_logp, cand_beam, cand_token, cand_token_logp = _best_candidates(logits, s.live_logp, allowed, 2 * k)
+    bans = min_length > 0 or s.no_repeat is not None  # static: whether any token can be banned
+    cand_logp, cand_beam, cand_token, cand_token_logp = _best_candidates(
+        logits, s.live_logp, allowed if bans else None, 2 * k
+    )
     cand_tokens = s.live_tokens[cand_beam].at[:, s.step].set(cand_token)  # [2K, T]
     length = s.step + 1
     ended = (cand_token == eos_id) | (length >= cap)

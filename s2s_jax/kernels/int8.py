@@ -18,25 +18,16 @@ Inference only: `matmul` has no gradient.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import functools
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-try:
-    from s2s_jax.kernels import int8_cpu
-except ImportError as err:  # not built (no compiler at install time, a failed build) or not loadable
-    int8_cpu = None
-    _BUILT = importlib.util.find_spec("s2s_jax.kernels.int8_cpu") is not None
-    _WHY = f"it does not load: {err}" if _BUILT else "it was not built when s2s-jax was installed"
-else:
-    _WHY = ""
+from s2s_jax.kernels import loader
+
+int8_cpu, _WHY = loader.load("int8_cpu")
 
 
 @jax.tree_util.register_dataclass
@@ -61,7 +52,7 @@ def unavailable_reason() -> str:
 
 def isa() -> str:
     """The instruction set of the kernel's inner loops here ("avx512vnni", "avx2", "generic"; "none")."""
-    return int8_cpu.isa() if int8_cpu is not None else "none"
+    return loader.isa(int8_cpu)
 
 
 def _divide(a: jax.Array, b: jax.Array | float) -> jax.Array:
@@ -113,35 +104,15 @@ def _reference(x: jax.Array, m: Int8Matrix) -> jax.Array:
     return (acc.astype(jnp.float32) * row_scale) * m.scale
 
 
-@functools.cache
-def _register() -> None:
-    for name, capsule in int8_cpu.handlers().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-
-
 def _kernel(x: jax.Array, m: Int8Matrix) -> jax.Array:
     """The FFI custom call: [M, K] -> [M, N]."""
-    _register()
     out = jax.ShapeDtypeStruct((x.shape[0], m.scale.shape[0]), jnp.float32)
-    return jax.ffi.ffi_call("s2s_int8_matmul", out, vmap_method="sequential")(x, m.packed, m.scale, k=np.int64(m.k))
-
-
-_PORTABLE = contextvars.ContextVar("s2s_int8_portable", default=False)
-
-
-@contextlib.contextmanager
-def portable():
-    """Within it, `matmul` traces to the pure-JAX path only (no custom call): for a program that
-    must run where s2s_jax is not installed (export.py's artefacts). Same results, bit for bit."""
-    token = _PORTABLE.set(True)
-    try:
-        yield
-    finally:
-        _PORTABLE.reset(token)
+    call = loader.ffi_call(int8_cpu, "s2s_int8_matmul", out, vmap_method="sequential")
+    return call(x, m.packed, m.scale, k=np.int64(m.k))
 
 
 def _rows(x: jax.Array, m: Int8Matrix) -> jax.Array:
-    if x.shape[0] == 0 or int8_cpu is None or _PORTABLE.get():
+    if x.shape[0] == 0 or int8_cpu is None or loader.portable_only():
         return _reference(x, m)
     # The kernel where this lowers for the CPU, the dot_general elsewhere (GPU, TPU).
     return lax.platform_dependent(x, m, cpu=_kernel, default=_reference)

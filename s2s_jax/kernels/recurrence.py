@@ -15,20 +15,12 @@ outputs past them are zero and the final state is the one after the last real st
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 
-try:
-    from s2s_jax.kernels import recurrence_cpu
-except ImportError as err:  # not built (no compiler at install time, a failed build) or not loadable
-    recurrence_cpu = None
-    _BUILT = importlib.util.find_spec("s2s_jax.kernels.recurrence_cpu") is not None
-    _WHY = f"it does not load: {err}" if _BUILT else "it was not built when s2s-jax was installed"
-else:
-    _WHY = ""
+from s2s_jax.kernels import loader
+
+recurrence_cpu, _WHY = loader.load("recurrence_cpu")
 
 
 def available() -> bool:
@@ -43,19 +35,12 @@ def unavailable_reason() -> str:
 
 def isa() -> str:
     """The instruction set the kernels' inner loops use on this CPU ("avx2" or "generic")."""
-    return recurrence_cpu.isa() if recurrence_cpu is not None else "none"
-
-
-@functools.cache
-def _register() -> None:
-    for name, capsule in recurrence_cpu.handlers().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return loader.isa(recurrence_cpu)
 
 
 def _call(target: str, *results: jax.ShapeDtypeStruct):
-    _register()
     # Sequential under vmap: the kernel takes one weight matrix for all its rows.
-    return jax.ffi.ffi_call(target, results, vmap_method="sequential")
+    return loader.ffi_call(recurrence_cpu, target, results, vmap_method="sequential")
 
 
 def _like(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
