@@ -445,7 +445,7 @@ class _SlowTranslator:
     def __init__(self, seconds: float):
         self.seconds, self.calls = seconds, []
 
-    def translate(self, texts, opts, batch_size, sample_keys, warn, mbr=None):
+    def translate(self, texts, opts, batch_size, sample_keys, warn, mbr=None, target_lang=None):
         self.calls.append(list(texts))
         time.sleep(self.seconds)
         return [[types.SimpleNamespace(text=t.upper(), score=-1.0, tokens=[], words=None)] for t in texts]
