@@ -76,6 +76,30 @@ def test_an_interrupted_distillation_resumes_to_the_identical_corpus(trained_wor
     assert texts == _read(corpus)
 
 
+def test_several_training_files_are_distilled_as_one_corpus(trained_workdir, distilled, tmp_path):
+    """data.train_src/train_tgt listing two files (of the same name, in two directories): one
+    distilled file each, together the one-file corpus line for line."""
+    _, corpus = distilled
+    src, tgt = _read(trained_workdir.paths["train_src"]), _read(trained_workdir.paths["train_tgt"])
+    files = {}
+    for part, rows in (("a", slice(0, 120)), ("b", slice(120, None))):
+        (tmp_path / part).mkdir()
+        for side, lines in (("src", src), ("tgt", tgt)):
+            path = tmp_path / part / f"train.{side}"
+            path.write_text("".join(line + "\n" for line in lines[rows]), encoding="utf-8")
+            files.setdefault(side, []).append(str(path))
+    workdir = tmp_path / "run"
+    args = _student_args(trained_workdir, workdir, "--distill_only")
+    args += [f"--config.data.train_src={','.join(files['src'])}", f"--config.data.train_tgt={','.join(files['tgt'])}"]
+    result = run_cli(args, env_cache=trained_workdir.cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (workdir / "distill" / name for name in ("0.train.tgt", "1.train.tgt"))
+    assert len(_read(first)) == 120 and len(_read(second)) == 80
+    assert _read(first) + _read(second) == _read(corpus)
+    with open(workdir / "distill" / "manifest.json", encoding="utf-8") as f:
+        assert len(json.load(f)["source_sha256"]) == 2
+
+
 def test_a_distillation_with_other_settings_is_refused(trained_workdir, distilled):
     workdir, _ = distilled
     result = run_cli(
@@ -90,7 +114,7 @@ def test_a_student_config_without_source_files_is_refused(trained_workdir, tmp_p
     args = ["distill.py", "--config=configs/quickstart.py", f"--teacher={trained_workdir.workdir}"]
     result = run_cli([*args, f"--workdir={tmp_path / 'run'}"], env_cache=trained_workdir.cache)
     assert result.returncode == 1
-    assert "error: distillation translates a source file" in result.stderr and "Traceback" not in result.stderr
+    assert "error: distillation translates source files" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -27,24 +27,27 @@ from s2s_jax.errors import CheckpointError, ConfigError, DataError
 from s2s_jax.files import write_atomic
 
 
-def _source_and_target(config) -> tuple[str, str]:
-    """The student's training source file and its target file's name (TSV and generated corpora have neither)."""
+def _sources_and_targets(config) -> list[tuple[str, str]]:
+    """The student's training source files, each with its target file's name (the data config may
+    list several, comma-separated; TSV, multi-pair and generated corpora have no source file)."""
     from s2s_jax.data import text as text_lib
 
     data = config.data
     if not data.train_src or not data.train_tgt or data.train_tsv:
         raise ConfigError(
-            "distillation translates a source file: the student config needs data.train_src and "
-            "data.train_tgt (line-aligned files, not data.train_tsv or the quickstart corpus)"
+            "distillation translates source files: the student config needs data.train_src and "
+            "data.train_tgt (line-aligned files, not data.train_tsv, data.pairs or the quickstart corpus)"
         )
-    source = text_lib.data_path(data, data.train_src)
-    if not os.path.isfile(source):
-        raise DataError(f"data.train_src {source}: no such file")
-    return source, data.train_tgt
+    _, paths = text_lib.split_files(data, "train")
+    for source in paths[::2]:
+        if not os.path.isfile(source):
+            raise DataError(f"data.train_src {source}: no such file")
+    return list(zip(paths[::2], paths[1::2]))
 
 
-def _distilled_corpus(flags, config) -> str:
-    """Writes (or finds) WORKDIR/distill/<target name>, the teachers' translations; its path."""
+def _distilled_corpus(flags, config) -> list[str]:
+    """Writes (or finds) WORKDIR/distill/<target name> for each training target file, the
+    teachers' translations of its source file; their paths."""
     from tqdm import tqdm
 
     from s2s_jax.data.text import read_lines
@@ -52,41 +55,45 @@ def _distilled_corpus(flags, config) -> str:
     from s2s_jax.decoding.translator import Translator
     from s2s_jax.workdir import run_config
 
-    source, target_name = _source_and_target(config)
+    files = _sources_and_targets(config)
+    sources = [source for source, _ in files]
     teacher_cfg = run_config.load(flags.teacher[0]).decode
     request = distillation.source_request(
         flags.teacher,
         flags.teacher_checkpoint,
-        source,
+        sources,
         flags.beam_size,
         teacher_cfg.alpha if flags.alpha is None else flags.alpha,
         flags.batch_size,
     )
     out_dir = distillation.directory(flags.workdir)
-    corpus = distillation.corpus_path(flags.workdir, target_name)
+    corpora = distillation.corpus_paths(flags.workdir, [target for _, target in files])
     os.makedirs(out_dir, exist_ok=True)
-    distillation.check_manifest(out_dir, request)
-    if os.path.exists(corpus):
-        print(f"distilled corpus: {corpus} (already written)")
-        return corpus
+    distillation.check_manifest(out_dir, request)  # before loading the teachers: a mismatch fails fast
+    if all(os.path.exists(corpus) for corpus in corpora):
+        print(f"distilled corpus: {', '.join(corpora)} (already written)")
+        return corpora
     start = time.perf_counter()
     translator = Translator(list(flags.teacher), flags.teacher_checkpoint)
-    lines = read_lines(source, allow_empty=True)
+    per_file = [read_lines(source, allow_empty=True) for source in sources]
     show = sys.stderr.isatty()
     texts, translated = distillation.distill(
         translator,
-        lines,
+        [line for lines in per_file for line in lines],  # one corpus: one plan of batches over all files
         out_dir,
         request,
         progress=(lambda shards: tqdm(shards, desc="distill", unit="shard")) if show else None,
-        warn=lambda message: print(f"warning: {source}: {message}", file=sys.stderr),
+        warn=lambda message: print(f"warning: {', '.join(sources)}: {message}", file=sys.stderr),
     )
-    write_atomic(corpus, "".join(text + "\n" for text in texts))
+    first = 0
+    for corpus, lines in zip(corpora, per_file):
+        write_atomic(corpus, "".join(text + "\n" for text in texts[first : first + len(lines)]))
+        first += len(lines)
     print(
-        f"distilled corpus: {corpus}: {len(texts):,} lines by {len(flags.teacher)} teacher(s), beam "
+        f"distilled corpus: {', '.join(corpora)}: {len(texts):,} lines by {len(flags.teacher)} teacher(s), beam "
         f"{request.beam_size}, in {(time.perf_counter() - start) / 60:.1f} min ({translated} shard(s) translated now)"
     )
-    return corpus
+    return corpora
 
 
 def run(flags) -> int:
@@ -98,7 +105,7 @@ def run(flags) -> int:
         checks.validate(config)
         if os.path.exists(flags.workdir) and not os.path.isdir(flags.workdir):
             raise ConfigError(f"--workdir {flags.workdir} is a file, not a directory")
-        corpus = _distilled_corpus(flags, config)
+        corpora = _distilled_corpus(flags, config)
     except (DataError, CheckpointError, ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -109,7 +116,7 @@ def run(flags) -> int:
         return 0
     from s2s_jax.cli import train
 
-    config.data.train_tgt = os.path.abspath(corpus)
+    config.data.train_tgt = ",".join(os.path.abspath(corpus) for corpus in corpora)
     return train.run(config, flags.workdir)
 
 
@@ -129,13 +136,4 @@ def _define_flags() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-distill` and `python distill.py`."""
-    from absl import app, flags
-
-    def _main(args: list[str]) -> int:
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        runtime.setup()
-        return run(flags.FLAGS)
-
-    runtime.define_command_flags("distill", _define_flags)
-    app.run(_main, argv=argv, flags_parser=config_flags.parse_flags)
+    runtime.run_command("distill", _define_flags, run, argv, flags_parser=config_flags.parse_flags)

@@ -55,12 +55,4 @@ def _define_flags() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-prepare` and `python prepare.py`."""
-    from absl import app, flags
-
-    def _main(args: list[str]) -> int:
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        return run(flags.FLAGS.config)
-
-    runtime.define_command_flags("prepare", _define_flags)
-    app.run(_main, argv=argv, flags_parser=config_flags.parse_flags)
+    runtime.run_command("prepare", _define_flags, lambda flags: run(flags.config), argv, config_flags.parse_flags)

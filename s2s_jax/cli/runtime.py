@@ -28,9 +28,16 @@ def define_command_flags(command: str, define: Callable[[], None]) -> None:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
-def run_command(command: str, define: Callable[[], None], run: Callable, argv: list[str] | None = None) -> None:
+def run_command(
+    command: str,
+    define: Callable[[], None],
+    run: Callable,
+    argv: list[str] | None = None,
+    flags_parser: Callable | None = None,
+) -> None:
     """A command's entry point: defines its flags, parses argv, refuses stray arguments, turns on
-    the compile cache (`setup`) and exits with `run(flags.FLAGS)`'s status."""
+    the compile cache (`setup`) and exits with `run(flags.FLAGS)`'s status. Commands with a
+    `--config` pass `config_flags.parse_flags` as `flags_parser` (one error line for a bad flag)."""
     from absl import app, flags
 
     def main(args: list[str]) -> int:
@@ -40,7 +47,10 @@ def run_command(command: str, define: Callable[[], None], run: Callable, argv: l
         return run(flags.FLAGS)
 
     define_command_flags(command, define)
-    app.run(main, argv=argv)
+    if flags_parser is None:
+        app.run(main, argv=argv)
+    else:
+        app.run(main, argv=argv, flags_parser=flags_parser)
 
 
 def limit_openblas_threads() -> None:

@@ -197,22 +197,17 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _main(argv: list[str]) -> int:
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    runtime.setup()
+def _run_flags(flags) -> int:
+    """Joins a multi-host run when asked (before anything touches a device), then trains."""
     from s2s_jax import parallel
 
-    # Before anything touches a device.
-    if parallel.maybe_initialize_distributed(flags.FLAGS.multihost, heartbeat_timeout=flags.FLAGS.heartbeat_timeout):
+    if parallel.maybe_initialize_distributed(flags.multihost, heartbeat_timeout=flags.heartbeat_timeout):
         import jax
 
         from s2s_jax.workdir import lost_peer
 
-        lost_peer.relay_stderr(jax.process_index(), jax.process_count(), flags.FLAGS.workdir)
-    return run(flags.FLAGS.config, flags.FLAGS.workdir)
+        lost_peer.relay_stderr(jax.process_index(), jax.process_count(), flags.workdir)
+    return run(flags.config, flags.workdir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,7 +217,4 @@ def main(argv: list[str] | None = None) -> None:
     multi30k_attention, ...); flag mistakes end as one 'FATAL Flags parsing error'
     line and exit status 1 (`config_flags.parse_flags`).
     """
-    from absl import app
-
-    runtime.define_command_flags("train", _define_flags)
-    app.run(_main, argv=argv, flags_parser=config_flags.parse_flags)
+    runtime.run_command("train", _define_flags, _run_flags, argv, config_flags.parse_flags)

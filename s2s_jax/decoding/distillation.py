@@ -8,8 +8,9 @@ batches, so the corpus is identical however often the run was interrupted, and i
 `decode.py` call over the whole file with the same teacher, beam and batch size.
 
 Layout under OUT (the student's workdir): distill/manifest.json (what was asked: teachers, search,
-the source file's digest), distill/shards/NNNNN.txt (one translated line per shard index, in the
-shard's index order), and at the end the assembled corpus distill/<name of the target file>.
+the source files' digests), distill/shards/NNNNN.txt (one translated line per shard index, in the
+shard's index order), and at the end the assembled corpus distill/<name of the target file> (one per
+target file when the config lists several: their sources are translated as one corpus).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Request:
 
     teachers: tuple[str, ...]  # absolute workdir paths
     checkpoint: str
-    source_sha256: str  # the training source file's (its path may move)
+    source_sha256: str | list[str]  # the training source file's, or each file's when several (paths may move)
     beam_size: int
     alpha: float
     batch_size: int
@@ -48,9 +49,13 @@ def directory(workdir: str) -> str:
     return os.path.join(workdir, SUBDIR)
 
 
-def corpus_path(workdir: str, target_name: str) -> str:
-    """Where the distilled target file is assembled: OUT/distill/<target file's name>."""
-    return os.path.join(directory(workdir), os.path.basename(target_name))
+def corpus_paths(workdir: str, target_names: Sequence[str]) -> list[str]:
+    """Where the distilled target files are written: OUT/distill/<target file's name>, or
+    OUT/distill/<i>.<name> when two of the files share a name."""
+    names = [os.path.basename(name) for name in target_names]
+    if len(set(names)) < len(names):
+        names = [f"{i}.{name}" for i, name in enumerate(names)]
+    return [os.path.join(directory(workdir), name) for name in names]
 
 
 def shards(
@@ -130,16 +135,18 @@ def distill(
 def source_request(
     teachers: Sequence[str],
     checkpoint: str,
-    source: str,
+    sources: str | Sequence[str],
     beam_size: int,
     alpha: float,
     batch_size: int,
 ) -> Request:
-    """The Request for translating `source` with these teachers and search settings."""
+    """The Request for translating `sources` (one file, or several as one corpus) with these teachers
+    and search settings."""
+    digests = [file_digest(sources)] if isinstance(sources, str) else [file_digest(s) for s in sources]
     return Request(
         teachers=tuple(os.path.abspath(t) for t in teachers),
         checkpoint=checkpoint,
-        source_sha256=file_digest(source),
+        source_sha256=digests[0] if len(digests) == 1 else digests,
         beam_size=beam_size,
         alpha=float(alpha),
         batch_size=batch_size,
