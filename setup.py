@@ -62,7 +62,7 @@ def kernel(name: str, sources: list[str], headers: list[str]) -> Extension:
     return Extension(
         f"s2s_jax.kernels.{name}",
         sources=[f"{KERNELS}/{source}" for source in sources + variants],
-        depends=[f"{KERNELS}/{header}" for header in headers],
+        depends=[f"{KERNELS}/{header}" for header in [*headers, "ffi_module.h"]],
         extra_compile_args=FLAGS,
         language="c++",
         optional=True,

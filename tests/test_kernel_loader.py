@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
+import pytest
 
 from s2s_jax.kernels import int8, loader
 
@@ -34,3 +39,31 @@ def test_portable_traces_no_custom_call():
         text = jax.jit(int8.matmul).lower(x, mat).as_text()
     assert not loader.portable_only()
     assert "s2s_int8_matmul" not in text
+
+
+def test_every_kernel_takes_the_same_instruction_set_cap():
+    """S2S_JAX_KERNEL_ISA caps every built kernel alike (s2s_jax/kernels/cpu/ffi_module.h); the
+    default is each kernel's widest."""
+    modules = [m for m in ("int8", "recurrence", "top_log_probs") if loader.load(f"{m}_cpu")[0] is not None]
+    if not modules:
+        pytest.skip("no kernel was built here")
+    code = (
+        "from s2s_jax.kernels import "
+        + ", ".join(modules)
+        + "; print("
+        + ", ".join(f"{m}.isa()" for m in modules)
+        + ")"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def isas(cap: str) -> list[str]:
+        env = {**os.environ, "S2S_JAX_KERNEL_ISA": cap, "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert isas("generic") == ["generic"] * len(modules)
+    widest = isas("")
+    assert isas("avx512") == widest  # the cap names the widest family: no narrower than unset
+    if all(isa != "generic" for isa in widest):
+        assert isas("avx2") == ["avx2"] * len(modules)

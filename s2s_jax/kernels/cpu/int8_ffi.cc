@@ -4,7 +4,7 @@
 // instruction set for every variant; the sums run in the inner loops that this CPU supports
 // (int8_generic.cc, int8_avx2.cc, int8_avx512vnni.cc). Large products split their columns
 // over XLA's intra-op thread pool.
-#include <Python.h>
+#include "ffi_module.h"  // first: it includes Python.h
 
 #include <algorithm>
 #include <atomic>
@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -26,16 +25,11 @@ namespace ffi = xla::ffi;
 namespace {
 
 const Int8Kernels* PickKernels() {
-  // S2S_JAX_KERNEL_ISA caps the instruction set as for the recurrence: generic, avx2; unset (or
-  // avx512, avx512vnni) allows the widest this CPU has.
-  const char* want = std::getenv("S2S_JAX_KERNEL_ISA");
-  const std::string cap = want != nullptr ? want : "";
 #if defined(__x86_64__) || defined(__i386__)
-  if ((cap.empty() || cap == "avx512" || cap == "avx512vnni") && int8_avx512vnni_kernels() != nullptr &&
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vnni"))
+  if (s2s_ffi::Allows("avx512") && int8_avx512vnni_kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
     return int8_avx512vnni_kernels();
-  if (cap != "generic" && int8_avx2_kernels() != nullptr && __builtin_cpu_supports("avx2"))
+  if (s2s_ffi::Allows("avx2") && int8_avx2_kernels() != nullptr && __builtin_cpu_supports("avx2"))
     return int8_avx2_kernels();
 #endif
   return int8_generic_kernels();
@@ -160,29 +154,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(S2sInt8Matmul, Int8MatmulImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("k"));
 
-// The Python module: handlers() -> {target name: PyCapsule} for jax.ffi.register_ffi_target,
-// and isa() -> the instruction set the inner loops run with.
-static PyObject* Handlers(PyObject*, PyObject*) {
-  PyObject* dict = PyDict_New();
-  if (dict == nullptr) return nullptr;
-  PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(S2sInt8Matmul), nullptr, nullptr);
-  if (capsule == nullptr || PyDict_SetItemString(dict, "s2s_int8_matmul", capsule) != 0) {
-    Py_XDECREF(capsule);
-    Py_DECREF(dict);
-    return nullptr;
-  }
-  Py_DECREF(capsule);
-  return dict;
-}
-
-static PyObject* Isa(PyObject*, PyObject*) { return PyUnicode_FromString(Chosen().isa); }
-
-static PyMethodDef kMethods[] = {
-    {"handlers", Handlers, METH_NOARGS, "FFI targets by name, as PyCapsules."},
-    {"isa", Isa, METH_NOARGS, "The instruction set of the inner loops."},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "int8_cpu", "int8 matmul on the CPU (XLA FFI).", -1, kMethods};
-
-PyMODINIT_FUNC PyInit_int8_cpu() { return PyModule_Create(&kModule); }
+S2S_FFI_MODULE(int8_cpu, "int8 matmul on the CPU (XLA FFI).", Chosen().isa,
+               {"s2s_int8_matmul", reinterpret_cast<void*>(S2sInt8Matmul)})

@@ -4,7 +4,7 @@
 // thread pool take chunks in order from one counter, and a chunk of step t starts once
 // every chunk of step t-1 is done. The caller never waits for a particular task: a task
 // that starts late finds no chunk left and returns, so the loop cannot stall on a busy pool.
-#include <Python.h>
+#include "ffi_module.h"  // first: it includes Python.h
 
 #include <algorithm>
 #include <atomic>
@@ -14,7 +14,6 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -26,15 +25,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 const Kernels* PickKernels() {
-  // S2S_JAX_KERNEL_ISA=generic|avx2 caps the instruction set (tests, benchmarks).
-  const char* want = std::getenv("S2S_JAX_KERNEL_ISA");
-  const std::string cap = want != nullptr ? want : "";
 #if defined(__x86_64__) || defined(__i386__)
-  if (cap.empty() && avx512_kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-    return avx512_kernels();
-  if (cap != "generic" && avx2_kernels() != nullptr && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return avx2_kernels();
+  if (s2s_ffi::Allows("avx512") && avx512_kernels() != nullptr && s2s_ffi::HasAvx512()) return avx512_kernels();
+  if (s2s_ffi::Allows("avx2") && avx2_kernels() != nullptr && s2s_ffi::HasAvx2Fma()) return avx2_kernels();
 #endif
   return generic_kernels();
 }
@@ -364,43 +357,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(S2sGruBackward, GruBackwardImpl,
                                   .Ret<F32>()
                                   .Ret<F32>());
 
-// The Python module: handlers() -> {target name: PyCapsule} for jax.ffi.register_ffi_target,
-// and isa() -> the instruction set the inner loops run with.
-static PyObject* Handlers(PyObject*, PyObject*) {
-  struct Entry {
-    const char* name;
-    void* fn;
-  };
-  const Entry entries[] = {
-      {"s2s_lstm_forward", reinterpret_cast<void*>(S2sLstmForward)},
-      {"s2s_lstm_forward_train", reinterpret_cast<void*>(S2sLstmForwardTrain)},
-      {"s2s_lstm_backward", reinterpret_cast<void*>(S2sLstmBackward)},
-      {"s2s_gru_forward", reinterpret_cast<void*>(S2sGruForward)},
-      {"s2s_gru_forward_train", reinterpret_cast<void*>(S2sGruForwardTrain)},
-      {"s2s_gru_backward", reinterpret_cast<void*>(S2sGruBackward)},
-  };
-  PyObject* dict = PyDict_New();
-  if (dict == nullptr) return nullptr;
-  for (const Entry& e : entries) {
-    PyObject* capsule = PyCapsule_New(e.fn, nullptr, nullptr);
-    if (capsule == nullptr || PyDict_SetItemString(dict, e.name, capsule) != 0) {
-      Py_XDECREF(capsule);
-      Py_DECREF(dict);
-      return nullptr;
-    }
-    Py_DECREF(capsule);
-  }
-  return dict;
-}
-
-static PyObject* Isa(PyObject*, PyObject*) { return PyUnicode_FromString(K().isa); }
-
-static PyMethodDef kMethods[] = {
-    {"handlers", Handlers, METH_NOARGS, "FFI targets by name, as PyCapsules."},
-    {"isa", Isa, METH_NOARGS, "The instruction set of the inner loops."},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "recurrence_cpu", "Fused CPU recurrences (XLA FFI).", -1, kMethods};
-
-PyMODINIT_FUNC PyInit_recurrence_cpu() { return PyModule_Create(&kModule); }
+S2S_FFI_MODULE(recurrence_cpu, "Fused CPU recurrences (XLA FFI).", K().isa,
+               {"s2s_lstm_forward", reinterpret_cast<void*>(S2sLstmForward)},
+               {"s2s_lstm_forward_train", reinterpret_cast<void*>(S2sLstmForwardTrain)},
+               {"s2s_lstm_backward", reinterpret_cast<void*>(S2sLstmBackward)},
+               {"s2s_gru_forward", reinterpret_cast<void*>(S2sGruForward)},
+               {"s2s_gru_forward_train", reinterpret_cast<void*>(S2sGruForwardTrain)},
+               {"s2s_gru_backward", reinterpret_cast<void*>(S2sGruBackward)})

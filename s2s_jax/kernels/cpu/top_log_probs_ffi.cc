@@ -4,11 +4,10 @@
 // search's [K, V] logits per step (max, sum-exp, top-k); a row costs a few microseconds, so
 // the rows run one after the other on the calling thread. The row function of the widest
 // instruction set this CPU has is picked once (top_log_probs_row.h).
-#include <Python.h>
+#include "ffi_module.h"  // first: it includes Python.h
 
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "top_log_probs_types.h"
@@ -19,17 +18,10 @@ namespace ffi = xla::ffi;
 namespace {
 
 const TopLogProbsKernels* PickKernels() {
-  // S2S_JAX_KERNEL_ISA caps the instruction set as for the other kernels: generic, avx2; unset
-  // (or avx512) allows the widest this CPU has.
-  const char* want = std::getenv("S2S_JAX_KERNEL_ISA");
-  const std::string cap = want != nullptr ? want : "";
 #if defined(__x86_64__) || defined(__i386__)
-  if ((cap.empty() || cap == "avx512" || cap == "avx512vnni") && top_log_probs_avx512_kernels() != nullptr &&
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
+  if (s2s_ffi::Allows("avx512") && top_log_probs_avx512_kernels() != nullptr && s2s_ffi::HasAvx512())
     return top_log_probs_avx512_kernels();
-  if (cap != "generic" && top_log_probs_avx2_kernels() != nullptr && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma"))
+  if (s2s_ffi::Allows("avx2") && top_log_probs_avx2_kernels() != nullptr && s2s_ffi::HasAvx2Fma())
     return top_log_probs_avx2_kernels();
 #endif
   return top_log_probs_generic_kernels();
@@ -65,30 +57,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(S2sTopLogProbs, TopLogProbsImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>());
 
-// The Python module: handlers() -> {target name: PyCapsule} for jax.ffi.register_ffi_target,
-// and isa() -> the instruction set the row function runs with.
-static PyObject* Handlers(PyObject*, PyObject*) {
-  PyObject* dict = PyDict_New();
-  if (dict == nullptr) return nullptr;
-  PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(S2sTopLogProbs), nullptr, nullptr);
-  if (capsule == nullptr || PyDict_SetItemString(dict, "s2s_top_log_probs", capsule) != 0) {
-    Py_XDECREF(capsule);
-    Py_DECREF(dict);
-    return nullptr;
-  }
-  Py_DECREF(capsule);
-  return dict;
-}
-
-static PyObject* Isa(PyObject*, PyObject*) { return PyUnicode_FromString(Chosen().isa); }
-
-static PyMethodDef kMethods[] = {
-    {"handlers", Handlers, METH_NOARGS, "FFI targets by name, as PyCapsules."},
-    {"isa", Isa, METH_NOARGS, "The instruction set of the row function."},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "top_log_probs_cpu", "Rows' top-n log-probabilities (XLA FFI).",
-                              -1, kMethods};
-
-PyMODINIT_FUNC PyInit_top_log_probs_cpu() { return PyModule_Create(&kModule); }
+S2S_FFI_MODULE(top_log_probs_cpu, "Rows' top-n log-probabilities (XLA FFI).", Chosen().isa,
+               {"s2s_top_log_probs", reinterpret_cast<void*>(S2sTopLogProbs)})
