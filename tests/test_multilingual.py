@@ -335,3 +335,34 @@ def test_export_refuses_a_model_that_tags_its_sources(multilingual_workdir, tmp_
 
     with pytest.raises(ValueError, match="tags its sources"):
         export_model(multilingual_workdir.workdir, str(tmp_path / "out"), log=lambda message: None)
+
+
+def test_a_shortlist_is_built_from_every_pair_and_decodes_each_language(multilingual_workdir, tmp_path, capsys):
+    """shortlist.py reads a multilingual run's pairs (tagged sources) and reports validation coverage over
+    all of them; a Translator with it outputs only each tagged source's listed pieces."""
+    from s2s_jax.cli import shortlist as shortlist_cli
+    from s2s_jax.decoding import shortlist as lexical
+    from tests.test_shortlist import build_flags
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(multilingual_workdir.workdir, workdir)
+    assert shortlist_cli.run(build_flags(workdir, k=8, frequent=5)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "wrote" in out and "validation" in out
+    pairs = languages.cleaned_split(Translator(workdir).config.data, "train", log=lambda message: None)
+    assert f"{len(pairs):,} pairs" in out and {languages.TAG.match(s).group(1) for s, _ in pairs} == set(TARGETS)
+    built = lexical.load(workdir)
+    assert (
+        built.settings["valid"]["coverage"] > 0.5 and built.settings["valid"]["mean_size"] < 0.7 * built.tgt_vocab_size
+    )
+    lines = ["the red cat", "a big car"]
+    short = Translator(workdir, shortlist=True)
+    member = short.members[0]
+    outputs = set()
+    for lang in TARGETS:
+        tagged = member.src_tokenizer.tokenize([languages.tagged(line, lang) for line in lines])
+        for source, hyps in zip(tagged, short.translate(lines, target_lang=lang)):
+            allowed = set(built.row_ids(source).tolist())
+            assert set(hyps[0].tokens) <= allowed, (lang, hyps[0].text)
+            outputs.add(hyps[0].text)
+    assert len(outputs) > 1  # the tags steer the restricted search too

@@ -17,7 +17,7 @@ runtime.limit_openblas_threads()
 import sys
 import time
 
-from s2s_jax.data import text as text_lib
+from s2s_jax.data import languages
 from s2s_jax.data.tokenizer import Tokenizer, load_workdir_tokenizers
 from s2s_jax.decoding import shortlist as lexical
 from s2s_jax.errors import ConfigError, DataError
@@ -32,9 +32,9 @@ DEFAULT_FREQUENT = 100
 def tokenized_pairs(
     cfg_data, split: str, src_tok: Tokenizer, tgt_tok: Tokenizer, max_pairs: int = 0
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """A split's pairs as the run saw them: normalised like its data config, tokenized, the first
-    `max_pairs` (0: all)."""
-    pairs, _ = text_lib.clean_pairs(text_lib.load_corpus(cfg_data, split), cfg_data.lowercase, cfg_data.d2l_preprocess)
+    """A split's pairs as the run saw them: normalised like its data config (each language pair's
+    sources tagged in a multilingual run), tokenized, the first `max_pairs` (0: all)."""
+    pairs = languages.cleaned_split(cfg_data, split, log=lambda message: None)
     if max_pairs:
         pairs = pairs[:max_pairs]
     return src_tok.tokenize([s for s, _ in pairs]), tgt_tok.tokenize([t for _, t in pairs])
@@ -53,7 +53,7 @@ def run(flags) -> int:
         built = lexical.build(
             src, tgt, src_tok.vocab_size, tgt_tok.vocab_size, flags.k, flags.frequent, flags.method, flags.iterations
         )
-        if text_lib.has_split(config.data, "valid"):
+        if languages.has_split(config.data, "valid"):
             built.settings["valid"] = lexical.coverage(built, *tokenized_pairs(config.data, "valid", src_tok, tgt_tok))
         lexical.save(built, flags.workdir)
     except (DataError, ConfigError, ValueError) as err:

@@ -151,3 +151,24 @@ def pair_files(cfg_data: Any, split: str, log=print) -> list[PairFiles]:
 def leading_tag(line: str) -> bool:
     """Whether a text starts with a language tag (the tokenizer keeps it one piece)."""
     return line.startswith("<2") and TAG.match(line) is not None
+
+
+def has_split(cfg_data: Any, split: str) -> bool:
+    """Whether the data config names files for `split`: by prefix in a multi-pair run, else as
+    text.has_split."""
+    if cfg_data.get("pairs", ""):
+        return bool(cfg_data.get(f"{split}_prefix", ""))
+    return text.has_split(cfg_data, split)
+
+
+def cleaned_split(cfg_data: Any, split: str, log=print) -> list[text.Pair]:
+    """A split's pairs as the run reads them, normalised and without empty sides (text.clean_pairs):
+    in a multi-pair run each pair's files in turn, sources tagged when the run has tags."""
+    if not cfg_data.get("pairs", ""):
+        return text.clean_pairs(text.load_corpus(cfg_data, split), cfg_data.lowercase, cfg_data.d2l_preprocess)[0]
+    out = []
+    for files in pair_files(cfg_data, split, log):
+        raw = list(text.stream_parallel(files.src, files.tgt))
+        cleaned, _ = text.clean_pairs(raw, cfg_data.lowercase, cfg_data.d2l_preprocess)
+        out += [(tagged(s, files.tag_language), t) for s, t in cleaned]
+    return out
