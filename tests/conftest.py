@@ -8,7 +8,10 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/cli/runtime.py)
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# LLVM at -O0: the tests' shapes are tiny, so compiling is most of their time, and the backend's
+# optimisation passes are most of a compile (the full suite ~30% faster). The programs are the same;
+# every comparison in a test runs both sides at this level, and benchmarks never run under it.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true --xla_backend_optimization_level=0")
 # Prepared corpora (s2s_jax/data/corpus_cache.py) of this test session, never the user's cache.
 os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
 atexit.register(shutil.rmtree, os.environ["S2S_JAX_CORPUS_CACHE"], ignore_errors=True)
