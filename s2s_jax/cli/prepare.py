@@ -55,4 +55,6 @@ def _define_flags() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `s2s-prepare` and `python prepare.py`."""
-    runtime.run_command("prepare", _define_flags, lambda flags: run(flags.config), argv, config_flags.parse_flags)
+    runtime.run_command(
+        "prepare", _define_flags, lambda flags: run(flags.config), argv, config_flags.parse_flags, compiles=False
+    )

@@ -34,16 +34,19 @@ def run_command(
     run: Callable,
     argv: list[str] | None = None,
     flags_parser: Callable | None = None,
+    compiles: bool = True,
 ) -> None:
     """A command's entry point: defines its flags, parses argv, refuses stray arguments, turns on
-    the compile cache (`setup`) and exits with `run(flags.FLAGS)`'s status. Commands with a
-    `--config` pass `config_flags.parse_flags` as `flags_parser` (one error line for a bad flag)."""
+    the compile cache (`setup`; not for a command that never compiles, which need not import jax)
+    and exits with `run(flags.FLAGS)`'s status. Commands with a `--config` pass
+    `config_flags.parse_flags` as `flags_parser` (one error line for a bad flag)."""
     from absl import app, flags
 
     def main(args: list[str]) -> int:
         if len(args) > 1:
             raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        setup()
+        if compiles:
+            setup()
         return run(flags.FLAGS)
 
     define_command_flags(command, define)
