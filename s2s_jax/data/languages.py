@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from s2s_jax.data import sentences, text
 from s2s_jax.errors import ConfigError, DataError
@@ -161,14 +161,23 @@ def has_split(cfg_data: Any, split: str) -> bool:
     return text.has_split(cfg_data, split)
 
 
+def cleaned_pair_files(
+    cfg_data: Any, split: str, log=print
+) -> Iterator[tuple[PairFiles, list[text.Pair], text.FilterStats]]:
+    """Each pair's files of `split` with their pairs normalised and without empty sides
+    (text.clean_pairs), untagged, and the counts."""
+    for files in pair_files(cfg_data, split, log):
+        raw = list(text.stream_parallel(files.src, files.tgt))
+        yield (files, *text.clean_pairs(raw, cfg_data.lowercase, cfg_data.d2l_preprocess))
+
+
 def cleaned_split(cfg_data: Any, split: str, log=print) -> list[text.Pair]:
     """A split's pairs as the run reads them, normalised and without empty sides (text.clean_pairs):
     in a multi-pair run each pair's files in turn, sources tagged when the run has tags."""
     if not cfg_data.get("pairs", ""):
         return text.clean_pairs(text.load_corpus(cfg_data, split), cfg_data.lowercase, cfg_data.d2l_preprocess)[0]
-    out = []
-    for files in pair_files(cfg_data, split, log):
-        raw = list(text.stream_parallel(files.src, files.tgt))
-        cleaned, _ = text.clean_pairs(raw, cfg_data.lowercase, cfg_data.d2l_preprocess)
-        out += [(tagged(s, files.tag_language), t) for s, t in cleaned]
-    return out
+    return [
+        (tagged(s, files.tag_language), t)
+        for files, cleaned, _ in cleaned_pair_files(cfg_data, split, log)
+        for s, t in cleaned
+    ]

@@ -240,9 +240,7 @@ def _validation_pairs(cfg, text: corpus_cache.PreparedText, log):
     if cfg.get("pairs", ""):
         pairs, groups = [], []
         stats = text_lib.FilterStats(0, 0, 0, 0)
-        for files in languages.pair_files(cfg, "valid", log):
-            raw = list(text_lib.stream_parallel(files.src, files.tgt))
-            cleaned, one = text_lib.clean_pairs(raw, cfg.lowercase, cfg.d2l_preprocess)
+        for files, cleaned, one in languages.cleaned_pair_files(cfg, "valid", log):
             cleaned = _capped(cfg, cleaned, one, log, files.pair.name)
             if not cleaned:
                 raise DataError(f"no validation pairs left for {files.pair.name}: {one.summary()} in {files.src}")
