@@ -39,8 +39,11 @@ if _cache != "off":
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # The commands that tests run (train.py, decode.py, serve.py) share one compile cache, new for
 # each test run (tests kill commands, which may leave a cut-off entry): tests/helpers.cli_cache.
-os.environ["S2S_JAX_TEST_CLI_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-xla-")
-atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
+# The pytest-xdist controller makes it before it starts its workers, which inherit it, so a tiny
+# model's programs compile once per run, not once per worker; whoever made it removes it.
+if "S2S_JAX_TEST_CLI_CACHE" not in os.environ:
+    os.environ["S2S_JAX_TEST_CLI_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-xla-")
+    atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,11 @@ def cli_cache(process: int | None = None) -> str:
     """The XLA compile cache ($S2S_JAX_CACHE) that the test run's commands share, so each
     tiny model compiles once per run, not once per command; set up by conftest.
 
-    Separate from the pytest process's own cache: jax writes entries without a lock, so
-    processes that may compile the same function at once get directories of their own
-    (`process`: the process id within a multi-process run).
+    Separate from the pytest process's own cache, and shared by the test workers. jax writes
+    entries without a lock; an entry read while another process writes it is skipped with a
+    warning and compiled again, but the processes of one multi-process run compile the same
+    functions at the same moment every time, so they get directories of their own (`process`:
+    the process id within that run).
     """
     cache = os.environ.get("S2S_JAX_TEST_CLI_CACHE", "off")
     return cache if cache == "off" or process is None else os.path.join(cache, f"process{process}")
