@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_breakdown.py                 # plain model, B=128, lengths 10-32
     .venv/bin/python benchmarks/bench_breakdown.py --attention
+    .venv/bin/python benchmarks/bench_breakdown.py --recurrence scan   # the nn.scan recurrences
 
 Times, each jitted on its own and run forward + backward, the parts of
 `training.make_train_step` for one synthetic batch drawn as in bench.py:
@@ -17,7 +18,8 @@ Times, each jitted on its own and run forward + backward, the parts of
 and the float32 rate XLA reaches on each part's dominant matmul shape alone
 (`matmul_gflops`), which bounds what that part can reach. One JSON line on stdout.
 
-The recurrences run as train.py runs them by default: given the batch's time-segment
+The recurrences run as train.py runs them by default (`--recurrence auto`: the fused CPU kernel
+where it is built; `scan` or `fused` to choose): given the batch's time-segment
 profiles (`model.skip_padding`, s2s_jax.models.time_segments.for_batch) they skip the padded
 steps; `--no-skip-padding` times the padded recurrences. The JSON's `path` key says which.
 The matmul FLOP counts (`gflops`) count every padded position either way.
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attention", action="store_true")
     _common.add_protocol_size_flags(ap)
+    ap.add_argument("--recurrence", choices=["auto", "scan", "fused"], default="auto", help="model.recurrence")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per part (median reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
@@ -87,6 +90,7 @@ def main(argv=None):
         hidden=args.hidden,
         layers=args.layers,
         attention="luong_general" if args.attention else "none",
+        recurrence=args.recurrence,
     )
     state = loop.init_train_state(model, optimizer, args.seed)
     params = state["params"]
@@ -177,7 +181,11 @@ def main(argv=None):
     res = {"impl": "s2s_jax", "benchmark": "breakdown"}
     res.update(_common.environment(threads_info))
     res["config"] = vars(args)
-    res["path"] = {"skip_padding": args.skip_padding, "segment_profiles": repr(segments)}
+    res["path"] = {
+        "recurrence": model.config.recurrence,
+        "skip_padding": args.skip_padding,
+        "segment_profiles": repr(segments),
+    }
     res["parts_ms"] = parts
     res["sum_of_parts_ms"] = round(sum(p["median"] for p in parts.values()), 1)
     res["train_step_ms"] = _common.summarize(step_times)
