@@ -107,10 +107,12 @@ def test_rescore_reorders_an_nbest_list_by_the_models_score(workdir, tmp_path):
             "--beam_size=3",
             "--nbest=3",
             "--alpha=0.6",
+            "--word_scores",  # a fifth field, the words' probabilities, which rescoring drops
         ],
         env_cache=cache,
     )
     assert made.returncode == 0, made.stderr[-3000:]
+    assert all(len(row.split("\t")) == 5 for row in nbest.read_text(encoding="utf-8").splitlines())
     # Shuffle the rows: rescoring must group by the line column, not rely on the order.
     rows = nbest.read_text(encoding="utf-8").splitlines()
     nbest.write_text("\n".join(rows[::-1]) + "\n", encoding="utf-8")
@@ -120,6 +122,7 @@ def test_rescore_reorders_an_nbest_list_by_the_models_score(workdir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rescored = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(len(r) == 4 for r in rescored)
     assert [(r[0], r[1]) for r in rescored] == [(str(i), str(k)) for i in range(3) for k in range(3)]
     assert sorted(r[3] for r in rescored) == sorted(r.split("\t")[3] for r in rows)
     translator = Translator(wd)
@@ -228,6 +231,47 @@ def test_alignment_needs_an_attention_model(workdir):
     translator.config.model.attention = "none"
     with pytest.raises(ValueError, match="no attention"):
         translator.align(["the cat"], [[5, 6]])
+
+
+@pytest.mark.parametrize("flag", [{"print_alignment": "hard"}, {"plot_attention": "plots"}])
+def test_decode_refuses_alignment_of_a_model_without_attention_before_translating(
+    workdir, tmp_path, monkeypatch, capsys, flag
+):
+    from s2s_jax.cli import decode as decode_cli
+    from s2s_jax.decoding.translator import Translator
+    from tests.helpers import decode_flags
+
+    load = Translator.__init__
+
+    def load_without_attention(self, *args, **kwargs):
+        load(self, *args, **kwargs)
+        self.members[0].config.model.attention = "none"
+
+    def never(*args, **kwargs):
+        raise AssertionError("translated before refusing")
+
+    monkeypatch.setattr(Translator, "__init__", load_without_attention)
+    monkeypatch.setattr(Translator, "translate", never)
+    source = tmp_path / "in.txt"
+    source.write_text("the red cat\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert decode_cli.run(decode_flags(workdir[0], input=str(source), **flag)) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: this model has no attention (model.attention=none): nothing to {'align' if 'print_alignment' in flag else 'plot'}"
+    ]
+
+
+def test_plot_attention_into_a_file_is_refused_before_loading(workdir, tmp_path, capsys):
+    from s2s_jax.cli import decode as decode_cli
+    from tests.helpers import decode_flags
+
+    taken = tmp_path / "taken"
+    taken.write_text("", encoding="utf-8")
+    assert decode_cli.run(decode_flags(str(tmp_path / "no-such-workdir"), plot_attention=str(taken))) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: --plot_attention {taken} is a file: it names the directory the plots go into"
+    )
 
 
 def test_prefix_forces_the_start_of_each_translation(workdir, tmp_path):

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from s2s_jax import bleu
 from s2s_jax.cli.decode_constraints import constrained_search, line_constraints
 from s2s_jax.data.text import lines_from_bytes, read_lines
+from s2s_jax.decoding import alignment, pairwise_metrics
 from s2s_jax.decoding.inference import SearchOptions, ensemble_weights_flag
-from s2s_jax.decoding.mbr import MBROptions
+from s2s_jax.decoding.mbr import CANDIDATES, MBROptions
 from s2s_jax.decoding.search import length_penalty
 from s2s_jax.decoding.translator import Hypothesis, Translator
 from s2s_jax.decoding.word_scores import format_probs
@@ -35,12 +36,16 @@ def format_hypotheses(hyps: list[Hypothesis], nbest: int, line: int) -> list[str
 
 
 def read_nbest(path: str, num_lines: int) -> list[tuple[int, str]]:
-    """(input line, text) of each row of an n-best file as --nbest writes it."""
+    """(input line, text) of each row of an n-best file as --nbest writes it; the word probabilities
+    that --word_scores appends as a fifth field are another model's, and are dropped."""
     rows = []
     for number, row in enumerate(read_lines(path), 1):
-        fields = row.split("\t", 3)
-        if len(fields) != 4 or not fields[0].isdigit():
-            raise DataError(f"{path}:{number}: expected 'line<TAB>rank<TAB>score<TAB>text' (decode.py --nbest)")
+        fields = row.split("\t")
+        if len(fields) not in (4, 5) or not fields[0].isdigit():
+            raise DataError(
+                f"{path}:{number}: expected 'line<TAB>rank<TAB>score<TAB>text' and optionally <TAB>word "
+                "probabilities (decode.py --nbest, --word_scores)"
+            )
         if int(fields[0]) >= num_lines:
             raise DataError(f"{path}:{number}: input line {fields[0]} does not exist (the input has {num_lines} lines)")
         rows.append((int(fields[0]), fields[3]))
@@ -109,6 +114,8 @@ def _check_flags(flags) -> None:
         raise ValueError(f"--top_k must be >= 0 (0 = off), got {flags.top_k}")
     if getattr(flags, "no_repeat_ngram", 0) < 0:
         raise ValueError(f"--no_repeat_ngram must be >= 0 (0 = off), got {flags.no_repeat_ngram}")
+    if flags.plot_attention and os.path.exists(flags.plot_attention) and not os.path.isdir(flags.plot_attention):
+        raise ValueError(f"--plot_attention {flags.plot_attention} is a file: it names the directory the plots go into")
     if flags.output != "-":
         directory = os.path.dirname(os.path.abspath(flags.output))
         if not os.path.isdir(directory):
@@ -178,6 +185,10 @@ def run(flags) -> int:
             target_lang=getattr(flags, "target_lang", None),
         )
         translator.check_target()  # a model with several target languages needs --target_lang
+        if getattr(flags, "print_alignment", None):
+            translator.check_attention("align")
+        if flags.plot_attention:
+            translator.check_attention("plot", first_member=True)
         cfg = translator.config.decode
         mbr = _mbr_options(flags)
         opts = SearchOptions(
@@ -225,12 +236,6 @@ def run(flags) -> int:
     except (DataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if flags.plot_attention:
-        try:
-            _plot(translator, lines, results, flags.plot_attention)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
     out_lines = [
         row
         for number, hyps in enumerate(results)
@@ -245,6 +250,15 @@ def run(flags) -> int:
         out_lines = [f"{line} ||| {alignment}" for line, alignment in zip(out_lines, alignments)]
     if _write_lines(flags.output, out_lines):
         return 1
+    if flags.plot_attention:
+        try:
+            _plot(translator, lines, results, flags.plot_attention)
+        except (ValueError, OSError) as err:
+            print(
+                f"error: --plot_attention {flags.plot_attention}: {getattr(err, 'strerror', None) or err}",
+                file=sys.stderr,
+            )
+            return 1
     if flags.reference:
         try:
             refs = read_lines(flags.reference, allow_empty=True)
@@ -407,11 +421,13 @@ def _define_flags() -> None:
         "Minimum Bayes risk decoding with N candidates per line (0 = off): write the candidate with the highest "
         "expected --mbr_metric against the others; with --nbest K the K best distinct ones, scored by it.",
     )
-    flags.DEFINE_enum("mbr_metric", "chrf", ["chrf", "bleu"], "--mbr's utility: sentence chrF or BLEU (sacrebleu's).")
+    flags.DEFINE_enum(
+        "mbr_metric", "chrf", list(pairwise_metrics.METRICS), "--mbr's utility: sentence chrF or BLEU (sacrebleu's)."
+    )
     flags.DEFINE_enum(
         "mbr_candidates",
         "samples",
-        ["samples", "nbest"],
+        list(CANDIDATES),
         "--mbr's candidates: samples (with --temperature, --top_k, --top_p, --seed) or the beam's n-best "
         "(--beam_size, widened to --mbr, and --alpha).",
     )
@@ -470,7 +486,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "print_alignment",
         None,
-        ["hard", "soft"],
+        list(alignment.MODES),
         "Append ' ||| ' and the word alignment to each output line: hard = Pharaoh 'i-j' pairs (source word i, "
         "output word j, counted from 0), soft = one comma-separated row of source-word weights per output word. "
         "Attention models only.",

@@ -89,7 +89,11 @@ def read_lines(path: str) -> list[str]:
     """Lines of a file or stdin ('-'), strictly UTF-8, split on '\\n' only (as decode.py reads them)."""
     name = "<stdin>" if path == "-" else path
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
     except OSError as err:
         raise InputError(f"{name}: {err.strerror}") from None
     try:

@@ -168,6 +168,11 @@ def _check_target_vocabularies(members: list[Member]) -> None:
             )
 
 
+def no_attention(what: str) -> ValueError:
+    """The error of an alignment or attention map asked of a model without attention."""
+    return ValueError(f"this model has no attention (model.attention=none): nothing to {what}")
+
+
 class Translator:
     """A trained model, or an ensemble of several, ready to translate; built from workdirs alone.
 
@@ -241,6 +246,13 @@ class Translator:
         """The language a call with `target_lang` (else the Translator's) translates into; ValueError
         naming the choices when it is none of them, or missing where there are several."""
         return self.members[0].languages.check_target(target_lang or self.target_lang)
+
+    def check_attention(self, what: str, first_member: bool = False) -> None:
+        """ValueError unless a member (with `first_member`, the first: `attention_maps` reads only
+        its) has attention, so a command can refuse `align`/`attention_maps` before it translates."""
+        members = self.members[:1] if first_member else self.members
+        if all(m.config.model.attention == "none" for m in members):
+            raise no_attention(what)
 
     def _inputs(self, lines: list[str], warn: Callable[[str], None], target_lang: str | None = None) -> tuple[Any, Any]:
         """(params, sources) as Inference takes them: one model's, or a tuple per member; the sources
@@ -498,7 +510,7 @@ class Translator:
             raise ValueError(f"alignment mode must be one of {', '.join(MODES)}, got {mode!r}")
         attending = [(m, w) for m, w in zip(self.members, self.inference.weights) if m.config.model.attention != "none"]
         if not attending:
-            raise ValueError("this model has no attention (model.attention=none): nothing to align")
+            raise no_attention("align")
         total = sum(w for _, w in attending)
         merged: list[np.ndarray] | None = None
         first_maps: list[dict] = []
@@ -566,7 +578,7 @@ def attention_maps(
         target_lang = target_lang or member.target_lang
         member = member.members[0]
     if member.config.model.attention == "none":
-        raise ValueError("this model has no attention (model.attention=none): nothing to plot")
+        raise no_attention("plot")
     if member.attention_fn is None:
         member.attention_fn = jax.jit(
             lambda params, src, tgt_in: member.model.apply(

@@ -27,6 +27,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from s2s_jax.decoding import pairwise_metrics
+from s2s_jax.decoding.constraints import MAX_TOKENS
+
 # The tags of `text`'s two forms, as they appear in pydantic's error locations.
 TEXT_TAGS = ("one", "list")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -41,13 +44,14 @@ MAX_PHRASE_CHARS = 200  # characters per constraint phrase
 CONSTRAINTS = (
     "list i: the phrases the translation of text i must contain (texts past the lists have none). They "
     "make the search a beam search of at least 2 (sample ignored, a beam of 1 widened) and hold for the whole "
-    "text (it is not split, mbr does not apply to it); phrases past 32 target tokens per text are left out "
+    f"text (it is not split, mbr does not apply to it); phrases past {MAX_TOKENS} target tokens per text are left out "
     "(constraints_met false)"
 )
 NBEST = (
     "hypotheses per text; above the beam size it widens the beam to the smallest allowed beam size "
     ">= nbest (sampling draws nbest samples; with mbr, the best distinct samples)"
 )
+MBRMetric = Literal[tuple(pairwise_metrics.METRICS)]  # mbr's utility: the pairwise metrics' names
 MBR = (
     "minimum Bayes risk decoding: draw this many samples (temperature, top_k, top_p and seed apply; "
     "beam_size and sample do not) and answer the one with the highest expected mbr_metric against the "
@@ -95,7 +99,7 @@ class TranslateRequest(BaseModel):
     seed: json_int(ge=0, lt=2**32) | None = Field(None, description="sampling seed; random when omitted")
     alignment: bool = Field(False, description="word alignment and the attention matrix (attention models)")
     mbr: json_int(ge=2) | None = Field(None, description=MBR)
-    mbr_metric: Literal["chrf", "bleu"] = Field("chrf", description="mbr's utility: sentence chrF or BLEU")
+    mbr_metric: MBRMetric = Field("chrf", description="mbr's utility: sentence chrF or BLEU")
     split: bool = Field(False, description=SPLIT)
     word_scores: bool = Field(False, description="each word of the translation with its probability (`words`)")
     no_repeat_ngram: json_int(ge=0, le=2**31 - 1) = Field(
