@@ -329,3 +329,26 @@ def test_decode_without_a_checkpoint(paths, tmp_path, capsys):
     for which in ("best", "latest"):
         status, _, err = decode(tmp_path, capsys, checkpoint=which)
         assert_clean_error(status, err, f"no checkpoint in {tmp_path}", "train first")
+
+
+# ---------------------------------------------------------------------------
+# serve.py
+# ---------------------------------------------------------------------------
+
+
+def test_serve_without_the_serve_extra_is_one_error_line_naming_the_install(tmp_path):
+    """`pip install -e .` (no [serve]) installs s2s-serve; without FastAPI it says how to get it."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['fastapi'] = None  # as if the serve extra were not installed\n"
+        f"sys.argv = ['serve.py', '--workdir={tmp_path}']\n"
+        "runpy.run_path('serve.py', run_name='__main__')\n"
+    )
+    env = dict(os.environ, S2S_JAX_CACHE="off", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the server needs FastAPI and uvicorn") and 'pip install -e ".[serve]"' in last, last

@@ -138,6 +138,17 @@ def test_offline_error_names_the_urls_and_where_to_put_the_files(tmp_path, capsy
     assert not os.listdir(os.path.join(data_dir, "multi30k"))
 
 
+def test_a_data_dir_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    rc = download_cli.main(
+        ["multi30k", "--data_dir", str(blocker / "data"), "--mirror", f"http://127.0.0.1:{free_port()}"]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {blocker / 'data'}") and "Not a directory" in err[0], err
+
+
 def test_registry_covers_the_configs_corpora():
     import importlib
 

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the data directory cannot be made or written
+        print(f"error: {err.filename or args.data_dir}: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from s2s_jax.serving.app import ServeSettings
+from s2s_jax.serving.settings import ServeSettings
 
 API_KEY_ENV = "S2S_API_KEY"
 
@@ -66,14 +66,18 @@ def settings_from_flags(flags) -> ServeSettings:
 
 
 def run(flags) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from s2s_jax.serving.app import create_app
+    except ImportError as err:  # `pip install -e .` without the serve extra
+        print(f'error: the server needs FastAPI and uvicorn ({err}): pip install -e ".[serve]"', file=sys.stderr)
+        return 1
     from s2s_jax.data import languages
     from s2s_jax.decoding.inference import ensemble_weights_flag
     from s2s_jax.decoding.shortlist import load as load_shortlist
     from s2s_jax.decoding.translator import Translator
     from s2s_jax.errors import CheckpointError, DataError
-    from s2s_jax.serving.app import create_app
     from s2s_jax.workdir import run_config
 
     try:
