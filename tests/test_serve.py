@@ -324,6 +324,15 @@ def test_bad_flags_and_workdir_are_one_error_line(tmp_path):
         assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in srv.output
 
 
+def test_a_default_beam_outside_beam_sizes_is_refused_at_start(trained_workdir):
+    """A request without beam_size gets the model's decode.beam_size (1 here), which must compile ahead."""
+    srv = Server(trained_workdir.workdir, "--beam_sizes=2,4", "--max_nbest=2", cache=trained_workdir.cache)
+    assert srv.process.wait(60) == 1
+    last = srv.read_output().strip().splitlines()[-1]
+    assert last.startswith("error: ") and "decode.beam_size 1" in last and "--beam_sizes 2,4" in last, last
+    assert "Traceback" not in srv.output
+
+
 def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
     """Never from a flag's value, which `ps` shows; the file's surrounding whitespace is stripped."""
     (tmp_path / "key").write_text("\n sesame \n")

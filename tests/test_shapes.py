@@ -79,6 +79,7 @@ def test_a_batch_runs_on_the_smallest_covering_shape_until_its_own_has_compiled(
     registry = shapes.ShapeRegistry(types.SimpleNamespace(inference=fake, search_params=None), max_keys=40)
     greedy, beam = key(beam_size=1), key(beam_size=4, nbest=2)
     covering = [BatchShape(k, r, (32,)) for k in (greedy, beam) for r in (1, 2, 4)]
+    assert fake.max_compiled == 40  # before the warm-up: one of more keys than the default cap keeps them all
     registry.warm_up(covering, workers=2)
     assert registry.info()["compiled"] == registry.warm_up_shapes == 6
     registry.start()

@@ -88,7 +88,13 @@ def run(flags) -> int:
                 raise DataError(f"{workdir} is not a training workdir (no config.json)")
         if flags.shortlist:
             load_shortlist(flags.workdir[0])  # no shortlist: an error now, not a 503 later
-        targets = languages.run_languages(run_config.load(flags.workdir[0]).data).targets  # the request schema's
+        config = run_config.load(flags.workdir[0])
+        targets = languages.run_languages(config.data).targets  # the request schema's
+        if config.decode.beam_size not in settings.beam_sizes:  # a request's default must be one that compiles ahead
+            raise ValueError(
+                f"{flags.workdir[0]}'s decode.beam_size {config.decode.beam_size}, the beam of a request that names "
+                f"none, is not among --beam_sizes {','.join(map(str, settings.beam_sizes))}: add it"
+            )
     except (ValueError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -103,6 +103,8 @@ class ShapeRegistry:
     def __init__(self, translator, max_keys: int = 0, log: Callable[[str], None] = lambda message: None):
         self.inference, self.params, self.log = translator.inference, translator.search_params, log
         self.max_keys = max_keys  # compiled keys requests can ask for: all are kept (Inference.max_compiled)
+        # from the warm-up on, or a warm-up of more keys than the default cap would drop its first ones
+        self.inference.max_compiled = max(self.inference.max_compiled, max_keys)
         self._ready: set[BatchShape] = set()
         self._queued: set[BatchShape] = set()
         self._queue: queue.SimpleQueue[BatchShape | None] = queue.SimpleQueue()
@@ -150,7 +152,6 @@ class ShapeRegistry:
 
     def start(self) -> None:
         """Starts the background compiler and routes the Translator's batches through `choose`."""
-        self.inference.max_compiled = max(self.inference.max_compiled, self.max_keys)
         self._thread = threading.Thread(target=self._background, name="s2s-compile", daemon=True)
         self._thread.start()
         self.inference.choose_shape = self.choose
