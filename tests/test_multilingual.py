@@ -160,6 +160,18 @@ def test_a_given_tokenizer_without_the_tags_is_refused(tmp_path):
         training_data.prepare(config, str(tmp_path / "w"), verbose=False)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_pair_the_length_filter_empties_is_an_error_naming_it(tmp_path, temperature):
+    """Not a pair silently left untrained (T = 1) nor a sampler drawing from no rows (T > 1)."""
+    prefixes = write_multilingual_corpus(str(tmp_path))
+    lines = read_lines(prefixes["train_prefix"] + ".de")
+    with open(prefixes["train_prefix"] + ".de", "w", encoding="utf-8") as f:
+        f.write("".join(" ".join([line] * 9) + "\n" for line in lines))  # every line past data.max_len
+    config = multilingual_config(prefixes, pair_temperature=temperature)
+    with pytest.raises(DataError, match="^pair en-de: no training pair is at most data.max_len=16 tokens long$"):
+        training_data.prepare(config, str(tmp_path / "w"), verbose=False)
+
+
 # ---------------------------------------------------------------------------
 # Temperature sampling across pairs
 # ---------------------------------------------------------------------------

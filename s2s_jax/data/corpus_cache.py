@@ -48,7 +48,7 @@ from s2s_jax.data import languages
 from s2s_jax.data import text as text_lib
 from s2s_jax.data.text import Pair, split_files, stream_parallel, stream_split
 from s2s_jax.errors import DataError
-from s2s_jax.files import TEMPORARY_MARK, temporary_name
+from s2s_jax.files import TEMPORARY_MARK, file_digest, temporary_name
 
 FORMAT = 1  # bump when the layout or the cleaning changes: old entries are then never matched
 CHUNK_PAIRS = 50_000  # pairs per normalising / encoding chunk
@@ -211,17 +211,6 @@ def _stream_chunks(cfg) -> Iterator[list[Segment]]:
         if part:
             chunk.append((number, language, part))
             size += len(part)
-    if chunk:
-        yield chunk
-
-
-def _chunks(pairs: Iterator[Pair], size: int) -> Iterator[list[Pair]]:
-    chunk: list[Pair] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
     if chunk:
         yield chunk
 
@@ -488,11 +477,6 @@ def train_tokenizers(config, text: PreparedText, log: Callable[[str], None] = pr
         return paths
 
 
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
 @dataclasses.dataclass
 class PreparedIds:
     """Level 2, opened: memory-mapped token ids of every cleaned pair, per side."""
@@ -516,7 +500,9 @@ def _encode_chunk(model: str, lines: list[str]) -> tuple[np.ndarray, np.ndarray]
 def open_ids(text: PreparedText, src_model: str, tgt_model: str, log: Callable[[str], None] = print) -> PreparedIds:
     """The token ids of `text` under the given sentencepiece models (cached by the models' contents)."""
     models = {"src": src_model, "tgt": tgt_model}
-    directory = os.path.join(text.directory, "ids-" + _digest([_file_digest(src_model), _file_digest(tgt_model)]))
+    directory = os.path.join(
+        text.directory, "ids-" + _digest([file_digest(src_model)[:16], file_digest(tgt_model)[:16]])
+    )
     with _locked(directory + ".lock"):
         if not os.path.exists(os.path.join(directory, "meta.json")):
             started = time.perf_counter()

@@ -13,6 +13,8 @@ import os
 import re
 import zlib
 
+import numpy as np
+
 from s2s_jax.data import batching, corpus_cache, languages, pair_sampling
 from s2s_jax.data import text as text_lib
 from s2s_jax.data.tokenizer import Tokenizer, workdir_model_paths
@@ -168,6 +170,11 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
             )
 
     pair_ids = text.pair_of(keep)
+    if text.pair_starts:  # a pair the length filter emptied would be sampled from nothing, or never trained
+        sizes = np.bincount(pair_ids, minlength=len(text.pair_starts))
+        for (name, _, _), size in zip(text.pair_starts, sizes):
+            if not size:
+                raise DataError(f"pair {name}: no training pair is at most data.max_len={cfg.max_len} tokens long")
     train_batches = batching.BucketedBatches(
         src_all.subset(keep),
         tgt_all.subset(keep),
@@ -217,7 +224,7 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
 
 def _pair_shares(text: corpus_cache.PreparedText, pair_ids, temperature: float) -> str:
     """'de-en 28990 (33.3% of an epoch), ...': each pair's training rows and share."""
-    sizes = [int((pair_ids == p).sum()) for p in range(len(text.pair_starts))]
+    sizes = np.bincount(pair_ids, minlength=len(text.pair_starts)).tolist()
     counts = pair_sampling.epoch_counts(sizes, temperature)
     return ", ".join(
         f"{name} {n} ({100 * c / counts.sum():.1f}% of an epoch)"

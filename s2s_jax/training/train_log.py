@@ -12,6 +12,8 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 from tensorboardX.summary import scalar
 
+from s2s_jax.files import write_atomic
+
 
 class TrainLog:
     """Appends one JSON object per logged step; on resume drops lines past the restored step.
@@ -37,8 +39,7 @@ class TrainLog:
                 with open(self.path, encoding="utf-8") as f:
                     lines = [line for line in f if line.endswith("\n") and line.strip()]
                 kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
-                with open(self.path, "w", encoding="utf-8") as f:
-                    f.writelines(kept)
+                write_atomic(self.path, "".join(kept))  # a kill while rewriting keeps the old history
             self._file = open(self.path, "a", encoding="utf-8")
         self._tb_dir = os.path.join(workdir, "tensorboard")
         with _naming(self._tb_dir):
