@@ -603,6 +603,8 @@ def test_the_server_takes_constraints_per_text(trained_workdir):
             assert one["text"] == beam3 and one["constraints_met"] is True, settings
         capped = server.post({"text": texts[0], "beam_size": 3, "constraints": [["godtac", "dog " * 40]]}).json()
         assert capped["translations"][0]["text"] == beam3 and capped["translations"][0]["constraints_met"] is False
+        dropped = server.post({"text": texts[0], "beam_size": 3, "constraints": [["dog " * 40]]}).json()
+        assert dropped["translations"][0]["constraints_met"] is False  # its only phrase left out: not met either
         for payload in ({"text": "a", "constraints": [["a"] * 9]}, {"text": "a", "constraints": [["a" * 201]]}):
             response = server.post(payload)
             assert response.status_code == 422 and response.json()["field"].startswith("constraints"), response.text

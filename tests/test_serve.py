@@ -284,9 +284,13 @@ def test_limits_queue_timeout_and_key(trained_workdir, tmp_path):
         assert srv.post({"text": "a cat"}, headers={"Authorization": "Bearer sesamf"}).status_code == 401
         assert httpx.get(f"{srv.url}/info").status_code == 401
         assert httpx.get(f"{srv.url}/health").status_code == 200
-        assert srv.post({"text": ["a", "b", "c"]}, headers=key).status_code == 429
-        slow = srv.post({"text": "a cat"}, headers=key)  # waits 1.5 s for company, times out at 0.5 s
-        assert slow.status_code == 408, slow.text
+        never = srv.post({"text": ["a", "b", "c"]}, headers=key)  # more than max_queue: it would never fit
+        assert never.status_code == 422 and "3 texts, more than max_queue=2" in never.json()["detail"], never.text
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(srv.post, {"text": "a cat"}, headers=key)  # waits 1.5 s for company, times out at 0.5 s
+            time.sleep(0.2)
+            assert srv.post({"text": ["a", "b"]}, headers=key).status_code == 429  # 1 + 2 waiting > max_queue
+            assert slow.result().status_code == 408, slow.result().text
         time.sleep(1.5)
         assert httpx.get(f"{srv.url}/info", headers=key).status_code == 200
     finally:

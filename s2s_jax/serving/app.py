@@ -125,6 +125,14 @@ class QueueFull(Exception):
     pass
 
 
+def _constraints_met(best, job: _Job) -> bool | None:
+    """A text's `constraints_met`: None without constraints; False when phrases were left out (all
+    of them, even), else whether the translation holds every phrase."""
+    if not job.all_constraints:
+        return False
+    return bool(best.constraints_met) if job.constraints else None
+
+
 class Batcher:
     """Gathers compatible jobs into one search call, run on one worker thread."""
 
@@ -157,7 +165,9 @@ class Batcher:
         constraints = constraints or [[] for _ in texts]
         whole = whole or [True for _ in texts]
         jobs = [  # a text with constraints is searched by beam search, without MBR
-            _Job(t, opts, (seed, j), alignment, now, loop.create_future(), None if c else mbr, c, w, target_lang)
+            _Job(
+                t, opts, (seed, j), alignment, now, loop.create_future(), None if c or not w else mbr, c, w, target_lang
+            )
             for j, (t, c, w) in enumerate(zip(texts, constraints, whole))
         ]
         self.pending.extend(jobs)
@@ -232,7 +242,7 @@ class Batcher:
                 score=_finite(h[0].score),
                 nbest=[Candidate(text=x.text, score=_finite(x.score)) for x in h],
                 words=None if h[0].words is None else [Word(text=w.text, prob=round(w.prob, 6)) for w in h[0].words],
-                constraints_met=h[0].constraints_met and job.all_constraints if job.constraints else None,
+                constraints_met=_constraints_met(h[0], job),
             )
             for h, job in zip(hyps, batch)
         ]
@@ -543,20 +553,22 @@ class _Service:
         except ValueError as err:
             raise ApiError(422, f"target_lang: {err}", "target_lang") from None
         constraints, whole = request_constraints(request, texts, current["translator"])
-        opts = request_options(request, current["translator"], self.settings, constrained=any(constraints))
+        constrained = [bool(c) or not w for c, w in zip(constraints, whole)]  # asked for constraints
+        opts = request_options(request, current["translator"], self.settings, constrained=any(constrained))
         seed = secrets.randbits(32) if request.seed is None else request.seed
         documents = None
         if request.split:  # a text with constraints is translated whole: they hold for all of it
             language = current["translator"].source_language
             documents = [
                 sentences.unsplit(t) if c else sentences.segment(t, language, self.settings.max_chars)
-                for t, c in zip(texts, constraints)
+                for t, c in zip(texts, constrained)
             ]
             texts = sentences.flatten(documents)
             constraints = [c for d, c in zip(documents, constraints) for _ in d.sentences]
             whole = [w for d, w in zip(documents, whole) for _ in d.sentences]
-            if len(texts) > self.settings.max_queue:
-                raise ApiError(429, f"split: {len(texts)} sentences, more than max_queue={self.settings.max_queue}")
+        if len(texts) > self.settings.max_queue:  # would never fit the queue: not a "retry later"
+            what = f"split: {len(texts)} sentences" if request.split else f"text: {len(texts)} texts"
+            raise ApiError(422, f"{what}, more than max_queue={self.settings.max_queue} wait at once", "text")
         mbr = request_mbr(request)
         try:
             futures = current["batcher"].submit(

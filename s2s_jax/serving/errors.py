@@ -36,7 +36,8 @@ MEANINGS = {
     408: "Not translated within the server's request_timeout_s.",
     413: "The body is larger than the server's cap (from max_texts and max_chars), refused unread.",
     422: "The request is not valid JSON or breaks the request schema; `field` names the field.",
-    429: "Too many texts are waiting for a search (max_queue); retry later.",
+    429: "Too many texts are waiting for a search (max_queue); retry later. A request of more texts (or split"
+    " sentences) than max_queue is 422.",
     500: "The translation (or the server) failed; the server goes on.",
     503: "The model is still loading and compiling, or failed to load (see /health).",
 }
