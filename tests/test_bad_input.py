@@ -262,6 +262,32 @@ def test_resuming_with_a_different_model_names_the_setting(paths, tmp_path, caps
     assert_clean_error(status, err, "was trained with model.hidden_size=24, this run asks for 32", "new --workdir")
 
 
+def test_resuming_with_clipping_switched_off_is_refused_and_a_new_threshold_is_not(paths, tmp_path, capsys):
+    """clip_norm > 0 adds a step to the optimizer chain (its saved state's structure); its value may change."""
+    workdir = tmp_path / "run"
+    os.makedirs(workdir)
+    run_config.check_and_save(tiny_config(paths), str(workdir))
+    write(workdir / "spm.model", "")
+    retuned = tiny_config(paths)
+    retuned.train.clip_norm *= 2
+    run_config.check_and_save(retuned, str(workdir))
+    unclipped = tiny_config(paths)
+    unclipped.train.clip_norm = 0.0
+    status, _, err = train(unclipped, workdir, capsys)
+    assert_clean_error(
+        status, err, "this run asks for 0.0: that turns gradient clipping (clip_norm > 0) off", "new --workdir"
+    )
+
+
+def test_a_config_without_a_default_key_is_one_error_naming_it(paths, tmp_path, capsys):
+    """A get_config() written from scratch (or for another version) that lacks keys the code reads."""
+    config = tiny_config(paths)
+    with config.unlocked():
+        del config.data["prepare_workers"]
+    status, _, err = train(config, tmp_path / "run", capsys)
+    assert_clean_error(status, err, "the config has no data.prepare_workers", "s2s_jax.configs.default.get_config()")
+
+
 def test_a_workdir_whose_first_run_failed_takes_a_new_config(paths, tmp_path):
     run_config.check_and_save(tiny_config(paths), str(tmp_path))  # then it failed on, say, a data error
     changed = tiny_config(paths)

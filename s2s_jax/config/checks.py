@@ -29,8 +29,28 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
+def missing_keys(config, reference, prefix: str = "") -> list[str]:
+    """The dotted keys of `reference` (a ConfigDict) that `config` lacks."""
+    missing = []
+    for key, value in reference.items():
+        if key not in config:
+            missing.append(prefix + key)
+        elif hasattr(value, "items") and hasattr(config[key], "items"):
+            missing += missing_keys(config[key], value, f"{prefix}{key}.")
+    return missing
+
+
 def validate(config) -> None:
     """Raises a ConfigError naming the first key whose value cannot work."""
+    from s2s_jax.configs import default
+
+    missing = missing_keys(config, default.get_config())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ConfigError(
+            f"the config has no {shown}: start get_config() from s2s_jax.configs.default.get_config() "
+            "and change what differs"
+        )
     positive = [
         "data.vocab_size",
         "data.max_len",

@@ -50,6 +50,10 @@ _FIXED_ON_RESUME = (
     )
 )
 
+# Settings whose value may change on resume but not cross a line that changes the saved state's
+# structure: (key, what is fixed, that fact of a value).
+_SWITCHES_FIXED_ON_RESUME = (("train.clip_norm", "gradient clipping (clip_norm > 0)", lambda value: value > 0),)
+
 
 def get_dotted(config, dotted: str):
     """`config["a"]["b"]` for `"a.b"`; KeyError when a part is missing."""
@@ -101,6 +105,18 @@ def check_and_save(config, workdir: str) -> None:
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "
                     "use a new --workdir or the original setting"
+                )
+        for key, what, fact in _SWITCHES_FIXED_ON_RESUME:
+            try:
+                old = get_dotted(saved, key)
+            except KeyError:
+                old = get_dotted(defaults, key)
+            new = get_dotted(config, key)
+            if fact(old) != fact(new):
+                raise ConfigError(
+                    f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}: that turns {what} "
+                    f"{'off' if fact(old) else 'on'}, which changes the saved optimizer state; use a new --workdir "
+                    f"or keep it {'on' if fact(old) else 'off'}"
                 )
     write_atomic(path, config.to_json(indent=2))  # a kill mid-write never leaves half a config
 
