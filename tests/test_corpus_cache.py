@@ -71,6 +71,21 @@ def test_a_second_run_with_a_new_workdir_reuses_the_preparation(corpus, tmp_path
     assert (tmp_path / "a" / "spm.model").read_bytes() == (tmp_path / "b" / "spm.model").read_bytes()
 
 
+def test_a_tokenizer_trained_on_a_seeded_sample_is_cached_per_seed(corpus, tmp_path):
+    """Past data.spm_input_sentences the tokenizer trains on a sample drawn with the seed: another
+    seed trains its own (the cache's history never decides the tokenizer); below it, one for all seeds."""
+    _, config = corpus
+    text = corpus_cache.open_text(config, lambda message: None)
+
+    def tokenizer_of(seed: int, sentences: int) -> str:
+        config.seed, config.data.spm_input_sentences = seed, sentences
+        return corpus_cache.train_tokenizers(config, text, lambda message: None)[0]
+
+    sampled = {seed: tokenizer_of(seed, 200) for seed in (0, 1)}  # 100 of the 300 pairs
+    assert sampled[0] != sampled[1] and tokenizer_of(0, 200) == sampled[0]
+    assert tokenizer_of(0, 0) == tokenizer_of(1, 0)  # the whole corpus: no sample, no seed
+
+
 def test_a_changed_file_is_prepared_again_with_a_message(corpus, tmp_path):
     paths, config = corpus
     training_data.prepare(config, str(tmp_path / "a"), verbose=False)

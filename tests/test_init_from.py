@@ -168,3 +168,25 @@ def test_an_existing_sentencepiece_model_is_copied_not_trained(trained_workdir, 
     config.data.joint_vocab = False
     assert train_cli.run(config, str(tmp_path / "w3")) == 1
     assert "data.spm_model is one joint model" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_a_run_that_keeps_the_optimizer_logs_the_rate_its_schedule_gives_at_the_sources_step(
+    trained_workdir, second_corpus, tmp_path
+):
+    """With train.init_keep_optimizer the optimizer's step count goes on from the source's, and so
+    does the schedule: the logged learning rate is the one at source step + step."""
+    from s2s_jax.training.optimizers import learning_rate_schedule
+    from s2s_jax.training.train_log import read_metrics
+
+    source = trained_workdir.workdir
+    config = fine_tune_config(source, second_corpus, num_steps=2, init_keep_optimizer=True, log_every=1)
+    config.train.lr_schedule, config.train.warmup_steps = "cosine", 100  # a rate that differs step by step
+    tuned = str(tmp_path / "kept")
+    loop.train_and_evaluate(config, tuned)
+    with open(os.path.join(tuned, "init_from.json"), encoding="utf-8") as f:
+        offset = json.load(f)["step"]  # the source checkpoint's
+    schedule = learning_rate_schedule(config.train)
+    logged = [(r["step"], r["learning_rate"]) for r in read_metrics(tuned) if "learning_rate" in r]
+    assert logged == [(s, pytest.approx(float(schedule(offset + s - 1)), rel=1e-6)) for s in (1, 2)]
+    assert offset > 0 and float(schedule(offset)) != pytest.approx(float(schedule(0)))

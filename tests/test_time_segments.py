@@ -93,6 +93,13 @@ VARIANTS = [
 ]
 
 
+def test_a_decoder_that_runs_step_by_step_gets_no_target_profile():
+    """Scheduled sampling and input feeding read no decoder-input profile: none is made (each one compiles)."""
+    b = batch()
+    both, source_only = for_batch(b), for_batch(b, target=False)
+    assert both[1] is not None and source_only == (both[0], None)
+
+
 @pytest.mark.parametrize("overrides", VARIANTS)
 def test_segmented_recurrences_equal_the_padded_ones(overrides):
     model, params = make(**overrides)

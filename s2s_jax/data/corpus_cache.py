@@ -453,6 +453,10 @@ def train_tokenizers(config, text: PreparedText, log: Callable[[str], None] = pr
     from s2s_jax.data.tokenizer import train_tokenizer
 
     cfg, settings = config.data, tokenizer_settings(config)
+    limit = settings["sentences"] // (2 if cfg.joint_vocab else 1)
+    indices = text.train_indices(settings["max_train_pairs"])
+    if limit and len(indices) > limit:  # a sample of the corpus, drawn with the run's seed: part of what it is
+        settings["sample_seed"] = int(config.seed)
     directory = os.path.join(text.directory, "spm-" + _digest(settings))
     names = ["spm"] if cfg.joint_vocab else ["spm_src", "spm_tgt"]
     paths = [os.path.join(directory, f"{name}.model") for name in names]
@@ -460,8 +464,7 @@ def train_tokenizers(config, text: PreparedText, log: Callable[[str], None] = pr
         if all(os.path.exists(p) for p in paths):
             return paths
         started = time.perf_counter()
-        limit = settings["sentences"] // (2 if cfg.joint_vocab else 1)
-        chosen = text.sample(text.train_indices(settings["max_train_pairs"]), limit, int(config.seed))
+        chosen = text.sample(indices, limit, int(config.seed))
         src, tgt = text.lines("src", chosen), text.lines("tgt", chosen)
         sides = [src + tgt] if cfg.joint_vocab else [src, tgt]
         with _building(directory) as tmp:

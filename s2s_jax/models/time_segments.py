@@ -85,9 +85,11 @@ def for_tokens(tokens: np.ndarray) -> Segments | None:
 BatchSegments = tuple[Segments | None, Segments | None]  # (source, decoder input)
 
 
-def for_batch(batch: dict) -> BatchSegments | None:
-    """The (source, decoder input) profiles of a training batch, or None when neither skips a step."""
-    profiles = (for_tokens(batch["src"]), for_tokens(batch["tgt_in"]))
+def for_batch(batch: dict, target: bool = True) -> BatchSegments | None:
+    """The (source, decoder input) profiles of a training batch, or None when neither skips a step;
+    `target` False: no decoder-input profile (a decoder that runs step by step reads none, and each
+    distinct profile is a compile of the train step)."""
+    profiles = (for_tokens(batch["src"]), for_tokens(batch["tgt_in"]) if target else None)
     return None if profiles == (None, None) else profiles
 
 

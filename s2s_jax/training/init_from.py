@@ -44,6 +44,16 @@ def _shape_differences(source: Any, target: Any) -> list[str]:
     return differ
 
 
+def schedule_offset(workdir: str, train_cfg) -> int:
+    """Where the learning-rate schedule stands at this run's step 0: the source's step when the run
+    kept the source's optimizer state (whose step count goes on from there), else 0."""
+    path = os.path.join(workdir, RECORD)
+    if not (train_cfg.init_from and train_cfg.init_keep_optimizer) or not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f)["step"])
+
+
 def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | None) -> dict:
     """`state` (a freshly initialised train state) with the source's parameters, and with
     `keep_optimizer` its optimizer state too; the step counter stays 0. Records the source

@@ -365,8 +365,8 @@ class BestTracker:
 class LogWindow:
     """Step metrics gathered on device between two log lines, summed on the host when logged."""
 
-    def __init__(self, schedule: optax.Schedule):
-        self.schedule = schedule
+    def __init__(self, schedule: optax.Schedule, offset: int = 0):
+        self.schedule, self.offset = schedule, offset  # offset: the optimizer's count at step 0
         self._reset()
 
     def _reset(self) -> None:
@@ -389,7 +389,7 @@ class LogWindow:
             "train_loss": sums["loss_sum"] / max(sums["tokens"], 1.0),
             "train_nll": sums["nll_sum"] / max(sums["tokens"], 1.0),
             "grad_norm": sums["grad_norm"] / len(self.pending),
-            "learning_rate": float(self.schedule(step - 1)) * lr_scale,
+            "learning_rate": float(self.schedule(self.offset + step - 1)) * lr_scale,
             "tokens_per_sec": self.tokens / max(elapsed, 1e-9),
             "skipped_steps": int(sums["nonfinite"]),
         }
@@ -545,6 +545,10 @@ class _TrainLoop:
         self.skip_padding = (
             config.model.get("skip_padding", True) and parallel.num_devices(mesh) == 1 and not model.config.fused
         )
+        # Scheduled sampling and input feeding run the decoder step by step: no decoder-input profiles.
+        self.target_segments = config.train.teacher_forcing_ratio >= 1.0 and not (
+            config.model.attention != "none" and config.model.input_feeding
+        )
         self.plateau = config.train.lr_schedule in ON_PLATEAU
         main = parallel.is_main_process()
         self.train_step = _compiled_train_step(model, optimizer, self.train_cfg, mesh)
@@ -556,7 +560,9 @@ class _TrainLoop:
         self.base_key = jax.random.wrap_key_data(
             parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh)
         )
-        self.window = LogWindow(learning_rate_schedule(self.train_cfg))
+        self.window = LogWindow(
+            learning_rate_schedule(self.train_cfg), init_from.schedule_offset(workdir, self.train_cfg)
+        )
         self.bar = cleanup.enter_context(
             contextlib.closing(
                 tqdm(
@@ -588,7 +594,8 @@ class _TrainLoop:
                 record.update(scores)
             stopping = parallel.agree_to_stop(self.stop.requested is not None, step, cfg.log_every) or early_stop
             is_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.num_steps or stopping
-            # Logging at every checkpoint too keeps metrics.jsonl identical after a resume.
+            # Logging at every checkpoint too keeps metrics.jsonl identical after a resume from a periodic
+            # checkpoint (a stop between log steps logs the window up to it, a line an uninterrupted run lacks).
             if step % cfg.log_every == 0 or is_checkpoint:
                 sums = self.window.sums()
                 if sums["nonfinite"] > 0 and cfg.on_nonfinite == "stop":
@@ -618,7 +625,7 @@ class _TrainLoop:
         for _ in range(self.train_cfg.accum_steps):
             batches.append(next(self.iterator))
             tokens += self.iterator.last_tokens
-        segments = [time_segments.for_batch(b) if self.skip_padding else None for b in batches]
+        segments = [time_segments.for_batch(b, self.target_segments) if self.skip_padding else None for b in batches]
         if self.train_cfg.accum_steps > 1:
             return [parallel.shard_batch(self.mesh, b) for b in batches], tuple(segments), tokens
         return parallel.shard_batch(self.mesh, batches[0]), segments[0], tokens
