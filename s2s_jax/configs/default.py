@@ -9,7 +9,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.seed = 0  # decides initialisation, shuffling, dropout and scheduled sampling
+    # decides initialisation, shuffling, dropout, scheduled sampling, subword and pair sampling, the
+    # held-out validation pairs, the tokenizer's training sample and the quickstart corpus
+    config.seed = 0
     config.data = data_config()
     config.model = model_config()
     config.train = train_config()
@@ -21,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
     """config.data: the corpus, its tokenizer and its batches."""
     data = ml_collections.ConfigDict()
-    # A corpus is either two line-aligned files per split or one TSV file per split.
+    # A corpus is either line-aligned source and target files per split or TSV files per split;
+    # each key may list several files, comma-separated (the i-th source file with the i-th target).
     # Relative paths in data.{train,valid,test}_{src,tgt,tsv} are resolved against data.dir
     # when the data is loaded, so `--config.data.dir=/path/to/data` moves them all; an
     # absolute path is used as is. "" = the current directory.
@@ -58,7 +61,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.d2l_preprocess = False  # d2l.ai's text preprocessing: "i lost." -> "i lost ." (and ’ -> '), inputs too
     data.max_train_pairs = 0  # use only the first N training pairs (0 = all); with data.pairs, N per pair
     data.valid_max_pairs = 2000  # validate on at most the first N pairs (0 = all); with data.pairs, N per pair
-    data.holdout_valid = 0  # with no validation files: hold out N random training pairs (by source sentence)
+    # with no validation files: hold out N random distinct source sentences with all their pairs (at
+    # most half of the distinct sources), so no held-out source is also trained on
+    data.holdout_valid = 0
     data.vocab_size = 8000  # sentencepiece vocabulary size (shrinks on a corpus too small for it)
     data.joint_vocab = True  # one sentencepiece model for both sides, else one per side
     data.spm_model_type = "unigram"  # unigram | bpe | word | char (sentencepiece algorithms)
@@ -67,7 +72,9 @@ def data_config() -> ml_collections.ConfigDict:
     data.spm_model_tgt = ""
     data.spm_alpha = 0.0  # > 0: subword regularisation, training segmentations re-sampled every epoch with this alpha
     data.spm_nbest = -1  # with spm_alpha: sample from the n best segmentations (-1: the whole lattice; 0 and 1 refused)
-    data.spm_input_sentences = 1_000_000  # a trained tokenizer reads at most this many sentences (a seeded sample)
+    data.spm_input_sentences = (
+        1_000_000  # a trained tokenizer reads at most this many sentences (a seeded sample; 0 = all)
+    )
     data.cache_dir = ""  # prepared corpora; "" = $S2S_JAX_CORPUS_CACHE or ~/.cache/s2s_jax/corpora
     data.prepare_workers = 0  # processes that clean text when preparing a corpus (0 = one per CPU)
     data.max_len = 64  # subword tokens per side; longer training pairs are dropped and counted
@@ -136,7 +143,7 @@ def train_config() -> ml_collections.ConfigDict:
     train.early_stop_metric = "bleu"  # bleu | chrf | loss: what picks best/ and drives early stopping and plateau
     train.early_stop_patience = 0  # stop after this many evaluations without a better early_stop_metric (0 = never)
     train.max_to_keep = 3  # latest checkpoints kept; the best by train.early_stop_metric is kept separately
-    train.num_samples = 3  # sample translations printed at each evaluation
+    train.num_samples = 3  # sample translations printed at each evaluation (per pair with data.pairs)
     return train
 
 

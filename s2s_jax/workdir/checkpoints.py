@@ -1,10 +1,12 @@
 """Orbax checkpoints in the workdir: the latest few for resuming, the best for decoding.
 
-WORKDIR/checkpoints/<step>/  state (params, optimizer state, step) + meta (JSON)
+WORKDIR/checkpoints/<step>/  state (params, optimizer state, step, EMA and lr_scale where the run has them)
+                             + meta (JSON)
 WORKDIR/best/<step>/         params + meta of the step with the best validation score
                              (train.early_stop_metric: BLEU, chrF or loss)
 
-`meta` holds the data iterator's position and the validation scores; the
+A latest checkpoint's `meta` holds the step and the data iterator's position, a best one's the
+validation scores; the
 PRNG needs no saving because every step's key is `fold_in(seed, step)`.
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so an interrupted save never replaces a good checkpoint (the
