@@ -14,6 +14,7 @@ import sys
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu
+from s2s_jax.cli import model_flags
 from s2s_jax.cli.decode_constraints import constrained_search, line_constraints
 from s2s_jax.data.text import lines_from_bytes, read_lines
 from s2s_jax.decoding import alignment, pairwise_metrics
@@ -382,21 +383,8 @@ def _define_flags() -> None:
     """decode's absl flags (see runtime.define_command_flags)."""
     from absl import flags
 
-    flags.DEFINE_multi_string(
-        "workdir",
-        None,
-        "A training workdir; repeat it to decode with an ensemble (the members' per-step log-probabilities "
-        "averaged; they must share the target vocabulary).",
-        required=True,
-    )
-    flags.DEFINE_list(
-        "ensemble_weights",
-        None,
-        "Comma-separated weights of the ensemble members, one per --workdir in order (default: equal).",
-    )
-    flags.DEFINE_string(
-        "checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest training checkpoints)."
-    )
+    model_flags.define_workdirs("decode")
+    model_flags.define_checkpoint()
     flags.DEFINE_string(
         "target_lang",
         None,
@@ -504,12 +492,7 @@ def _define_flags() -> None:
         "quantized as it comes): a quarter of the weight traffic per decoder step, for one-sentence latency on "
         "a CPU. Translations may differ slightly from the float32 model's.",
     )
-    flags.DEFINE_bool(
-        "shortlist",
-        False,
-        "Restrict each sentence's output to its vocabulary shortlist (the first --workdir's, built by "
-        "`python shortlist.py --workdir W`): a smaller output layer per step, for speed.",
-    )
+    model_flags.define_shortlist("sentence")
     flags.DEFINE_bool(
         "split_sentences",
         False,

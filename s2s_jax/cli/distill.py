@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from s2s_jax.cli import model_flags
 from s2s_jax.config import checks
 from s2s_jax.config import flags as config_flags
 from s2s_jax.errors import CheckpointError, ConfigError, DataError
@@ -125,7 +126,7 @@ def _define_flags() -> None:
 
     config_flags.define_config_flag("config", lock_config=True)
     flags.DEFINE_multi_string("teacher", None, "A trained workdir; several: their ensemble teaches.")
-    flags.DEFINE_string("teacher_checkpoint", "best", "The teachers' checkpoint: best, latest or a step.")
+    model_flags.define_checkpoint("teacher_checkpoint", "The teachers' checkpoint: ")
     flags.DEFINE_string("workdir", None, "The student's workdir (its distill/ holds the distilled corpus).")
     flags.DEFINE_integer("beam_size", 5, "The teachers' beam.")
     flags.DEFINE_float("alpha", None, "Length normalisation of the beam (default: the first teacher's decode.alpha).")

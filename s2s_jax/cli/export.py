@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+from s2s_jax.cli import model_flags
 from s2s_jax.decoding.export import export_model
 from s2s_jax.errors import CheckpointError, DataError
 
@@ -63,7 +64,7 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
     flags.DEFINE_string("output", None, "Directory to write (must be empty or absent).", required=True)
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number | avg:K (the mean of the K newest).")
+    model_flags.define_checkpoint()
     flags.DEFINE_list("rows", None, "Batch row counts to export (default: 1, 16, decode.batch_size).")
     flags.DEFINE_list("widths", None, "Source widths, EOS included (default: multiples of 16 up to data.max_len + 1).")
     flags.DEFINE_integer("beam_size", None, "The default search's beam size (1 = greedy); default: decode.beam_size.")

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from s2s_jax.cli import model_flags
 from s2s_jax.serving.settings import ServeSettings
 
 API_KEY_ENV = "S2S_API_KEY"
@@ -123,18 +124,12 @@ def _define_flags() -> None:
     from absl import flags
 
     defaults = ServeSettings()
-    flags.DEFINE_multi_string("workdir", None, "A training workdir; repeat it to serve an ensemble.", required=True)
-    flags.DEFINE_list("ensemble_weights", None, "Weights of the ensemble members, one per --workdir (default: equal).")
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number | avg:K.")
+    model_flags.define_workdirs("serve")
+    model_flags.define_checkpoint()
     flags.DEFINE_bool(
         "int8", False, "Serve int8 copies of the weight matrices (made at load time): lower latency on a CPU."
     )
-    flags.DEFINE_bool(
-        "shortlist",
-        False,
-        "Restrict each text's output to its vocabulary shortlist (the first --workdir's, built by "
-        "`python shortlist.py --workdir W`).",
-    )
+    model_flags.define_shortlist("text")
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 to listen on every interface).")
     flags.DEFINE_integer("port", 8000, "Port to listen on.")
     flags.DEFINE_float("max_wait_ms", defaults.max_wait_ms, "How long a text waits for others to share its batch.")
@@ -166,7 +161,8 @@ def _define_flags() -> None:
         None,
         "Beam sizes whose every batch shape is compiled before /health, not only the shapes that cover "
         "them (every accepted search has those; a batch runs on one until its own shape has compiled "
-        "in the background, so no request waits on a compile either way).",
+        "in the background, so no plain request waits on a compile either way; constrained searches and "
+        "alignments compile on first use).",
     )
     flags.DEFINE_string(
         "api_key_file",

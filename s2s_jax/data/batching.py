@@ -28,7 +28,7 @@ Subword regularisation: with `resample(epoch) -> (src_ids, tgt_ids)` every epoch
 reads newly sampled segmentations of the same pairs. The shapes stay those chosen
 for the deterministic lengths; each sampled pair goes to the smallest shape that
 holds it, and a pair whose sample fits no shape keeps its deterministic segmentation
-for that epoch (counted in `last_fallbacks`). The sampling is seeded by (seed, epoch),
+for that epoch. The sampling is seeded by (seed, epoch),
 so an epoch's batches are still rebuilt exactly from two integers.
 
 Several language pairs: with `sampler(epoch) -> row indices` (s2s_jax/data/pair_sampling.py)
@@ -214,7 +214,6 @@ class BucketedBatches:
         self._resample = resample
         self._sampler = sampler
         self._sampled: tuple[int, Packed, Packed, list[np.ndarray]] | None = None  # the newest epoch's
-        self.last_fallbacks = 0
         self.max_tokens = int(max_tokens)
         if self.max_tokens:
             self._rows = [token_budget_rows(self.max_tokens, s, t, row_multiple) for s, t in self._shapes]
@@ -293,7 +292,6 @@ class BucketedBatches:
             assignment = _assign(src.lengths + 1, tgt.lengths + 1, self._shapes)
             members = [np.flatnonzero(assignment == b) for b in range(len(self._shapes))]
             self._sampled = (epoch, src, tgt, members)
-            self.last_fallbacks = len(fallback)
         return self._sampled[1:]
 
     def _drawn(self, members: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:

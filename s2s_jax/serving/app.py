@@ -7,8 +7,9 @@ and sampling switch; alpha, temperature, top-k and top-p are traced per row) for
 hands them to one worker thread as one `Translator.translate` call. That call goes
 through the one inference path (s2s_jax/decoding/inference.py), so a batch of texts is sorted by
 length and padded to the shapes decode.py uses; before /health turns 200 every accepted search
-has compiled shapes that cover all its batches (s2s_jax/serving/shapes.py), so no request waits
-on a compile. A job whose request has already timed out is
+has compiled shapes that cover all its batches (s2s_jax/serving/shapes.py), so no plain request
+waits on a compile. What compiles on first use: a constrained batch's search, and the teacher-forced
+pass of an `alignment`. A job whose request has already timed out is
 dropped before its search; a batch that fails fails its own requests only.
 
 Sampling draws text j of a request from fold_in(key(seed), j), whatever else shares its
