@@ -21,15 +21,8 @@ NO_FILES = {f"{split}_{side}": "" for split in ("train", "valid", "test") for si
 
 
 def get_config():
-    config = multi30k.get_config()
-    config.model.num_layers = 1
-    config.model.bidirectional = True
+    config = multi30k.get_config()  # its model, training schedule and beam, with attention:
     config.model.attention = "luong_general"
     config.model.feed_context = False  # attention supplies the context
     config.model.input_feeding = False
-    config.model.tie_embeddings = True
-    config.train.num_steps = 1500
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
-    config.decode.beam_size = 5
     return config
