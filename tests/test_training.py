@@ -259,6 +259,41 @@ def test_train_and_evaluate_writes_a_workdir_and_resumes_bit_for_bit(tmp_path, o
     assert drop_speed(read_metrics(resumed)) == drop_speed(records)
 
 
+@pytest.mark.slow
+def test_a_resume_behind_a_newer_best_decides_as_the_uninterrupted_run(tmp_path):
+    """Killed after best/ took step 8 but before checkpoint 8 was written: the rerun resumes from
+    step 4 and must judge steps 6 and 8 against the best as of step 4 (not step 8's), or plateau
+    halves the rate where the uninterrupted run did not."""
+    paths = write_tiny_corpus(str(tmp_path))
+    config = tiny_config(
+        paths,
+        num_steps=8,
+        eval_every=2,
+        checkpoint_every=4,
+        log_every=1,
+        lr_schedule="plateau",
+        early_stop_metric="loss",
+        learning_rate=1e-2,
+        warmup_steps=0,
+    )
+    full = str(tmp_path / "full")
+    loop.train_and_evaluate(config, full)
+    records = read_metrics(full)
+    losses = [r["valid_loss"] for r in records if "valid_loss" in r]
+    assert ckpt_lib.load_params(full, "best")[1]["step"] == 8 and losses == sorted(losses, reverse=True)
+    killed = str(tmp_path / "killed")
+    shutil.copytree(full, killed)
+    shutil.rmtree(os.path.join(killed, "checkpoints", "8"))
+    loop.train_and_evaluate(config, killed)
+    drop_speed = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rs]  # noqa: E731
+    assert drop_speed(read_metrics(killed)) == drop_speed(records)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        ckpt_lib.load_params(full, "latest")[0],
+        ckpt_lib.load_params(killed, "latest")[0],
+    )
+
+
 def test_an_exception_inside_the_loop_restores_signal_handlers_and_leaves_the_last_checkpoint_readable(
     tmp_path, monkeypatch
 ):

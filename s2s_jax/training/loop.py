@@ -329,8 +329,10 @@ class BestTracker:
     """The best validation score so far (train.early_stop_metric: BLEU, chrF or loss), the
     checkpoint it picks, and early stopping by `train.early_stop_patience`.
 
-    Starts from the best checkpoint on disk, so a resumed run stops where an
-    uninterrupted one would (and a rerun after an early stop does nothing).
+    Starts from the best so far as the resumed checkpoint recorded it (best/ may hold a later
+    evaluation, saved after that checkpoint by a run that was then killed), else from the best
+    checkpoint on disk, so a resumed run decides as an uninterrupted one would (and a rerun after
+    an early stop does nothing).
     """
 
     def __init__(self, train_cfg, best_meta: dict | None):
@@ -427,10 +429,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     with contextlib.ExitStack() as cleanup:
         stop = cleanup.enter_context(StopRequest())
         checkpoints = cleanup.enter_context(ckpt_lib.Checkpoints(workdir, train_cfg.max_to_keep))
-        state, start_step = _resume_or_initialize(state, checkpoints, iterator, train_cfg, workdir, mesh)
+        state, start_step, resumed = _resume_or_initialize(state, checkpoints, iterator, train_cfg, workdir, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size, train_cfg.max_tokens), flush=True)
         print(f"Recurrences: {recurrences.describe(model.config.recurrence)}", flush=True)
-        best = BestTracker(train_cfg, checkpoints.best_meta())
+        best = BestTracker(train_cfg, resumed["best"] if "best" in resumed else checkpoints.best_meta())
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
         loop = _TrainLoop(
@@ -462,16 +464,16 @@ def _train_iterator(corpus: training_data.Corpus, mesh: jax.sharding.Mesh):
 
 def _resume_or_initialize(
     state: TrainState, checkpoints: ckpt_lib.Checkpoints, iterator, train_cfg, workdir: str, mesh: jax.sharding.Mesh
-) -> tuple[TrainState, int]:
-    """(state, start step): the newest checkpoint's state and data position if there is one, else
-    `state` (fresh) or what train.init_from starts from."""
+) -> tuple[TrainState, int, dict]:
+    """(state, start step, the checkpoint's meta): the newest checkpoint's state and data position
+    if there is one, else `state` (fresh) or what train.init_from starts from, and an empty meta."""
     if checkpoints.latest_step() is not None:
         state, meta = checkpoints.restore(state)
         state = parallel.replicate(state, mesh)
         iterator.set_state(meta["data_state"])
         start_step = int(state["step"])
         print(f"Resumed from step {start_step} in {workdir}/checkpoints", flush=True)
-        return state, start_step
+        return state, start_step, meta
     if train_cfg.init_from:
         state = init_from.initial_state(
             train_cfg.init_from,
@@ -480,7 +482,7 @@ def _resume_or_initialize(
             workdir if parallel.is_main_process() else None,
         )
         state = parallel.replicate(state, mesh)
-    return state, 0
+    return state, 0, {}
 
 
 def _compiled_train_step(
@@ -607,7 +609,9 @@ class _TrainLoop:
             if record:
                 self.write_log(step, record)
             if is_checkpoint:
-                self.checkpoints.save(step, state, {"data_state": self.iterator.get_state(), "step": step})
+                # the best so far goes with the state: best/ may hold a later step than this checkpoint
+                meta = {"data_state": self.iterator.get_state(), "step": step, "best": self.best.scores}
+                self.checkpoints.save(step, state, meta)
             if early_stop:
                 return self.result(Outcome.EARLY_STOPPED, step, self.best.message(step))
             if stopping:
