@@ -598,11 +598,23 @@ def test_the_server_takes_constraints_per_text(trained_workdir):
         plain = translator.translate(texts[2:], SearchOptions(beam_size=3))[0][0].text
         assert fewer[0]["text"] == got[0]["text"] and fewer[2]["text"] == plain
         beam3 = translator.translate(texts[:1], SearchOptions(beam_size=3), constraints=[["godtac"]])[0][0].text
+        plain_b = translator.translate(texts[1:2], SearchOptions(beam_size=3))[0][0].text
         for settings in ({"beam_size": 1}, {"sample": True, "seed": 1}, {}):
             one = server.post({"text": texts[0], "constraints": [["godtac"]], **settings}).json()["translations"][0]
             assert one["text"] == beam3 and one["constraints_met"] is True, settings
         capped = server.post({"text": texts[0], "beam_size": 3, "constraints": [["godtac", "dog " * 40]]}).json()
         assert capped["translations"][0]["text"] == beam3 and capped["translations"][0]["constraints_met"] is False
+        # Only a text with constraints is beam-searched: the others sample as they would without them.
+        # (a seed whose sample of text 1 differs from its beam search, so that the two are told apart)
+        sampled = next(
+            request
+            for request in ({"text": texts[:2], "sample": True, "seed": s} for s in range(8))
+            if server.post(request).json()["translations"][1]["text"] != plain_b
+        )
+        mixed = server.post({**sampled, "constraints": [["godtac"]]}).json()["translations"]
+        alone = server.post(sampled).json()["translations"]
+        assert mixed[0]["text"] == beam3 and mixed[0]["constraints_met"] is True
+        assert mixed[1]["text"] == alone[1]["text"] and mixed[1]["constraints_met"] is None
         dropped = server.post({"text": texts[0], "beam_size": 3, "constraints": [["dog " * 40]]}).json()
         assert dropped["translations"][0]["constraints_met"] is False  # its only phrase left out: not met either
         for payload in ({"text": "a", "constraints": [["a"] * 9]}, {"text": "a", "constraints": [["a" * 201]]}):

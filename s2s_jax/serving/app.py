@@ -157,7 +157,10 @@ class Batcher:
         constraints: Sequence[list[str]] | None = None,
         whole: Sequence[bool] | None = None,
         target_lang: str | None = None,
+        constrained_opts: SearchOptions | None = None,
     ) -> list[asyncio.Future]:
+        """One job per text; a text with constraints (or whose phrases were all left out, `whole`
+        False) gets `constrained_opts` (a beam search), no MBR; the others `opts` and `mbr`."""
         self.pending = [job for job in self.pending if not job.future.done()]  # timed out: no longer waiting
         if len(self.pending) + len(texts) > self.settings.max_queue:
             raise QueueFull(f"{len(self.pending)} texts are waiting (max_queue={self.settings.max_queue})")
@@ -165,9 +168,18 @@ class Batcher:
         now = loop.time()
         constraints = constraints or [[] for _ in texts]
         whole = whole or [True for _ in texts]
-        jobs = [  # a text with constraints is searched by beam search, without MBR
+        jobs = [
             _Job(
-                t, opts, (seed, j), alignment, now, loop.create_future(), None if c or not w else mbr, c, w, target_lang
+                t,
+                (constrained_opts or opts) if c or not w else opts,
+                (seed, j),
+                alignment,
+                now,
+                loop.create_future(),
+                None if c or not w else mbr,
+                c,
+                w,
+                target_lang,
             )
             for j, (t, c, w) in enumerate(zip(texts, constraints, whole))
         ]
@@ -320,7 +332,7 @@ def request_options(
         token_scores=request.word_scores,
     )
     mbr = request_mbr(request)
-    if mbr is not None and not constrained:  # texts with constraints keep the beam; the others' jobs sample
+    if mbr is not None and not constrained:  # texts with constraints keep the beam and get no MBR
         opts = mbr.search_options(opts)
     opts.check()  # the request model's constraints leave nothing for it to refuse
     return opts
@@ -555,7 +567,13 @@ class _Service:
             raise ApiError(422, f"target_lang: {err}", "target_lang") from None
         constraints, whole = request_constraints(request, texts, current["translator"])
         constrained = [bool(c) or not w for c, w in zip(constraints, whole)]  # asked for constraints
-        opts = request_options(request, current["translator"], self.settings, constrained=any(constrained))
+        # each text's search as if it came alone: constraints make only their own texts' a beam search
+        opts = request_options(request, current["translator"], self.settings)
+        constrained_opts = (
+            request_options(request, current["translator"], self.settings, constrained=True)
+            if any(constrained)
+            else None
+        )
         seed = secrets.randbits(32) if request.seed is None else request.seed
         documents = None
         if request.split:  # a text with constraints is translated whole: they hold for all of it
@@ -573,7 +591,15 @@ class _Service:
         mbr = request_mbr(request)
         try:
             futures = current["batcher"].submit(
-                [clean_text(t) for t in texts], opts, seed, request.alignment, mbr, constraints, whole, target_lang
+                [clean_text(t) for t in texts],
+                opts,
+                seed,
+                request.alignment,
+                mbr,
+                constraints,
+                whole,
+                target_lang,
+                constrained_opts,
             )
         except QueueFull as err:
             raise ApiError(429, f"server busy: {err}; retry later") from None

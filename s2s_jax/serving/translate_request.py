@@ -4,7 +4,7 @@
 (an enum), its most n-best, characters per text and texts per request are pydantic constraints,
 so the published /openapi.json says them and validation enforces them (422, `field` naming the
 field). The rules the schema cannot say are not rules: an n-best above the beam size widens
-the beam (see `NBEST`), and constraints make the search a beam search, with no more than the cap
+the beam (see `NBEST`), and constraints make their text's search a beam search, with no more than the cap
 of constraint tokens per text (see `CONSTRAINTS`).
 """
 
@@ -43,7 +43,8 @@ MAX_PHRASES = 8  # constraint phrases per text
 MAX_PHRASE_CHARS = 200  # characters per constraint phrase
 CONSTRAINTS = (
     "list i: the phrases the translation of text i must contain (texts past the lists have none). They "
-    "make the search a beam search of at least 2 (sample ignored, a beam of 1 widened) and hold for the whole "
+    "make that text's search a beam search of at least 2 (sample ignored, a beam of 1 widened; the other texts' "
+    "searches are as without them) and hold for the whole "
     f"text (it is not split, mbr does not apply to it); phrases past {MAX_TOKENS} target tokens per text are left out "
     "(constraints_met false)"
 )
