@@ -10,7 +10,7 @@ import sentencepiece as spm
 
 from s2s_jax.cli import train as train_cli
 from s2s_jax.data import training_data
-from s2s_jax.errors import DataError
+from s2s_jax.errors import ConfigError, DataError
 from s2s_jax.training import init_from, loop
 from s2s_jax.workdir import checkpoints, run_config
 from tests.helpers import tiny_config, write_tiny_corpus
@@ -95,6 +95,10 @@ def test_the_initial_state_is_the_source_exactly(trained_workdir):
     latest, _ = checkpoints.load_train_state(source, checkpoints.load_params(source, "latest")[1]["step"], fresh)
     assert equal_trees(kept["params"], latest["params"]) and equal_trees(kept["opt_state"], latest["opt_state"])
     assert int(kept["step"]) == 0
+    unclipped = run_config.load(source).train
+    unclipped.clip_norm = 0.0  # its optimizer chain lacks the clipping step: another state structure
+    with pytest.raises(ConfigError, match="train.clip_norm=1.0, this run with 0.0, so gradient clipping differs"):
+        init_from.initial_state(f"{source}:latest", fresh, keep_optimizer=True, workdir=None, train_cfg=unclipped)
 
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)

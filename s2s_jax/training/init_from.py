@@ -21,7 +21,9 @@ import numpy as np
 
 from s2s_jax.data.training_data import parse_init_from
 from s2s_jax.errors import ConfigError
+from s2s_jax.training.optimizers import ON_PLATEAU
 from s2s_jax.workdir import checkpoints as ckpt_lib
+from s2s_jax.workdir import run_config
 
 RECORD = "init_from.json"
 
@@ -54,7 +56,29 @@ def schedule_offset(workdir: str, train_cfg) -> int:
         return int(json.load(f)["step"])
 
 
-def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | None) -> dict:
+# What decides the structure of a training state beyond the model (train.* key, what it adds, that fact of a value).
+_STATE_STRUCTURE = (
+    ("optimizer", "the optimizer", lambda value: value),
+    ("clip_norm", "gradient clipping", lambda value: value > 0),
+    ("ema_decay", "an EMA of the parameters", lambda value: value > 0),
+    ("lr_schedule", "a plateau schedule's rate factor", lambda value: value in ON_PLATEAU),
+)
+
+
+def check_optimizer_state(spec: str, source_train, train_cfg) -> None:
+    """ConfigError unless the source's training state has this run's structure, which keeping its
+    optimizer state needs (else orbax finds no matching checkpoint and calls them unreadable)."""
+    for key, what, fact in _STATE_STRUCTURE:
+        theirs, ours = fact(source_train[key]), fact(train_cfg[key])
+        if theirs != ours:
+            raise ConfigError(
+                f"train.init_from={spec} with train.init_keep_optimizer: the source ran with train.{key}="
+                f"{source_train[key]!r}, this run with {train_cfg[key]!r}, so {what} differs in the saved state; "
+                f"set train.{key} as the source had it or leave train.init_keep_optimizer off"
+            )
+
+
+def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | None, train_cfg=None) -> dict:
     """`state` (a freshly initialised train state) with the source's parameters, and with
     `keep_optimizer` its optimizer state too; the step counter stays 0. Records the source
     in WORKDIR/init_from.json (`workdir` None: another process does)."""
@@ -68,6 +92,8 @@ def initial_state(spec: str, state: dict, keep_optimizer: bool, workdir: str | N
     if "ema" in state:
         state["ema"] = params
     if keep_optimizer:
+        if train_cfg is not None:
+            check_optimizer_state(spec, run_config.load(source).train, train_cfg)
         restored, _ = ckpt_lib.load_train_state(source, meta["step"], state)
         state["opt_state"] = restored["opt_state"]
     if workdir is None:

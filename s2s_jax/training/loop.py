@@ -480,6 +480,7 @@ def _resume_or_initialize(
             jax.device_get(state),
             train_cfg.init_keep_optimizer,
             workdir if parallel.is_main_process() else None,
+            train_cfg,
         )
         state = parallel.replicate(state, mesh)
     return state, 0, {}
