@@ -432,7 +432,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         state, start_step, resumed = _resume_or_initialize(state, checkpoints, iterator, train_cfg, workdir, mesh)
         print(parallel.describe(mesh, train_cfg.batch_size, train_cfg.max_tokens), flush=True)
         print(f"Recurrences: {recurrences.describe(model.config.recurrence)}", flush=True)
-        best = BestTracker(train_cfg, resumed["best"] if "best" in resumed else checkpoints.best_meta())
+        on_disk = checkpoints.best_meta()  # also sets an unreadable best/ aside, with a warning
+        # The best as the resumed checkpoint knew it, unless best/ was just set aside: then the next
+        # evaluation writes a new one, as it does on a run without a recorded best.
+        recorded = resumed.get("best")
+        best = BestTracker(train_cfg, recorded if recorded is not None and (on_disk or not recorded) else on_disk)
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
         loop = _TrainLoop(
