@@ -436,7 +436,9 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         # The best as the resumed checkpoint knew it, unless best/ was just set aside: then the next
         # evaluation writes a new one, as it does on a run without a recorded best.
         recorded = resumed.get("best")
-        best = BestTracker(train_cfg, recorded if recorded is not None and (on_disk or not recorded) else on_disk)
+        if recorded and on_disk is None:
+            recorded = None
+        best = BestTracker(train_cfg, on_disk if recorded is None else recorded)
         if start_step and start_step % train_cfg.eval_every == 0 and best.patience_ran_out(start_step):
             return TrainResult(Outcome.EARLY_STOPPED, start_step, 0, best.scores, {}, best.message(start_step))
         loop = _TrainLoop(

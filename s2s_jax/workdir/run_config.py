@@ -95,23 +95,22 @@ def check_and_save(config, workdir: str) -> None:
         from s2s_jax.configs import default
 
         defaults = default.get_config()
-        for key in _FIXED_ON_RESUME:
+
+        def saved_value(key: str):
             try:
-                old = get_dotted(saved, key)
+                return get_dotted(saved, key)
             except KeyError:  # saved by an older version without that key: it had the default
-                old = get_dotted(defaults, key)
-            new = get_dotted(config, key)
+                return get_dotted(defaults, key)
+
+        for key in _FIXED_ON_RESUME:
+            old, new = saved_value(key), get_dotted(config, key)
             if old != new:
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}; "
                     "use a new --workdir or the original setting"
                 )
         for key, what, fact in _SWITCHES_FIXED_ON_RESUME:
-            try:
-                old = get_dotted(saved, key)
-            except KeyError:
-                old = get_dotted(defaults, key)
-            new = get_dotted(config, key)
+            old, new = saved_value(key), get_dotted(config, key)
             if fact(old) != fact(new):
                 raise ConfigError(
                     f"{workdir} was trained with {key}={old!r}, this run asks for {new!r}: that turns {what} "
