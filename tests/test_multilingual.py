@@ -4,6 +4,7 @@ and the server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,8 +21,10 @@ from s2s_jax.config import checks
 from s2s_jax.configs import default
 from s2s_jax.data import batching, languages, pair_sampling, training_data
 from s2s_jax.data.text import read_lines
+from s2s_jax.decoding.inference import Inference, SearchOptions
 from s2s_jax.decoding.translator import Translator
 from s2s_jax.errors import ConfigError, DataError
+from s2s_jax.models.seq2seq import Seq2Seq
 from s2s_jax.serving import app as serving
 from s2s_jax.training.train_log import read_metrics
 from s2s_jax.workdir import checkpoints as ckpt_lib
@@ -281,6 +284,29 @@ def test_translator_takes_the_target_language(multilingual_workdir):
     assert into_de.translate(lines)[2][0].text == ""  # an empty line stays empty, untagged
     scores = translator.score(lines[:1], ["therden"], target_lang="de")
     assert np.isfinite(scores[0].total)
+
+
+def test_language_tags_are_never_output(multilingual_workdir):
+    """A tag is an input: even a model whose output layer favours one never outputs it, in greedy,
+    beam or sampled search; the same model told nothing of its tags does (the test's teeth)."""
+    translator = Translator(multilingual_workdir.workdir, target_lang="de")
+    tok = translator.tgt_tokenizer
+    tag_ids = tuple(tok.piece_id(languages.tag(lang)) for lang in TARGETS)
+    assert translator.model.config.never_output == tag_ids
+    member = translator.members[0]
+
+    def favour_de_tag(path, leaf):
+        is_output_bias = jax.tree_util.keystr(path).endswith("['output']['bias']")
+        return leaf.at[tag_ids[1]].add(50.0) if is_output_bias else leaf
+
+    member.params = jax.tree_util.tree_map_with_path(favour_de_tag, member.params)
+    lines = ["the red cat", "a small dog sees the house"]
+    for opts in (SearchOptions(beam_size=1), SearchOptions(beam_size=3), SearchOptions(sample=True)):
+        for hyp in (h[0] for h in translator.translate(lines, opts, seed=3)):
+            assert not set(hyp.tokens) & set(tag_ids) and "<2" not in hyp.text
+    blind = Seq2Seq(dataclasses.replace(member.model.config, never_output=()))
+    translator.inference = Inference(blind, translator.config.decode, translator.max_len)
+    assert all(tag_ids[1] in h[0].tokens for h in translator.translate(lines, SearchOptions(beam_size=1)))
 
 
 @pytest.mark.slow

@@ -77,6 +77,10 @@ class RunLanguages:
         """The tags its sentencepiece model must keep as single pieces."""
         return [tag(t) for t in self.targets] if self.tags else []
 
+    def symbol_ids(self, tokenizer) -> tuple[int, ...]:
+        """The ids of `symbols` in a (target) tokenizer: inputs only, which no search outputs."""
+        return tuple(i for i in map(tokenizer.piece_id, self.symbols) if i is not None)
+
     def source_tag_language(self, target_lang: str | None) -> str | None:
         """The language whose tag a source gets (None: untagged), `target_lang` checked first."""
         language = self.check_target(target_lang)

@@ -70,6 +70,12 @@ class ModelConfig:
     dtype: Any = jnp.float32
     recurrence: str = "scan"  # scan | fused, resolved from `model.recurrence` (s2s_jax.models.recurrences)
     int8: bool = False  # int8 weight matrices for CPU serving (s2s_jax/models/int8_weights.py), set at load time
+    never_output: tuple[int, ...] = ()  # target ids besides <pad> and <bos> never output: a run's language tags
+
+    @property
+    def not_output(self) -> tuple[int, ...]:
+        """Target ids a search never outputs: <pad>, <bos> and `never_output`."""
+        return (PAD_ID, BOS_ID, *self.never_output)
 
     @property
     def fused(self) -> bool:
@@ -77,7 +83,9 @@ class ModelConfig:
         return self.recurrence == "fused"
 
     @classmethod
-    def from_config(cls, model_cfg, src_vocab_size: int, tgt_vocab_size: int, dtype=jnp.float32):
+    def from_config(
+        cls, model_cfg, src_vocab_size: int, tgt_vocab_size: int, dtype=jnp.float32, never_output: tuple[int, ...] = ()
+    ):
         """Builds from the `model` section of an ml_collections config."""
         return cls(
             src_vocab_size=src_vocab_size,
@@ -95,6 +103,7 @@ class ModelConfig:
             cell=model_cfg.get("cell", "lstm"),  # workdirs from before GRU have no model.cell
             dtype=dtype,
             recurrence=recurrences.resolve(model_cfg.get("recurrence", "auto"), dtype),
+            never_output=tuple(never_output),
         )
 
 
@@ -367,8 +376,9 @@ class Seq2Seq(nn.Module):
     ) -> tuple[jax.Array, State]:
         """One decoder step: tokens [B] -> float32 logits [B, V].
 
-        <pad> and <bos> are never valid outputs, so their logits are pushed to
-        -1e9 here (not in training, where label smoothing must stay finite).
+        <pad>, <bos> and a multilingual run's language tags are never valid outputs
+        (`ModelConfig.not_output`), so their logits are pushed to -1e9 here (not in training,
+        where label smoothing must stay finite).
         With `output` (`output_layer(ids)` for S target ids, gathered once per batch) the logits are
         those ids' alone, [B, S], unmasked: the caller maps them back (s2s_jax/decoding/shortlist.py).
         """
@@ -376,7 +386,7 @@ class Seq2Seq(nn.Module):
             h, state, _ = self.decoder(tokens[:, None], memory, state, train=train, features=True)
             return self.decoder.project(h[:, 0], output), state
         logits, state, _ = self.decoder(tokens[:, None], memory, state, train=train)
-        logits = logits[:, 0].at[:, jnp.array([PAD_ID, BOS_ID])].set(-1e9)
+        logits = logits[:, 0].at[:, jnp.array(self.config.not_output)].set(-1e9)
         return logits, state
 
     def features(
@@ -433,8 +443,8 @@ class Seq2Seq(nn.Module):
             tokens = jnp.where(gold_here, gold, prev_pred)
             logits, dec_state, _ = decoder(tokens[:, None], memory, dec_state, train=train)
             logits = logits[:, 0]
-            never_output = jnp.array([PAD_ID, BOS_ID])
-            prediction = jnp.argmax(logits.at[:, never_output].set(-1e9), -1).astype(tgt_in.dtype)
+            prediction = jnp.argmax(logits.at[:, jnp.array(self.config.not_output)].set(-1e9), -1)
+            prediction = prediction.astype(tgt_in.dtype)
             return (dec_state, prediction), logits
 
         scan = nn.scan(
@@ -448,7 +458,8 @@ class Seq2Seq(nn.Module):
         return logits
 
 
-def make_model(config, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    """The model a config describes, computing in its `train.dtype`."""
+def make_model(config, src_vocab_size: int, tgt_vocab_size: int, never_output: tuple[int, ...] = ()) -> Seq2Seq:
+    """The model a config describes, computing in its `train.dtype`; `never_output`: the target ids
+    of its language tags (`RunLanguages.symbol_ids`), which no search outputs."""
     dtype = DTYPES[config.train.dtype]
-    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype))
+    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype, never_output))

@@ -25,7 +25,7 @@ import optax
 from tqdm.auto import tqdm
 
 from s2s_jax import bleu, parallel
-from s2s_jax.data import training_data
+from s2s_jax.data import languages, training_data
 from s2s_jax.decoding.inference import Inference, SearchOptions
 from s2s_jax.models import recurrences, time_segments
 from s2s_jax.models.seq2seq import Seq2Seq, make_model
@@ -411,7 +411,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     parallel.silence_other_processes()  # their stdout goes to /dev/null: process 0 prints
     with parallel.main_process_first("corpus"):  # process 0 trains the tokenizer, the others load it
         corpus = training_data.prepare(config, workdir, row_multiple=parallel.num_devices(mesh))
-    model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size)
+    tags = languages.run_languages(config.data).symbol_ids(corpus.tgt_tokenizer)
+    model = make_model(config, corpus.src_tokenizer.vocab_size, corpus.tgt_tokenizer.vocab_size, tags)
     optimizer = make_optimizer(config.train)
     state = parallel.replicate(
         init_train_state(
