@@ -8,7 +8,9 @@ and without time segments; vmap; the portable (non-AVX2) build; and the fallback
 kernel is missing.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -75,6 +77,30 @@ def test_fused_layer_equals_the_scan_with_its_gradients(cell, batch, time, hidde
     assert jax.tree.structure(grads_f) == jax.tree.structure(grads_s)
     for f, s in zip(jax.tree.leaves(grads_f), jax.tree.leaves(grads_s)):
         np.testing.assert_allclose(f, s, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_lengths_past_the_end_are_the_whole_sequence_with_their_gradients(cell):
+    """The kernels' public functions clip lengths to [0, T]: a length past T is the whole row, in
+    the forward pass and in every gradient (the backward pass reads past no buffer)."""
+    batch, time, hidden = 2, 3, 8
+    gates = 4 if cell == "lstm" else 3
+    keys = jax.random.split(jax.random.key(1), 3)
+    x_proj = jax.random.normal(keys[0], (batch, time, gates * hidden))
+    w = 0.3 * jax.random.normal(keys[1], (hidden, gates * hidden))
+    h0 = jax.random.normal(keys[2], (batch, hidden))
+
+    def loss(x_proj, w, h0, lengths):
+        if cell == "lstm":
+            out, (c, h) = kernel.lstm(x_proj, w, h0, h0, lengths)
+            return jnp.sum(jnp.sin(out)) + jnp.sum(h * c)
+        out, h = kernel.gru(x_proj, w, jnp.zeros((hidden,)), h0, lengths)
+        return jnp.sum(jnp.sin(out)) + jnp.sum(h * h)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    whole, past = grad(x_proj, w, h0, jnp.array([3, 3])), grad(x_proj, w, h0, jnp.array([5, 7]))
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(past)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_layer_under_vmap_equals_the_batched_call():
@@ -164,6 +190,31 @@ def test_auto_takes_the_kernel_here_and_the_scan_without_it(monkeypatch):
     assert recurrences.resolve("auto") == "scan"
     with pytest.raises(ValueError, match="fused: the fused CPU recurrence is missing .it was not built"):
         recurrences.resolve("fused")
+
+
+def test_a_model_trained_fused_translates_where_the_kernel_cannot_run(trained_workdir, tmp_path, monkeypatch, capsys):
+    """Training insists on a recurrence it can run; a trained model loaded to translate runs the scan
+    over the same parameters instead, with one warning, and translates as it does with the kernel."""
+    from s2s_jax.decoding.translator import Translator
+
+    workdir = str(tmp_path / "fused")
+    shutil.copytree(trained_workdir.workdir, workdir)
+    path = os.path.join(workdir, "config.json")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    saved["model"]["recurrence"] = "fused"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(saved, f)
+    lines = ["the red cat", "a small dog sees the house"]
+    with_kernel = Translator(workdir)
+    assert with_kernel.model.config.recurrence == "fused"
+    expected = [h[0].text for h in with_kernel.translate(lines)]
+    monkeypatch.setattr(kernel, "available", lambda: False)
+    monkeypatch.setattr(kernel, "unavailable_reason", lambda: "not built for this test")
+    without = Translator(workdir)
+    assert without.model.config.recurrence == "scan"
+    assert "trained with model.recurrence=fused, but the fused CPU recurrence is missing" in capsys.readouterr().err
+    assert [h[0].text for h in without.translate(lines)] == expected
 
 
 def test_config_check_names_why_fused_cannot_run(monkeypatch):

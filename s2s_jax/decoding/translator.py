@@ -93,7 +93,7 @@ class Member:
         src_tokenizer, tgt_tokenizer = load_workdir_tokenizers(workdir)
         params, meta = checkpoints.load_params(workdir, checkpoint)
         tags = languages.run_languages(config.data).symbol_ids(tgt_tokenizer)
-        model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size, tags)
+        model = make_model(config, src_tokenizer.vocab_size, tgt_tokenizer.vocab_size, tags, strict=False)
         if int8:
             model, params = int8_weights.quantized(model, params)
         return cls(workdir, config, src_tokenizer, tgt_tokenizer, model, parallel.replicate(params, mesh), meta)

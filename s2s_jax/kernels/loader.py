@@ -5,7 +5,9 @@ extension built at install time (setup.py); its inner loops pick their instructi
 when first called (S2S_JAX_KERNEL_ISA caps it). A kernel module here loads its extension with
 `load`, says why it is missing with the reason `load` returns, and calls a target through
 `ffi_call`, which registers the extension's targets with JAX on first use. Where a kernel is
-missing, or inside `portable()`, the kernel modules trace their pure-JAX path instead.
+missing, or inside `portable()`, the int8 and beam-candidate modules trace their pure-JAX path
+instead; the fused recurrence has none of its own (its pure-JAX path is the model's `nn.scan`),
+so a portable program is built from a model with `recurrence="scan"`, as export.py does.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ compiled at install time (setup.py); where that failed, `available()` is False a
 models run the scan (the reference implementation, and the path on GPU/TPU).
 
 Shapes: x_proj [B, T, G*H] (the input projection with its biases, gates in flax's order),
-w [H, G*H], h0/c0 [B, H], lengths [B] int32 (rows step through their first `lengths` steps;
-outputs past them are zero and the final state is the one after the last real step).
+w [H, G*H], h0/c0 [B, H], lengths [B] int32 (rows step through their first `lengths` steps, clipped
+to [0, T]; outputs past them are zero and the final state is the one after the last real step).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def unavailable_reason() -> str:
 
 
 def isa() -> str:
-    """The instruction set the kernels' inner loops use on this CPU ("avx2" or "generic")."""
+    """The instruction set the kernels' inner loops use on this CPU ("avx512", "avx2" or "generic";
+    "none" without the kernels)."""
     return loader.isa(recurrence_cpu)
 
 
@@ -68,6 +69,7 @@ def lstm(x_proj: jax.Array, w: jax.Array, h0: jax.Array, c0: jax.Array, lengths:
 def _lstm_fwd(x_proj, w, h0, c0, lengths):
     batch, time, gates = x_proj.shape
     hidden = gates // 4
+    lengths = jnp.clip(lengths, 0, time)  # the backward pass reads them as they are
     out, h, c, c_all, acts = _call(
         "s2s_lstm_forward_train",
         _like((batch, time, hidden)),
@@ -104,6 +106,7 @@ def gru(x_proj: jax.Array, w: jax.Array, bias_n: jax.Array, h0: jax.Array, lengt
 def _gru_fwd(x_proj, w, bias_n, h0, lengths):
     batch, time, gates = x_proj.shape
     hidden = gates // 3
+    lengths = jnp.clip(lengths, 0, time)  # the backward pass reads them as they are
     out, h, acts = _call(
         "s2s_gru_forward_train", _like((batch, time, hidden)), _like(h0.shape), _like((batch, time, 4 * hidden))
     )(x_proj, w, bias_n, h0, lengths)

@@ -36,13 +36,18 @@ def fused_blocker(dtype=jnp.float32) -> str | None:
     return None
 
 
-def resolve(name: str, dtype=jnp.float32) -> str:
-    """`model.recurrence` -> "scan" or "fused"; ValueError for `fused` where it cannot run."""
+def resolve(name: str, dtype=jnp.float32, strict: bool = True) -> str:
+    """`model.recurrence` -> "scan" or "fused"; ValueError for `fused` where it cannot run, unless
+    not `strict` (a trained model loaded to translate: the scan reads the same parameters, so it
+    runs that with a warning)."""
     if name not in RECURRENCES:
         raise ValueError(f"model.recurrence: {name!r} is not one of {', '.join(RECURRENCES)}")
     blocker = fused_blocker(dtype)
     if name == "fused" and blocker:
-        raise ValueError(f"model.recurrence=fused: {blocker}")
+        if strict:
+            raise ValueError(f"model.recurrence=fused: {blocker}")
+        _say_once(f"this model was trained with model.recurrence=fused, but {blocker}; it runs as nn.scan")
+        return "scan"
     if name == "auto":
         if blocker and not kernel.available() and jax.default_backend() == "cpu":
             _say_once(f"{blocker}; the recurrences run as nn.scan")

@@ -84,9 +84,16 @@ class ModelConfig:
 
     @classmethod
     def from_config(
-        cls, model_cfg, src_vocab_size: int, tgt_vocab_size: int, dtype=jnp.float32, never_output: tuple[int, ...] = ()
+        cls,
+        model_cfg,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        dtype=jnp.float32,
+        never_output: tuple[int, ...] = (),
+        strict: bool = True,
     ):
-        """Builds from the `model` section of an ml_collections config."""
+        """Builds from the `model` section of an ml_collections config; `strict`: as
+        `recurrences.resolve` (False for a trained model loaded to translate)."""
         return cls(
             src_vocab_size=src_vocab_size,
             tgt_vocab_size=tgt_vocab_size,
@@ -102,7 +109,7 @@ class ModelConfig:
             scan_unroll=model_cfg.scan_unroll,
             cell=model_cfg.get("cell", "lstm"),  # workdirs from before GRU have no model.cell
             dtype=dtype,
-            recurrence=recurrences.resolve(model_cfg.get("recurrence", "auto"), dtype),
+            recurrence=recurrences.resolve(model_cfg.get("recurrence", "auto"), dtype, strict),
             never_output=tuple(never_output),
         )
 
@@ -458,8 +465,12 @@ class Seq2Seq(nn.Module):
         return logits
 
 
-def make_model(config, src_vocab_size: int, tgt_vocab_size: int, never_output: tuple[int, ...] = ()) -> Seq2Seq:
+def make_model(
+    config, src_vocab_size: int, tgt_vocab_size: int, never_output: tuple[int, ...] = (), strict: bool = True
+) -> Seq2Seq:
     """The model a config describes, computing in its `train.dtype`; `never_output`: the target ids
-    of its language tags (`RunLanguages.symbol_ids`), which no search outputs."""
+    of its language tags (`RunLanguages.symbol_ids`), which no search outputs; `strict=False` for a
+    trained model loaded to translate (`recurrences.resolve`)."""
     dtype = DTYPES[config.train.dtype]
-    return Seq2Seq(ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype, never_output))
+    cfg = ModelConfig.from_config(config.model, src_vocab_size, tgt_vocab_size, dtype, never_output, strict)
+    return Seq2Seq(cfg)
