@@ -1,8 +1,8 @@
 """Multi30k de->en, a small student to distill a big teacher into (distill.py): cheap to serve on a CPU.
 
 multi30k_tuned's recipe (GRU, batches of <= 3072 tokens, parameter EMA, Luong attention, tied
-target embeddings) at a quarter of its width: embeddings 128, one bidirectional GRU encoder layer
-of 256 per direction, a GRU decoder of 256. Sequence-level distillation (Kim & Rush 2016) trains it
+target embeddings) at half its width (a third of its parameters): embeddings 128, one
+bidirectional GRU encoder layer of 256 per direction, a GRU decoder of 256, dropout 0.2. Sequence-level distillation (Kim & Rush 2016) trains it
 on the teachers' beam-search translations of the training sources instead of the references:
 
     python distill.py --teacher runs/m30k_tuned_s0 --teacher runs/m30k_tuned_s1 \\
