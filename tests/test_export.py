@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,33 @@ def test_a_missing_requirement_is_one_error_line_naming_it_and_the_requirements(
     )
 
 
+@pytest.mark.parametrize(
+    "damaged,message",
+    [
+        ("params.npz", "params.npz: not readable parameters"),
+        ("src_model", "not a readable sentencepiece model"),
+        ("function", "not a function this jax"),
+    ],
+)
+def test_a_damaged_artefact_is_one_error_line_naming_the_file(exported, tmp_path, capsys, damaged, message):
+    directory, manifest = exported
+    copy = str(tmp_path / "copy")
+    shutil.copytree(directory, copy)
+    name = {
+        "params.npz": "params.npz",
+        "src_model": manifest["src_model"],
+        "function": manifest["functions"]["default"]["1x" + str(manifest["widths"][0])],
+    }[damaged]
+    with open(os.path.join(copy, name), "wb") as f:
+        f.write(b"not what it should be")
+    source = tmp_path / "in.txt"
+    source.write_text("the red cat\n", encoding="utf-8")
+    status = LOADER.main(["--model_dir", copy, "--input", str(source), "--output", str(tmp_path / "out.txt")])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert os.path.join(copy, name) in err
+
+
 def load_loader():
     spec = importlib.util.spec_from_file_location(
         "export_loader_copy", os.path.join(ROOT, "s2s_jax", "decoding", "export_loader.py")
@@ -161,6 +189,25 @@ LOADER = load_loader()
 )
 def test_the_loader_normalises_text_as_the_package_does(value, lowercase, d2l):
     assert LOADER.normalize(value, lowercase, d2l) == text.normalize(value, lowercase, d2l)
+
+
+@pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)
+def test_an_interrupted_export_leaves_nothing_in_the_way(trained_workdir, tmp_path):
+    """The artefact is written beside `--output` and moved into place when complete: an export stopped
+    half-way (Ctrl-C here, after its first function) leaves no directory, and the rerun succeeds."""
+    output = str(tmp_path / "artefact")
+
+    def interrupted(message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export.export_model(trained_workdir.workdir, output, rows=[1], beam_size=1, log=interrupted)
+    assert os.listdir(tmp_path) == []
+    manifest = export.export_model(trained_workdir.workdir, output, rows=[1], beam_size=1, log=lambda m: None)
+    assert os.listdir(tmp_path) == ["artefact"]
+    files = set(os.listdir(output))
+    assert {"manifest.json", "translate.py", "params.npz"} <= files
+    assert set(manifest["functions"]["greedy"].values()) <= files
 
 
 @pytest.mark.slow  # builds on the trained workdir (train.py, ~20 s)

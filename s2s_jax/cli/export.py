@@ -49,7 +49,7 @@ def run(flags) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        print(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}", file=sys.stderr)
         return 1
     count = len(manifest["searches"]) * len(manifest["rows"]) * len(manifest["widths"])
     print(

@@ -110,7 +110,7 @@ def export_model(
             f"{workdir} tags its sources with a target language (data.pairs); the exported translate.py "
             "does not: decode it with decode.py or the server"
         )
-    config, engine = member.config, translator.inference
+    config = member.config
     needed = default_widths(config.data.max_len)
     rows = sorted(set(rows or default_rows(config.decode.batch_size)))
     widths = sorted(set(widths or needed))
@@ -131,7 +131,36 @@ def export_model(
     searches = {"default": default, "greedy": SearchOptions(no_repeat_ngram=no_repeat_ngram)}
     if searches["default"] == searches["greedy"]:
         del searches["greedy"]
-    os.makedirs(output, exist_ok=True)
+    # Written into a sibling directory and moved into place once complete: a failed or interrupted
+    # export leaves no half-written `output` in the way of the next run.
+    parent, name = os.path.split(os.path.abspath(output))
+    staging = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        manifest = _write_artefact(staging, workdir, translator, searches, rows, widths, int8, log)
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty (checked above)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_artefact(
+    output: str,
+    workdir: str,
+    translator: Translator,
+    searches: dict[str, SearchOptions],
+    rows: list[int],
+    widths: list[int],
+    int8: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Writes every file of the artefact into the directory `output`; returns the manifest."""
+    member, engine = translator.members[0], translator.inference
+    config = member.config
     params = jax.device_get(member.params)
     np.savez(os.path.join(output, "params.npz"), **_flat(params))
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)

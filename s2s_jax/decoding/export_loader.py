@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import unicodedata
+import zipfile
 
 # What this file imports beyond the standard library (flatbuffers: jax.export's deserialisation), in import
 # order; s2s-export pins them in the artefact's requirements.txt.
@@ -132,6 +133,14 @@ def shortlist_batch(rows: list, num_rows: int, vocab: int, min_size: int) -> tup
     return ids, mask
 
 
+def _tokenizer(path: str) -> spm.SentencePieceProcessor:
+    """The sentencepiece model at `path`; InputError naming it when it is missing or unreadable."""
+    try:
+        return spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as err:
+        raise InputError(f"{path}: not a readable sentencepiece model ({err})") from None
+
+
 def _nested(flat: dict[str, np.ndarray]) -> dict:
     """{'a/b': x} -> {'a': {'b': x}}: the parameter tree the exported functions take."""
     tree: dict = {}
@@ -162,10 +171,15 @@ class ExportedModel:
                 f"{directory} was exported for {', '.join(self.manifest['platforms'])}; "
                 f"this machine runs {jax.default_backend()}: export again there"
             )
-        with np.load(os.path.join(directory, "params.npz")) as arrays:
-            self.params = jax.device_put(_nested({k: arrays[k] for k in arrays.files}))
-        self.src = spm.SentencePieceProcessor(model_file=os.path.join(directory, self.manifest["src_model"]))
-        self.tgt = spm.SentencePieceProcessor(model_file=os.path.join(directory, self.manifest["tgt_model"]))
+        params = os.path.join(directory, "params.npz")
+        try:
+            with np.load(params) as arrays:
+                self.params = jax.device_put(_nested({k: arrays[k] for k in arrays.files}))
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise InputError(f"{params}: not readable parameters ({err})") from None
+        self.src, self.tgt = (
+            _tokenizer(os.path.join(directory, self.manifest[f"{side}_model"])) for side in ("src", "tgt")
+        )
         self._functions: dict[tuple[str, int, int], object] = {}
         self.shortlist = None  # (table, frequent, target vocabulary size, smallest size) when exported with one
         if self.manifest.get("shortlist"):
@@ -177,8 +191,16 @@ class ExportedModel:
         key = (search, rows, width)
         if key not in self._functions:
             name = self.manifest["functions"][search][f"{rows}x{width}"]
-            with open(os.path.join(self.directory, name), "rb") as f:
-                self._functions[key] = jax.jit(export.deserialize(bytearray(f.read())).call)
+            path = os.path.join(self.directory, name)
+            with open(path, "rb") as f:
+                data = bytearray(f.read())
+            try:
+                self._functions[key] = jax.jit(export.deserialize(data).call)
+            except Exception as err:  # noqa: BLE001 - damaged (flatbuffers' struct.error, ...) or from another jax
+                raise InputError(
+                    f"{path}: not a function this jax {jax.__version__} can load (exported with jax "
+                    f"{self.manifest.get('jax_version')}): {err}"
+                ) from None
         return self._functions[key]
 
     def encode(self, lines: list[str], warn=lambda message: print(f"warning: {message}", file=sys.stderr)):
@@ -254,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped early (`translate.py | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as Python's docs advise
+        return 1
     except OSError as err:
-        print(f"error: {err.filename}: {err.strerror}", file=sys.stderr)
+        print(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}", file=sys.stderr)
         return 1
     return 0
 
