@@ -154,3 +154,15 @@ def test_int8_shortlist_columns_equal_the_full_int8_layer(tied):
     layer = qmodel.apply({"params": qparams}, ids, method=lambda m, i: m.decoder.output_layer(i))
     restricted = qmodel.apply({"params": qparams}, h, method=lambda m, x: m.decoder.project(x, layer))
     np.testing.assert_array_equal(np.asarray(restricted), np.asarray(full)[:, np.asarray(ids)])
+
+
+def test_int8_without_its_kernel_says_so_once(monkeypatch, capsys):
+    """Where the int8 kernel did not build, int8 runs as XLA's int8 dot (slower than float32): a
+    user asking for --int8 is told, once, not left to find it slower."""
+    model, params = _model()
+    monkeypatch.setattr(int8, "available", lambda: False)
+    monkeypatch.setattr(int8, "unavailable_reason", lambda: "not built for this test")
+    int8_weights.quantized(model, params)
+    int8_weights.quantized(model, params)
+    err = capsys.readouterr().err
+    assert err.count("warning: the int8 CPU kernel is missing (not built for this test)") == 1, err

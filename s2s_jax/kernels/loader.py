@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 import jax
@@ -32,6 +34,12 @@ def load(name: str) -> tuple[ModuleType | None, str]:
     except ImportError as err:  # not built (no compiler at install time, a failed build) or not loadable
         built = importlib.util.find_spec(qualified) is not None
         return None, f"it does not load: {err}" if built else "it was not built when s2s-jax was installed"
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A `warning:` line on stderr, once per process per message (a missing kernel, say)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def isa(extension: ModuleType | None) -> str:

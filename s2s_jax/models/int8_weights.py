@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from s2s_jax.kernels import int8
+from s2s_jax.kernels import int8, loader
 
 TIED_OUTPUT = "tied_output"  # the decoder's int8 copy of embedding^T when embeddings are tied
 
@@ -91,6 +91,11 @@ def quantized(model, params: Mapping) -> tuple[Any, dict]:
     config = model.config
     if config.dtype != jnp.float32:
         raise ValueError("int8 weights need a float32 model (train.dtype = float32)")
+    if jax.default_backend() == "cpu" and not int8.available():
+        loader.warn_once(
+            f"the int8 CPU kernel is missing ({int8.unavailable_reason()}): the int8 products run as XLA's "
+            "int8 dot, slower than float32 (`pip install -e .` again with a C++ compiler on the PATH builds it)"
+        )
     out = _convert(params)
     if config.tie_embeddings:
         table = params["decoder"]["embed"]["embedding"]

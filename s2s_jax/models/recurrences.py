@@ -9,12 +9,10 @@ with one decodes with the other (equal up to float rounding).
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import jax
 import jax.numpy as jnp
 
+from s2s_jax.kernels import loader
 from s2s_jax.kernels import recurrence as kernel
 
 RECURRENCES = ("auto", "scan", "fused")
@@ -46,11 +44,11 @@ def resolve(name: str, dtype=jnp.float32, strict: bool = True) -> str:
     if name == "fused" and blocker:
         if strict:
             raise ValueError(f"model.recurrence=fused: {blocker}")
-        _say_once(f"this model was trained with model.recurrence=fused, but {blocker}; it runs as nn.scan")
+        loader.warn_once(f"this model was trained with model.recurrence=fused, but {blocker}; it runs as nn.scan")
         return "scan"
     if name == "auto":
         if blocker and not kernel.available() and jax.default_backend() == "cpu":
-            _say_once(f"{blocker}; the recurrences run as nn.scan")
+            loader.warn_once(f"{blocker}; the recurrences run as nn.scan")
         return "scan" if blocker else "fused"
     return name
 
@@ -58,8 +56,3 @@ def resolve(name: str, dtype=jnp.float32, strict: bool = True) -> str:
 def describe(resolved: str) -> str:
     """For the logs: "fused (avx2)" or "scan"."""
     return f"fused ({kernel.isa()})" if resolved == "fused" else resolved
-
-
-@functools.cache
-def _say_once(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
