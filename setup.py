@@ -11,6 +11,7 @@ and runs the pure-JAX path instead (the kernel module's available() is False).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -41,7 +42,7 @@ class BuildKernels(build_ext):
     """build_ext that adds the FFI headers and compiles each x86 variant with its own flags."""
 
     def build_extension(self, ext: Extension) -> None:
-        from distutils.errors import CompileError
+        from setuptools.errors import CompileError
 
         try:
             import jaxlib
@@ -49,20 +50,29 @@ class BuildKernels(build_ext):
             raise CompileError(f"jaxlib (for the XLA FFI headers) is not importable: {err}") from err
         ext.include_dirs.append(os.path.join(os.path.dirname(jaxlib.__file__), "include"))
         for source, flags in ISA_VARIANTS[ext.name] if X86 else []:
-            objects = self.compiler.compile(
-                [f"{KERNELS}/{source}"], output_dir=self.build_temp, extra_postargs=FLAGS + ["-fPIC", *flags]
+            compile_variant = functools.partial(
+                self.compiler.compile,
+                [f"{KERNELS}/{source}"],
+                output_dir=self.build_temp,
+                include_dirs=ext.include_dirs,
             )
+            try:
+                objects = compile_variant(extra_postargs=FLAGS + ["-fPIC", *flags])
+            except CompileError as err:  # a compiler without these flags: the variant is left out, not the kernel
+                self.warn(f"{source} does not build with {' '.join(flags)} ({err}); its instruction set is left out")
+                objects = compile_variant(extra_postargs=FLAGS + ["-fPIC"])  # the stub that reports "no variant"
             ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 
 
 def kernel(name: str, sources: list[str], headers: list[str]) -> Extension:
     """One optional kernel library: its dispatcher and baseline loops, plus the variants' stubs off x86."""
-    variants = [] if X86 else [source for source, _ in ISA_VARIANTS[f"s2s_jax.kernels.{name}"]]
+    variants = [source for source, _ in ISA_VARIANTS[f"s2s_jax.kernels.{name}"]]
     return Extension(
         f"s2s_jax.kernels.{name}",
-        sources=[f"{KERNELS}/{source}" for source in sources + variants],
-        depends=[f"{KERNELS}/{header}" for header in [*headers, "ffi_module.h"]],
+        sources=[f"{KERNELS}/{source}" for source in sources + ([] if X86 else variants)],
+        # x86 compiles the variants itself (BuildKernels): an edit to one must still rebuild the library
+        depends=[f"{KERNELS}/{header}" for header in [*headers, "ffi_module.h", *(variants if X86 else [])]],
         extra_compile_args=FLAGS,
         language="c++",
         optional=True,

@@ -181,6 +181,18 @@ def test_each_instruction_set_variant_equals_the_scan_too(isa):
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
+def test_an_unknown_instruction_set_cap_runs_the_generic_loops_and_says_so():
+    """A mistyped S2S_JAX_KERNEL_ISA is the narrowest cap, not a silent AVX2 one."""
+    code = (
+        "from s2s_jax.kernels import int8, recurrence, top_log_probs as t; print(recurrence.isa(), int8.isa(), t.isa())"
+    )
+    env = {**os.environ, "S2S_JAX_KERNEL_ISA": "AVX2", "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["generic"] * 3, done.stderr[-2000:]
+    assert done.stderr.count("warning: S2S_JAX_KERNEL_ISA=AVX2 is not one of generic, avx2, avx512, avx512vnni") == 1
+
+
 def test_auto_takes_the_kernel_here_and_the_scan_without_it(monkeypatch):
     assert recurrences.resolve("auto") == "fused"
     assert recurrences.resolve("scan") == "scan"

@@ -17,6 +17,7 @@ import contextvars
 import functools
 import importlib
 import importlib.util
+import os
 import sys
 from types import ModuleType
 
@@ -26,8 +27,14 @@ _REGISTERED: set[str] = set()
 _PORTABLE = contextvars.ContextVar("s2s_kernels_portable", default=False)
 
 
+ISA_CAPS = ("generic", "avx2", "avx512", "avx512vnni")  # S2S_JAX_KERNEL_ISA (cpu/ffi_module.h reads it)
+
+
 def load(name: str) -> tuple[ModuleType | None, str]:
     """The extension s2s_jax.kernels.<name> and "" -- or None and why it is missing."""
+    cap = os.environ.get("S2S_JAX_KERNEL_ISA", "")
+    if cap and cap not in ISA_CAPS:
+        warn_once(f"S2S_JAX_KERNEL_ISA={cap} is not one of {', '.join(ISA_CAPS)}: the kernels run their generic loops")
     qualified = f"s2s_jax.kernels.{name}"
     try:
         return importlib.import_module(qualified), ""

@@ -13,12 +13,13 @@
 namespace s2s_ffi {
 
 // Whether S2S_JAX_KERNEL_ISA (generic, avx2, avx512 or avx512vnni; unset: no cap) allows `level`
-// ("avx2" or "avx512").
+// ("avx2" or "avx512"). Any other value caps at generic (s2s_jax/kernels/loader.py warns).
 inline bool Allows(const char* level) {
   const char* cap = std::getenv("S2S_JAX_KERNEL_ISA");
   if (cap == nullptr || *cap == '\0') return true;
-  if (std::strcmp(level, "avx2") == 0) return std::strcmp(cap, "generic") != 0;
-  return std::strncmp(cap, "avx512", 6) == 0;
+  const bool avx512 = std::strcmp(cap, "avx512") == 0 || std::strcmp(cap, "avx512vnni") == 0;
+  const bool avx2 = avx512 || std::strcmp(cap, "avx2") == 0;
+  return std::strcmp(level, "avx2") == 0 ? avx2 : avx512;
 }
 
 #if defined(__x86_64__) || defined(__i386__)

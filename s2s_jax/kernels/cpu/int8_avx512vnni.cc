@@ -1,6 +1,6 @@
 // The int8 inner loops for x86-64 CPUs with AVX-512 VNNI; this file alone is compiled with
-// -mavx512f -mavx512bw -mavx512vl -mavx512vnni (setup.py), and int8_ffi.cc calls it only where
-// the CPU has them. A 64-byte vector holds 4 K-values of 16 columns; vpdpbusd multiplies
+// -mavx2 -mfma -mavx512f -mavx512dq -mavx512vl -mavx512bw -mavx512vnni (setup.py), and int8_ffi.cc
+// calls it only where the CPU has them. A 64-byte vector holds 4 K-values of 16 columns; vpdpbusd multiplies
 // unsigned by signed bytes and adds each column's 4 products into its int32 lane, so the
 // sign trick runs it on |x| and w negated where x < 0 (a byte mask: AVX-512 has no vpsignb).
 #include "int8_types.h"

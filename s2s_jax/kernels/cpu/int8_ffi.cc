@@ -26,8 +26,9 @@ namespace {
 
 const Int8Kernels* PickKernels() {
 #if defined(__x86_64__) || defined(__i386__)
-  if (s2s_ffi::Allows("avx512") && int8_avx512vnni_kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
+  // int8_avx512vnni.cc is compiled with setup.py's AVX-512 flags (HasAvx512's subsets) and VNNI
+  if (s2s_ffi::Allows("avx512") && int8_avx512vnni_kernels() != nullptr && s2s_ffi::HasAvx512() &&
+      __builtin_cpu_supports("avx512vnni"))
     return int8_avx512vnni_kernels();
   if (s2s_ffi::Allows("avx2") && int8_avx2_kernels() != nullptr && __builtin_cpu_supports("avx2"))
     return int8_avx2_kernels();
