@@ -1,7 +1,7 @@
 // The recurrences' inner loops, written once with GCC/Clang vector extensions and compiled
-// once per instruction set (recurrence_generic.cc, recurrence_avx2.cc include this file
-// inside their own namespace); recurrence_ffi.cc picks one at run time and runs the time
-// loop. Nothing here allocates or uses the C++ library, so the two builds share no symbol.
+// once per instruction set (recurrence_generic.cc, recurrence_avx2.cc and recurrence_avx512.cc
+// include this file inside their own namespace); recurrence_ffi.cc picks one at run time and runs
+// the time loop. Nothing here allocates or uses the C++ library, so the builds share no symbol.
 //
 // Layouts (row-major, float32): x_proj [B, T, G*H] with gates in flax's order (LSTM i, f,
 // g, o; GRU r, z, n); the recurrent kernel W [H, G*H]. For the forward GEMM h @ W, W is
