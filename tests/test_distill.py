@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+from s2s_jax.cli import distill
+from s2s_jax.configs import default
+from s2s_jax.data import text as text_lib
 from s2s_jax.decoding import distillation
 from s2s_jax.decoding.translator import Translator
 from tests.helpers import TINY_TRAIN_FLAGS, run_cli
@@ -115,6 +118,19 @@ def test_a_student_config_without_source_files_is_refused(trained_workdir, tmp_p
     result = run_cli([*args, f"--workdir={tmp_path / 'run'}"], env_cache=trained_workdir.cache)
     assert result.returncode == 1
     assert "error: distillation translates source files" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_with_references_the_student_reads_the_references_then_the_distilled_targets(trained_workdir, distilled):
+    """--with_references: the student's training pairs are the reference pairs followed by each source
+    with its distilled target; without it, the distilled pairs alone."""
+    _, corpus = distilled
+    src, tgt, hyp = _read(trained_workdir.paths["train_src"]), _read(trained_workdir.paths["train_tgt"]), _read(corpus)
+    assert hyp != tgt
+    for with_references, expected in ((False, list(zip(src, hyp))), (True, list(zip(src + src, tgt + hyp)))):
+        data = default.get_config().data
+        data.train_src, data.train_tgt = trained_workdir.paths["train_src"], trained_workdir.paths["train_tgt"]
+        data.train_src, data.train_tgt = distill.student_files(data, [corpus], with_references)
+        assert [tuple(pair) for pair in text_lib.load_corpus(data, "train")] == expected
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ ensemble of the teachers, by beam search through the one inference path, resumab
 (s2s_jax/decoding/distillation.py), writes the translations to WORKDIR/distill/<train_tgt's
 name>, then trains the student on them in WORKDIR (validation and test keep the real
 references). Running the same command again continues an interrupted distillation or
-training where it stopped. `--distill_only` stops after writing the corpus.
+training where it stopped. `--distill_only` stops after writing the corpus; `--with_references`
+trains on the references and the distilled targets together.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def _distilled_corpus(flags, config) -> list[str]:
     return corpora
 
 
+def student_files(data, corpora: list[str], with_references: bool) -> tuple[str, str]:
+    """The student's data.train_src and data.train_tgt: each source file with its distilled corpus,
+    after the source files with their references when `with_references` (every source twice)."""
+    distilled = ",".join(os.path.abspath(corpus) for corpus in corpora)
+    if not with_references:
+        return data.train_src, distilled
+    return f"{data.train_src},{data.train_src}", f"{data.train_tgt},{distilled}"
+
+
 def run(flags) -> int:
     try:
         if flags.beam_size < 1 or flags.batch_size < 1:
@@ -117,7 +127,7 @@ def run(flags) -> int:
         return 0
     from s2s_jax.cli import train
 
-    config.data.train_tgt = ",".join(os.path.abspath(corpus) for corpus in corpora)
+    config.data.train_src, config.data.train_tgt = student_files(config.data, corpora, flags.with_references)
     return train.run(config, flags.workdir)
 
 
@@ -132,6 +142,9 @@ def _define_flags() -> None:
     flags.DEFINE_float("alpha", None, "Length normalisation of the beam (default: the first teacher's decode.alpha).")
     flags.DEFINE_integer("batch_size", 64, "Sentences per teacher batch (the distilled corpus depends on it).")
     flags.DEFINE_bool("distill_only", False, "Write the distilled corpus and stop (no training).")
+    flags.DEFINE_bool(
+        "with_references", False, "Train the student on the references and the distilled targets (sources twice)."
+    )
     flags.mark_flags_as_required(["config", "teacher", "workdir"])
 
 
