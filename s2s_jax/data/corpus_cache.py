@@ -86,7 +86,7 @@ def _identity(paths: list[str]) -> list[dict]:
 def text_settings(config) -> dict:
     """Everything the cleaned training text depends on (its cache key, with the file paths)."""
     cfg = config.data
-    if cfg.get("pairs", ""):
+    if cfg.pairs:
         files = languages.pair_files(cfg, "train")
         return {
             "format": FORMAT,
@@ -191,7 +191,7 @@ def _clean_chunk(chunk: list[Segment], lowercase: bool, d2l: bool) -> list[tuple
 def _train_streams(cfg) -> list[tuple[str | None, Iterator[Pair]]]:
     """(target language of the tags, raw pairs) of each training stream: one per language pair,
     or the single pair's files as one untagged stream."""
-    if cfg.get("pairs", ""):
+    if cfg.pairs:
         return [(f.tag_language, stream_parallel(f.src, f.tgt)) for f in languages.pair_files(cfg, "train")]
     return [(None, stream_split(cfg, "train"))]
 

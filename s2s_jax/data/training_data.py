@@ -185,10 +185,10 @@ def prepare(config, workdir: str, verbose: bool = True, row_multiple: int = 1) -
         config.train.max_tokens,
         row_multiple,
         resample,
-        pair_sampling.sampler(pair_ids, len(text.pair_starts), cfg.get("pair_temperature", 1.0), config.seed),
+        pair_sampling.sampler(pair_ids, len(text.pair_starts), cfg.pair_temperature, config.seed),
     )
     if text.pair_starts:
-        log(f"train: {_pair_shares(text, pair_ids, cfg.get('pair_temperature', 1.0))}")
+        log(f"train: {_pair_shares(text, pair_ids, cfg.pair_temperature)}")
     valid_pairs, valid_stats, groups = _validation_pairs(cfg, text, log)
     v_src, v_tgt = _encode(valid_pairs, src_tok, tgt_tok)
     # Validation keeps every pair (it is what BLEU is reported on); over-long ones are cut.
@@ -244,7 +244,7 @@ def _capped(cfg, pairs: list, stats: text_lib.FilterStats, log, name: str = "") 
 def _validation_pairs(cfg, text: corpus_cache.PreparedText, log):
     """(cleaned validation pairs, their counts, each language pair's slice (name, start, end) or []);
     with several language pairs each one's sources tagged and capped by data.valid_max_pairs."""
-    if cfg.get("pairs", ""):
+    if cfg.pairs:
         pairs, groups = [], []
         stats = text_lib.FilterStats(0, 0, 0, 0)
         for files, cleaned, one in languages.cleaned_pair_files(cfg, "valid", log):
