@@ -1,4 +1,4 @@
-"""The benchmark drivers' statistics (benchmarks/_rounds.py, versus_pytorch.py): pure functions, no process run."""
+"""The benchmark drivers' statistics (benchmarks/_rounds.py, versus_pytorch.py) and bench_decoder_step.py's two sides: no process run."""
 
 import pathlib
 import sys
@@ -167,3 +167,23 @@ def test_latency_rounds_run_every_contender(tmp_path):
     assert names[:4] == ["protocol ours", "protocol ours int8", "protocol torch", "protocol torch int8"]
     assert names[4:] == ["trained", "trained shortlist", "trained int8", "trained shortlist int8"]
     assert latency.contenders(args)["protocol torch int8"][-3:] == ["--protocol", "--torch", "--int8"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_decoder_step_bench_times_two_equal_steps(cell):
+    """bench_decoder_step.py's two sides compute the same step: the model's XLA step and the
+    fused kernel over a length-1 sequence give the same new hidden state (rows 1 and 5)."""
+    import numpy as np
+
+    from s2s_jax.kernels import recurrence as kernel
+
+    if not kernel.available():
+        pytest.skip("the fused kernel is not built here")
+    import bench_decoder_step
+
+    for rows in (1, 5):
+        xla, xla_args, fused, fused_args = bench_decoder_step.step_functions(cell, rows, 64)
+        want, got = np.asarray(xla(*xla_args)), np.asarray(fused(*fused_args))
+        assert want.shape == got.shape == (rows, 64)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.abs(want).max() > 0.05  # a real state, not zeros
