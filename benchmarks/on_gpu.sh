@@ -11,8 +11,9 @@
 # itself; everything goes to $OUT (log.txt, versus.json, versus.md, bench_*.json, quickstart.txt).
 #   WHEELS=.whl S2S_BENCH_REF=$PWD/.ref OUT=/tmp/out bash benchmarks/on_gpu.sh
 # WHEELS: a folder of wheels for what the image lacks (ml-collections, sentencex, tensorboardX,
-# num2words, docopt, babel), installed into /tmp/site. The fused CPU kernel is not built: on a GPU
-# `model.recurrence=auto` takes nn.scan.
+# num2words, docopt, babel) and for flax 0.12.12, optax 0.2.8 and orbax-checkpoint 0.12.8 (the versions
+# checked with the image's jax 0.11.2), installed into /tmp/site; benchmarks/README.md has the commands.
+# The fused CPU kernel is not built: on a GPU `model.recurrence=auto` takes nn.scan.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the results}
