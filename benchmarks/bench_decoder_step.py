@@ -12,18 +12,18 @@ flax), against `kernels.recurrence.lstm` / `gru` over a length-1 sequence (W_hh 
 call, as a single-step kernel without pre-packed weights would). Rows: 1 (greedy, batch 1), 5 (beam
 5, batch 1), 128 (greedy at the protocol's batch), 640 (beam 5 at batch 128). Each round times
 `--calls` jitted calls of each side in turn, in this one process; the JSON has per-rows medians,
-min and max over the rounds, in microseconds per step, and their ratio (kernel / XLA: < 1 means the
-kernel is faster).
+min, max and each round's figure, in microseconds per step (`_common.summarize`), and their ratio
+(kernel / XLA, `_rounds.spread` of the rounds: < 1 means the kernel is faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import _common
+import _rounds
 
 
 def parse_args(argv=None):
@@ -90,21 +90,13 @@ def main(argv=None) -> None:
                         out = fn(*a)
                     out.block_until_ready()
                     times[name].append(1e6 * (time.perf_counter() - t0) / args.calls)
-            ratios = [f / x for f, x in zip(times["fused"], times["xla"])]
-            summary = {
-                name: {"median": round(statistics.median(v), 1), "min": round(min(v), 1), "max": round(max(v), 1)}
-                for name, v in times.items()
-            }
+            ratios = [_rounds.ratio(f, x) for f, x in zip(times["fused"], times["xla"])]
             results.append(
                 {
                     "cell": cell,
                     "rows": rows,
-                    "us_per_step": summary,
-                    "fused_over_xla": {
-                        "median": round(statistics.median(ratios), 3),
-                        "min": round(min(ratios), 3),
-                        "max": round(max(ratios), 3),
-                    },
+                    "us_per_step": {name: _common.summarize(v) for name, v in times.items()},
+                    "fused_over_xla": _rounds.spread(ratios),
                     "max_abs_diff": max_diff,
                 }
             )
