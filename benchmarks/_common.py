@@ -302,6 +302,8 @@ def build_model(
     unroll: int = 1,
     dtype: str = "float32",
     recurrence: str = "auto",
+    cell: str = "lstm",
+    bidirectional: bool = False,
     lr: float = 1e-3,
     clip: float = 1.0,
 ):
@@ -327,7 +329,8 @@ def build_model(
         config.model.hidden_size = hidden
         config.model.num_layers = layers
         config.model.dropout = dropout
-        config.model.bidirectional = False
+        config.model.cell = cell
+        config.model.bidirectional = bidirectional
         config.model.feed_context = False
         config.model.tie_embeddings = False
         config.model.scan_unroll = unroll

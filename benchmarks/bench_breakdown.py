@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/bench_breakdown.py                 # plain model, B=128, lengths 10-32
     .venv/bin/python benchmarks/bench_breakdown.py --attention
     .venv/bin/python benchmarks/bench_breakdown.py --recurrence scan   # the nn.scan recurrences
+    .venv/bin/python benchmarks/bench_breakdown.py --attention --cell gru --bidirectional --layers 1 \
+        --batch 160 --maxlen 20                       # multi30k_tuned's model on a batch of its size
 
 Times, each jitted on its own and run forward + backward, the parts of
 `training.make_train_step` for one synthetic batch drawn as in bench.py:
 
-* `encoder`: the embedding + LSTM encoder (gradient w.r.t. its parameters);
-* `decoder`: the decoder's LSTM (+ attention) up to the output layer's input,
+* `encoder`: the embedding + recurrent encoder (gradient w.r.t. its parameters);
+* `decoder`: the decoder's recurrent layers (+ attention) up to the output layer's input,
   given the encoder's outputs (gradient w.r.t. the decoder's parameters and them);
 * `output_loss`: the output layer + masked cross-entropy at real target
   positions (`losses.compact_cross_entropy`);
@@ -43,6 +45,8 @@ from bench import make_batch  # noqa: E402
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="model.cell")
+    ap.add_argument("--bidirectional", action="store_true", help="model.bidirectional (the encoder)")
     _common.add_protocol_size_flags(ap)
     ap.add_argument("--recurrence", choices=["auto", "scan", "fused"], default="auto", help="model.recurrence")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per part (median reported)")
@@ -91,6 +95,8 @@ def main(argv=None):
         layers=args.layers,
         attention="luong_general" if args.attention else "none",
         recurrence=args.recurrence,
+        cell=args.cell,
+        bidirectional=args.bidirectional,
     )
     state = loop.init_train_state(model, optimizer, args.seed)
     params = state["params"]
@@ -164,14 +170,19 @@ def main(argv=None):
 
     # Forward matmul FLOPs of each part (x3 for forward + backward), padded as executed.
     B, S, T, E, H, V, L = args.batch, args.maxlen, args.maxlen, args.emb, args.hidden, args.vocab, args.layers
-    lstm_per_token = sum(2 * (E if layer == 0 else H) * 4 * H + 2 * H * 4 * H for layer in range(L))
+    G, D = (4 if args.cell == "lstm" else 3), (2 if args.bidirectional else 1)  # gates; encoder directions
+    M = D * H  # the encoder's output width (attention's memory)
+
+    def per_token(first_input: int, later_input: int) -> int:
+        return sum(2 * (first_input if layer == 0 else later_input) * G * H + 2 * H * G * H for layer in range(L))
+
     real_targets = int(tgt_len.sum())
     flops = {
-        "encoder": 3 * B * S * lstm_per_token,
-        "decoder": 3 * B * T * lstm_per_token
-        # Luong "general": scores + context (2 * 2SH) and the [context; h] combine (4H^2) per target
-        # position, the keys projected once per source position (2H^2)
-        + (3 * (B * T * (4 * S * H + 4 * H * H) + B * S * 2 * H * H) if args.attention else 0),
+        "encoder": 3 * B * S * D * per_token(E, M),
+        "decoder": 3 * B * T * per_token(E, H)
+        # Luong "general": scores + context (2 * 2SM) and the [context; h] combine (2(M+H)H) per target
+        # position, the keys projected once per source position (2MH)
+        + (3 * (B * T * (4 * S * M + 2 * (M + H) * H) + B * S * 2 * M * H) if args.attention else 0),
         # the compact loss projects whole row blocks: count the rows it projects
         "output_loss": 3 * 2 * H * V * (-(-real_targets // (B * T // 8)) * (B * T // 8)),
     }
@@ -190,8 +201,8 @@ def main(argv=None):
     res["sum_of_parts_ms"] = round(sum(p["median"] for p in parts.values()), 1)
     res["train_step_ms"] = _common.summarize(step_times)
     res["matmul_gflops"] = {
-        "recurrent_step_%dx%dx%d" % (B, H, 4 * H): _common.measure_matmul_rate(B, H, 4 * H),
-        "input_projection_%dx%dx%d" % (B * S, E, 4 * H): _common.measure_matmul_rate(B * S, E, 4 * H),
+        "recurrent_step_%dx%dx%d" % (B, H, G * H): _common.measure_matmul_rate(B, H, G * H),
+        "input_projection_%dx%dx%d" % (B * S, E, G * H): _common.measure_matmul_rate(B * S, E, G * H),
         "output_layer_%dx%dx%d" % (B * T // 8, H, V): _common.measure_matmul_rate(B * T // 8, H, V),
         "square_2048": _common.measure_matmul_peak(),
     }
