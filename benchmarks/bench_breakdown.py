@@ -178,11 +178,10 @@ def main(argv=None):
 
     real_targets = int(tgt_len.sum())
     flops = {
-        "encoder": 3 * B * S * D * per_token(E, M),
-        "decoder": 3 * B * T * per_token(E, H)
-        # Luong "general": scores + context (2 * 2SM) and the [context; h] combine (2(M+H)H) per target
-        # position, the keys projected once per source position (2MH)
-        + (3 * (B * T * (4 * S * M + 2 * (M + H) * H) + B * S * 2 * M * H) if args.attention else 0),
+        # Luong "general"'s keys are projected once per source position (2MH) by Seq2Seq.encode
+        "encoder": 3 * B * S * (D * per_token(E, M) + (2 * M * H if args.attention else 0)),
+        # Luong "general": scores + context (2 * 2SM) and the [context; h] combine (2(M+H)H) per target position
+        "decoder": 3 * B * T * (per_token(E, H) + (4 * S * M + 2 * (M + H) * H if args.attention else 0)),
         # the compact loss projects whole row blocks: count the rows it projects
         "output_loss": 3 * 2 * H * V * (-(-real_targets // (B * T // 8)) * (B * T // 8)),
     }
