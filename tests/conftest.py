@@ -2,6 +2,7 @@
 the one trained workdir that the end-to-end tests share."""
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -44,6 +45,21 @@ if _cache != "off":
 if "S2S_JAX_TEST_CLI_CACHE" not in os.environ:
     os.environ["S2S_JAX_TEST_CLI_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-xla-")
     atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops JAX's caches of traced and compiled programs after each test file.
+
+    XLA:CPU loads compiled code into memory mappings of its own (an executable, a read-only and a
+    writable one per loaded object), and a test worker that kept every program of the suite alive
+    would pass Linux's limit of 65,530 mappings per process (vm.max_map_count) partway through a
+    full run, after which allocations inside XLA fail and the worker segfaults. Test files share
+    few programs, so this costs little.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
