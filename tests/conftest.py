@@ -51,11 +51,11 @@ if "S2S_JAX_TEST_CLI_CACHE" not in os.environ:
 def _release_compiled_programs():
     """Drops JAX's caches of traced and compiled programs after each test file.
 
-    XLA:CPU loads compiled code into memory mappings of its own (an executable, a read-only and a
-    writable one per loaded object), and a test worker that kept every program of the suite alive
-    would pass Linux's limit of 65,530 mappings per process (vm.max_map_count) partway through a
-    full run, after which allocations inside XLA fail and the worker segfaults. Test files share
-    few programs, so this costs little.
+    XLA:CPU loads each compiled program's code into memory mappings of its own (12 for a small
+    scan), and a test worker that kept every program of its share of the suite alive reached 44,000
+    of Linux's 65,530 mappings per process (vm.max_map_count) in a full run; at the limit XLA's JIT
+    cannot allocate and the worker dies inside a compile. Test files share few programs, so
+    clearing costs little.
     """
     yield
     jax.clear_caches()
