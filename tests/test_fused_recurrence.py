@@ -23,7 +23,7 @@ from s2s_jax.errors import ConfigError
 from s2s_jax.kernels import recurrence as kernel
 from s2s_jax.models import recurrences
 from s2s_jax.models.gru import GRULayer
-from s2s_jax.models.lstm import LSTMLayer
+from s2s_jax.models.lstm import FUSED_MIN_ROWS, LSTMLayer
 from s2s_jax.models.seq2seq import ModelConfig, Seq2Seq
 from s2s_jax.models.time_segments import for_batch
 from s2s_jax.training.losses import compact_cross_entropy
@@ -61,7 +61,8 @@ def test_fused_layer_equals_the_scan_with_its_gradients(cell, batch, time, hidde
 
     def run(fused):
         def loss(p, x, carry):
-            out, final = LAYERS[cell](hidden, fused=fused).apply({"params": p}, x, mask, carry)
+            layer = LAYERS[cell](hidden, fused=fused, fused_min_rows=1)  # the kernel at every batch size
+            out, final = layer.apply({"params": p}, x, mask, carry)
             # weights that differ per position and unit, so every output and state is checked
             w = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
             return jnp.sum(out * w) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(final)), (out, final)
@@ -105,12 +106,25 @@ def test_lengths_past_the_end_are_the_whole_sequence_with_their_gradients(cell):
 
 def test_fused_layer_under_vmap_equals_the_batched_call():
     params, x, mask, carry = layer_case("lstm", 4, 5, 8, [5, 2, 4, 1])
-    layer = LSTMLayer(8, fused=True)
+    layer = LSTMLayer(8, fused=True, fused_min_rows=1)
     batched = layer.apply({"params": params}, x, mask, carry)
     one = lambda x, m, c: layer.apply({"params": params}, x[None], m[None], jax.tree.map(lambda a: a[None], c))  # noqa: E731
     mapped = jax.vmap(one)(x, mask, carry)
     for b, m in zip(jax.tree.leaves(batched), jax.tree.leaves(mapped)):
         np.testing.assert_allclose(m.reshape(b.shape), b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_fused_layer_takes_the_kernel_from_its_row_threshold_and_the_scan_below(cell):
+    """Small batches (batch-1 decoding, the server's small requests) run the masked scan, which is
+    faster there; from FUSED_MIN_ROWS rows the kernel. Either way the same function (tests above)."""
+    for rows, kernel_runs in ((1, False), (FUSED_MIN_ROWS - 1, False), (FUSED_MIN_ROWS, True), (40, True)):
+        x, mask = jnp.ones((rows, 5, 3)), jnp.ones((rows, 5), bool)
+        layer = LAYERS[cell](8, fused=True)
+        params = layer.init(jax.random.key(0), x, mask)
+        program = str(jax.make_jaxpr(layer.apply)(params, x, mask))
+        assert ("ffi_call" in program) == kernel_runs, rows
+        assert ("scan" in program) != kernel_runs, rows
 
 
 V = 40
@@ -124,10 +138,11 @@ MODEL_VARIANTS = [
 ]
 
 
-def model_batch(seed: int = 0) -> dict:
+def model_batch(seed: int = 0, rows: int = FUSED_MIN_ROWS) -> dict:
+    """A ragged batch with enough rows that the fused model's layers run the kernel."""
     rng = np.random.default_rng(seed)
-    src_len, tgt_len = rng.integers(1, 12, 8), rng.integers(1, 10, 8)
-    src, tgt_in, tgt_out = (np.zeros((8, w), np.int32) for w in (12, 10, 10))
+    src_len, tgt_len = rng.integers(1, 12, rows), rng.integers(1, 10, rows)
+    src, tgt_in, tgt_out = (np.zeros((rows, w), np.int32) for w in (12, 10, 10))
     for row, (s, t) in enumerate(zip(src_len, tgt_len)):
         src[row, :s] = rng.integers(4, V, s)
         tgt_out[row, :t] = rng.integers(4, V, t)

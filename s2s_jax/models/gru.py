@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from s2s_jax.kernels import recurrence as kernel
 from s2s_jax.models import int8_weights
-from s2s_jax.models.lstm import run_recurrence, step_lengths
+from s2s_jax.models.lstm import FUSED_MIN_ROWS, run_recurrence, runs_fused, step_lengths
 from s2s_jax.models.time_segments import Segments
 
 
@@ -85,6 +85,7 @@ class GRULayer(nn.Module):
     dtype: Any = jnp.float32
     fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
     int8: bool = False  # int8 weight matrices (s2s_jax/models/int8_weights.py)
+    fused_min_rows: int = FUSED_MIN_ROWS  # fewer rows run the masked scan (s2s_jax.models.lstm)
 
     @nn.compact
     def __call__(
@@ -99,7 +100,7 @@ class GRULayer(nn.Module):
         x_proj = int8_weights.dense(3 * self.hidden_size, int8_weights=self.int8, dtype=self.dtype, name="input")(
             inputs
         )
-        if self.fused and inputs.shape[1] > 1:
+        if runs_fused(self.fused, inputs, self.fused_min_rows):
             return _FusedRecurrence(self.hidden_size, name="recurrent")(
                 initial_carry, x_proj, step_lengths(x_proj, mask)
             )

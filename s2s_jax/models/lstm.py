@@ -14,6 +14,7 @@ of None means every position is real (the teacher-forced decoder).
 
 With `fused` the time loop is one call of the compiled CPU kernel (s2s_jax.kernels.recurrence)
 over the same parameter; rows stop at their last real position, so `segments` are not needed.
+Below `FUSED_MIN_ROWS` rows a fused layer runs the masked scan instead, with the same result.
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ class _FusedRecurrence(nn.Module):
         return kernel.lstm(x_proj.astype(f32), kernel_hh, h.astype(f32), c.astype(f32), lengths)
 
 
+# Fewer rows than this run a fused layer's time loop as the masked scan: there one step is a read of
+# W_hh that XLA does at the matmul's rate, while the kernel also packs W_hh on every call. Whole
+# layers, T=15, H=512, one core: the scan is faster at 1, 5 and 8 rows, the kernel from 16
+# (benchmarks/README.md, "bench_decoder_step.py").
+FUSED_MIN_ROWS = 16
+
+
+def runs_fused(fused: bool, inputs: jax.Array, min_rows: int) -> bool:
+    """Whether a layer asked for the fused kernel runs it on these [B, T, D] inputs: a time loop
+    (T > 1) over at least `min_rows` rows."""
+    return fused and inputs.shape[1] > 1 and inputs.shape[0] >= min_rows
+
+
 def step_lengths(x_proj: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Each row's number of real steps (all of them without a mask), for the fused kernels."""
     if mask is None:
@@ -106,6 +120,7 @@ class LSTMLayer(nn.Module):
     dtype: Any = jnp.float32
     fused: bool = False  # the time loop in the compiled CPU kernel (s2s_jax.models.recurrences)
     int8: bool = False  # int8 weight matrices (s2s_jax/models/int8_weights.py)
+    fused_min_rows: int = FUSED_MIN_ROWS  # fewer rows run the masked scan
 
     @nn.compact
     def __call__(
@@ -126,7 +141,7 @@ class LSTMLayer(nn.Module):
             bias_init=forget_bias_init(self.hidden_size),
             name="input",
         )(inputs)
-        if self.fused and inputs.shape[1] > 1:
+        if runs_fused(self.fused, inputs, self.fused_min_rows):
             recurrent = _FusedRecurrence(self.hidden_size, name="recurrent")
             return recurrent(initial_carry, x_proj, step_lengths(x_proj, mask))
         return run_recurrence(
