@@ -52,7 +52,7 @@ def _release_compiled_programs():
     """Drops JAX's caches of traced and compiled programs after each test file.
 
     XLA:CPU loads each compiled program's code into memory mappings of its own (12 for a small
-    scan), and a test worker that kept every program of its share of the suite alive reached 44,000
+    scan), and a test worker that kept every program of its share of the suite alive reached 45,600
     of Linux's 65,530 mappings per process (vm.max_map_count) in a full run; at the limit XLA's JIT
     cannot allocate and the worker dies inside a compile. Test files share few programs, so
     clearing costs little.
