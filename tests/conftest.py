@@ -9,10 +9,15 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/cli/runtime.py)
-# LLVM at -O0: the tests' shapes are tiny, so compiling is most of their time, and the backend's
-# optimisation passes are most of a compile (the full suite ~30% faster). The programs are the same;
-# every comparison in a test runs both sides at this level, and benchmarks never run under it.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true --xla_backend_optimization_level=0")
+# The tests' shapes are tiny, so compiling is most of their time: LLVM at -O0 (the backend's
+# optimisation passes were most of a compile; the full suite ~30% faster) and XLA:CPU's older
+# elemental fusion emitters, which compile faster than its MLIR fusion emitters (a third off the
+# search and model tests). The programs compute the same; every comparison in a test runs both sides
+# under these flags, and benchmarks never run under them.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_cpu_multi_thread_eigen=true --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
+)
 # Prepared corpora (s2s_jax/data/corpus_cache.py) of this test session, never the user's cache.
 os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
 atexit.register(shutil.rmtree, os.environ["S2S_JAX_CORPUS_CACHE"], ignore_errors=True)
