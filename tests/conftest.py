@@ -52,6 +52,17 @@ if "S2S_JAX_TEST_CLI_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
 
 
+# The fixtures that train a model with train.py: every test that needs one is end-to-end, in the slow tier.
+TRAINING_FIXTURES = {"trained_workdir", "multilingual_workdir"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops JAX's caches of traced and compiled programs after each test file.

@@ -217,7 +217,7 @@ MEMORY, STATE = make_inputs(N, seed=1, eos_bias=np.linspace(-2, 3, N))
 CAPS = jnp.asarray(np.random.default_rng(0).integers(1, T + 1, N), jnp.int32)
 
 
-@pytest.mark.parametrize("compact_rows", [64, 4])
+@pytest.mark.parametrize("compact_rows", [64, pytest.param(4, marks=pytest.mark.slow)])
 def test_without_phrases_the_constrained_search_is_the_unconstrained_one(monkeypatch, compact_rows):
     """Sentences with no phrase run through the constrained code (bank allocation, candidates,
     finished ranking) pick exactly what batch_beam_search picks: tokens, lengths and scores bit for
@@ -265,6 +265,7 @@ def test_constrained_outputs_contain_their_phrases_unless_flagged(constrained_ou
     assert np.all(np.diff(np.where(met, scores, -np.inf)[met[:, 1]], axis=1) <= 0)
 
 
+@pytest.mark.slow
 def test_constrained_search_is_batch_and_order_invariant(constrained_out, monkeypatch):
     """A sentence's output does not depend on the other sentences of its batch, their phrases (which
     set the padded phrase count and length) or their order; with compaction stages too."""
@@ -421,6 +422,7 @@ def as_lists(results):
     return [[(c.tokens, c.constraints_met) for c in r] for r in results], [[c.score for c in r] for r in results]
 
 
+@pytest.mark.slow
 def test_inference_keeps_unconstrained_sources_on_the_plain_search_and_is_batch_invariant(tiny):
     """Sources without phrases get what a run without constraints gives them, those with phrases get
     outputs that contain them (or say they do not), whatever the batch size and order."""

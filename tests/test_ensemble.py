@@ -48,7 +48,7 @@ def as_lists(results):
 @pytest.mark.parametrize(
     "opts",
     [
-        SearchOptions(),
+        pytest.param(SearchOptions(), marks=pytest.mark.slow),
         SearchOptions(beam_size=3, nbest=2),
         pytest.param(
             SearchOptions(sample=True, nbest=2, temperature=1.3, top_k=5, with_scores=True), marks=pytest.mark.slow

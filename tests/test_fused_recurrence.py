@@ -131,7 +131,7 @@ V = 40
 # The quick tier checks the plain model (every cell and direction runs in the layer tests above);
 # CI's full run checks all four.
 MODEL_VARIANTS = [
-    {},
+    pytest.param({}, marks=pytest.mark.slow),
     pytest.param({"bidirectional": True, "attention": "luong_general"}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
@@ -180,6 +180,7 @@ def test_fused_model_equals_the_scan_model_padded_and_segmented(overrides):
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
+@pytest.mark.slow
 def test_each_instruction_set_variant_equals_the_scan_too(isa):
     """The kernels' narrower inner loops (what a CPU without AVX-512 or AVX2 runs), forced in a fresh process."""
     if isa == "avx2" and not {"avx2", "fma"} <= cpu_flags():
@@ -219,6 +220,7 @@ def test_auto_takes_the_kernel_here_and_the_scan_without_it(monkeypatch):
         recurrences.resolve("fused")
 
 
+@pytest.mark.slow
 def test_a_model_trained_fused_translates_where_the_kernel_cannot_run(trained_workdir, tmp_path, monkeypatch, capsys):
     """Training insists on a recurrence it can run; a trained model loaded to translate runs the scan
     over the same parameters instead, with one warning, and translates as it does with the kernel."""

@@ -67,6 +67,7 @@ def test_int8_logits_are_close_to_float32(name):
     assert 0 < error < 0.05 * float(jnp.max(jnp.abs(full)))
 
 
+@pytest.mark.slow
 def test_whole_model_kernel_equals_pure_jax_path(monkeypatch):
     """The compiled kernel and the dot_general path give the same search: the same hypotheses, scores
     within float rounding (a few encoder outputs differ in the last bit between the two paths, which
@@ -113,6 +114,7 @@ def test_bfloat16_model_is_refused():
         int8_weights.quantized(model, params)
 
 
+@pytest.mark.slow
 def test_decode_int8_flag(trained_workdir, monkeypatch, capsys):
     """decode.py --int8 translates the run's validation sources and scores close to float32."""
     from s2s_jax.cli import decode

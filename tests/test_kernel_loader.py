@@ -41,6 +41,7 @@ def test_portable_traces_no_custom_call():
     assert "s2s_int8_matmul" not in text
 
 
+@pytest.mark.slow
 def test_every_kernel_takes_the_same_instruction_set_cap():
     """S2S_JAX_KERNEL_ISA caps every built kernel alike (s2s_jax/kernels/cpu/ffi_module.h); the
     default is each kernel's widest."""

@@ -158,6 +158,7 @@ def _tokens(results):
     return [[c.tokens for c in r] for r in results]
 
 
+@pytest.mark.slow
 def test_a_sentences_samples_depend_only_on_it_its_seed_and_their_index(tiny):
     """The N samples of a source are one batch of repeated rows; sample k draws from its own key, so
     asking for more samples keeps the first ones, and batch size, order and neighbours change nothing."""

@@ -29,7 +29,7 @@ VARIANTS = [
     {},
     pytest.param({"bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"feed_context": True, "tie_embeddings": True}, marks=pytest.mark.slow),
-    {"attention": "luong_general", "bidirectional": True},
+    pytest.param({"attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
     pytest.param({"attention": "luong_dot", "input_feeding": True, "feed_context": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),

@@ -96,7 +96,7 @@ def looping_inputs(n: int):
     return 0.5 * jax.random.normal(k1, (n, V)), 0.3 * jax.random.normal(k2, (n, H))
 
 
-@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("size", [pytest.param(1, marks=pytest.mark.slow), 2, 3])
 def test_no_search_repeats_an_ngram_of_the_banned_size(size):
     n = 80  # greedy compacts its rows (above search.COMPACT_MIN_ROWS)
     memory, state = looping_inputs(n)

@@ -145,7 +145,7 @@ def test_saved_and_loaded_and_a_missing_or_mismatched_one_is_a_data_error(tmp_pa
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("tie", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_the_gathered_output_layer_gives_the_whole_layers_logits_of_those_ids(tie):
     model, params, _ = model_and_inference(tie)
     src = jnp.asarray([[3, 4, 2], [5, 2, 0]])

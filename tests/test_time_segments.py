@@ -84,7 +84,7 @@ def batch(rows=9, width=17, seed=3):
 
 # The quick tier checks the first; CI all four (each compiles a gradient through several scans).
 VARIANTS = [
-    {},
+    pytest.param({}, marks=pytest.mark.slow),
     pytest.param({"attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
     pytest.param({"cell": "gru", "bidirectional": True, "num_layers": 1}, marks=pytest.mark.slow),
     pytest.param(
@@ -172,7 +172,7 @@ def test_rows_come_back_in_input_order():
     assert list(np.asarray(order[inverse])) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("opts", ["greedy", pytest.param("beam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("opts", [pytest.param(o, marks=pytest.mark.slow) for o in ("greedy", "beam")])
 def test_decoding_with_segments_equals_the_padded_search(opts):
     import types
 

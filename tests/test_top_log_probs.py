@@ -158,7 +158,7 @@ def _beam(model, params, src, *, beam_size: int, **kwargs):
 
 
 @needs_kernel
-@pytest.mark.parametrize("seed,beam_size", [(0, 1), (1, 2), (2, 5), (3, 3)])
+@pytest.mark.parametrize("seed,beam_size", [pytest.param(0, 1, marks=pytest.mark.slow), (1, 2), (2, 5), (3, 3)])
 def test_beam_search_with_the_kernel_equals_the_pure_jax_search(monkeypatch, seed, beam_size):
     """An untrained model (near-uniform, near-tied candidates): the same hypotheses in the same order
     and the same lengths, scores within float rounding."""

@@ -294,6 +294,7 @@ def test_a_resume_behind_a_newer_best_decides_as_the_uninterrupted_run(tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_an_exception_inside_the_loop_restores_signal_handlers_and_leaves_the_last_checkpoint_readable(
     tmp_path, monkeypatch
 ):
