@@ -3,6 +3,7 @@ the one trained workdir that the end-to-end tests share."""
 
 import atexit
 import gc
+import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -10,14 +11,14 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLIs set it (s2s_jax/cli/runtime.py)
 # The tests' shapes are tiny, so compiling is most of their time: LLVM at -O0 (the backend's
-# optimisation passes were most of a compile; the full suite ~30% faster) and XLA:CPU's older
-# elemental fusion emitters, which compile faster than its MLIR fusion emitters (a third off the
-# search and model tests). The programs compute the same; every comparison in a test runs both sides
-# under these flags, and benchmarks never run under them.
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_cpu_multi_thread_eigen=true --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
-)
+# optimisation passes were most of a compile; the full suite ~30% faster) and, where jaxlib still has
+# them (0.10.2; 0.12's XLA:CPU aborts on the flag), the older elemental fusion emitters, which compile
+# faster than the MLIR fusion emitters (the full suite 15.2 -> 10.6 min). The programs compute the
+# same; every comparison in a test runs both sides under these flags, and benchmarks never do.
+_XLA_TEST_FLAGS = "--xla_cpu_multi_thread_eigen=true --xla_backend_optimization_level=0"
+if tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11):
+    _XLA_TEST_FLAGS += " --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", _XLA_TEST_FLAGS)
 # Prepared corpora (s2s_jax/data/corpus_cache.py) of this test session, never the user's cache.
 os.environ["S2S_JAX_CORPUS_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-corpora-")
 atexit.register(shutil.rmtree, os.environ["S2S_JAX_CORPUS_CACHE"], ignore_errors=True)
@@ -43,6 +44,10 @@ if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The commands that tests run (train.py, decode.py, serve.py) keep every program in their compile
+# cache, however quickly it compiled: most of a tiny model's compiles take under the commands' usual
+# 0.5 s threshold, and the next command reads them back (s2s_jax/cli/runtime.py).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The commands that tests run (train.py, decode.py, serve.py) share one compile cache, new for
 # each test run (tests kill commands, which may leave a cut-off entry): tests/helpers.cli_cache.
 # The pytest-xdist controller makes it before it starts its workers, which inherit it, so a tiny

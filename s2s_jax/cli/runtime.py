@@ -69,7 +69,8 @@ def setup(cache_dir: str | None = None) -> None:
     """Turns on JAX's persistent compilation cache, so a second run does not recompile.
 
     The directory is $S2S_JAX_CACHE, else ~/.cache/s2s_jax/xla; set
-    S2S_JAX_CACHE=off to disable it.
+    S2S_JAX_CACHE=off to disable it. Programs that compile in under 0.5 s are not kept unless
+    JAX's own JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise (the tests set it to 0).
     """
     import jax
     from absl import logging
@@ -79,5 +80,6 @@ def setup(cache_dir: str | None = None) -> None:
     cache_dir = cache_dir or os.environ.get("S2S_JAX_CACHE") or os.path.expanduser("~/.cache/s2s_jax/xla")
     if cache_dir != "off":
         jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        min_seconds = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.5))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
