@@ -257,7 +257,7 @@ def tiny_model(seed: int = 0, **overrides):
     cfg = dict(src_vocab_size=12, tgt_vocab_size=12, emb_dim=8, hidden_size=16, num_layers=1, dropout=0.0)
     model = Seq2Seq(ModelConfig(**{**cfg, "attention": "luong_general", **overrides}))
     tokens = jnp.ones((1, 4), jnp.int32)
-    return model, model.init(jax.random.key(seed), tokens, tokens)["params"]
+    return model, jax.jit(model.init)(jax.random.key(seed), tokens, tokens)["params"]
 
 
 def cpu_flags() -> set[str]:

@@ -32,7 +32,9 @@ def make(seed: int, **overrides):
         attention="luong_general",
     )
     model = Seq2Seq(ModelConfig(**dict(cfg, **overrides)))
-    params = model.init(jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(seed), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))[
+        "params"
+    ]
     return model, params
 
 

@@ -40,7 +40,7 @@ def layer_case(cell: str, batch: int, time: int, hidden: int, lengths, seed: int
     mask = None if lengths is None else jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
     h0 = jax.random.normal(keys[1], (batch, hidden))
     carry = (jax.random.normal(keys[2], (batch, hidden)), h0) if cell == "lstm" else h0
-    params = LAYERS[cell](hidden).init(keys[3], x, mask, carry)["params"]
+    params = jax.jit(LAYERS[cell](hidden).init)(keys[3], x, mask, carry)["params"]
     if cell == "gru":  # a non-zero recurrent bias, so its gradient path is exercised
         params = {**params, "recurrent": {**params["recurrent"], "bias_n": jnp.linspace(-0.5, 0.5, hidden)}}
     return params, x, mask, carry
@@ -155,7 +155,7 @@ def test_fused_model_equals_the_scan_model_padded_and_segmented(overrides):
     base = ModelConfig(src_vocab_size=V, tgt_vocab_size=V, emb_dim=6, hidden_size=16, num_layers=2, dropout=0.0)
     models = {r: Seq2Seq(ModelConfig(**{**base.__dict__, **overrides, "recurrence": r})) for r in ("scan", "fused")}
     dummy = jnp.ones((1, 3), jnp.int32)
-    params = models["scan"].init(jax.random.key(0), dummy, dummy)["params"]
+    params = jax.jit(models["scan"].init)(jax.random.key(0), dummy, dummy)["params"]
     b = model_batch()
 
     def value_and_grad(model, segments):

@@ -29,7 +29,7 @@ def test_scan_gru_equals_flax_cell_loop(unroll):
     x = jax.random.normal(jax.random.key(2), (B, T, D))
     lengths = jnp.array([6, 3, 1])
     mask = jnp.arange(T)[None, :] < lengths[:, None]
-    params = GRULayer(H).init(jax.random.key(1), x, mask)["params"]
+    params = jax.jit(GRULayer(H).init)(jax.random.key(1), x, mask)["params"]
     # non-zero hidden bias, so that its place (inside r * (W_hn h + b_hn)) matters
     params["recurrent"]["bias_n"] = jax.random.normal(jax.random.key(5), (H,))
     init = jax.random.normal(jax.random.key(3), (B, H))

@@ -30,7 +30,7 @@ def _model(seed: int = 0, **overrides) -> tuple[Seq2Seq, dict]:
     fields = dict(src_vocab_size=40, tgt_vocab_size=40, emb_dim=24, hidden_size=32, num_layers=1, dropout=0.0)
     model = Seq2Seq(ModelConfig(**{**fields, "recurrence": "scan", **overrides}))
     tokens = jnp.ones((1, 4), jnp.int32)
-    return model, model.init(jax.random.key(seed), tokens, tokens)["params"]
+    return model, jax.jit(model.init)(jax.random.key(seed), tokens, tokens)["params"]
 
 
 def _batch(rows: int = 4, width: int = 9, seed: int = 0) -> np.ndarray:

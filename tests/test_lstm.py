@@ -16,7 +16,7 @@ def layer_and_params():
     layer = LSTMLayer(H)
     x = jax.random.normal(jax.random.key(0), (B, T, D))
     mask = jnp.ones((B, T), bool)
-    params = layer.init(jax.random.key(1), x, mask)["params"]
+    params = jax.jit(layer.init)(jax.random.key(1), x, mask)["params"]
     return layer, params
 
 

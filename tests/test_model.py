@@ -15,7 +15,7 @@ def make(**overrides):
     cfg = ModelConfig(src_vocab_size=V, tgt_vocab_size=V, emb_dim=6, hidden_size=8, num_layers=2, dropout=0.0)
     cfg = ModelConfig(**{**cfg.__dict__, **overrides})
     model = Seq2Seq(cfg)
-    params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
     return model, params
 
 

@@ -31,7 +31,7 @@ def model_and_params(request):
         bidirectional=gru,
     )
     model = Seq2Seq(cfg)
-    params = model.init(jax.random.key(3), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(3), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
     # Sharpen the output layer so hypotheses differ clearly in score.
     params = jax.tree_util.tree_map_with_path(lambda path, x: x * 3.0 if "output" in str(path) else x, params)
     return model, params

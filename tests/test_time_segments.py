@@ -61,7 +61,7 @@ def test_every_row_fits_its_profile(lengths, extra_width):
 def make(**overrides):
     cfg = ModelConfig(src_vocab_size=V, tgt_vocab_size=V, emb_dim=6, hidden_size=8, num_layers=2, dropout=0.0)
     model = Seq2Seq(ModelConfig(**{**cfg.__dict__, **overrides}))
-    params = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))["params"]
     return model, params
 
 
