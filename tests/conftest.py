@@ -44,10 +44,6 @@ if _cache != "off":
     jax.config.update("jax_compilation_cache_dir", _cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# The commands that tests run (train.py, decode.py, serve.py) keep every program in their compile
-# cache, however quickly it compiled: most of a tiny model's compiles take under the commands' usual
-# 0.5 s threshold, and the next command reads them back (s2s_jax/cli/runtime.py).
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The commands that tests run (train.py, decode.py, serve.py) share one compile cache, new for
 # each test run (tests kill commands, which may leave a cut-off entry): tests/helpers.cli_cache.
 # The pytest-xdist controller makes it before it starts its workers, which inherit it, so a tiny
@@ -55,6 +51,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "S2S_JAX_TEST_CLI_CACHE" not in os.environ:
     os.environ["S2S_JAX_TEST_CLI_CACHE"] = tempfile.mkdtemp(prefix="s2s-jax-xla-")
     atexit.register(shutil.rmtree, os.environ["S2S_JAX_TEST_CLI_CACHE"], ignore_errors=True)
+# Every program those commands compile goes into their cache, however quickly it compiled: most of a
+# tiny model's compiles take under the commands' usual 0.5 s threshold (s2s_jax/cli/runtime.py), and
+# the next command reads them back.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 # The fixtures that train a model with train.py: every test that needs one is end-to-end, in the slow tier.

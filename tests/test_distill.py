@@ -40,7 +40,6 @@ def distilled(trained_workdir, tmp_path_factory):
     return workdir, corpus
 
 
-@pytest.mark.slow
 def test_the_distilled_corpus_is_the_teachers_decode_output(trained_workdir, distilled, tmp_path):
     _, corpus = distilled
     hyp = tmp_path / "decode.out"
@@ -80,7 +79,6 @@ def test_an_interrupted_distillation_resumes_to_the_identical_corpus(trained_wor
     assert texts == _read(corpus)
 
 
-@pytest.mark.slow
 def test_several_training_files_are_distilled_as_one_corpus(trained_workdir, distilled, tmp_path):
     """data.train_src/train_tgt listing two files (of the same name, in two directories): one
     distilled file each, together the one-file corpus line for line."""

@@ -128,13 +128,13 @@ def test_a_fused_layer_takes_the_kernel_from_its_row_threshold_and_the_scan_belo
 
 
 V = 40
-# The quick tier checks the plain model (every cell and direction runs in the layer tests above);
-# CI's full run checks all four.
+# Slow tier (each compiles a model's gradient twice); the quick tier runs every cell and direction in
+# the layer tests above.
 MODEL_VARIANTS = [
-    pytest.param({}, marks=pytest.mark.slow),
-    pytest.param({"bidirectional": True, "attention": "luong_general"}, marks=pytest.mark.slow),
-    pytest.param({"cell": "gru", "bidirectional": True}, marks=pytest.mark.slow),
-    pytest.param({"attention": "bahdanau", "input_feeding": True}, marks=pytest.mark.slow),
+    {},
+    {"bidirectional": True, "attention": "luong_general"},
+    {"cell": "gru", "bidirectional": True},
+    {"attention": "bahdanau", "input_feeding": True},
 ]
 
 
@@ -150,6 +150,7 @@ def model_batch(seed: int = 0, rows: int = FUSED_MIN_ROWS) -> dict:
     return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", MODEL_VARIANTS)
 def test_fused_model_equals_the_scan_model_padded_and_segmented(overrides):
     base = ModelConfig(src_vocab_size=V, tgt_vocab_size=V, emb_dim=6, hidden_size=16, num_layers=2, dropout=0.0)
@@ -220,7 +221,6 @@ def test_auto_takes_the_kernel_here_and_the_scan_without_it(monkeypatch):
         recurrences.resolve("fused")
 
 
-@pytest.mark.slow
 def test_a_model_trained_fused_translates_where_the_kernel_cannot_run(trained_workdir, tmp_path, monkeypatch, capsys):
     """Training insists on a recurrence it can run; a trained model loaded to translate runs the scan
     over the same parameters instead, with one warning, and translates as it does with the kernel."""

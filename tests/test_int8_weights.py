@@ -114,7 +114,6 @@ def test_bfloat16_model_is_refused():
         int8_weights.quantized(model, params)
 
 
-@pytest.mark.slow
 def test_decode_int8_flag(trained_workdir, monkeypatch, capsys):
     """decode.py --int8 translates the run's validation sources and scores close to float32."""
     from s2s_jax.cli import decode

@@ -286,7 +286,6 @@ def test_translator_takes_the_target_language(multilingual_workdir):
     assert np.isfinite(scores[0].total)
 
 
-@pytest.mark.slow
 def test_language_tags_are_never_output(multilingual_workdir):
     """A tag is an input: even a model whose output layer favours one never outputs it, in greedy,
     beam or sampled search; the same model told nothing of its tags does (the test's teeth)."""

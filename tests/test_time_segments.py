@@ -82,14 +82,12 @@ def batch(rows=9, width=17, seed=3):
     return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
-# The quick tier checks the first; CI all four (each compiles a gradient through several scans).
+# Slow tier: each compiles a gradient through several scans.
 VARIANTS = [
-    pytest.param({}, marks=pytest.mark.slow),
-    pytest.param({"attention": "luong_general", "bidirectional": True}, marks=pytest.mark.slow),
-    pytest.param({"cell": "gru", "bidirectional": True, "num_layers": 1}, marks=pytest.mark.slow),
-    pytest.param(
-        {"attention": "bahdanau", "input_feeding": True, "feed_context": True, "num_layers": 1}, marks=pytest.mark.slow
-    ),
+    {},
+    {"attention": "luong_general", "bidirectional": True},
+    {"cell": "gru", "bidirectional": True, "num_layers": 1},
+    {"attention": "bahdanau", "input_feeding": True, "feed_context": True, "num_layers": 1},
 ]
 
 
@@ -100,6 +98,7 @@ def test_a_decoder_that_runs_step_by_step_gets_no_target_profile():
     assert both[1] is not None and source_only == (both[0], None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", VARIANTS)
 def test_segmented_recurrences_equal_the_padded_ones(overrides):
     model, params = make(**overrides)
@@ -172,7 +171,8 @@ def test_rows_come_back_in_input_order():
     assert list(np.asarray(order[inverse])) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("opts", [pytest.param(o, marks=pytest.mark.slow) for o in ("greedy", "beam")])
+@pytest.mark.slow
+@pytest.mark.parametrize("opts", ["greedy", "beam"])
 def test_decoding_with_segments_equals_the_padded_search(opts):
     import types
 

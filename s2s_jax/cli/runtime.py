@@ -80,6 +80,6 @@ def setup(cache_dir: str | None = None) -> None:
     cache_dir = cache_dir or os.environ.get("S2S_JAX_CACHE") or os.path.expanduser("~/.cache/s2s_jax/xla")
     if cache_dir != "off":
         jax.config.update("jax_compilation_cache_dir", cache_dir)
-        min_seconds = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.5))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # else JAX's own setting stands
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
